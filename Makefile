@@ -1,0 +1,35 @@
+# Two entry points, each sets everything up from a fresh clone:
+#   make demo   -> the blog's MAML sine experiment (metafunc train)
+#   make test   -> lint + the whole test suite
+# TORCH picks the torch build: the default resolves to the CPU wheel on a machine that has one
+# locally and to PyPI's CUDA wheel on a Linux GPU machine; override it for another CUDA version,
+# e.g. make demo TORCH="torch==2.13.0 --index-url <PyTorch's index for your CUDA>".
+PYTHON ?= python3
+VENV ?= .venv
+TORCH ?= torch==2.13.0
+BIN := $(VENV)/bin
+
+.PHONY: demo test lint setup clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.installed: $(BIN)/python pyproject.toml
+	$(BIN)/python -m pip install --quiet $(TORCH)
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	touch $@
+
+setup: $(VENV)/.installed
+
+demo: setup
+	$(BIN)/metafunc train --out out/maml-sine
+
+lint: setup
+	$(BIN)/ruff check metafunc tests
+	$(BIN)/ruff format --check metafunc tests
+
+test: lint
+	$(BIN)/python -m pytest -q
+
+clean:
+	rm -rf $(VENV) out

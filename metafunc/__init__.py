@@ -1,0 +1,42 @@
+"""metafunc: gradient-based meta-learning for PyTorch as pure functions.
+
+Models are pure functions over parameter pytrees (``functionalize``), the inner loop is
+``torch.func.grad``, a meta-batch is ``vmap``-ed, and the whole outer step is one function
+compiled with ``torch.compile`` (``make_step``).
+"""
+
+from . import losses as losses
+from . import models as models
+from . import optim as optim
+from . import tasks as tasks
+from ._inner import checked_adapt as adapt
+from ._learner import Learner as Learner
+from ._model import functionalize as functionalize
+from ._types import Tasks as Tasks
+from .algorithms import fomaml as fomaml
+from .algorithms import maml as maml
+from .losses import supervised as supervised
+from .step import TrainState as TrainState
+from .step import init_state as init_state
+from .step import make_step as make_step
+from .train import train as train
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Learner",
+    "Tasks",
+    "TrainState",
+    "adapt",
+    "fomaml",
+    "functionalize",
+    "init_state",
+    "losses",
+    "maml",
+    "make_step",
+    "models",
+    "optim",
+    "supervised",
+    "tasks",
+    "train",
+]

@@ -1,0 +1,138 @@
+"""Eager validation of hyper-parameters and data, with messages that name what was wrong.
+
+Every public entry point checks its input here, outside compiled code, so a mistake surfaces
+as ``"maml: inner_lr must be a positive finite number (got -0.1)"`` rather than as a stack
+trace from deep inside torch.
+"""
+
+from __future__ import annotations
+
+import math
+from numbers import Integral, Real
+from typing import Any
+
+import torch
+
+from . import _tree
+from ._types import Tasks
+
+
+def positive_number(where: str, name: str, value: Any, *, allow_zero: bool = False) -> float:
+    """``value`` as a float; ``ValueError``/``TypeError`` unless it is a finite number > 0."""
+    if isinstance(value, bool) or not isinstance(value, Real):
+        raise TypeError(f"{where}: {name} must be a number (got {value!r} of type {type(value).__name__})")
+    bound_ok = value >= 0 if allow_zero else value > 0
+    if not math.isfinite(value) or not bound_ok:
+        kind = "a non-negative" if allow_zero else "a positive"
+        raise ValueError(f"{where}: {name} must be {kind} finite number (got {value!r})")
+    return float(value)
+
+
+def fraction(where: str, name: str, value: Any) -> float:
+    """``value`` as a float in [0, 1)."""
+    value = positive_number(where, name, value, allow_zero=True)
+    if value >= 1:
+        raise ValueError(f"{where}: {name} must be in [0, 1) (got {value!r})")
+    return value
+
+
+def integer(where: str, name: str, value: Any, *, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, Integral):
+        raise TypeError(
+            f"{where}: {name} must be an integer (got {value!r} of type {type(value).__name__})"
+        )
+    if value < minimum:
+        raise ValueError(f"{where}: {name} must be an integer >= {minimum} (got {value!r})")
+    return int(value)
+
+
+def boolean(where: str, name: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"{where}: {name} must be True or False (got {value!r})")
+    return value
+
+
+def learning_rate(where: str, name: str, value: Any) -> float | Any:
+    """A positive number, or a pytree of tensors (one rate per parameter leaf)."""
+    if isinstance(value, (bool, Real)):
+        return positive_number(where, name, value)
+    tensors = _tree.leaves(value)
+    if not tensors or not all(isinstance(t, torch.Tensor) for t in tensors):
+        raise TypeError(
+            f"{where}: {name} must be a positive number or a pytree of tensors like the "
+            f"parameters (got {type(value).__name__})"
+        )
+    return value
+
+
+def params_tree(where: str, name: str, params: Any) -> None:
+    """A non-empty pytree of floating-point tensors on one device with one dtype."""
+    named = _tree.named_leaves(params, name)
+    if not named:
+        raise ValueError(f"{where}: {name} must be a non-empty pytree of tensors (got {params!r})")
+    first_path, first = named[0]
+    for path, leaf in named:
+        if not isinstance(leaf, torch.Tensor):
+            raise TypeError(f"{where}: {path} must be a tensor (got {type(leaf).__name__})")
+        if not leaf.is_floating_point():
+            raise TypeError(f"{where}: {path} must be a floating-point tensor (got {leaf.dtype})")
+        if leaf.dtype != first.dtype or leaf.device != first.device:
+            raise ValueError(
+                f"{where}: all of {name} must share one dtype and device; {first_path} is "
+                f"{first.dtype} on {first.device} but {path} is {leaf.dtype} on {leaf.device}"
+            )
+
+
+def tasks(where: str, value: Any, *, like: Any = None) -> int:
+    """Check a meta-batch; return its number of tasks.
+
+    ``support`` and ``query`` must be pytrees of tensors with the same structure, one leading
+    task dimension of the same size everywhere, and matching per-example shapes (only the
+    number of examples, dimension 1, may differ between support and query). If ``like`` (the
+    parameters) is given, floating-point data must share its dtype and device.
+    """
+    if not isinstance(value, Tasks):
+        raise TypeError(
+            f"{where}: tasks must be a metafunc.Tasks(support, query) (got {type(value).__name__})"
+        )
+    _tree.check_same_structure(
+        value.support, value.query, where=where, expected_name="tasks.support", got_name="tasks.query"
+    )
+    named_s = _tree.named_leaves(value.support, "tasks.support")
+    named_q = _tree.named_leaves(value.query, "tasks.query")
+    if not named_s:
+        raise ValueError(f"{where}: tasks.support must hold at least one tensor (got {value.support!r})")
+    ref = _tree.leaves(like)[0] if like is not None else None
+    n_tasks = None
+    for (path_s, s), (path_q, q) in zip(named_s, named_q, strict=True):
+        for path, t in ((path_s, s), (path_q, q)):
+            if not isinstance(t, torch.Tensor):
+                raise TypeError(f"{where}: {path} must be a tensor (got {type(t).__name__})")
+            if t.ndim < 2:
+                raise ValueError(
+                    f"{where}: {path} must have shape (tasks, examples, ...) (got shape {tuple(t.shape)})"
+                )
+            if n_tasks is None:
+                n_tasks, first_path = t.shape[0], path
+            if t.shape[0] != n_tasks:
+                raise ValueError(
+                    f"{where}: every tensor in tasks must have the same number of tasks (leading "
+                    f"dimension); {first_path} has {n_tasks} but {path} has {t.shape[0]}"
+                )
+            if ref is not None and t.is_floating_point() and t.dtype != ref.dtype:
+                raise TypeError(
+                    f"{where}: {path} has dtype {t.dtype} but the parameters are {ref.dtype}; "
+                    f"convert the data with .to({ref.dtype})"
+                )
+            if ref is not None and t.device != ref.device:
+                raise ValueError(
+                    f"{where}: {path} is on {t.device} but the parameters are on {ref.device}"
+                )
+        if s.shape[2:] != q.shape[2:]:
+            raise ValueError(
+                f"{where}: {path_s} and {path_q} must have the same per-example shape; got "
+                f"{tuple(s.shape)} and {tuple(q.shape)} (shapes are (tasks, examples, ...))"
+            )
+    if n_tasks == 0:
+        raise ValueError(f"{where}: tasks must hold at least one task (got an empty meta-batch)")
+    return n_tasks

@@ -1,0 +1,78 @@
+"""Models as pure functions over parameter pytrees."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+from torch.func import functional_call
+
+from . import _tree
+
+Params = dict[str, torch.Tensor]
+
+
+def functionalize(module: nn.Module) -> tuple[Callable[..., Any], Params]:
+    """Split ``module`` into a pure function and a dict of parameter copies.
+
+    ``fn(params, *inputs)`` runs the module's forward with ``params`` in place of its
+    parameters. The module itself is never touched: ``fn`` calls a private deep copy, and
+    ``params`` holds detached copies keyed by ``named_parameters()`` names. Buffers are copied
+    once and held constant; a module in training mode whose BatchNorm keeps running statistics
+    would update them in place, which is impure and impossible per task under ``vmap``, so
+    calling ``fn`` on batched (vmapped) inputs raises ``ValueError`` saying what to use instead.
+
+    Args:
+        module: any ``torch.nn.Module``.
+
+    Returns:
+        ``(fn, params)``.
+
+    Raises:
+        TypeError: ``module`` is not an ``nn.Module``.
+        ValueError: ``module`` has no parameters.
+
+    Example:
+        >>> fn, params = functionalize(nn.Linear(1, 1))
+        >>> fn(params, torch.zeros(3, 1)).shape
+        torch.Size([3, 1])
+    """
+    if not isinstance(module, nn.Module):
+        raise TypeError(f"functionalize: module must be a torch.nn.Module (got {type(module).__name__})")
+    params = _tree.copy(dict(module.named_parameters()))
+    if not params:
+        raise ValueError(f"functionalize: module {type(module).__name__} has no parameters to learn")
+    buffers = _tree.copy(dict(module.named_buffers()))
+    private = copy.deepcopy(module)
+    running = [
+        name
+        for name, m in module.named_modules()
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats and m.training
+    ]
+
+    def fn(params: Params, *args: Any, **kwargs: Any) -> Any:
+        if running and _is_batched(args):
+            raise ValueError(_running_stats_message(type(module).__name__, running))
+        return functional_call(private, (params, buffers), args, kwargs, strict=True)
+
+    return fn, params
+
+
+def _is_batched(args: Any) -> bool:
+    return any(
+        isinstance(a, torch.Tensor) and torch._C._functorch.is_batchedtensor(a)
+        for a in _tree.leaves(args)
+    )
+
+
+def _running_stats_message(model: str, names: list[str]) -> str:
+    return (
+        f"functionalize: {model} has BatchNorm layer(s) {names} that update running statistics "
+        "in training mode; under vmap each task would have to write the same buffers, so this "
+        "is refused. Build them with track_running_stats=False (per-batch statistics, as in the "
+        "MAML paper), use nn.GroupNorm or nn.LayerNorm, or call module.eval() before "
+        "functionalize to use the stored statistics as constants."
+    )

@@ -1,0 +1,110 @@
+"""Pytree helpers: the one module that imports optree.
+
+Parameters, gradients, optimizer moments and learning rates are all pytrees (usually a dict
+of tensors keyed by ``named_parameters`` names). Every traversal in the library goes through
+these functions so that leaf order, ``None`` handling and error messages are the same
+everywhere. optree sorts dict keys when flattening; never zip its leaves against
+``named_parameters()`` order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import optree
+import torch
+
+PyTree = Any
+
+__all__ = [
+    "PyTree",
+    "all_finite",
+    "axpy",
+    "copy",
+    "check_same_structure",
+    "detach",
+    "global_norm",
+    "leaves",
+    "map",
+    "named_leaves",
+    "structure",
+    "zeros_like",
+]
+
+
+def map(f: Callable[..., Any], tree: PyTree, *rest: PyTree) -> PyTree:
+    """``f`` applied leaf by leaf to ``tree`` and the trees in ``rest`` (same structure)."""
+    return optree.tree_map(f, tree, *rest)
+
+
+def leaves(tree: PyTree) -> list[Any]:
+    """The leaves of ``tree`` in optree's (sorted-key) order."""
+    return optree.tree_leaves(tree)
+
+
+def structure(tree: PyTree) -> optree.PyTreeSpec:
+    return optree.tree_structure(tree)
+
+
+def named_leaves(tree: PyTree, root: str = "") -> list[tuple[str, Any]]:
+    """``(path, leaf)`` pairs, the path written as Python would index it, e.g. ``meta['0.weight']``."""
+    accessors, values, _ = optree.tree_flatten_with_accessor(tree)
+    return [(a.codify(root), v) for a, v in zip(accessors, values, strict=True)]
+
+
+def axpy(a: float | torch.Tensor | PyTree, x: PyTree, y: PyTree) -> PyTree:
+    """``a * x + y`` leaf by leaf; ``a`` is a number or a pytree like ``x``."""
+    if isinstance(a, (int, float, torch.Tensor)):
+        return optree.tree_map(lambda xi, yi: a * xi + yi, x, y)
+    return optree.tree_map(lambda ai, xi, yi: ai * xi + yi, a, x, y)
+
+
+def zeros_like(tree: PyTree) -> PyTree:
+    return optree.tree_map(torch.zeros_like, tree)
+
+
+def detach(tree: PyTree) -> PyTree:
+    """Leaves detached from every autograd graph and ``torch.func`` transform level."""
+    return optree.tree_map(torch.Tensor.detach, tree)
+
+
+def copy(tree: PyTree) -> PyTree:
+    """Detached copies of the leaves, sharing no storage with ``tree``."""
+    return optree.tree_map(lambda t: t.detach().clone(), tree)
+
+
+def global_norm(tree: PyTree) -> torch.Tensor:
+    """The Euclidean norm of all leaves taken together."""
+    return torch.sqrt(sum(torch.sum(t * t) for t in optree.tree_leaves(tree)))
+
+
+def all_finite(tree: PyTree) -> torch.Tensor:
+    """A bool tensor: every element of every leaf is finite (no host sync)."""
+    flags = [torch.isfinite(t).all() for t in optree.tree_leaves(tree)]
+    return torch.stack(flags).all()
+
+
+def check_same_structure(
+    expected: PyTree, got: PyTree, *, where: str, expected_name: str, got_name: str
+) -> None:
+    """Raise ``ValueError`` naming the first key path where ``got`` differs from ``expected``."""
+    spec_e, spec_g = optree.tree_structure(expected), optree.tree_structure(got)
+    if spec_e == spec_g:
+        return
+    paths_e = [p for p, _ in named_leaves(expected)]
+    paths_g = [p for p, _ in named_leaves(got)]
+    first = next(
+        (f"{e or '<root>'} vs {g or '<root>'}" for e, g in zip(paths_e, paths_g) if e != g),
+        f"{len(paths_e)} leaves vs {len(paths_g)} leaves",
+    )
+    raise ValueError(
+        f"{where}: {got_name} must have the same tree structure as {expected_name}; "
+        f"first difference at {first}.\n  {expected_name}: {_short(spec_e)}\n"
+        f"  {got_name}: {_short(spec_g)}"
+    )
+
+
+def _short(spec: optree.PyTreeSpec, limit: int = 400) -> str:
+    text = str(spec)
+    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -1,0 +1,70 @@
+"""Figures. matplotlib is imported here only, never by ``import metafunc``."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from .evaluation import SineEval  # noqa: E402
+
+
+def sine_figure(
+    path: str | Path, results: dict[float, SineEval], *, before: dict[float, SineEval] | None = None, title: str = ""
+) -> Path:
+    """The blog's figure, one panel per phase: the true sine, the net after adapting on the
+    examples (the first draw), the examples, and optionally the net before adaptation."""
+    fig, axes = plt.subplots(1, len(results), figsize=(6 * len(results), 4.4), squeeze=False, sharey=True)
+    for ax, (phase, r) in zip(axes[0], results.items(), strict=True):
+        grid = r.grid[:, 0].cpu()
+        ax.plot(grid, r.truth[:, 0].cpu(), color="C0", label=f"sin(x + {_phase_name(phase)})")
+        if before is not None:
+            ax.plot(grid, before[phase].pred[0, :, 0].cpu(), color="0.6", ls="--", label="net(x) before adapting")
+        ax.plot(grid, r.pred[0, :, 0].cpu(), color="C1", label="net(x) after adapting")
+        sx, sy = r.support
+        ax.plot(sx[0, :, 0].cpu(), sy[0, :, 0].cpu(), "o", color="k", label="examples")
+        ax.set_title(f"b = {_phase_name(phase)}: grid MSE {r.mse.mean().item():.4f} (mean of {r.mse.numel()} draws)")
+        ax.set_xlabel("x")
+        ax.grid(alpha=0.3)
+    axes[0, 0].set_ylabel("y")
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=len(labels), frameon=False)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
+    return _save(fig, path)
+
+
+def learning_curve(
+    path: str | Path, steps: Sequence[int], series: dict[str, Sequence[float]], *, ylabel: str = "query loss", title: str = ""
+) -> Path:
+    """Loss against outer step, one line per series, log-scaled y."""
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for name, values in series.items():
+        ax.plot(steps, values, label=name)
+    ax.set_xlabel("outer step")
+    ax.set_ylabel(ylabel)
+    ax.set_yscale("log")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend()
+    if title:
+        ax.set_title(title)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def _phase_name(phase: float) -> str:
+    return "π" if math.isclose(phase, math.pi) else f"{phase:g}"
+
+
+def _save(fig: plt.Figure, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

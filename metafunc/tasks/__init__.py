@@ -1,0 +1,7 @@
+"""Task samplers: pure functions of an explicit ``torch.Generator`` returning ``Tasks``."""
+
+from .._types import Tasks as Tasks
+from .sine import sine as sine
+from .sine import sinusoid as sinusoid
+
+__all__ = ["Tasks", "sine", "sinusoid"]

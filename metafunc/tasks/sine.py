@@ -1,0 +1,85 @@
+"""Sine-wave regression tasks, as pure functions of an explicit ``torch.Generator``."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .. import _checks
+from .._types import Tasks
+
+
+def sine(
+    generator: torch.Generator,
+    *,
+    tasks: int,
+    shots: int = 4,
+    queries: int = 4,
+    phase: float | torch.Tensor | None = None,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str | None = None,
+) -> Tasks:
+    """The blog's sine: ``y = sin(x + b)``, ``b`` is 0 or π, ``x ~ U[−2π, 2π]``.
+
+    The phase is the only thing that varies between tasks, and it must be inferred from
+    ``shots`` examples.
+
+    Args:
+        generator: the only source of randomness (CPU generator).
+        tasks: number of tasks in the meta-batch.
+        shots, queries: support and query points per task.
+        phase: ``None`` draws 0 or π per task with equal probability; a number or a
+            ``(tasks,)`` tensor fixes it (for evaluation).
+        dtype, device: of the returned tensors.
+
+    Returns:
+        ``Tasks(support=(x, y), query=(x, y))``, each tensor ``(tasks, points, 1)``.
+    """
+    n = _sizes("sine", tasks, shots, queries)
+    if phase is None:
+        phase = math.pi * torch.randint(0, 2, (n, 1, 1), generator=generator).double()
+    else:
+        phase = torch.as_tensor(phase, dtype=torch.float64).reshape(-1, 1, 1).expand(n, 1, 1)
+    return _sinusoid_points(generator, n, shots, queries, 1.0, phase, 2 * math.pi, dtype, device)
+
+
+def sinusoid(
+    generator: torch.Generator,
+    *,
+    tasks: int,
+    shots: int = 10,
+    queries: int = 10,
+    amplitude: torch.Tensor | None = None,
+    phase: torch.Tensor | None = None,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str | None = None,
+) -> Tasks:
+    """The MAML paper's sinusoid: ``y = A sin(x + φ)``, ``A ~ U[0.1, 5]``, ``φ ~ U[0, π]``,
+    ``x ~ U[−5, 5]`` (Finn et al., 2017, section 5.1).
+
+    ``amplitude`` and ``phase`` (``(tasks,)`` tensors) fix the task parameters instead of
+    drawing them, e.g. to evaluate against the true curve.
+    """
+    n = _sizes("sinusoid", tasks, shots, queries)
+    if amplitude is None:
+        amplitude = 0.1 + 4.9 * torch.rand(n, generator=generator, dtype=torch.float64)
+    if phase is None:
+        phase = math.pi * torch.rand(n, generator=generator, dtype=torch.float64)
+    amplitude = torch.as_tensor(amplitude, dtype=torch.float64).reshape(n, 1, 1)
+    phase = torch.as_tensor(phase, dtype=torch.float64).reshape(n, 1, 1)
+    return _sinusoid_points(generator, n, shots, queries, amplitude, phase, 5.0, dtype, device)
+
+
+def _sizes(where: str, tasks: int, shots: int, queries: int) -> int:
+    n = _checks.integer(where, "tasks", tasks, minimum=1)
+    _checks.integer(where, "shots", shots, minimum=1)
+    _checks.integer(where, "queries", queries, minimum=1)
+    return n
+
+
+def _sinusoid_points(generator, n, shots, queries, amplitude, phase, half_width, dtype, device):
+    x = (2 * torch.rand(n, shots + queries, 1, generator=generator, dtype=torch.float64) - 1) * half_width
+    y = amplitude * torch.sin(x + phase)
+    x, y = x.to(dtype=dtype, device=device), y.to(dtype=dtype, device=device)
+    return Tasks((x[:, :shots], y[:, :shots]), (x[:, shots:], y[:, shots:]))
