@@ -20,7 +20,9 @@ from ._types import Tasks
 def positive_number(where: str, name: str, value: Any, *, allow_zero: bool = False) -> float:
     """``value`` as a float; ``ValueError``/``TypeError`` unless it is a finite number > 0."""
     if isinstance(value, bool) or not isinstance(value, Real):
-        raise TypeError(f"{where}: {name} must be a number (got {value!r} of type {type(value).__name__})")
+        raise TypeError(
+            f"{where}: {name} must be a number (got {value!r} of type {type(value).__name__})"
+        )
     bound_ok = value >= 0 if allow_zero else value > 0
     if not math.isfinite(value) or not bound_ok:
         kind = "a non-negative" if allow_zero else "a positive"
@@ -65,6 +67,36 @@ def learning_rate(where: str, name: str, value: Any) -> float | Any:
     return value
 
 
+def learning_rate_like(where: str, name: str, lr: Any, params: Any, params_name: str) -> None:
+    """A pytree learning rate fits ``params``: same structure, and every leaf a tensor with the
+    parameter's dtype and device whose shape broadcasts to the parameter's without changing it
+    (a ``(4, 1)`` rate for a ``(4,)`` bias would silently turn the bias into ``(4, 4)``)."""
+    _tree.check_same_structure(params, lr, where=where, expected_name=params_name, got_name=name)
+    named = _tree.named_leaves(lr, name)
+    for (path, rate), p in zip(named, _tree.leaves(params), strict=True):
+        if not isinstance(rate, torch.Tensor):
+            raise TypeError(f"{where}: {path} must be a tensor (got {type(rate).__name__})")
+        if rate.dtype != p.dtype or rate.device != p.device:
+            raise TypeError(
+                f"{where}: {path} must have its parameter's dtype and device {p.dtype} on "
+                f"{p.device} (got {rate.dtype} on {rate.device})"
+            )
+        if not bool(torch.isfinite(rate).all()) or bool((rate < 0).any()):
+            raise ValueError(
+                f"{where}: {path} must hold finite non-negative rates (got min "
+                f"{rate.min().item():.4g}, max {rate.max().item():.4g})"
+            )
+        try:
+            fits = torch.broadcast_shapes(rate.shape, p.shape) == p.shape
+        except RuntimeError:
+            fits = False
+        if not fits:
+            raise ValueError(
+                f"{where}: {path} must have a shape that broadcasts to its parameter's shape "
+                f"{tuple(p.shape)} (got shape {tuple(rate.shape)})"
+            )
+
+
 def params_tree(where: str, name: str, params: Any) -> None:
     """A non-empty pytree of floating-point tensors on one device with one dtype."""
     named = _tree.named_leaves(params, name)
@@ -96,12 +128,18 @@ def tasks(where: str, value: Any, *, like: Any = None) -> int:
             f"{where}: tasks must be a metafunc.Tasks(support, query) (got {type(value).__name__})"
         )
     _tree.check_same_structure(
-        value.support, value.query, where=where, expected_name="tasks.support", got_name="tasks.query"
+        value.support,
+        value.query,
+        where=where,
+        expected_name="tasks.support",
+        got_name="tasks.query",
     )
     named_s = _tree.named_leaves(value.support, "tasks.support")
     named_q = _tree.named_leaves(value.query, "tasks.query")
     if not named_s:
-        raise ValueError(f"{where}: tasks.support must hold at least one tensor (got {value.support!r})")
+        raise ValueError(
+            f"{where}: tasks.support must hold at least one tensor (got {value.support!r})"
+        )
     ref = _tree.leaves(like)[0] if like is not None else None
     n_tasks = None
     for (path_s, s), (path_q, q) in zip(named_s, named_q, strict=True):

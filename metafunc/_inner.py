@@ -69,7 +69,7 @@ def checked_adapt(
     _checks.params_tree("adapt", "params", params)
     lr = _checks.learning_rate("adapt", "lr", lr)
     if not isinstance(lr, float):
-        _tree.check_same_structure(params, lr, where="adapt", expected_name="params", got_name="lr")
+        _checks.learning_rate_like("adapt", "lr", lr, params, "params")
     steps = _checks.integer("adapt", "steps", steps, minimum=0)
     _checks.boolean("adapt", "first_order", first_order)
     if not callable(loss):

@@ -22,8 +22,9 @@ def functionalize(module: nn.Module) -> tuple[Callable[..., Any], Params]:
     parameters. The module itself is never touched: ``fn`` calls a private deep copy, and
     ``params`` holds detached copies keyed by ``named_parameters()`` names. Buffers are copied
     once and held constant; a module in training mode whose BatchNorm keeps running statistics
-    would update them in place, which is impure and impossible per task under ``vmap``, so
-    calling ``fn`` on batched (vmapped) inputs raises ``ValueError`` saying what to use instead.
+    would update them in place, which is impure and impossible per task under ``vmap`` (and
+    refused by ``grad``), so calling ``fn`` inside a ``torch.func`` transform raises
+    ``ValueError`` saying what to use instead. Called plainly, such a model still runs.
 
     Args:
         module: any ``torch.nn.Module``.
@@ -41,10 +42,14 @@ def functionalize(module: nn.Module) -> tuple[Callable[..., Any], Params]:
         torch.Size([3, 1])
     """
     if not isinstance(module, nn.Module):
-        raise TypeError(f"functionalize: module must be a torch.nn.Module (got {type(module).__name__})")
+        raise TypeError(
+            f"functionalize: module must be a torch.nn.Module (got {type(module).__name__})"
+        )
     params = _tree.copy(dict(module.named_parameters()))
     if not params:
-        raise ValueError(f"functionalize: module {type(module).__name__} has no parameters to learn")
+        raise ValueError(
+            f"functionalize: module {type(module).__name__} has no parameters to learn"
+        )
     buffers = _tree.copy(dict(module.named_buffers()))
     private = copy.deepcopy(module)
     running = [
@@ -54,25 +59,18 @@ def functionalize(module: nn.Module) -> tuple[Callable[..., Any], Params]:
     ]
 
     def fn(params: Params, *args: Any, **kwargs: Any) -> Any:
-        if running and _is_batched(args):
+        if running and torch._C._functorch.peek_interpreter_stack() is not None:
             raise ValueError(_running_stats_message(type(module).__name__, running))
         return functional_call(private, (params, buffers), args, kwargs, strict=True)
 
     return fn, params
 
 
-def _is_batched(args: Any) -> bool:
-    return any(
-        isinstance(a, torch.Tensor) and torch._C._functorch.is_batchedtensor(a)
-        for a in _tree.leaves(args)
-    )
-
-
 def _running_stats_message(model: str, names: list[str]) -> str:
     return (
         f"functionalize: {model} has BatchNorm layer(s) {names} that update running statistics "
-        "in training mode; under vmap each task would have to write the same buffers, so this "
-        "is refused. Build them with track_running_stats=False (per-batch statistics, as in the "
+        "in training mode; under vmap (and grad) each task would have to write the same "
+        "buffers, so this is refused. Build them with track_running_stats=False (per-batch statistics, as in the "
         "MAML paper), use nn.GroupNorm or nn.LayerNorm, or call module.eval() before "
         "functionalize to use the stored statistics as constants."
     )

@@ -21,8 +21,8 @@ __all__ = [
     "PyTree",
     "all_finite",
     "axpy",
-    "copy",
     "check_same_structure",
+    "copy",
     "detach",
     "global_norm",
     "leaves",
@@ -92,17 +92,32 @@ def check_same_structure(
     spec_e, spec_g = optree.tree_structure(expected), optree.tree_structure(got)
     if spec_e == spec_g:
         return
-    paths_e = [p for p, _ in named_leaves(expected)]
-    paths_g = [p for p, _ in named_leaves(got)]
-    first = next(
-        (f"{e or '<root>'} vs {g or '<root>'}" for e, g in zip(paths_e, paths_g) if e != g),
-        f"{len(paths_e)} leaves vs {len(paths_g)} leaves",
-    )
+    first = _first_difference(expected, got, expected_name, got_name)
     raise ValueError(
         f"{where}: {got_name} must have the same tree structure as {expected_name}; "
         f"first difference at {first}.\n  {expected_name}: {_short(spec_e)}\n"
         f"  {got_name}: {_short(spec_g)}"
     )
+
+
+def _first_difference(expected: PyTree, got: PyTree, expected_name: str, got_name: str) -> str:
+    """The first leaf path (with container types) at which two structures part."""
+    acc_e, _, _ = optree.tree_flatten_with_accessor(expected)
+    acc_g, _, _ = optree.tree_flatten_with_accessor(got)
+    for a, b in zip(acc_e, acc_g, strict=False):
+        if [(e.type, e.entry) for e in a] != [(e.type, e.entry) for e in b]:
+            return f"{_typed(a, expected_name)} vs {_typed(b, got_name)}"
+    if len(acc_e) > len(acc_g):
+        return f"{_typed(acc_e[len(acc_g)], expected_name)} has no counterpart in {got_name}"
+    if len(acc_g) > len(acc_e):
+        return f"{_typed(acc_g[len(acc_e)], got_name)} has no counterpart in {expected_name}"
+    # Same leaf paths: the containers differ in a way paths do not show (e.g. None children).
+    return "a container with no leaves"
+
+
+def _typed(accessor: optree.PyTreeAccessor, root: str) -> str:
+    types = "/".join(e.type.__name__ for e in accessor)
+    return f"{accessor.codify(root)} ({types or 'leaf'})"
 
 
 def _short(spec: optree.PyTreeSpec, limit: int = 400) -> str:

@@ -26,14 +26,22 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--steps", type=int, default=50_000, help="outer steps (default 50000)")
     t.add_argument("--meta-batch", type=int, default=32, help="tasks per outer step (default 32)")
     t.add_argument("--inner-steps", type=int, default=5, help="inner SGD steps (default 5)")
-    t.add_argument("--inner-lr", type=float, default=3e-2, help="inner SGD step size (default 3e-2)")
-    t.add_argument("--outer-lr", type=float, default=1e-2, help="outer SGD step size (default 1e-2)")
+    t.add_argument(
+        "--inner-lr", type=float, default=3e-2, help="inner SGD step size (default 3e-2)"
+    )
+    t.add_argument(
+        "--outer-lr", type=float, default=1e-2, help="outer SGD step size (default 1e-2)"
+    )
     t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--eval-draws", type=int, default=1000, help="fresh tasks per phase in the evaluation")
+    t.add_argument(
+        "--eval-draws", type=int, default=1000, help="fresh tasks per phase in the evaluation"
+    )
     t.add_argument("--log-every", type=int, default=500)
     t.add_argument("--no-compile", action="store_true", help="run the eager step")
     t.add_argument("--no-progress", action="store_true")
-    t.add_argument("--out", type=Path, default=Path("out"), help="directory for figures and results.json")
+    t.add_argument(
+        "--out", type=Path, default=Path("out"), help="directory for figures and results.json"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     return _train_sine(args)
@@ -68,42 +76,69 @@ def _train_sine(args: argparse.Namespace) -> int:
 
     t0 = time.perf_counter()
     state = mf.train(
-        step, state, sampler, steps=args.steps - 1, generator=g, log_every=args.log_every,
-        on_log=on_log, progress=not args.no_progress,
+        step,
+        state,
+        sampler,
+        steps=args.steps - 1,
+        generator=g,
+        log_every=args.log_every,
+        on_log=on_log,
+        progress=not args.no_progress,
     )
     per_step = (time.perf_counter() - t0) / max(args.steps - 1, 1)
 
     eval_gen = torch.Generator().manual_seed(args.seed + 1)
     results, before = {}, {}
     for phase in (0.0, math.pi):
-        results[phase] = sine_grid_error(learner, fn, state.meta, eval_gen, phase=phase, draws=args.eval_draws)
+        results[phase] = sine_grid_error(
+            learner, fn, state.meta, eval_gen, phase=phase, draws=args.eval_draws
+        )
         # The same support points with no adaptation, for the dashed "before" curve.
         frozen = mf.maml(loss, inner_steps=0)
-        before[phase] = sine_grid_error(frozen, fn, state.meta, torch.Generator().manual_seed(0), phase=phase, draws=1)
+        before[phase] = sine_grid_error(
+            frozen, fn, state.meta, torch.Generator().manual_seed(0), phase=phase, draws=1
+        )
 
     from . import plotting
 
     args.out.mkdir(parents=True, exist_ok=True)
     fig = plotting.sine_figure(
-        args.out / "maml-sine.png", results, before=before,
+        args.out / "maml-sine.png",
+        results,
+        before=before,
         title=f"{args.algo.upper()} on the blog's sine: adapted on 4 points ({args.inner_steps} SGD steps)",
     )
     curve = plotting.learning_curve(
-        args.out / "learning-curve.png", history["step"],
-        {"query L1 before adaptation": history["loss_before"], "query L1 after adaptation": history["loss"]},
-        ylabel="mean L1 loss over the log window", title=f"{args.algo.upper()} meta-training on the blog's sine",
+        args.out / "learning-curve.png",
+        history["step"],
+        {
+            "query L1 before adaptation": history["loss_before"],
+            "query L1 after adaptation": history["loss"],
+        },
+        ylabel="mean L1 loss over the log window",
+        title=f"{args.algo.upper()} meta-training on the blog's sine",
     )
     summary = {
-        "algo": args.algo, "steps": args.steps, "meta_batch": args.meta_batch,
-        "inner_steps": args.inner_steps, "inner_lr": args.inner_lr, "outer_lr": args.outer_lr,
-        "seed": args.seed, "compiled": not args.no_compile, "torch": torch.__version__,
-        "first_call_s": first_call, "step_ms": 1e3 * per_step,
-        "wall_s": time.perf_counter() - start, "history": history,
+        "algo": args.algo,
+        "steps": args.steps,
+        "meta_batch": args.meta_batch,
+        "inner_steps": args.inner_steps,
+        "inner_lr": args.inner_lr,
+        "outer_lr": args.outer_lr,
+        "seed": args.seed,
+        "compiled": not args.no_compile,
+        "torch": torch.__version__,
+        "first_call_s": first_call,
+        "step_ms": 1e3 * per_step,
+        "wall_s": time.perf_counter() - start,
+        "history": history,
         "grid_mse": {},
     }
     print(f"\n{args.algo} on the blog's sine, {args.steps} outer steps x {args.meta_batch} tasks")
     print(f"first call (compile) {first_call:.1f} s, then {1e3 * per_step:.2f} ms per outer step")
-    print(f"dense-grid MSE over [-2pi, 2pi] after adapting on 4 fresh points ({args.eval_draws} draws each):")
+    print(
+        f"dense-grid MSE over [-2pi, 2pi] after adapting on 4 fresh points ({args.eval_draws} draws each):"
+    )
     for phase, r in results.items():
         mean, half = mean_ci95(r.mse)
         name = "pi" if phase else "0"

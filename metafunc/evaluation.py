@@ -44,8 +44,18 @@ def sine_grid_error(
     times; score each adapted net by its MSE on the grid ``arange(−2π, 2π, step)``."""
     draws = _checks.integer("sine_grid_error", "draws", draws, minimum=1)
     ref = _tree.leaves(meta)[0]
-    tasks = sine(generator, tasks=draws, shots=shots, queries=1, phase=phase, dtype=ref.dtype, device=ref.device)
-    grid = torch.arange(-2 * math.pi, 2 * math.pi, step, dtype=ref.dtype, device=ref.device)[:, None]
+    tasks = sine(
+        generator,
+        tasks=draws,
+        shots=shots,
+        queries=1,
+        phase=phase,
+        dtype=ref.dtype,
+        device=ref.device,
+    )
+    grid = torch.arange(-2 * math.pi, 2 * math.pi, step, dtype=ref.dtype, device=ref.device)[
+        :, None
+    ]
     truth = torch.sin(grid + phase)
     with torch.no_grad():
         adapted = adapt_tasks(learner, meta, tasks.support)
@@ -60,4 +70,3 @@ def mean_ci95(values: torch.Tensor) -> tuple[float, float]:
     n = values.numel()
     half = 1.96 * values.std().item() / math.sqrt(n) if n > 1 else float("nan")
     return values.mean().item(), half
-

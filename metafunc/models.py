@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import torch
@@ -16,11 +17,13 @@ def mlp(sizes: list[int] | tuple[int, ...]) -> nn.Sequential:
     ``mlp([1, 40, 40, 1])`` is the MAML paper's sinusoid network.
     """
     if len(sizes) < 2:
-        raise ValueError(f"mlp: sizes must list at least an input and an output width (got {sizes!r})")
+        raise ValueError(
+            f"mlp: sizes must list at least an input and an output width (got {sizes!r})"
+        )
     for s in sizes:
         _checks.integer("mlp", "each of sizes", s, minimum=1)
     layers: list[nn.Module] = []
-    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
+    for i, (a, b) in enumerate(itertools.pairwise(sizes)):
         layers.append(nn.Linear(a, b))
         if i < len(sizes) - 2:
             layers.append(nn.ReLU())

@@ -9,26 +9,40 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
-from .evaluation import SineEval  # noqa: E402
+from .evaluation import SineEval
 
 
 def sine_figure(
-    path: str | Path, results: dict[float, SineEval], *, before: dict[float, SineEval] | None = None, title: str = ""
+    path: str | Path,
+    results: dict[float, SineEval],
+    *,
+    before: dict[float, SineEval] | None = None,
+    title: str = "",
 ) -> Path:
     """The blog's figure, one panel per phase: the true sine, the net after adapting on the
     examples (the first draw), the examples, and optionally the net before adaptation."""
-    fig, axes = plt.subplots(1, len(results), figsize=(6 * len(results), 4.4), squeeze=False, sharey=True)
+    fig, axes = plt.subplots(
+        1, len(results), figsize=(6 * len(results), 4.4), squeeze=False, sharey=True
+    )
     for ax, (phase, r) in zip(axes[0], results.items(), strict=True):
         grid = r.grid[:, 0].cpu()
         ax.plot(grid, r.truth[:, 0].cpu(), color="C0", label=f"sin(x + {_phase_name(phase)})")
         if before is not None:
-            ax.plot(grid, before[phase].pred[0, :, 0].cpu(), color="0.6", ls="--", label="net(x) before adapting")
+            ax.plot(
+                grid,
+                before[phase].pred[0, :, 0].cpu(),
+                color="0.6",
+                ls="--",
+                label="net(x) before adapting",
+            )
         ax.plot(grid, r.pred[0, :, 0].cpu(), color="C1", label="net(x) after adapting")
         sx, sy = r.support
         ax.plot(sx[0, :, 0].cpu(), sy[0, :, 0].cpu(), "o", color="k", label="examples")
-        ax.set_title(f"b = {_phase_name(phase)}: grid MSE {r.mse.mean().item():.4f} (mean of {r.mse.numel()} draws)")
+        ax.set_title(
+            f"b = {_phase_name(phase)}: grid MSE {r.mse.mean().item():.4f} (mean of {r.mse.numel()} draws)"
+        )
         ax.set_xlabel("x")
         ax.grid(alpha=0.3)
     axes[0, 0].set_ylabel("y")
@@ -41,7 +55,12 @@ def sine_figure(
 
 
 def learning_curve(
-    path: str | Path, steps: Sequence[int], series: dict[str, Sequence[float]], *, ylabel: str = "query loss", title: str = ""
+    path: str | Path,
+    steps: Sequence[int],
+    series: dict[str, Sequence[float]],
+    *,
+    ylabel: str = "query loss",
+    title: str = "",
 ) -> Path:
     """Loss against outer step, one line per series, log-scaled y."""
     fig, ax = plt.subplots(figsize=(7, 4))

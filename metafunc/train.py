@@ -31,8 +31,9 @@ def train(
 ) -> TrainState:
     """Run ``steps`` outer steps, drawing each meta-batch as ``sampler(generator)``.
 
-    Metrics stay on the device between logs (no per-step host sync); every ``log_every``
-    steps their means over the window are logged to the ``metafunc`` logger, shown on the
+    Metrics stay on the device between logs (no per-step host sync); whenever the step
+    count reaches a multiple of ``log_every`` (and after the last step) their means over the
+    window are logged to the ``metafunc`` logger, shown on the
     progress bar and passed to ``on_log(step, metrics)`` as floats (``finite`` becomes the
     fraction of finite steps).
 
@@ -58,20 +59,19 @@ def train(
         generator = torch.Generator().manual_seed(0)
     sums: dict[str, torch.Tensor] = {}
     window = 0
+    done = int(state.step)  # the only host read of the counter; windows end at multiples
     with tqdm(total=steps, disable=not progress, desc="meta-train", unit="step") as bar:
-        for _ in range(steps):
+        for i in range(steps):
             state, metrics = step(state, sampler(generator))
             for k, v in metrics.items():
                 v = v.detach().to(torch.float64)
                 sums[k] = sums[k] + v if k in sums else v
             window += 1
+            done += 1
             bar.update(1)
-            if window == log_every or bar.n == steps:
-                done = int(state.step)
+            if done % log_every == 0 or i == steps - 1:
                 means = {k: float(v) / window for k, v in sums.items()}
-                logger.info(
-                    "step %d: %s", done, " ".join(f"{k}={v:.4g}" for k, v in means.items())
-                )
+                logger.info("step %d: %s", done, " ".join(f"{k}={v:.4g}" for k, v in means.items()))
                 bar.set_postfix(loss=f"{means['loss']:.4f}")
                 if on_log is not None:
                     on_log(done, means)

@@ -45,7 +45,10 @@ def maml(
         >>> learner = mf.maml(mf.supervised(fn, mf.losses.mse), inner_lr=0.01, inner_steps=1)
         >>> grads, metrics = learner.meta_grad(learner.init(params), tasks)
     """
-    return _build("fomaml" if first_order else "maml", loss, inner_lr, inner_steps, first_order, chunk_size)
+    first_order = _checks.boolean("maml", "first_order", first_order)
+    return _build(
+        "fomaml" if first_order else "maml", loss, inner_lr, inner_steps, first_order, chunk_size
+    )
 
 
 def fomaml(
@@ -82,9 +85,7 @@ def _build(
     def init(params: Any) -> Any:
         _checks.params_tree(name, "params", params)
         if not isinstance(inner_lr, float):
-            _tree.check_same_structure(
-                params, inner_lr, where=name, expected_name="params", got_name="inner_lr"
-            )
+            _checks.learning_rate_like(name, "inner_lr", inner_lr, params, "params")
         return _tree.copy(params)
 
     def adapt(meta: Any, support: Any) -> Any:

@@ -40,7 +40,7 @@ def sine(
     if phase is None:
         phase = math.pi * torch.randint(0, 2, (n, 1, 1), generator=generator).double()
     else:
-        phase = torch.as_tensor(phase, dtype=torch.float64).reshape(-1, 1, 1).expand(n, 1, 1)
+        phase = _per_task("sine", "phase", phase, n)
     return _sinusoid_points(generator, n, shots, queries, 1.0, phase, 2 * math.pi, dtype, device)
 
 
@@ -66,8 +66,8 @@ def sinusoid(
         amplitude = 0.1 + 4.9 * torch.rand(n, generator=generator, dtype=torch.float64)
     if phase is None:
         phase = math.pi * torch.rand(n, generator=generator, dtype=torch.float64)
-    amplitude = torch.as_tensor(amplitude, dtype=torch.float64).reshape(n, 1, 1)
-    phase = torch.as_tensor(phase, dtype=torch.float64).reshape(n, 1, 1)
+    amplitude = _per_task("sinusoid", "amplitude", amplitude, n)
+    phase = _per_task("sinusoid", "phase", phase, n)
     return _sinusoid_points(generator, n, shots, queries, amplitude, phase, 5.0, dtype, device)
 
 
@@ -78,8 +78,21 @@ def _sizes(where: str, tasks: int, shots: int, queries: int) -> int:
     return n
 
 
+def _per_task(where: str, name: str, value: float | torch.Tensor, n: int) -> torch.Tensor:
+    """A number or a ``(tasks,)`` tensor as a float64 ``(tasks, 1, 1)`` tensor."""
+    value = torch.as_tensor(value, dtype=torch.float64)
+    if value.ndim > 1 or (value.ndim == 1 and value.numel() not in (1, n)):
+        raise ValueError(
+            f"{where}: {name} must be a number or a tensor of shape ({n},), one per task "
+            f"(got shape {tuple(value.shape)})"
+        )
+    return value.reshape(-1, 1, 1).expand(n, 1, 1)
+
+
 def _sinusoid_points(generator, n, shots, queries, amplitude, phase, half_width, dtype, device):
-    x = (2 * torch.rand(n, shots + queries, 1, generator=generator, dtype=torch.float64) - 1) * half_width
+    x = (
+        2 * torch.rand(n, shots + queries, 1, generator=generator, dtype=torch.float64) - 1
+    ) * half_width
     y = amplitude * torch.sin(x + phase)
     x, y = x.to(dtype=dtype, device=device), y.to(dtype=dtype, device=device)
     return Tasks((x[:, :shots], y[:, :shots]), (x[:, shots:], y[:, shots:]))

@@ -1,0 +1,23 @@
+import pytest
+import torch
+from torch import nn
+
+import metafunc as mf
+
+
+def tanh_net(width: int = 5, seed: int = 0) -> nn.Module:
+    """A small smooth network: non-zero Hessians everywhere, so second-order terms matter."""
+    torch.manual_seed(seed)  # test-only: fixes nn.Linear's default initialisation
+    return nn.Sequential(nn.Linear(1, width), nn.Tanh(), nn.Linear(width, 1)).double()
+
+
+def sine_tasks(n: int = 3, seed: int = 1, shots: int = 4, queries: int = 5) -> mf.Tasks:
+    g = torch.Generator().manual_seed(seed)
+    return mf.tasks.sinusoid(g, tasks=n, shots=shots, queries=queries, dtype=torch.float64)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_dynamo():
+    """Each test compiles from scratch: no cache entries or recompile counts leak between tests."""
+    torch._dynamo.reset()
+    yield

@@ -1,0 +1,508 @@
+"""Bad input to every public entry point fails early with a message that names the argument,
+what was expected and what was got (table-driven: one row per mistake)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+import metafunc as mf
+
+F64 = torch.float64
+
+
+def _net() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(1, 4), nn.Tanh(), nn.Linear(4, 1)).double()
+
+
+FN, PARAMS = mf.functionalize(_net())
+LOSS = mf.supervised(FN, mf.losses.mse)
+TASKS = mf.tasks.sine(torch.Generator().manual_seed(0), tasks=3, dtype=F64)
+(SX, SY), (QX, QY) = TASKS
+
+
+def _rates(shapes: dict[str, tuple[int, ...]] | None = None, dtype=F64) -> dict[str, torch.Tensor]:
+    shapes = shapes or {}
+    return {k: torch.full(shapes.get(k, v.shape), 0.1, dtype=dtype) for k, v in PARAMS.items()}
+
+
+def _meta_grad(tasks):
+    learner = mf.maml(LOSS)
+    return learner.meta_grad(learner.init(PARAMS), tasks)
+
+
+def _tasks(sx=SX, sy=SY, qx=QX, qy=QY) -> mf.Tasks:
+    return mf.Tasks((sx, sy), (qx, qy))
+
+
+def _init_with_lr(lr):
+    return mf.maml(LOSS, inner_lr=lr).init(PARAMS)
+
+
+def _update_with(opt, grads):
+    return opt.update(grads, opt.init(PARAMS), PARAMS)
+
+
+def _eager_step():
+    learner = mf.maml(LOSS)
+    opt = mf.optim.sgd(0.1)
+    return learner, opt, mf.make_step(learner, opt, compile=False)
+
+
+def _step_with_tuple_state():
+    learner, opt, step = _eager_step()
+    state = mf.init_state(learner, opt, PARAMS)
+    return step(tuple(state), TASKS)
+
+
+def _train_negative_steps():
+    learner, opt, step = _eager_step()
+    state = mf.init_state(learner, opt, PARAMS)
+    return mf.train(step, state, lambda g: TASKS, steps=-1, progress=False)
+
+
+def _adapt(**kw):
+    args = {"loss": LOSS, "lr": 0.1, "steps": 1} | kw
+    return mf.adapt(PARAMS, (SX[0], SY[0]), **args)
+
+
+MISSING_2_BIAS = {k: v for k, v in _rates().items() if k != "2.bias"}
+
+CASES = [
+    # --- learner hyper-parameters -------------------------------------------------------------
+    (
+        "maml-inner_lr-negative",
+        lambda: mf.maml(LOSS, inner_lr=-0.1),
+        ValueError,
+        r"^maml: inner_lr must be a positive finite number \(got -0\.1\)$",
+    ),
+    (
+        "maml-inner_lr-zero",
+        lambda: mf.maml(LOSS, inner_lr=0),
+        ValueError,
+        r"^maml: inner_lr must be a positive finite number \(got 0\)$",
+    ),
+    (
+        "maml-inner_lr-nan",
+        lambda: mf.maml(LOSS, inner_lr=math.nan),
+        ValueError,
+        r"^maml: inner_lr must be a positive finite number \(got nan\)$",
+    ),
+    (
+        "maml-inner_lr-inf",
+        lambda: mf.maml(LOSS, inner_lr=math.inf),
+        ValueError,
+        r"^maml: inner_lr must be a positive finite number \(got inf\)$",
+    ),
+    (
+        "maml-inner_lr-bool",
+        lambda: mf.maml(LOSS, inner_lr=True),
+        TypeError,
+        r"^maml: inner_lr must be a number \(got True of type bool\)$",
+    ),
+    (
+        "maml-inner_lr-str",
+        lambda: mf.maml(LOSS, inner_lr="0.1"),
+        TypeError,
+        r"^maml: inner_lr must be a positive number or a pytree of tensors like the parameters "
+        r"\(got str\)$",
+    ),
+    (
+        "fomaml-inner_lr-negative",
+        lambda: mf.fomaml(LOSS, inner_lr=-1.0),
+        ValueError,
+        r"^fomaml: inner_lr must be a positive finite number \(got -1\.0\)$",
+    ),
+    (
+        "maml-inner_steps-negative",
+        lambda: mf.maml(LOSS, inner_steps=-1),
+        ValueError,
+        r"^maml: inner_steps must be an integer >= 0 \(got -1\)$",
+    ),
+    (
+        "maml-inner_steps-float",
+        lambda: mf.maml(LOSS, inner_steps=1.5),
+        TypeError,
+        r"^maml: inner_steps must be an integer \(got 1\.5 of type float\)$",
+    ),
+    (
+        "maml-inner_steps-bool",
+        lambda: mf.maml(LOSS, inner_steps=True),
+        TypeError,
+        r"^maml: inner_steps must be an integer \(got True of type bool\)$",
+    ),
+    (
+        "fomaml-inner_steps-float",
+        lambda: mf.fomaml(LOSS, inner_steps=2.0),
+        TypeError,
+        r"^fomaml: inner_steps must be an integer \(got 2\.0 of type float\)$",
+    ),
+    (
+        # A truthy non-bool must be reported against maml (the function called), not fomaml.
+        "maml-first_order-str",
+        lambda: mf.maml(LOSS, first_order="yes"),
+        TypeError,
+        r"^maml: first_order must be True or False \(got 'yes'\)$",
+    ),
+    (
+        "maml-first_order-int",
+        lambda: mf.maml(LOSS, first_order=1),
+        TypeError,
+        r"^maml: first_order must be True or False \(got 1\)$",
+    ),
+    (
+        "maml-chunk_size-zero",
+        lambda: mf.maml(LOSS, chunk_size=0),
+        ValueError,
+        r"^maml: chunk_size must be an integer >= 1 \(got 0\)$",
+    ),
+    (
+        "maml-loss-not-callable",
+        lambda: mf.maml(3),
+        TypeError,
+        r"^maml: loss must be callable as loss\(params, data\) \(got 3\)$",
+    ),
+    (
+        "fomaml-loss-not-callable",
+        lambda: mf.fomaml(None),
+        TypeError,
+        r"^fomaml: loss must be callable as loss\(params, data\) \(got None\)$",
+    ),
+    # --- a pytree inner_lr must fit the parameters (checked by learner.init) -----------------
+    (
+        "maml-inner_lr-tree-missing-key",
+        lambda: _init_with_lr(MISSING_2_BIAS),
+        ValueError,
+        r"(?s)^maml: inner_lr must have the same tree structure as params; first difference at "
+        r"params\['2\.bias'\] \(dict\) vs inner_lr\['2\.weight'\] \(dict\)\.\n  params: PyTreeSpec\(\{'0\.bias': \*, '0\.weight': "
+        r"\*, '2\.bias': \*, '2\.weight': \*\}\)\n  inner_lr: PyTreeSpec\(\{'0\.bias': \*, "
+        r"'0\.weight': \*, '2\.weight': \*\}\)$",
+    ),
+    (
+        "maml-inner_lr-scalar-tensor",
+        lambda: _init_with_lr(torch.tensor(0.1, dtype=F64)),
+        ValueError,
+        r"^maml: inner_lr must have the same tree structure as params; first difference at "
+        r"params\['0\.bias'\] \(dict\) vs inner_lr \(leaf\)\.",
+    ),
+    (
+        # (4, 1) against a (4,) bias would broadcast the adapted bias to (4, 4).
+        "maml-inner_lr-tree-leaf-shape",
+        lambda: _init_with_lr(_rates({"0.bias": (4, 1)})),
+        ValueError,
+        r"^maml: inner_lr\['0\.bias'\] must have a shape that broadcasts to its parameter's "
+        r"shape \(4,\) \(got shape \(4, 1\)\)$",
+    ),
+    (
+        "maml-inner_lr-tree-leaf-dtype",
+        lambda: _init_with_lr(_rates(dtype=torch.float32)),
+        TypeError,
+        r"^maml: inner_lr\['0\.bias'\] must have its parameter's dtype and device torch\.float64 "
+        r"on cpu \(got torch\.float32 on cpu\)$",
+    ),
+    # --- optimizers ---------------------------------------------------------------------------
+    (
+        "sgd-lr-negative",
+        lambda: mf.optim.sgd(-1e-3),
+        ValueError,
+        r"^sgd: lr must be a positive finite number \(got -0\.001\)$",
+    ),
+    (
+        "adam-lr-string",
+        lambda: mf.optim.adam("1e-3"),
+        TypeError,
+        r"^adam: lr must be a number \(got '1e-3' of type str\)$",
+    ),
+    (
+        "sgd-momentum-one",
+        lambda: mf.optim.sgd(0.1, momentum=1.0),
+        ValueError,
+        r"^sgd: momentum must be in \[0, 1\) \(got 1\.0\)$",
+    ),
+    (
+        "sgd-momentum-negative",
+        lambda: mf.optim.sgd(0.1, momentum=-0.5),
+        ValueError,
+        r"^sgd: momentum must be a non-negative finite number \(got -0\.5\)$",
+    ),
+    (
+        "adam-b1-one",
+        lambda: mf.optim.adam(0.1, b1=1),
+        ValueError,
+        r"^adam: b1 must be in \[0, 1\) \(got 1\.0\)$",
+    ),
+    (
+        "adam-b2-above-one",
+        lambda: mf.optim.adam(0.1, b2=1.5),
+        ValueError,
+        r"^adam: b2 must be in \[0, 1\) \(got 1\.5\)$",
+    ),
+    (
+        "adam-eps-zero",
+        lambda: mf.optim.adam(0.1, eps=0),
+        ValueError,
+        r"^adam: eps must be a positive finite number \(got 0\)$",
+    ),
+    (
+        "adam-eps-negative",
+        lambda: mf.optim.adam(0.1, eps=-1e-8),
+        ValueError,
+        r"^adam: eps must be a positive finite number \(got -1e-08\)$",
+    ),
+    (
+        "sgd-nesterov-without-momentum",
+        lambda: mf.optim.sgd(0.1, nesterov=True),
+        ValueError,
+        r"^sgd: nesterov=True needs momentum > 0 \(got momentum=0\.0\)$",
+    ),
+    (
+        "sgd-update-grads-tree",
+        lambda: _update_with(mf.optim.sgd(0.1), MISSING_2_BIAS),
+        ValueError,
+        r"^sgd\.update: grads must have the same tree structure as params; first difference at "
+        r"params\['2\.bias'\] \(dict\) vs grads\['2\.weight'\] \(dict\)\.\n  params: PyTreeSpec\(.*\)\n  grads: PyTreeSpec\(",
+    ),
+    (
+        "adam-update-grads-tree",
+        lambda: _update_with(mf.optim.adam(0.1), {"w": torch.zeros(1, dtype=F64)}),
+        ValueError,
+        r"^adam\.update: grads must have the same tree structure as params; first difference at "
+        r"params\['0\.bias'\] \(dict\) vs grads\['w'\] \(dict\)\.",
+    ),
+    # --- the meta-batch given to meta_grad ---------------------------------------------------
+    (
+        "meta_grad-tasks-not-Tasks",
+        lambda: _meta_grad(((SX, SY), (QX, QY))),
+        TypeError,
+        r"^maml: tasks must be a metafunc\.Tasks\(support, query\) \(got tuple\)$",
+    ),
+    (
+        "meta_grad-support-query-keys-differ",
+        lambda: _meta_grad(mf.Tasks({"x": SX, "y": SY}, {"x": QX, "z": QY})),
+        ValueError,
+        r"(?s)^maml: tasks\.query must have the same tree structure as tasks\.support; first "
+        r"difference at tasks\.support\['y'\] \(dict\) vs tasks\.query\['z'\] \(dict\)\.\n  tasks\.support: PyTreeSpec\(\{'x': \*, 'y': \*\}\)"
+        r"\n  tasks\.query: PyTreeSpec\(\{'x': \*, 'z': \*\}\)$",
+    ),
+    (
+        "meta_grad-support-query-lengths-differ",
+        lambda: _meta_grad(mf.Tasks((SX, SY), (QX,))),
+        ValueError,
+        r"^maml: tasks\.query must have the same tree structure as tasks\.support; first "
+        r"difference at tasks\.support\[1\] \(tuple\) has no counterpart in tasks\.query\.\n  tasks\.support: PyTreeSpec\(\(\*, \*\)\)\n"
+        r"  tasks\.query: PyTreeSpec\(\(\*,\)\)$",
+    ),
+    (
+        "meta_grad-number-of-tasks-differs",
+        lambda: _meta_grad(_tasks(qx=QX[:2], qy=QY[:2])),
+        ValueError,
+        r"^maml: every tensor in tasks must have the same number of tasks \(leading dimension\); "
+        r"tasks\.support\[0\] has 3 but tasks\.query\[0\] has 2$",
+    ),
+    (
+        "meta_grad-per-example-shape-differs",
+        lambda: _meta_grad(
+            _tasks(sx=torch.zeros(3, 4, 1, dtype=F64), qx=torch.zeros(3, 4, 2, dtype=F64))
+        ),
+        ValueError,
+        r"^maml: tasks\.support\[0\] and tasks\.query\[0\] must have the same per-example shape; "
+        r"got \(3, 4, 1\) and \(3, 4, 2\) \(shapes are \(tasks, examples, \.\.\.\)\)$",
+    ),
+    (
+        "meta_grad-tensor-ndim-below-2",
+        lambda: _meta_grad(_tasks(sy=SY[:, 0, 0])),
+        ValueError,
+        r"^maml: tasks\.support\[1\] must have shape \(tasks, examples, \.\.\.\) "
+        r"\(got shape \(3,\)\)$",
+    ),
+    (
+        "meta_grad-float32-data-float64-params",
+        lambda: _meta_grad(_tasks(sx=SX.float(), qx=QX.float())),
+        TypeError,
+        r"^maml: tasks\.support\[0\] has dtype torch\.float32 but the parameters are "
+        r"torch\.float64; convert the data with \.to\(torch\.float64\)$",
+    ),
+    (
+        "meta_grad-empty-meta-batch",
+        lambda: _meta_grad(_tasks(SX[:0], SY[:0], QX[:0], QY[:0])),
+        ValueError,
+        r"^maml: tasks must hold at least one task \(got an empty meta-batch\)$",
+    ),
+    (
+        "meta_loss-no-tensors",
+        lambda: mf.maml(LOSS).meta_loss(PARAMS, mf.Tasks((), ())),
+        ValueError,
+        r"^maml: tasks\.support must hold at least one tensor \(got \(\)\)$",
+    ),
+    (
+        "meta_grad-integer-meta",
+        lambda: mf.maml(LOSS).meta_grad({"w": torch.ones(2, dtype=torch.int64)}, TASKS),
+        TypeError,
+        r"^maml: meta\['w'\] must be a floating-point tensor \(got torch\.int64\)$",
+    ),
+    # --- the outer step and training loop ----------------------------------------------------
+    (
+        "make_step-not-a-Learner",
+        lambda: mf.make_step(LOSS, mf.optim.sgd(0.1), compile=False),
+        TypeError,
+        r"^make_step: learner must be a metafunc\.Learner, e\.g\. mf\.maml\(loss\) "
+        r"\(got function\)$",
+    ),
+    (
+        "make_step-not-an-Optimizer",
+        lambda: mf.make_step(mf.maml(LOSS), torch.optim.SGD, compile=False),
+        TypeError,
+        r"^make_step: optimizer must be a metafunc\.optim\.Optimizer, e\.g\. "
+        r"mf\.optim\.adam\(1e-3\) \(got type\)$",
+    ),
+    (
+        "make_step-compile-not-bool",
+        lambda: mf.make_step(mf.maml(LOSS), mf.optim.sgd(0.1), compile="no"),
+        TypeError,
+        r"^make_step: compile must be True or False \(got 'no'\)$",
+    ),
+    (
+        "init_state-not-an-Optimizer",
+        lambda: mf.init_state(mf.maml(LOSS), "adam", PARAMS),
+        TypeError,
+        r"^init_state: optimizer must be a metafunc\.optim\.Optimizer, e\.g\. "
+        r"mf\.optim\.adam\(1e-3\) \(got str\)$",
+    ),
+    (
+        "step-state-not-TrainState",
+        _step_with_tuple_state,
+        TypeError,
+        r"^step: state must be a metafunc\.TrainState from init_state \(got tuple\)$",
+    ),
+    (
+        "train-steps-negative",
+        _train_negative_steps,
+        ValueError,
+        r"^train: steps must be an integer >= 0 \(got -1\)$",
+    ),
+    # --- losses must not broadcast ------------------------------------------------------------
+    (
+        "l1-pred-n1-target-n",
+        lambda: mf.losses.l1(torch.zeros(5, 1), torch.zeros(5)),
+        ValueError,
+        r"^l1: prediction and target must have the same shape \(got \(5, 1\) and \(5,\)\)$",
+    ),
+    (
+        "mse-pred-n1-target-n",
+        lambda: mf.losses.mse(torch.zeros(5, 1), torch.zeros(5)),
+        ValueError,
+        r"^mse: prediction and target must have the same shape \(got \(5, 1\) and \(5,\)\)$",
+    ),
+    # --- models and tasks ---------------------------------------------------------------------
+    (
+        "functionalize-not-a-module",
+        lambda: mf.functionalize(lambda x: x),
+        TypeError,
+        r"^functionalize: module must be a torch\.nn\.Module \(got function\)$",
+    ),
+    (
+        "functionalize-no-parameters",
+        lambda: mf.functionalize(nn.ReLU()),
+        ValueError,
+        r"^functionalize: module ReLU has no parameters to learn$",
+    ),
+    (
+        "sine-tasks-zero",
+        lambda: mf.tasks.sine(torch.Generator(), tasks=0),
+        ValueError,
+        r"^sine: tasks must be an integer >= 1 \(got 0\)$",
+    ),
+    (
+        "sinusoid-shots-zero",
+        lambda: mf.tasks.sinusoid(torch.Generator(), tasks=2, shots=0),
+        ValueError,
+        r"^sinusoid: shots must be an integer >= 1 \(got 0\)$",
+    ),
+    # --- adapt --------------------------------------------------------------------------------
+    (
+        "adapt-steps-negative",
+        lambda: _adapt(steps=-1),
+        ValueError,
+        r"^adapt: steps must be an integer >= 0 \(got -1\)$",
+    ),
+    (
+        "adapt-lr-tree-mismatch",
+        lambda: _adapt(lr={"a": torch.ones(1, dtype=F64)}),
+        ValueError,
+        r"(?s)^adapt: lr must have the same tree structure as params; first difference at "
+        r"params\['0\.bias'\] \(dict\) vs lr\['a'\] \(dict\)\.\n  params: PyTreeSpec\(.*\)\n  lr: PyTreeSpec\(\{'a': \*\}\)$",
+    ),
+    (
+        "adapt-lr-tree-leaf-shape",
+        lambda: _adapt(lr=_rates({"2.bias": (3,)})),
+        ValueError,
+        r"^adapt: lr\['2\.bias'\] must have a shape that broadcasts to its parameter's shape "
+        r"\(1,\) \(got shape \(3,\)\)$",
+    ),
+    (
+        "adapt-lr-negative",
+        lambda: _adapt(lr=-0.5),
+        ValueError,
+        r"^adapt: lr must be a positive finite number \(got -0\.5\)$",
+    ),
+    (
+        "adapt-loss-not-callable",
+        lambda: _adapt(loss="mse"),
+        TypeError,
+        r"^adapt: loss must be callable as loss\(params, data\) \(got 'mse'\)$",
+    ),
+    (
+        "maml-inner_lr-tree-negative-rate",
+        lambda: _init_with_lr({**_rates(), "0.bias": torch.full((4,), -0.1, dtype=F64)}),
+        ValueError,
+        r"^maml: inner_lr\['0\.bias'\] must hold finite non-negative rates \(got min -0\.1, max -0\.1\)$",
+    ),
+    (
+        "meta_grad-support-list-query-tuple",
+        lambda: _meta_grad(mf.Tasks((SX, SY), [QX, QY])),
+        ValueError,
+        r"^maml: tasks\.query must have the same tree structure as tasks\.support; first "
+        r"difference at tasks\.support\[0\] \(tuple\) vs tasks\.query\[0\] \(list\)\.",
+    ),
+    (
+        "sine-phase-wrong-length",
+        lambda: mf.tasks.sine(torch.Generator(), tasks=3, phase=torch.zeros(2)),
+        ValueError,
+        r"^sine: phase must be a number or a tensor of shape \(3,\), one per task \(got shape \(2,\)\)$",
+    ),
+    (
+        "sinusoid-amplitude-wrong-length",
+        lambda: mf.tasks.sinusoid(torch.Generator(), tasks=3, amplitude=torch.ones(2)),
+        ValueError,
+        r"^sinusoid: amplitude must be a number or a tensor of shape \(3,\), one per task "
+        r"\(got shape \(2,\)\)$",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("call", "exc", "pattern"),
+    [pytest.param(c, e, p, id=i) for i, c, e, p in CASES],
+)
+def test_bad_input_is_refused_with_a_message(call, exc, pattern):
+    with pytest.raises(exc, match=pattern):
+        call()
+
+
+def test_case_ids_are_unique():
+    ids = [c[0] for c in CASES]
+    assert len(ids) == len(set(ids))
+    assert len(ids) >= 25
+
+
+def test_a_pytree_inner_lr_that_fits_is_accepted():
+    # The positive control for the tree rows above: same structure, shapes that broadcast.
+    lr = _rates({"0.weight": (1,), "2.weight": ()})
+    learner = mf.maml(LOSS, inner_lr=lr)
+    grads, metrics = learner.meta_grad(learner.init(PARAMS), TASKS)
+    assert {k: v.shape for k, v in grads.items()} == {k: v.shape for k, v in PARAMS.items()}
+    assert torch.isfinite(metrics["loss"])

@@ -1,0 +1,253 @@
+"""``mf.functionalize``: a module as a pure function of a parameter dict."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+from torch.func import grad, vmap
+
+import metafunc as mf
+
+F64 = torch.float64
+
+REFUSED = (
+    r"(?s)^functionalize: Sequential has BatchNorm layer\(s\) \['1'\] that update running "
+    r"statistics in training mode.*track_running_stats=False.*nn\.GroupNorm.*"
+    r"module\.eval\(\) before functionalize"
+)
+
+
+def net(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)  # fixes nn.Linear's default initialisation
+    return nn.Sequential(nn.Linear(1, 4), nn.Tanh(), nn.Linear(4, 1)).double()
+
+
+def bn_net(seed: int = 0, **bn) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(1, 4), nn.BatchNorm1d(4, **bn), nn.Linear(4, 1)).double()
+
+
+def inputs(*shape: int, seed: int = 1) -> torch.Tensor:
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=F64)
+
+
+def snapshot(module: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def assert_unchanged(module: nn.Module, before: dict[str, torch.Tensor]) -> None:
+    after = module.state_dict()
+    assert after.keys() == before.keys()
+    for k, v in before.items():
+        assert torch.equal(after[k], v), k
+
+
+def scaled(params: dict[str, torch.Tensor], factor: float) -> dict[str, torch.Tensor]:
+    return {k: factor * v for k, v in params.items()}
+
+
+def stack(*trees: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: torch.stack([t[k] for t in trees]) for k in trees[0]}
+
+
+# --- the function and its parameters ----------------------------------------------------------
+
+
+def test_fn_equals_the_module():
+    module = net()
+    fn, params = mf.functionalize(module)
+    x = inputs(6, 1)
+    torch.testing.assert_close(fn(params, x), module(x), rtol=0, atol=0)
+
+
+def test_params_are_keyed_by_named_parameters_and_detached():
+    module = net()
+    _, params = mf.functionalize(module)
+    assert set(params) == {n for n, _ in module.named_parameters()}
+    for name, p in module.named_parameters():
+        assert params[name].shape == p.shape
+        assert params[name].dtype == F64
+        assert not params[name].requires_grad
+        torch.testing.assert_close(params[name], p.detach(), rtol=0, atol=0)
+
+
+def test_fn_uses_the_params_it_is_given():
+    module = net()
+    fn, params = mf.functionalize(module)
+    x = inputs(6, 1)
+    zeroed = {k: torch.zeros_like(v) for k, v in params.items()}
+    assert torch.count_nonzero(fn(zeroed, x)) == 0
+    other = {k: v + 0.5 for k, v in params.items()}
+    by_hand = torch.tanh(x @ other["0.weight"].T + other["0.bias"]) @ other["2.weight"].T
+    torch.testing.assert_close(fn(other, x), by_hand + other["2.bias"])
+
+
+def test_fn_refuses_a_params_dict_with_missing_keys():
+    fn, params = mf.functionalize(net())
+    partial = {k: v for k, v in params.items() if k != "2.bias"}
+    with pytest.raises(RuntimeError, match=r"Missing key\(s\).*'2\.bias'"):
+        fn(partial, inputs(3, 1))
+
+
+# --- the module is never touched --------------------------------------------------------------
+
+
+def test_params_share_no_storage_with_the_module():
+    module = net()
+    _, params = mf.functionalize(module)
+    module_ptrs = {p.untyped_storage().data_ptr() for p in module.parameters()}
+    assert not module_ptrs & {v.untyped_storage().data_ptr() for v in params.values()}
+
+
+def test_modifying_params_does_not_affect_the_module():
+    module = net()
+    before = snapshot(module)
+    fn, params = mf.functionalize(module)
+    x = inputs(5, 1)
+    with torch.no_grad():
+        for v in params.values():
+            v.add_(1.0)
+    assert_unchanged(module, before)
+    assert not torch.allclose(fn(params, x), module(x))
+
+
+def test_modifying_the_module_does_not_affect_fn():
+    module = net()
+    fn, params = mf.functionalize(module)
+    x = inputs(5, 1)
+    expected = fn(params, x)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.mul_(3.0)
+    torch.testing.assert_close(fn(params, x), expected, rtol=0, atol=0)
+
+
+def test_the_module_is_never_mutated_by_calls_or_gradients():
+    module = net()
+    before = snapshot(module)
+    fn, params = mf.functionalize(module)
+    x = inputs(5, 1)
+    fn(scaled(params, 2.0), x)
+    g = grad(lambda p: fn(p, x).square().sum())(params)
+    assert set(g) == set(params)
+    assert all(torch.count_nonzero(v) > 0 for v in g.values())
+    vmap(fn, in_dims=(0, None))(stack(params, scaled(params, -1.0)), x)
+    assert_unchanged(module, before)
+    for p in module.parameters():
+        assert p.grad is None
+
+
+def test_grad_through_fn_matches_autograd_on_the_module():
+    module = net()
+    fn, params = mf.functionalize(module)
+    x = inputs(5, 1)
+    g = grad(lambda p: fn(p, x).square().sum())(params)
+    module(x).square().sum().backward()
+    for name, p in module.named_parameters():
+        torch.testing.assert_close(g[name], p.grad)
+
+
+# --- vmap -------------------------------------------------------------------------------------
+
+
+def test_vmap_over_a_batch_of_inputs():
+    fn, params = mf.functionalize(net())
+    xs = inputs(3, 5, 1)
+    out = vmap(fn, in_dims=(None, 0))(params, xs)
+    assert out.shape == (3, 5, 1)
+    for i in range(3):
+        torch.testing.assert_close(out[i], fn(params, xs[i]))
+
+
+def test_vmap_over_a_batch_of_params():
+    fn, params = mf.functionalize(net())
+    others = [params, scaled(params, 0.5), scaled(params, -2.0)]
+    x = inputs(5, 1)
+    out = vmap(fn, in_dims=(0, None))(stack(*others), x)
+    assert out.shape == (3, 5, 1)
+    for i, p in enumerate(others):
+        torch.testing.assert_close(out[i], fn(p, x))
+    assert not torch.allclose(out[0], out[1])
+
+
+def test_vmap_over_params_and_inputs_together():
+    fn, params = mf.functionalize(net())
+    others = [params, scaled(params, 0.5)]
+    xs = inputs(2, 5, 1)
+    out = vmap(fn)(stack(*others), xs)
+    for i, p in enumerate(others):
+        torch.testing.assert_close(out[i], fn(p, xs[i]))
+
+
+# --- buffers: BatchNorm -------------------------------------------------------------------------
+
+
+def test_running_stats_in_training_mode_are_refused_under_vmap_over_inputs():
+    fn, params = mf.functionalize(bn_net())
+    with pytest.raises(ValueError, match=REFUSED):
+        vmap(fn, in_dims=(None, 0))(params, inputs(3, 8, 1))
+
+
+def test_running_stats_in_training_mode_are_refused_under_vmap_over_params():
+    fn, params = mf.functionalize(bn_net())
+    with pytest.raises(ValueError, match=REFUSED):
+        vmap(fn, in_dims=(0, None))(stack(params, scaled(params, 2.0)), inputs(8, 1))
+
+
+def test_refused_model_still_works_unvmapped():
+    module = bn_net()
+    before = snapshot(module)
+    reference = copy.deepcopy(module)  # train mode: batch statistics
+    fn, params = mf.functionalize(module)
+    x = inputs(8, 1)
+    torch.testing.assert_close(fn(params, x), reference(x), rtol=0, atol=0)
+    # The module's running statistics are not updated by fn.
+    fn(params, x)
+    assert_unchanged(module, before)
+
+
+def test_eval_mode_batchnorm_works_under_vmap():
+    module = bn_net()
+    module.train()
+    with torch.no_grad():
+        module(inputs(32, 1, seed=5))  # non-trivial running statistics
+    module.eval()
+    before = snapshot(module)
+    fn, params = mf.functionalize(module)
+    xs = inputs(3, 8, 1)
+    out = vmap(fn, in_dims=(None, 0))(params, xs)
+    # Eval mode uses the stored statistics: each example independently, as the module does.
+    torch.testing.assert_close(out, module(xs.reshape(24, 1)).reshape(3, 8, 1))
+    assert_unchanged(module, before)
+
+
+def test_batchnorm_without_running_stats_uses_per_batch_statistics_under_vmap():
+    torch.manual_seed(0)
+    module = nn.BatchNorm1d(2, track_running_stats=False).double()
+    fn, params = mf.functionalize(module)
+    # Two batches with very different scales and offsets.
+    xs = torch.stack([inputs(16, 2, seed=1), 100.0 + 7.0 * inputs(16, 2, seed=2)])
+    out = vmap(fn, in_dims=(None, 0))(params, xs)
+    for i in range(2):
+        # Normalised by its own batch's mean and (biased) variance: weight 1, bias 0.
+        torch.testing.assert_close(
+            out[i].mean(dim=0), torch.zeros(2, dtype=F64), atol=1e-10, rtol=0
+        )
+        torch.testing.assert_close(
+            out[i].var(dim=0, correction=0), torch.ones(2, dtype=F64), rtol=1e-4, atol=0
+        )
+        torch.testing.assert_close(out[i], fn(params, xs[i]))
+    # Not the statistics of the two batches pooled.
+    pooled = fn(params, xs.reshape(32, 2)).reshape(2, 16, 2)
+    assert not torch.allclose(out, pooled, atol=1e-3)
+
+
+def test_batchnorm_without_running_stats_in_a_network_under_vmap():
+    fn, params = mf.functionalize(bn_net(track_running_stats=False))
+    xs = inputs(3, 8, 1)
+    out = vmap(fn, in_dims=(None, 0))(params, xs)
+    for i in range(3):
+        torch.testing.assert_close(out[i], fn(params, xs[i]))

@@ -1,0 +1,276 @@
+"""The pytree helpers in ``metafunc._tree``."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import metafunc as mf
+from metafunc import _tree
+
+F64 = torch.float64
+
+
+def t(*values) -> torch.Tensor:
+    return torch.tensor(values, dtype=F64)
+
+
+def tree() -> dict:
+    return {"w": t(1.0, -2.0), "b": t(3.0), "nested": (t(4.0, 5.0), [t(-6.0)])}
+
+
+def assert_tree_equal(a, b) -> None:
+    assert _tree.structure(a) == _tree.structure(b)
+    for x, y in zip(_tree.leaves(a), _tree.leaves(b), strict=True):
+        torch.testing.assert_close(x, y, rtol=0, atol=0)
+
+
+# --- map ------------------------------------------------------------------------------------
+
+
+def test_map_applies_leaf_by_leaf_and_keeps_structure():
+    out = _tree.map(lambda x: 2 * x, tree())
+    assert_tree_equal(out, {"w": t(2.0, -4.0), "b": t(6.0), "nested": (t(8.0, 10.0), [t(-12.0)])})
+    assert isinstance(out["nested"], tuple)
+    assert isinstance(out["nested"][1], list)
+
+
+def test_map_over_several_trees_pairs_leaves_by_position_in_the_structure():
+    a = {"x": t(1.0), "y": t(10.0)}
+    b = {"x": t(2.0), "y": t(20.0)}
+    assert_tree_equal(_tree.map(torch.sub, b, a), {"x": t(1.0), "y": t(10.0)})
+
+
+def test_map_refuses_trees_of_different_structure():
+    with pytest.raises(
+        ValueError, match=r"key mismatch; expected key\(s\): \['x'\], got key\(s\): \['y'\]"
+    ):
+        _tree.map(torch.add, {"x": t(1.0)}, {"y": t(1.0)})
+
+
+# --- axpy -----------------------------------------------------------------------------------
+
+
+def test_axpy_with_a_scalar():
+    x = {"p": t(1.0, 2.0), "q": t(-1.0)}
+    y = {"p": t(10.0, 20.0), "q": t(5.0)}
+    assert_tree_equal(_tree.axpy(-0.5, x, y), {"p": t(9.5, 19.0), "q": t(5.5)})
+
+
+def test_axpy_with_a_scalar_tensor():
+    x = {"p": t(1.0, 2.0)}
+    y = {"p": t(10.0, 20.0)}
+    assert_tree_equal(_tree.axpy(torch.tensor(3.0, dtype=F64), x, y), {"p": t(13.0, 26.0)})
+
+
+def test_axpy_with_a_pytree_a_is_leaf_by_leaf():
+    a = {"p": t(2.0, 3.0), "q": t(-1.0)}
+    x = {"p": t(1.0, 2.0), "q": t(4.0)}
+    y = {"p": t(10.0, 20.0), "q": t(5.0)}
+    assert_tree_equal(_tree.axpy(a, x, y), {"p": t(12.0, 26.0), "q": t(1.0)})
+
+
+def test_axpy_with_a_pytree_a_broadcasts_within_a_leaf():
+    a = {"p": t(2.0), "q": t(-1.0)}
+    x = {"p": t(1.0, 2.0), "q": t(4.0)}
+    y = {"p": t(10.0, 20.0), "q": t(5.0)}
+    assert_tree_equal(_tree.axpy(a, x, y), {"p": t(12.0, 24.0), "q": t(1.0)})
+
+
+def test_axpy_creates_new_tensors():
+    x, y = {"p": t(1.0)}, {"p": t(2.0)}
+    out = _tree.axpy(1.0, x, y)
+    assert out["p"] is not y["p"]
+    assert y["p"].item() == 2.0
+
+
+# --- zeros_like, detach, copy -----------------------------------------------------------------
+
+
+def test_zeros_like():
+    source = {"a": torch.ones(2, 3, dtype=F64), "b": (torch.full((4,), 7.0),)}
+    out = _tree.zeros_like(source)
+    assert _tree.structure(out) == _tree.structure(source)
+    for z, s in zip(_tree.leaves(out), _tree.leaves(source), strict=True):
+        assert z.shape == s.shape
+        assert z.dtype == s.dtype
+        assert torch.count_nonzero(z) == 0
+
+
+def test_detach_cuts_the_graph():
+    leaf = t(1.0, 2.0).requires_grad_()
+    src = {"a": leaf * 3, "b": [leaf.sin()]}
+    assert src["a"].grad_fn is not None
+    out = _tree.detach(src)
+    for d, s in zip(_tree.leaves(out), _tree.leaves(src), strict=True):
+        assert d.grad_fn is None
+        assert not d.requires_grad
+        torch.testing.assert_close(d, s.detach(), rtol=0, atol=0)
+
+
+def test_detach_drops_torch_func_gradients():
+    # Inside torch.func.grad, a detached value contributes nothing to the gradient.
+    def f(x):
+        return (_tree.detach({"v": x * x})["v"] + x).sum()
+
+    torch.testing.assert_close(torch.func.grad(f)(t(1.0, 2.0)), t(1.0, 1.0))
+
+
+def test_copy_shares_no_storage():
+    leaf = t(1.0, 2.0).requires_grad_()
+    src = {"a": leaf, "b": [t(3.0)]}
+    out = _tree.copy(src)
+    for c, s in zip(_tree.leaves(out), _tree.leaves(src), strict=True):
+        assert c.untyped_storage().data_ptr() != s.untyped_storage().data_ptr()
+        assert c.grad_fn is None
+        assert not c.requires_grad
+        torch.testing.assert_close(c, s.detach(), rtol=0, atol=0)
+    out["b"][0].add_(100.0)
+    assert src["b"][0].item() == 3.0
+
+
+# --- global_norm, all_finite ------------------------------------------------------------------
+
+
+def test_global_norm_matches_a_hand_computation():
+    # 3² + 4² + 12² = 169.
+    tr = {"a": t(3.0, -4.0), "b": [torch.tensor([[12.0]], dtype=F64)]}
+    norm = _tree.global_norm(tr)
+    assert norm.dtype == F64
+    assert norm.item() == 13.0
+
+
+def test_global_norm_of_random_tree_equals_norm_of_concatenation():
+    g = torch.Generator().manual_seed(0)
+    tr = {k: torch.randn(s, generator=g, dtype=F64) for k, s in [("a", (3, 4)), ("b", (5,))]}
+    flat = torch.cat([v.reshape(-1) for v in tr.values()])
+    torch.testing.assert_close(_tree.global_norm(tr), torch.linalg.vector_norm(flat))
+
+
+def test_all_finite_true():
+    flag = _tree.all_finite(tree())
+    assert flag.dtype == torch.bool
+    assert flag.shape == ()
+    assert bool(flag)
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
+def test_all_finite_false_on_nan_or_inf(bad):
+    tr = tree()
+    tr["nested"][1][0][0] = bad  # one element of the last leaf
+    assert not bool(_tree.all_finite(tr))
+
+
+# --- named_leaves -------------------------------------------------------------------------------
+
+
+def test_named_leaves_of_parameters_index_like_python():
+    _, params = mf.functionalize(torch.nn.Sequential(torch.nn.Linear(1, 2)))
+    named = _tree.named_leaves(params, "meta")
+    assert [p for p, _ in named] == ["meta['0.bias']", "meta['0.weight']"]
+    for path, leaf in named:
+        assert leaf is eval(path, {"meta": params})
+
+
+def test_named_leaves_of_nested_containers():
+    tr = tree()
+    named = _tree.named_leaves(tr, "p")
+    assert [p for p, _ in named] == [
+        "p['b']",
+        "p['nested'][0]",
+        "p['nested'][1][0]",
+        "p['w']",
+    ]
+    for path, leaf in named:
+        assert leaf is eval(path, {"p": tr})
+
+
+def test_named_leaves_of_tasks_use_field_names():
+    x = t(1.0)
+    tasks = mf.Tasks((x, x), {"y": x})
+    paths = [p for p, _ in _tree.named_leaves(tasks, "tasks")]
+    assert paths == ["tasks.support[0]", "tasks.support[1]", "tasks.query['y']"]
+
+
+def test_named_leaves_without_root_and_of_a_bare_leaf():
+    assert [p for p, _ in _tree.named_leaves({"a": t(1.0)})] == ["['a']"]
+    assert [p for p, _ in _tree.named_leaves(t(1.0), "x")] == ["x"]
+
+
+# --- check_same_structure ---------------------------------------------------------------------
+
+
+def test_check_same_structure_accepts_equal_structures():
+    _tree.check_same_structure(
+        tree(), _tree.zeros_like(tree()), where="w", expected_name="a", got_name="b"
+    )
+
+
+def test_check_same_structure_names_first_differing_path_and_both_structures():
+    expected = {"a": t(1.0), "b": t(1.0), "c": t(1.0)}
+    got = {"a": t(1.0), "b2": t(1.0), "c": t(1.0)}
+    with pytest.raises(ValueError) as info:
+        _tree.check_same_structure(
+            expected, got, where="here", expected_name="params", got_name="grads"
+        )
+    assert str(info.value) == (
+        "here: grads must have the same tree structure as params; first difference at "
+        "params['b'] (dict) vs grads['b2'] (dict).\n"
+        "  params: PyTreeSpec({'a': *, 'b': *, 'c': *})\n"
+        "  grads: PyTreeSpec({'a': *, 'b2': *, 'c': *})"
+    )
+
+
+def test_check_same_structure_path_into_nested_containers():
+    expected = {"a": (t(1.0), t(1.0))}
+    got = {"a": (t(1.0), {"z": t(1.0)})}
+    with pytest.raises(
+        ValueError,
+        match=r"^w: g must have the same tree structure as e; first difference at "
+        r"e\['a'\]\[1\] \(dict/tuple\) vs g\['a'\]\[1\]\['z'\] \(dict/tuple/dict\)\.\n  e: PyTreeSpec\(\{'a': \(\*, \*\)\}\)\n"
+        r"  g: PyTreeSpec\(\{'a': \(\*, \{'z': \*\}\)\}\)$",
+    ):
+        _tree.check_same_structure(expected, got, where="w", expected_name="e", got_name="g")
+
+
+def test_check_same_structure_different_leaf_counts():
+    with pytest.raises(
+        ValueError, match=r"first difference at g\[2\] \(list\) has no counterpart in e\."
+    ):
+        _tree.check_same_structure(
+            [t(1.0), t(1.0)], [t(1.0), t(1.0), t(1.0)], where="w", expected_name="e", got_name="g"
+        )
+
+
+def test_check_same_structure_root_leaf_vs_dict():
+    with pytest.raises(ValueError, match=r"first difference at e \(leaf\) vs g\['a'\] \(dict\)\."):
+        _tree.check_same_structure(
+            t(1.0), {"a": t(1.0)}, where="w", expected_name="e", got_name="g"
+        )
+
+
+def test_check_same_structure_long_structures_are_shortened():
+    big = {f"k{i:03d}": t(1.0) for i in range(200)}
+    with pytest.raises(ValueError) as info:
+        _tree.check_same_structure(big, {"a": t(1.0)}, where="w", expected_name="e", got_name="g")
+    line = next(s for s in str(info.value).splitlines() if s.startswith("  e: "))
+    assert len(line) == len("  e: ") + 400
+    assert line.endswith("...")
+
+
+# --- dict key order -----------------------------------------------------------------------------
+
+
+def test_dict_key_order_does_not_matter():
+    ba = {"b": t(1.0), "a": t(2.0)}
+    ab = {"a": t(2.0), "b": t(1.0)}
+    assert _tree.structure(ba) == _tree.structure(ab)
+    # optree sorts keys: leaves come out in key order, not insertion order.
+    assert [x.item() for x in _tree.leaves(ba)] == [2.0, 1.0]
+    assert [p for p, _ in _tree.named_leaves(ba)] == ["['a']", "['b']"]
+    _tree.check_same_structure(ba, ab, where="w", expected_name="e", got_name="g")
+    # Leaves are paired by key, whatever order each dict was built in.
+    assert_tree_equal(_tree.map(torch.sub, ba, ab), {"a": t(0.0), "b": t(0.0)})
+    assert_tree_equal(_tree.axpy(ba, ab, ab), {"a": t(6.0), "b": t(2.0)})
