@@ -18,13 +18,24 @@ import metafunc as mf
 from .evaluation import mean_ci95, sine_grid_error
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1 (got {text})")
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="metafunc", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     t = sub.add_parser("train", help="meta-train on the blog's sine task, evaluate, plot")
     t.add_argument("--algo", choices=["maml", "fomaml"], default="maml")
-    t.add_argument("--steps", type=int, default=50_000, help="outer steps (default 50000)")
-    t.add_argument("--meta-batch", type=int, default=32, help="tasks per outer step (default 32)")
+    t.add_argument(
+        "--steps", type=_positive_int, default=50_000, help="outer steps (default 50000)"
+    )
+    t.add_argument(
+        "--meta-batch", type=_positive_int, default=32, help="tasks per outer step (default 32)"
+    )
     t.add_argument("--inner-steps", type=int, default=5, help="inner SGD steps (default 5)")
     t.add_argument(
         "--inner-lr", type=float, default=3e-2, help="inner SGD step size (default 3e-2)"
@@ -34,9 +45,15 @@ def main(argv: list[str] | None = None) -> int:
     )
     t.add_argument("--seed", type=int, default=0)
     t.add_argument(
-        "--eval-draws", type=int, default=1000, help="fresh tasks per phase in the evaluation"
+        "--eval-draws",
+        type=_positive_int,
+        default=1000,
+        help="fresh tasks per phase in the evaluation",
     )
-    t.add_argument("--log-every", type=int, default=500)
+    t.add_argument("--log-every", type=_positive_int, default=500)
+    t.add_argument(
+        "--device", default="cpu", help="torch device for parameters and data, e.g. cuda"
+    )
     t.add_argument("--no-compile", action="store_true", help="run the eager step")
     t.add_argument("--no-progress", action="store_true")
     t.add_argument(
@@ -50,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
 def _train_sine(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     g = torch.Generator().manual_seed(args.seed)
-    fn, params = mf.functionalize(mf.models.blog_sine_net(g))
+    fn, params = mf.functionalize(mf.models.blog_sine_net(g).to(args.device))
     loss = mf.supervised(fn, mf.losses.l1)
     learner = mf.maml(
         loss,
@@ -61,7 +78,8 @@ def _train_sine(args: argparse.Namespace) -> int:
     opt = mf.optim.sgd(args.outer_lr)
     state = mf.init_state(learner, opt, params)
     step = mf.make_step(learner, opt, compile=not args.no_compile)
-    sampler = functools.partial(mf.tasks.sine, tasks=args.meta_batch)
+    # Tasks are drawn on the CPU generator (deterministic everywhere), then moved.
+    sampler = functools.partial(mf.tasks.sine, tasks=args.meta_batch, device=args.device)
 
     # The first call compiles; time it apart from the steady state.
     t0 = time.perf_counter()
@@ -126,6 +144,7 @@ def _train_sine(args: argparse.Namespace) -> int:
         "inner_lr": args.inner_lr,
         "outer_lr": args.outer_lr,
         "seed": args.seed,
+        "device": args.device,
         "compiled": not args.no_compile,
         "torch": torch.__version__,
         "first_call_s": first_call,

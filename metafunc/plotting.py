@@ -28,7 +28,7 @@ def sine_figure(
     )
     for ax, (phase, r) in zip(axes[0], results.items(), strict=True):
         grid = r.grid[:, 0].cpu()
-        ax.plot(grid, r.truth[:, 0].cpu(), color="C0", label=f"sin(x + {_phase_name(phase)})")
+        ax.plot(grid, r.truth[:, 0].cpu(), color="C0", label="true sine, sin(x + b)")
         if before is not None:
             ax.plot(
                 grid,
