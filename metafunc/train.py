@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from . import _checks
+from . import _checks, _tree
 from ._types import Tasks
 from .step import Step, TrainState
 
@@ -57,23 +57,22 @@ def train(
         raise TypeError(f"train: state must be a metafunc.TrainState (got {type(state).__name__})")
     if generator is None:
         generator = torch.Generator().manual_seed(0)
-    sums: dict[str, torch.Tensor] = {}
+    sums: dict[str, torch.Tensor] | None = None
     window = 0
     done = int(state.step)  # the only host read of the counter; windows end at multiples
     with tqdm(total=steps, disable=not progress, desc="meta-train", unit="step") as bar:
         for i in range(steps):
             state, metrics = step(state, sampler(generator))
-            for k, v in metrics.items():
-                v = v.detach().to(torch.float64)
-                sums[k] = sums[k] + v if k in sums else v
+            metrics = _tree.map(lambda v: v.detach().to(torch.float64), metrics)
+            sums = metrics if sums is None else _tree.map(torch.add, sums, metrics)
             window += 1
             done += 1
             bar.update(1)
             if done % log_every == 0 or i == steps - 1:
-                means = {k: float(v) / window for k, v in sums.items()}
+                means = _tree.map(lambda v, n=window: v.item() / n, sums)
                 logger.info("step %d: %s", done, " ".join(f"{k}={v:.4g}" for k, v in means.items()))
                 bar.set_postfix(loss=f"{means['loss']:.4f}")
                 if on_log is not None:
                     on_log(done, means)
-                sums, window = {}, 0
+                sums, window = None, 0
     return state
