@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch.func import grad
 
-from . import _tree
+from . import _checks, _tree
 
 Loss = Callable[[Any, Any], torch.Tensor]
 
@@ -64,8 +64,6 @@ def checked_adapt(
     first_order: bool = False,
 ) -> Any:
     """:func:`adapt` with its arguments validated first (the public ``metafunc.adapt``)."""
-    from . import _checks
-
     _checks.params_tree("adapt", "params", params)
     lr = _checks.learning_rate("adapt", "lr", lr)
     if not isinstance(lr, float):

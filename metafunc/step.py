@@ -112,7 +112,6 @@ def make_step(
             step(state, tasks)
             raise
 
-    checked.__doc__ = step.__doc__
     return checked
 
 
