@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import torch
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 import metafunc as mf
 
@@ -60,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
         "--out", type=Path, default=Path("out"), help="directory for figures and results.json"
     )
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
     return _train_sine(args)
 
 
@@ -82,6 +83,11 @@ def _train_sine(args: argparse.Namespace) -> int:
     sampler = functools.partial(mf.tasks.sine, tasks=args.meta_batch, device=args.device)
 
     # The first call compiles; time it apart from the steady state.
+    if not args.no_compile:
+        print(
+            "compiling the outer step (a minute with an empty cache, seconds on reruns)...",
+            flush=True,
+        )
     t0 = time.perf_counter()
     state, _ = step(state, sampler(g))
     first_call = time.perf_counter() - t0
@@ -93,16 +99,17 @@ def _train_sine(args: argparse.Namespace) -> int:
         history["loss_before"].append(metrics["loss_before"])
 
     t0 = time.perf_counter()
-    state = mf.train(
-        step,
-        state,
-        sampler,
-        steps=args.steps - 1,
-        generator=g,
-        log_every=args.log_every,
-        on_log=on_log,
-        progress=not args.no_progress,
-    )
+    with logging_redirect_tqdm():  # periodic log lines print above the progress bar
+        state = mf.train(
+            step,
+            state,
+            sampler,
+            steps=args.steps - 1,
+            generator=g,
+            log_every=args.log_every,
+            on_log=on_log,
+            progress=not args.no_progress,
+        )
     per_step = (time.perf_counter() - t0) / max(args.steps - 1, 1)
 
     eval_gen = torch.Generator().manual_seed(args.seed + 1)

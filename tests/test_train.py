@@ -1,0 +1,69 @@
+"""The training loop: windows of device-side metric means, logging, the task stream."""
+
+import functools
+import logging
+
+import torch
+from conftest import tanh_net
+
+import metafunc as mf
+
+
+def setup():
+    fn, params = mf.functionalize(tanh_net())
+    learner = mf.maml(mf.supervised(fn, mf.losses.mse), inner_lr=0.1)
+    opt = mf.optim.adam(1e-2)
+    sampler = functools.partial(mf.tasks.sinusoid, tasks=2, dtype=torch.float64)
+    return mf.make_step(learner, opt, compile=False), mf.init_state(learner, opt, params), sampler
+
+
+def test_train_equals_manual_steps_and_logs_window_means(caplog):
+    step, state, sampler = setup()
+    logs = []
+    with caplog.at_level(logging.INFO, logger="metafunc"):
+        final = mf.train(
+            step,
+            state,
+            sampler,
+            steps=7,
+            generator=torch.Generator().manual_seed(3),
+            log_every=3,
+            on_log=lambda n, m: logs.append((n, m)),
+            progress=False,
+        )
+
+    g = torch.Generator().manual_seed(3)
+    manual, losses = state, []
+    for _ in range(7):
+        manual, metrics = step(manual, sampler(g))
+        losses.append(metrics["loss"].item())
+    for a, b in zip(mf._tree.leaves(final), mf._tree.leaves(manual), strict=True):
+        assert torch.equal(a, b)
+    assert int(final.step) == 7
+    # windows end at multiples of log_every and after the last step
+    assert [n for n, _ in logs] == [3, 6, 7]
+    for (_, m), window in zip(logs, (losses[0:3], losses[3:6], losses[6:7]), strict=True):
+        assert abs(m["loss"] - sum(window) / len(window)) < 1e-12
+        assert m["finite"] == 1.0
+    assert [r.getMessage().split(":")[0] for r in caplog.records] == ["step 3", "step 6", "step 7"]
+
+
+def test_train_continues_counting_from_the_state():
+    step, state, sampler = setup()
+    state = mf.train(step, state, sampler, steps=2, progress=False)
+    seen = []
+    mf.train(
+        step,
+        state,
+        sampler,
+        steps=3,
+        log_every=2,
+        progress=False,
+        on_log=lambda n, m: seen.append(n),
+    )
+    assert seen == [4, 5]
+
+
+def test_zero_steps_returns_the_state():
+    step, state, sampler = setup()
+    assert mf.train(step, state, sampler, steps=0, progress=False) is state
