@@ -1,0 +1,26 @@
+"""The README stays true: its two commands are the ones CI runs, and its example runs."""
+
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+README = (ROOT / "README.md").read_text()
+
+
+def test_readme_opens_with_the_two_commands_and_ci_runs_the_test_one():
+    first_block = re.search(r"```bash\n(.*?)```", README, re.S).group(1)
+    commands = [line.split("#")[0].strip() for line in first_block.strip().splitlines()]
+    assert commands == ["make demo", "make test"]
+    assert README.index("```bash") < README.index("```python")
+    assert "make test" in (ROOT / ".ci" / "run").read_text()
+
+
+def test_readme_example_runs():
+    code = re.search(r"```python\n(.*?)```", README, re.S).group(1)
+    # the same code with a short eager run instead of 50,000 compiled steps
+    assert "steps=50_000" in code and "compile=True" in code
+    code = code.replace("steps=50_000", "steps=3").replace("compile=True", "compile=False")
+    scope: dict = {}
+    exec(compile(code, "README.md", "exec"), scope)
+    assert int(scope["state"].step) == 3
+    assert scope["prediction"].shape == (100, 1)
