@@ -70,7 +70,7 @@ def _running_stats_message(model: str, names: list[str]) -> str:
     return (
         f"functionalize: {model} has BatchNorm layer(s) {names} that update running statistics "
         "in training mode; under vmap (and grad) each task would have to write the same "
-        "buffers, so this is refused. Build them with track_running_stats=False (per-batch statistics, as in the "
-        "MAML paper), use nn.GroupNorm or nn.LayerNorm, or call module.eval() before "
-        "functionalize to use the stored statistics as constants."
+        "buffers, so this is refused. Build them with track_running_stats=False (per-batch "
+        "statistics, as in the MAML paper), use nn.GroupNorm or nn.LayerNorm, or call "
+        "module.eval() before functionalize to use the stored statistics as constants."
     )

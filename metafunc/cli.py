@@ -113,13 +113,13 @@ def _train_sine(args: argparse.Namespace) -> int:
     per_step = (time.perf_counter() - t0) / max(args.steps - 1, 1)
 
     eval_gen = torch.Generator().manual_seed(args.seed + 1)
+    # No inner steps: the meta-learned net itself, for the dashed "before" curve.
+    frozen = mf.maml(loss, inner_steps=0)
     results, before = {}, {}
     for phase in (0.0, math.pi):
         results[phase] = sine_grid_error(
             learner, fn, state.meta, eval_gen, phase=phase, draws=args.eval_draws
         )
-        # The same support points with no adaptation, for the dashed "before" curve.
-        frozen = mf.maml(loss, inner_steps=0)
         before[phase] = sine_grid_error(
             frozen, fn, state.meta, torch.Generator().manual_seed(0), phase=phase, draws=1
         )
