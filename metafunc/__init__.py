@@ -13,8 +13,12 @@ from ._inner import checked_adapt as adapt
 from ._learner import Learner as Learner
 from ._model import functionalize as functionalize
 from ._types import Tasks as Tasks
+from .algorithms import anil as anil
+from .algorithms import daml as daml
 from .algorithms import fomaml as fomaml
 from .algorithms import maml as maml
+from .algorithms import meta_sgd as meta_sgd
+from .algorithms import reptile as reptile
 from .losses import supervised as supervised
 from .step import TrainState as TrainState
 from .step import init_state as init_state
@@ -28,14 +32,18 @@ __all__ = [
     "Tasks",
     "TrainState",
     "adapt",
+    "anil",
+    "daml",
     "fomaml",
     "functionalize",
     "init_state",
     "losses",
     "make_step",
     "maml",
+    "meta_sgd",
     "models",
     "optim",
+    "reptile",
     "supervised",
     "tasks",
     "train",

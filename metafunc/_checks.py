@@ -54,6 +54,18 @@ def boolean(where: str, name: str, value: Any) -> bool:
     return value
 
 
+def function(where: str, name: str, value: Any, usage: str) -> Any:
+    """A callable; ``usage`` says how it is called, e.g. ``"loss(params, data)"``."""
+    if not callable(value):
+        raise TypeError(f"{where}: {name} must be callable as {usage} (got {value!r})")
+    return value
+
+
+def chunk_size(where: str, value: Any) -> int | None:
+    """``None`` or an integer >= 1 (vmap's ``chunk_size``)."""
+    return None if value is None else integer(where, "chunk_size", value, minimum=1)
+
+
 def learning_rate(where: str, name: str, value: Any) -> float | Any:
     """A positive number, or a pytree of tensors (one rate per parameter leaf)."""
     if isinstance(value, (bool, Real)):
@@ -115,57 +127,67 @@ def params_tree(where: str, name: str, params: Any) -> None:
             )
 
 
-def tasks(where: str, value: Any, *, like: Any = None) -> int:
+def keyed(where: str, name: str, value: Any, keys: tuple[str, ...], hint: str) -> None:
+    """A dict with exactly ``keys`` (an algorithm's layout of its meta-parameters)."""
+    if not isinstance(value, dict) or set(value) != set(keys):
+        got = sorted(value) if isinstance(value, dict) else type(value).__name__
+        raise ValueError(
+            f"{where}: {name} must be a dict with keys {list(keys)} ({hint}) (got {got})"
+        )
+
+
+def tasks(where: str, value: Any, *, like: Any = None, paired: bool = True) -> int:
     """Check a meta-batch; return its number of tasks.
 
-    ``support`` and ``query`` must be pytrees of tensors with the same structure, one leading
-    task dimension of the same size everywhere, and matching per-example shapes (only the
-    number of examples, dimension 1, may differ between support and query). If ``like`` (the
-    parameters) is given, floating-point data must share its dtype and device.
+    ``support`` and ``query`` must be pytrees of tensors with one leading task dimension of
+    the same size everywhere. If ``paired`` (support and query hold the same kind of data),
+    they must also have the same structure and matching per-example shapes (only the number
+    of examples, dimension 1, may differ). If ``like`` (the parameters) is given,
+    floating-point data must share its dtype and device.
     """
     if not isinstance(value, Tasks):
         raise TypeError(
             f"{where}: tasks must be a metafunc.Tasks(support, query) (got {type(value).__name__})"
         )
-    _tree.check_same_structure(
-        value.support,
-        value.query,
-        where=where,
-        expected_name="tasks.support",
-        got_name="tasks.query",
-    )
+    if paired:
+        _tree.check_same_structure(
+            value.support,
+            value.query,
+            where=where,
+            expected_name="tasks.support",
+            got_name="tasks.query",
+        )
     named_s = _tree.named_leaves(value.support, "tasks.support")
     named_q = _tree.named_leaves(value.query, "tasks.query")
-    if not named_s:
-        raise ValueError(
-            f"{where}: tasks.support must hold at least one tensor (got {value.support!r})"
-        )
+    for name, named, tree in (("support", named_s, value.support), ("query", named_q, value.query)):
+        if not named:
+            raise ValueError(f"{where}: tasks.{name} must hold at least one tensor (got {tree!r})")
     ref = _tree.leaves(like)[0] if like is not None else None
     n_tasks = None
-    for (path_s, s), (path_q, q) in zip(named_s, named_q, strict=True):
-        for path, t in ((path_s, s), (path_q, q)):
-            if not isinstance(t, torch.Tensor):
-                raise TypeError(f"{where}: {path} must be a tensor (got {type(t).__name__})")
-            if t.ndim < 2:
-                raise ValueError(
-                    f"{where}: {path} must have shape (tasks, examples, ...) (got shape {tuple(t.shape)})"
-                )
-            if n_tasks is None:
-                n_tasks, first_path = t.shape[0], path
-            if t.shape[0] != n_tasks:
-                raise ValueError(
-                    f"{where}: every tensor in tasks must have the same number of tasks (leading "
-                    f"dimension); {first_path} has {n_tasks} but {path} has {t.shape[0]}"
-                )
-            if ref is not None and t.is_floating_point() and t.dtype != ref.dtype:
-                raise TypeError(
-                    f"{where}: {path} has dtype {t.dtype} but the parameters are {ref.dtype}; "
-                    f"convert the data with .to({ref.dtype})"
-                )
-            if ref is not None and t.device != ref.device:
-                raise ValueError(
-                    f"{where}: {path} is on {t.device} but the parameters are on {ref.device}"
-                )
+    for path, t in named_s + named_q:
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{where}: {path} must be a tensor (got {type(t).__name__})")
+        if t.ndim < 2:
+            raise ValueError(
+                f"{where}: {path} must have shape (tasks, examples, ...) (got shape {tuple(t.shape)})"
+            )
+        if n_tasks is None:
+            n_tasks, first_path = t.shape[0], path
+        if t.shape[0] != n_tasks:
+            raise ValueError(
+                f"{where}: every tensor in tasks must have the same number of tasks (leading "
+                f"dimension); {first_path} has {n_tasks} but {path} has {t.shape[0]}"
+            )
+        if ref is not None and t.is_floating_point() and t.dtype != ref.dtype:
+            raise TypeError(
+                f"{where}: {path} has dtype {t.dtype} but the parameters are {ref.dtype}; "
+                f"convert the data with .to({ref.dtype})"
+            )
+        if ref is not None and t.device != ref.device:
+            raise ValueError(
+                f"{where}: {path} is on {t.device} but the parameters are on {ref.device}"
+            )
+    for (path_s, s), (path_q, q) in zip(named_s, named_q, strict=True) if paired else ():
         if s.shape[2:] != q.shape[2:]:
             raise ValueError(
                 f"{where}: {path_s} and {path_q} must have the same per-example shape; got "

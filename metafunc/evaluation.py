@@ -11,7 +11,7 @@ from torch.func import vmap
 
 from . import _checks, _tree
 from ._learner import Learner
-from .tasks import sine
+from .tasks import daml_sine, sine
 
 
 class SineEval(NamedTuple):
@@ -21,12 +21,35 @@ class SineEval(NamedTuple):
     grid: torch.Tensor  # (points, 1)
     truth: torch.Tensor  # (points, 1)
     pred: torch.Tensor  # (draws, points, 1) after adaptation
-    support: tuple[torch.Tensor, torch.Tensor]  # (draws, shots, 1) each
+    support: Any  # (x, y), each (draws, shots, 1); DAML: unlabeled x (draws, sources, 1)
 
 
 def adapt_tasks(learner: Learner, meta: Any, support: Any) -> Any:
     """``learner.adapt`` for every task of a batched ``support`` (vmapped; leading dim = task)."""
     return vmap(learner.adapt, in_dims=(None, 0))(meta, support)
+
+
+def grid_error(
+    learner: Learner,
+    predict: Callable[..., torch.Tensor],
+    meta: Any,
+    support: Any,
+    *,
+    phase: float,
+    step: float = 0.01,
+) -> SineEval:
+    """Adapt on each task of the batched ``support``; score each adapted net, ``predict(params,
+    x)``, by its MSE against ``sin(x + phase)`` on the grid ``arange(−2π, 2π, step)``."""
+    ref = _tree.leaves(meta)[0]
+    grid = torch.arange(-2 * math.pi, 2 * math.pi, step, dtype=ref.dtype, device=ref.device)[
+        :, None
+    ]
+    truth = torch.sin(grid + phase)
+    with torch.no_grad():
+        adapted = adapt_tasks(learner, meta, support)
+        pred = vmap(predict, in_dims=(0, None))(adapted, grid)
+    mse = ((pred - truth) ** 2).mean(dim=(1, 2))
+    return SineEval(mse, grid, truth, pred, support)
 
 
 def sine_grid_error(
@@ -53,15 +76,34 @@ def sine_grid_error(
         dtype=ref.dtype,
         device=ref.device,
     )
-    grid = torch.arange(-2 * math.pi, 2 * math.pi, step, dtype=ref.dtype, device=ref.device)[
-        :, None
-    ]
-    truth = torch.sin(grid + phase)
-    with torch.no_grad():
-        adapted = adapt_tasks(learner, meta, tasks.support)
-        pred = vmap(fn, in_dims=(0, None))(adapted, grid)
-    mse = ((pred - truth) ** 2).mean(dim=(1, 2))
-    return SineEval(mse, grid, truth, pred, tasks.support)
+    return grid_error(learner, fn, meta, tasks.support, phase=phase, step=step)
+
+
+def daml_grid_error(
+    learner: Learner,
+    predict: Callable[..., torch.Tensor],
+    meta: Any,
+    generator: torch.Generator,
+    *,
+    phase: float,
+    draws: int = 1000,
+    sources: int = 1,
+    step: float = 0.01,
+) -> SineEval:
+    """Adapt on ``sources`` fresh unlabeled source inputs of the DAML sine with a fixed
+    ``phase``, ``draws`` times; score on the target grid as :func:`sine_grid_error` does."""
+    draws = _checks.integer("daml_grid_error", "draws", draws, minimum=1)
+    ref = _tree.leaves(meta)[0]
+    tasks = daml_sine(
+        generator,
+        tasks=draws,
+        sources=sources,
+        queries=1,
+        phase=phase,
+        dtype=ref.dtype,
+        device=ref.device,
+    )
+    return grid_error(learner, predict, meta, tasks.support, phase=phase, step=step)
 
 
 def mean_ci95(values: torch.Tensor) -> tuple[float, float]:

@@ -10,6 +10,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
+import torch
 
 from .evaluation import SineEval
 
@@ -38,8 +39,12 @@ def sine_figure(
                 label="net(x) before adapting",
             )
         ax.plot(grid, r.pred[0, :, 0].cpu(), color="C1", label="net(x) after adapting")
-        sx, sy = r.support
-        ax.plot(sx[0, :, 0].cpu(), sy[0, :, 0].cpu(), "o", color="k", label="examples")
+        if isinstance(r.support, tuple):
+            sx, sy = r.support
+            ax.plot(sx[0, :, 0].cpu(), sy[0, :, 0].cpu(), "o", color="k", label="examples")
+        else:  # DAML: unlabeled source inputs, shown where they lie on the x axis
+            sx = r.support[0, :, 0].cpu()
+            ax.plot(sx, torch.full_like(sx, -1.25), "^", color="k", label="unlabeled source input")
         ax.set_title(
             f"b = {_phase_name(phase)}: grid MSE {r.mse.mean().item():.4f} (mean of {r.mse.numel()} draws)"
         )

@@ -100,8 +100,7 @@ def make_step(
             raise TypeError(
                 f"step: state must be a metafunc.TrainState from init_state (got {type(state).__name__})"
             )
-        _checks.params_tree("step", "state.meta", state.meta)
-        _checks.tasks("step", tasks, like=state.meta)
+        learner.check("step", state.meta, tasks, meta_name="state.meta")
         if compiled is None:
             return step(state, tasks)
         try:

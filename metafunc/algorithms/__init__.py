@@ -1,6 +1,10 @@
 """One file per algorithm, each a factory returning a :class:`metafunc.Learner`."""
 
+from .anil import anil as anil
+from .daml import daml as daml
 from .maml import fomaml as fomaml
 from .maml import maml as maml
+from .meta_sgd import meta_sgd as meta_sgd
+from .reptile import reptile as reptile
 
-__all__ = ["fomaml", "maml"]
+__all__ = ["anil", "daml", "fomaml", "maml", "meta_sgd", "reptile"]

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from .. import _checks, _inner, _tree
-from .._learner import Learner, differentiable_learner
+from .._learner import Learner, learner
 
 
 def maml(
@@ -74,13 +74,11 @@ def _build(
     first_order: bool,
     chunk_size: int | None,
 ) -> Learner:
-    if not callable(loss):
-        raise TypeError(f"{name}: loss must be callable as loss(params, data) (got {loss!r})")
+    _checks.function(name, "loss", loss, "loss(params, data)")
     inner_lr = _checks.learning_rate(name, "inner_lr", inner_lr)
     inner_steps = _checks.integer(name, "inner_steps", inner_steps, minimum=0)
     first_order = _checks.boolean(name, "first_order", first_order)
-    if chunk_size is not None:
-        chunk_size = _checks.integer(name, "chunk_size", chunk_size, minimum=1)
+    chunk_size = _checks.chunk_size(name, chunk_size)
 
     def init(params: Any) -> Any:
         _checks.params_tree(name, "params", params)
@@ -93,6 +91,4 @@ def _build(
             meta, support, loss=loss, lr=inner_lr, steps=inner_steps, first_order=first_order
         )
 
-    return differentiable_learner(
-        name, init=init, adapt=adapt, loss=loss, params_of=lambda meta: meta, chunk_size=chunk_size
-    )
+    return learner(name, init=init, adapt=adapt, loss=loss, chunk_size=chunk_size)

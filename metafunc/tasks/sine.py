@@ -71,9 +71,54 @@ def sinusoid(
     return _sinusoid_points(generator, n, shots, queries, amplitude, phase, 5.0, dtype, device)
 
 
+def daml_sine(
+    generator: torch.Generator,
+    *,
+    tasks: int,
+    sources: int = 1,
+    queries: int = 10,
+    phase: float | torch.Tensor | None = None,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str | None = None,
+) -> Tasks:
+    """The blog's DAML sine: the phase must be read from unlabeled source-domain inputs.
+
+    The target domain is the blog's sine, ``y = sin(x + b)``, ``b`` 0 or π, ``x ~ U[−2π, 2π]``.
+    The source domain gives only inputs, and where they lie tells the phase: ``U[π/4, π/2]``
+    when ``b = 0`` and ``U[−π/2, −π/4]`` when ``b = π``.
+
+    Args:
+        generator: the only source of randomness (CPU generator).
+        tasks: number of tasks in the meta-batch.
+        sources: unlabeled source inputs per task (the blog uses one).
+        queries: labeled target points per task.
+        phase: ``None`` draws 0 or π per task; a number (0 or π) or a ``(tasks,)`` tensor of
+            them fixes it.
+        dtype, device: of the returned tensors.
+
+    Returns:
+        ``Tasks(support=x_source, query=(x, y))``; ``x_source`` is ``(tasks, sources, 1)``,
+        ``x`` and ``y`` are ``(tasks, queries, 1)``.
+    """
+    n = _sizes("daml_sine", tasks, sources, queries)
+    if phase is None:
+        phase = math.pi * torch.randint(0, 2, (n, 1, 1), generator=generator).double()
+    else:
+        phase = _per_task("daml_sine", "phase", phase, n)
+        if not bool(((phase == 0) | (phase == math.pi)).all()):
+            raise ValueError(
+                f"daml_sine: phase must be 0 or math.pi (got values {phase.unique().tolist()})"
+            )
+    u = torch.rand(n, sources, 1, generator=generator, dtype=torch.float64)
+    # π/4 + u·π/4 for b = 0; the mirror image −(π/4 + u·π/4) for b = π.
+    x_source = torch.where(phase == 0, 1.0, -1.0) * (math.pi / 4) * (1 + u)
+    target = _sinusoid_points(generator, n, 0, queries, 1.0, phase, 2 * math.pi, dtype, device)
+    return Tasks(x_source.to(dtype=dtype, device=device), target.query)
+
+
 def _sizes(where: str, tasks: int, shots: int, queries: int) -> int:
     n = _checks.integer(where, "tasks", tasks, minimum=1)
-    _checks.integer(where, "shots", shots, minimum=1)
+    _checks.integer(where, "sources" if where == "daml_sine" else "shots", shots, minimum=1)
     _checks.integer(where, "queries", queries, minimum=1)
     return n
 

@@ -1,0 +1,115 @@
+"""DAML: domain-adaptive meta-learning with a learned adaptation loss.
+
+Yu, Finn, Xie, Dasari, Zhang, Abbeel, Levine. "One-Shot Imitation from Observing Humans via
+Domain-Adaptive Meta-Learning", RSS 2018; in the form of the blog post "Meta Learning in
+PyTorch". Tasks give *unlabeled* inputs from a source domain to adapt on and labeled data
+from the target domain to score on. The inner steps descend a learned adaptation loss — a
+second network with parameters φ that sees the model's output and features on the source
+inputs — and the outer loss is the task loss on the target data. Both θ0 and φ are
+meta-learned, exactly: φ reaches the outer loss only through the inner gradients, so a
+first-order DAML would leave it untrained and is refused.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from .. import _checks, _inner, _tree
+from .._learner import Learner, learner
+
+
+def daml(
+    model: Callable[[Any, Any], tuple[torch.Tensor, Any]],
+    adaptation_loss: Callable[[Any, torch.Tensor, Any], torch.Tensor],
+    loss_params: Any,
+    task_loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    *,
+    inner_lr: float | Any = 0.01,
+    inner_steps: int = 1,
+    first_order: bool = False,
+    chunk_size: int | None = None,
+) -> Learner:
+    """Domain-adaptive meta-learning with a learned adaptation loss.
+
+    A task is ``Tasks(support=x_source, query=(x_target, y_target))``: the support holds only
+    inputs. Each task adapts θ by ``inner_steps`` SGD steps on
+    ``adaptation_loss(φ, *model(θ, x_source))``; the meta-loss is
+    ``task_loss(model(θ', x_target)[0], y_target)``.
+
+    Args:
+        model: ``model(params, x) -> (output, features)``; ``features`` is any pytree the
+            adaptation loss sees (e.g. hidden activations).
+        adaptation_loss: ``adaptation_loss(loss_params, output, features) -> scalar``.
+        loss_params: the adaptation loss's initial parameters φ (a pytree of tensors with the
+            model parameters' dtype and device); meta-learned with θ0.
+        task_loss: ``task_loss(output, target) -> scalar`` on the labeled target data, e.g.
+            :func:`metafunc.losses.mse`.
+        inner_lr: the inner SGD step size, a positive number or a pytree like the parameters.
+        inner_steps: SGD steps per task.
+        first_order: must be ``False`` (φ would get no gradient).
+        chunk_size: vmap the tasks this many at a time; ``None`` for all at once.
+
+    Returns:
+        a :class:`metafunc.Learner` whose meta-parameters are ``{"params": θ0, "loss": φ}``.
+
+    Example:
+        >>> learner = mf.daml(model, adaptation_loss, phi, mf.losses.mse, inner_lr=3e-2)
+        >>> state = mf.init_state(learner, mf.optim.adam(1e-3), params)
+    """
+    name = "daml"
+    _checks.function(name, "model", model, "model(params, x) -> (output, features)")
+    _checks.function(
+        name, "adaptation_loss", adaptation_loss, "adaptation_loss(loss_params, output, features)"
+    )
+    _checks.function(name, "task_loss", task_loss, "task_loss(output, target)")
+    _checks.params_tree(name, "loss_params", loss_params)
+    inner_lr = _checks.learning_rate(name, "inner_lr", inner_lr)
+    inner_steps = _checks.integer(name, "inner_steps", inner_steps, minimum=1)
+    if _checks.boolean(name, "first_order", first_order):
+        raise ValueError(
+            "daml: first_order=True is not supported: the adaptation-loss parameters reach the "
+            "outer loss only through the inner gradients, so detaching them would leave the "
+            "learned loss untrained (got first_order=True)"
+        )
+    chunk_size = _checks.chunk_size(name, chunk_size)
+
+    def init(params: Any) -> Any:
+        _checks.params_tree(name, "params", params)
+        p, q = _tree.leaves(params)[0], _tree.leaves(loss_params)[0]
+        if (p.dtype, p.device) != (q.dtype, q.device):
+            raise TypeError(
+                f"daml: loss_params must have the model parameters' dtype and device {p.dtype} "
+                f"on {p.device} (got {q.dtype} on {q.device})"
+            )
+        if not isinstance(inner_lr, float):
+            _checks.learning_rate_like(name, "inner_lr", inner_lr, params, "params")
+        return {"params": _tree.copy(params), "loss": _tree.copy(loss_params)}
+
+    def check_meta(where: str, meta_name: str, meta: Any) -> None:
+        _checks.keyed(where, meta_name, meta, ("params", "loss"), "from daml(...).init")
+
+    def outer_loss(params: Any, data: Any) -> torch.Tensor:
+        x, y = data
+        return task_loss(model(params, x)[0], y)
+
+    def adapt(meta: Any, x_source: Any) -> Any:
+        def inner_loss(params: Any, x: Any) -> torch.Tensor:
+            return adaptation_loss(meta["loss"], *model(params, x))
+
+        return _inner.adapt(
+            meta["params"], x_source, loss=inner_loss, lr=inner_lr, steps=inner_steps
+        )
+
+    return learner(
+        name,
+        init=init,
+        adapt=adapt,
+        loss=outer_loss,
+        params_of=lambda meta: meta["params"],
+        chunk_size=chunk_size,
+        paired=False,
+        check_meta=check_meta,
+    )
