@@ -9,14 +9,17 @@ import logging
 import math
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import torch
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 import metafunc as mf
 
-from .evaluation import mean_ci95, sine_grid_error
+from . import reproduce
+from .evaluation import SineEval, daml_grid_error, mean_ci95, sine_grid_error
 
 
 def _positive_int(text: str) -> int:
@@ -29,8 +32,11 @@ def _positive_int(text: str) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="metafunc", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    t = sub.add_parser("train", help="meta-train on the blog's sine task, evaluate, plot")
-    t.add_argument("--algo", choices=["maml", "fomaml"], default="maml")
+    t = sub.add_parser(
+        "train",
+        help="meta-train on the blog's sine task (DAML: the blog's DAML sine), evaluate, plot",
+    )
+    t.add_argument("--algo", choices=ALGORITHMS, default="maml")
     t.add_argument(
         "--steps", type=_positive_int, default=50_000, help="outer steps (default 50000)"
     )
@@ -60,27 +66,112 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument(
         "--out", type=Path, default=Path("out"), help="directory for figures and results.json"
     )
+    r = sub.add_parser(
+        "table",
+        help="reproduce the sine-regression table of Meta-SGD (Li et al. 2017, Table 1)",
+        description=reproduce.__doc__.split("\n\n")[0],
+    )
+    r.add_argument(
+        "--algos", nargs="+", choices=reproduce.ALGORITHMS, default=list(reproduce.ALGORITHMS)
+    )
+    r.add_argument("--shots", nargs="+", type=_positive_int, default=[5, 10, 20])
+    r.add_argument(
+        "--steps",
+        type=_positive_int,
+        default=70_000,
+        help="outer steps (default 70000, the MAML paper's)",
+    )
+    r.add_argument("--meta-batch", type=_positive_int, default=25)
+    r.add_argument(
+        "--inner-lr", type=float, default=0.01, help="inner step size; Meta-SGD's initial rate"
+    )
+    r.add_argument("--outer-lr", type=float, default=1e-3, help="outer Adam step size")
+    r.add_argument("--reptile-steps", type=_positive_int, default=5, help="Reptile's inner steps")
+    r.add_argument("--eval-tasks", type=_positive_int, default=4000, help="new tasks per cell")
+    r.add_argument(
+        "--eval-points", type=_positive_int, default=100, help="query points per new task"
+    )
+    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--no-compile", action="store_true")
+    r.add_argument("--no-progress", action="store_true")
+    r.add_argument("--out", type=Path, default=Path("out/sinusoid-table.json"))
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if args.command == "table":
+        with logging_redirect_tqdm():
+            return reproduce.table(args)
     return _train_sine(args)
+
+
+ALGORITHMS = ["maml", "fomaml", "reptile", "meta-sgd", "anil", "daml"]
+
+
+class _Experiment(NamedTuple):
+    learner: mf.Learner
+    frozen: mf.Learner  # no inner steps: the meta-learned net itself, for the dashed curve
+    params: Any
+    predict: Callable[[Any, torch.Tensor], torch.Tensor]
+    sampler: Callable[[torch.Generator], mf.Tasks]
+    evaluate: Callable[..., SineEval]
+    name: str  # the figure's file stem
+    support: str  # what adaptation sees, for the printout
+
+
+def _blog_experiment(args: argparse.Namespace, g: torch.Generator) -> _Experiment:
+    """The blog's two experiments: the MAML family on the sine, or DAML on the DAML sine."""
+    inner = {"inner_lr": args.inner_lr, "inner_steps": args.inner_steps}
+    if args.algo == "daml":
+        fn, params = mf.functionalize(mf.models.blog_sine_net(g, features=True).to(args.device))
+        # The learned loss sees concat[y, h2, h1] (1 + 32 + 32 inputs) -> 32 -> 32 -> 1; its
+        # squared output, averaged over the source inputs, is the adaptation loss.
+        loss_fn, phi = mf.functionalize(mf.models.mlp([65, 32, 32, 1]).to(args.device))
+
+        def adaptation_loss(phi: Any, y: torch.Tensor, hidden: Any) -> torch.Tensor:
+            h1, h2 = hidden
+            return loss_fn(phi, torch.cat([y, h2, h1], dim=-1)).pow(2).mean()
+
+        learner = mf.daml(fn, adaptation_loss, phi, mf.losses.l1, **inner)
+        return _Experiment(
+            learner,
+            mf.maml(mf.supervised(lambda p, x: fn(p, x)[0], mf.losses.l1), inner_steps=0),
+            params,
+            lambda p, x: fn(p, x)[0],
+            functools.partial(mf.tasks.daml_sine, tasks=args.meta_batch, device=args.device),
+            daml_grid_error,
+            "daml-sine",
+            "1 unlabeled source input",
+        )
+    fn, params = mf.functionalize(mf.models.blog_sine_net(g).to(args.device))
+    loss = mf.supervised(fn, mf.losses.l1)
+    learner = {
+        "maml": lambda: mf.maml(loss, **inner),
+        "fomaml": lambda: mf.fomaml(loss, **inner),
+        "reptile": lambda: mf.reptile(loss, **inner),
+        "meta-sgd": lambda: mf.meta_sgd(loss, **inner),
+        "anil": lambda: mf.anil(loss, head="4", **inner),  # the output layer adapts
+    }[args.algo]()
+    return _Experiment(
+        learner,
+        mf.maml(loss, inner_steps=0),
+        params,
+        fn,
+        functools.partial(mf.tasks.sine, tasks=args.meta_batch, device=args.device),
+        sine_grid_error,
+        "maml-sine" if args.algo in ("maml", "fomaml") else f"{args.algo}-sine",
+        "4 fresh points",
+    )
 
 
 def _train_sine(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     g = torch.Generator().manual_seed(args.seed)
-    fn, params = mf.functionalize(mf.models.blog_sine_net(g).to(args.device))
-    loss = mf.supervised(fn, mf.losses.l1)
-    learner = mf.maml(
-        loss,
-        inner_lr=args.inner_lr,
-        inner_steps=args.inner_steps,
-        first_order=args.algo == "fomaml",
-    )
+    exp = _blog_experiment(args, g)
+    learner = exp.learner
     opt = mf.optim.sgd(args.outer_lr)
-    state = mf.init_state(learner, opt, params)
+    state = mf.init_state(learner, opt, exp.params)
     step = mf.make_step(learner, opt, compile=not args.no_compile)
     # Tasks are drawn on the CPU generator (deterministic everywhere), then moved.
-    sampler = functools.partial(mf.tasks.sine, tasks=args.meta_batch, device=args.device)
+    sampler = exp.sampler
 
     # The first call compiles; time it apart from the steady state.
     if not args.no_compile:
@@ -113,25 +204,26 @@ def _train_sine(args: argparse.Namespace) -> int:
     per_step = (time.perf_counter() - t0) / max(args.steps - 1, 1)
 
     eval_gen = torch.Generator().manual_seed(args.seed + 1)
-    # No inner steps: the meta-learned net itself, for the dashed "before" curve.
-    frozen = mf.maml(loss, inner_steps=0)
+    # Meta-SGD and DAML learn more than the net: its parameters sit under "params".
+    params = state.meta["params"] if args.algo in ("meta-sgd", "daml") else state.meta
     results, before = {}, {}
     for phase in (0.0, math.pi):
-        results[phase] = sine_grid_error(
-            learner, fn, state.meta, eval_gen, phase=phase, draws=args.eval_draws
+        results[phase] = exp.evaluate(
+            learner, exp.predict, state.meta, eval_gen, phase=phase, draws=args.eval_draws
         )
-        before[phase] = sine_grid_error(
-            frozen, fn, state.meta, torch.Generator().manual_seed(0), phase=phase, draws=1
+        before[phase] = exp.evaluate(
+            exp.frozen, exp.predict, params, torch.Generator().manual_seed(0), phase=phase, draws=1
         )
 
     from . import plotting
 
+    task = "DAML sine" if args.algo == "daml" else "sine"
     args.out.mkdir(parents=True, exist_ok=True)
     fig = plotting.sine_figure(
-        args.out / "maml-sine.png",
+        args.out / f"{exp.name}.png",
         results,
         before=before,
-        title=f"{args.algo.upper()} on the blog's sine: adapted on 4 points ({args.inner_steps} SGD steps)",
+        title=f"{args.algo.upper()} on the blog's {task}: adapted on {exp.support} ({args.inner_steps} SGD steps)",
     )
     curve = plotting.learning_curve(
         args.out / "learning-curve.png",
@@ -141,7 +233,7 @@ def _train_sine(args: argparse.Namespace) -> int:
             "query L1 after adaptation": history["loss"],
         },
         ylabel="mean L1 loss over the log window",
-        title=f"{args.algo.upper()} meta-training on the blog's sine",
+        title=f"{args.algo.upper()} meta-training on the blog's {task}",
     )
     summary = {
         "algo": args.algo,
@@ -160,10 +252,11 @@ def _train_sine(args: argparse.Namespace) -> int:
         "history": history,
         "grid_mse": {},
     }
-    print(f"\n{args.algo} on the blog's sine, {args.steps} outer steps x {args.meta_batch} tasks")
+    print(f"\n{args.algo} on the blog's {task}, {args.steps} outer steps x {args.meta_batch} tasks")
     print(f"first call (compile) {first_call:.1f} s, then {1e3 * per_step:.2f} ms per outer step")
     print(
-        f"dense-grid MSE over [-2pi, 2pi] after adapting on 4 fresh points ({args.eval_draws} draws each):"
+        f"dense-grid MSE over [-2pi, 2pi] after adapting on {exp.support} "
+        f"({args.eval_draws} draws each):"
     )
     for phase, r in results.items():
         mean, half = mean_ci95(r.mse)

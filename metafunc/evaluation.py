@@ -11,7 +11,7 @@ from torch.func import vmap
 
 from . import _checks, _tree
 from ._learner import Learner
-from .tasks import daml_sine, sine
+from .tasks import daml_sine, sine, sinusoid
 
 
 class SineEval(NamedTuple):
@@ -104,6 +104,30 @@ def daml_grid_error(
         device=ref.device,
     )
     return grid_error(learner, predict, meta, tasks.support, phase=phase, step=step)
+
+
+def sinusoid_error(
+    learner: Learner,
+    predict: Callable[..., torch.Tensor],
+    meta: Any,
+    generator: torch.Generator,
+    *,
+    tasks: int = 1000,
+    shots: int = 10,
+    points: int = 100,
+) -> torch.Tensor:
+    """Per-task MSE on ``points`` fresh inputs of new MAML-paper sinusoids, after adapting on
+    ``shots`` examples of each; a ``(tasks,)`` tensor (see :func:`mean_ci95`)."""
+    tasks = _checks.integer("sinusoid_error", "tasks", tasks, minimum=1)
+    ref = _tree.leaves(meta)[0]
+    batch = sinusoid(
+        generator, tasks=tasks, shots=shots, queries=points, dtype=ref.dtype, device=ref.device
+    )
+    (xq, yq) = batch.query
+    with torch.no_grad():
+        adapted = adapt_tasks(learner, meta, batch.support)
+        pred = vmap(predict)(adapted, xq)
+    return ((pred - yq) ** 2).mean(dim=(1, 2))
 
 
 def mean_ci95(values: torch.Tensor) -> tuple[float, float]:

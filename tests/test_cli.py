@@ -4,6 +4,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from metafunc.cli import main
 
 
@@ -57,3 +59,24 @@ def test_public_api_is_exported():
     for name in mf.__all__:
         assert getattr(mf, name) is not None, name
     assert callable(mf.maml) and callable(mf.make_step) and callable(mf.optim.adam)
+
+
+@pytest.mark.parametrize(
+    ("algo", "figure"),
+    [
+        ("fomaml", "maml-sine.png"),
+        ("reptile", "reptile-sine.png"),
+        ("meta-sgd", "meta-sgd-sine.png"),
+        ("anil", "anil-sine.png"),
+        ("daml", "daml-sine.png"),
+    ],
+)
+def test_train_runs_every_algorithm(tmp_path, capsys, algo, figure):
+    out = tmp_path / algo
+    args = ["train", "--algo", algo, "--steps", "3", "--meta-batch", "2", "--eval-draws", "3"]
+    assert main([*args, "--no-compile", "--no-progress", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "b = pi" in printed
+    assert ("1 unlabeled source input" in printed) == (algo == "daml")
+    assert (out / figure).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert json.loads((out / "results.json").read_text())["algo"] == algo
