@@ -38,7 +38,7 @@ class Learner(NamedTuple):
     check: Callable[..., None]
 
 
-def learner(
+def build_learner(
     name: str,
     *,
     init: Callable[[Any], Any],

@@ -333,3 +333,142 @@ def test_compiled_step_equals_eager_with_one_graph(name):
         assert_trees_close(s_comp, s_eager, rtol=1e-9, atol=1e-11)
         assert_trees_close(m_comp, m_eager, rtol=1e-9, atol=1e-11)
     assert counter.frame_count == 1  # one graph: no graph breaks, no recompiles
+
+
+# ---------------------------------------------------------------- bad input
+
+FN, PARAMS = mf.functionalize(tanh_net(width=3))
+LOSS = mf.supervised(FN, mf.losses.mse)
+
+
+def _daml(**kw):
+    fn, _ = mf.functionalize(TanhFeatures().double())
+    phi = daml_setup()[3]
+    args = {"model": fn, "adaptation_loss": lambda phi, y, f: y.sum(), "loss_params": phi, **kw}
+    return mf.daml(
+        args.pop("model"),
+        args.pop("adaptation_loss"),
+        args.pop("loss_params"),
+        mf.losses.mse,
+        **args,
+    )
+
+
+ERRORS = [
+    (
+        "meta_sgd-lr-tree-structure",
+        lambda: mf.meta_sgd(LOSS, inner_lr={"0.weight": torch.ones(3, 1, dtype=F64)}).init(PARAMS),
+        ValueError,
+        r"^meta_sgd: inner_lr must have the same tree structure as params; first difference at ",
+    ),
+    (
+        "meta_sgd-meta-without-lr",
+        lambda: mf.meta_sgd(LOSS).meta_grad(PARAMS, sine_tasks()),
+        ValueError,
+        r"^meta_sgd: meta must be a dict with keys \['params', 'lr'\] \(from meta_sgd\(\.\.\.\)\.init\) "
+        r"\(got \['0\.bias', '0\.weight', '2\.bias', '2\.weight'\]\)$",
+    ),
+    (
+        "meta_sgd-inner_steps-zero",
+        lambda: mf.meta_sgd(LOSS, inner_steps=0),
+        ValueError,
+        r"^meta_sgd: inner_steps must be an integer >= 1 \(got 0\)$",
+    ),
+    (
+        "anil-empty-head",
+        lambda: mf.anil(LOSS, head="5").init(PARAMS),
+        ValueError,
+        r"^anil: head='5' selects no parameter; the parameter names are "
+        r"\['0\.weight', '0\.bias', '2\.weight', '2\.bias'\]$",
+    ),
+    (
+        "anil-head-prefix-is-a-whole-name",
+        lambda: mf.anil(LOSS, head="0.w").init(PARAMS),
+        ValueError,
+        r"^anil: head='0\.w' selects no parameter",
+    ),
+    (
+        "anil-head-empty-list",
+        lambda: mf.anil(LOSS, head=[]),
+        TypeError,
+        r"^anil: head must be a module name, a non-empty list of names, or a predicate on "
+        r"parameter names \(got \[\]\)$",
+    ),
+    (
+        "anil-params-not-a-dict",
+        lambda: mf.anil(LOSS, head="2").init(list(PARAMS.values())),
+        TypeError,
+        r"^anil: params must be a flat dict of named tensors as mf\.functionalize returns \(got list\)$",
+    ),
+    (
+        "reptile-inner_steps-zero",
+        lambda: mf.reptile(LOSS, inner_steps=0),
+        ValueError,
+        r"^reptile: inner_steps must be an integer >= 1 \(got 0\)$",
+    ),
+    (
+        "reptile-inner_lr-nan",
+        lambda: mf.reptile(LOSS, inner_lr=float("nan")),
+        ValueError,
+        r"^reptile: inner_lr must be a positive finite number \(got nan\)$",
+    ),
+    (
+        "daml-first-order",
+        lambda: _daml(first_order=True),
+        ValueError,
+        r"^daml: first_order=True is not supported: the adaptation-loss parameters reach the outer "
+        r"loss only through the inner gradients, so detaching them would leave the learned loss "
+        r"untrained \(got first_order=True\)$",
+    ),
+    (
+        "daml-model-not-callable",
+        lambda: _daml(model="net"),
+        TypeError,
+        r"^daml: model must be callable as model\(params, x\) -> \(output, features\) \(got 'net'\)$",
+    ),
+    (
+        "daml-loss-params-dtype",
+        lambda: _daml(loss_params={"w": torch.ones(2)}).init(PARAMS),
+        TypeError,
+        r"^daml: loss_params must have the model parameters' dtype and device torch\.float64 on cpu "
+        r"\(got torch\.float32 on cpu\)$",
+    ),
+    (
+        "daml-meta-wrong-layout",
+        lambda: _daml().meta_grad(
+            PARAMS, mf.tasks.daml_sine(torch.Generator(), tasks=2, dtype=F64)
+        ),
+        ValueError,
+        r"^daml: meta must be a dict with keys \['params', 'loss'\] \(from daml\(\.\.\.\)\.init\) ",
+    ),
+    (
+        "daml-tasks-count-mismatch",
+        lambda: _daml().meta_grad(
+            _daml().init(PARAMS),
+            mf.Tasks(torch.zeros(2, 1, 1, dtype=F64), (torch.zeros(3, 4, 1, dtype=F64),) * 2),
+        ),
+        ValueError,
+        r"^daml: every tensor in tasks must have the same number of tasks \(leading dimension\); "
+        r"tasks\.support has 2 but tasks\.query\[0\] has 3$",
+    ),
+    (
+        "daml_sine-phase-not-0-or-pi",
+        lambda: mf.tasks.daml_sine(torch.Generator(), tasks=2, phase=1.0),
+        ValueError,
+        r"^daml_sine: phase must be 0 or math\.pi \(got values \[1\.0\]\)$",
+    ),
+    (
+        "daml_sine-sources-zero",
+        lambda: mf.tasks.daml_sine(torch.Generator(), tasks=2, sources=0),
+        ValueError,
+        r"^daml_sine: sources must be an integer >= 1 \(got 0\)$",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("call", "exc", "pattern"), [pytest.param(c, e, p, id=i) for i, c, e, p in ERRORS]
+)
+def test_bad_input_is_refused_with_a_message(call, exc, pattern):
+    with pytest.raises(exc, match=pattern):
+        call()

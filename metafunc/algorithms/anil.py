@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from .. import _checks, _inner, _tree
-from .._learner import Learner, learner
+from .._learner import Learner, build_learner
 
 Selector = str | Sequence[str] | Callable[[str], bool]
 
@@ -91,7 +91,7 @@ def anil(
         )
         return {k: top.get(k, v) for k, v in meta.items()}
 
-    return learner(
+    return build_learner(
         name,
         init=init,
         adapt=adapt,

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from .. import _checks, _inner, _tree
-from .._learner import Learner, learner
+from .._learner import Learner, build_learner
 
 
 def daml(
@@ -103,7 +103,7 @@ def daml(
             meta["params"], x_source, loss=inner_loss, lr=inner_lr, steps=inner_steps
         )
 
-    return learner(
+    return build_learner(
         name,
         init=init,
         adapt=adapt,

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from .. import _checks, _inner, _tree
-from .._learner import Learner, learner
+from .._learner import Learner, build_learner
 
 
 def maml(
@@ -91,4 +91,4 @@ def _build(
             meta, support, loss=loss, lr=inner_lr, steps=inner_steps, first_order=first_order
         )
 
-    return learner(name, init=init, adapt=adapt, loss=loss, chunk_size=chunk_size)
+    return build_learner(name, init=init, adapt=adapt, loss=loss, chunk_size=chunk_size)

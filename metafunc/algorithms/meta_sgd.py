@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from .. import _checks, _inner, _tree
-from .._learner import Learner, learner
+from .._learner import Learner, build_learner
 
 
 def meta_sgd(
@@ -80,7 +80,7 @@ def meta_sgd(
             got_name=f"{meta_name}['lr']",
         )
 
-    return learner(
+    return build_learner(
         name,
         init=init,
         adapt=adapt,

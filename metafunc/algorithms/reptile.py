@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from .. import _checks, _inner, _tree
-from .._learner import Learner, learner
+from .._learner import Learner, build_learner
 
 
 def reptile(
@@ -61,4 +61,6 @@ def reptile(
             meta, support, loss=loss, lr=inner_lr, steps=inner_steps, first_order=True
         )
 
-    return learner(name, init=init, adapt=adapt, loss=loss, chunk_size=chunk_size, pseudo_grad=True)
+    return build_learner(
+        name, init=init, adapt=adapt, loss=loss, chunk_size=chunk_size, pseudo_grad=True
+    )
