@@ -15,6 +15,8 @@ from ._model import functionalize as functionalize
 from ._types import Tasks as Tasks
 from .algorithms import fomaml as fomaml
 from .algorithms import maml as maml
+from .checkpoint import load as load
+from .checkpoint import save as save
 from .losses import supervised as supervised
 from .step import TrainState as TrainState
 from .step import init_state as init_state
@@ -31,11 +33,13 @@ __all__ = [
     "fomaml",
     "functionalize",
     "init_state",
+    "load",
     "losses",
     "make_step",
     "maml",
     "models",
     "optim",
+    "save",
     "supervised",
     "tasks",
     "train",

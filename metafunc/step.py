@@ -61,8 +61,14 @@ def make_step(
     before every call, outside the compiled region.
 
     Metrics are tensors (no host sync): ``loss`` and ``loss_before`` (mean query loss after and
-    before adaptation), ``grad_norm`` (of the meta-gradient) and ``finite`` (bool: loss and
-    meta-gradient are finite).
+    before adaptation), ``grad_norm`` (of the meta-gradient), ``finite`` (bool: loss and
+    meta-gradient are finite) and ``nonfinite_leaf`` (int64: the index, in the order of
+    ``metafunc._tree.named_leaves(state.meta)``, of the first meta-parameter whose gradient is
+    not finite; -1 if none).
+
+    Non-finite guard: when ``finite`` is false the step keeps the previous ``meta`` and
+    ``opt_state`` (chosen with ``torch.where`` on the device, no host sync) and only the step
+    counter advances, so a NaN never reaches the parameters or the optimizer's moments.
 
     Args:
         learner: e.g. ``mf.maml(...)``.
@@ -82,10 +88,21 @@ def make_step(
         grads, metrics = learner.meta_grad(state.meta, tasks)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.meta)
         meta = apply_updates(state.meta, updates)
+        leaf_ok = _tree.finite_leaves(grads)
+        finite = leaf_ok.all() & torch.isfinite(metrics["loss"])
+        # A non-finite meta-gradient would poison the parameters and the optimizer's moments
+        # for good: keep the previous ones, selected on the device (no host sync).
+        meta = _tree.map(lambda new, old: torch.where(finite, new, old), meta, state.meta)
+        opt_state = _tree.map(
+            lambda new, old: torch.where(finite, new, old), opt_state, state.opt_state
+        )
+        index = torch.arange(leaf_ok.numel(), device=leaf_ok.device)
+        first_bad = torch.where(leaf_ok, leaf_ok.numel(), index).min()
         metrics = {
             **metrics,
             "grad_norm": _tree.global_norm(grads),
-            "finite": _tree.all_finite(grads) & torch.isfinite(metrics["loss"]),
+            "finite": finite,
+            "nonfinite_leaf": torch.where(first_bad == leaf_ok.numel(), -1, first_bad),
         }
         return TrainState(meta, opt_state, state.step + 1), metrics
 
