@@ -112,12 +112,35 @@ def make_step(
         else None
     )
 
+    checked_specs: set[tuple[Any, Any]] = set()  # (meta, opt_state) structures seen to fit
+
     def checked(state: TrainState, tasks: Tasks) -> tuple[TrainState, Metrics]:
         if not isinstance(state, TrainState):
             raise TypeError(
                 f"step: state must be a metafunc.TrainState from init_state (got {type(state).__name__})"
             )
         _checks.params_tree("step", "state.meta", state.meta)
+        counter = state.step
+        if not (
+            isinstance(counter, torch.Tensor) and counter.dtype == torch.int64 and counter.ndim == 0
+        ):
+            got = (
+                f"{counter.dtype} of shape {tuple(counter.shape)}"
+                if isinstance(counter, torch.Tensor)
+                else type(counter).__name__
+            )
+            raise TypeError(f"step: state.step must be an int64 scalar tensor (got {got})")
+        specs = (_tree.structure(state.meta), _tree.structure(state.opt_state))
+        if specs not in checked_specs:
+            # once per structure: init allocates a state just to compare its shape
+            _tree.check_same_structure(
+                optimizer.init(state.meta),
+                state.opt_state,
+                where="step",
+                expected_name="optimizer.init(state.meta)",
+                got_name="state.opt_state",
+            )
+            checked_specs.add(specs)
         _checks.tasks("step", tasks, like=state.meta)
         if compiled is None:
             return step(state, tasks)
