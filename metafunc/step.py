@@ -62,9 +62,9 @@ def make_step(
 
     Metrics are tensors (no host sync): ``loss`` and ``loss_before`` (mean query loss after and
     before adaptation), ``grad_norm`` (of the meta-gradient), ``finite`` (bool: loss and
-    meta-gradient are finite) and ``nonfinite_leaf`` (int64: the index, in the order of
-    ``metafunc._tree.named_leaves(state.meta)``, of the first meta-parameter whose gradient is
-    not finite; -1 if none).
+    meta-gradient are finite) and ``finite_leaves`` (a bool vector, one entry per leaf of
+    ``meta`` in the order of ``metafunc._tree.leaves``: its gradient is finite; it lets the
+    training loop name the first bad parameter without computing anything more per step).
 
     Non-finite guard: when ``finite`` is false the step keeps the previous ``meta`` and
     ``opt_state`` (chosen with ``torch.where`` on the device, no host sync) and only the step
@@ -96,13 +96,11 @@ def make_step(
         opt_state = _tree.map(
             lambda new, old: torch.where(finite, new, old), opt_state, state.opt_state
         )
-        index = torch.arange(leaf_ok.numel(), device=leaf_ok.device)
-        first_bad = torch.where(leaf_ok, leaf_ok.numel(), index).min()
         metrics = {
             **metrics,
             "grad_norm": _tree.global_norm(grads),
             "finite": finite,
-            "nonfinite_leaf": torch.where(first_bad == leaf_ok.numel(), -1, first_bad),
+            "finite_leaves": leaf_ok,
         }
         return TrainState(meta, opt_state, state.step + 1), metrics
 

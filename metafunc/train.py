@@ -142,7 +142,9 @@ def train(
                     _nonfinite_message(done, state, metrics, checkpoint, last_saved)
                 )
             scalars = {
-                k: v.detach().to(torch.float64) for k, v in metrics.items() if k != "nonfinite_leaf"
+                k: v.detach().to(torch.float64)
+                for k, v in metrics.items()
+                if v.ndim == 0  # window means of the scalars; finite_leaves is a vector
             }
             sums = scalars if sums is None else _tree.map(torch.add, sums, scalars)
             window += 1
@@ -221,9 +223,9 @@ def _nonfinite_message(
     path: Path | None,
     saved: int | None,
 ) -> str:
-    leaf = int(metrics["nonfinite_leaf"])
-    if leaf >= 0:
-        name = _tree.named_leaves(state.meta, "meta")[leaf][0]
+    flags = metrics["finite_leaves"].tolist()
+    if not all(flags):
+        name = _tree.named_leaves(state.meta, "meta")[flags.index(False)][0]
         what = f"the meta-gradient of {name} is the first that is not finite"
     else:
         what = f"the loss is {metrics['loss'].item()}"

@@ -34,8 +34,8 @@ def test_eager_step_is_meta_grad_then_update():
     ):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
     assert int(new.step) == 1 and int(state.step) == 0
-    assert set(metrics) == {"loss", "loss_before", "grad_norm", "finite", "nonfinite_leaf"}
-    assert int(metrics["nonfinite_leaf"]) == -1
+    assert set(metrics) == {"loss", "loss_before", "grad_norm", "finite", "finite_leaves"}
+    assert metrics["finite_leaves"].tolist() == [True] * len(params)
     torch.testing.assert_close(metrics["loss"], m["loss"])
     torch.testing.assert_close(metrics["grad_norm"], _tree.global_norm(grads))
     assert metrics["finite"].dtype == torch.bool and bool(metrics["finite"])
@@ -73,19 +73,19 @@ def _two_leaf_learner():
 
 
 @pytest.mark.parametrize("compile", [False, True], ids=["eager", "compiled"])
-def test_nonfinite_leaf_names_the_first_parameter_with_a_bad_gradient(compile):
+def test_finite_leaves_flag_the_parameter_with_a_bad_gradient(compile):
     learner, params = _two_leaf_learner()
     opt = mf.optim.sgd(0.1)
     step = mf.make_step(learner, opt, compile=compile, backend="aot_eager")
     x = torch.ones(2, 3, 2, dtype=torch.float64)
     state, m = step(mf.init_state(learner, opt, params), mf.Tasks((x,), (x,)))
-    assert bool(m["finite"]) and int(m["nonfinite_leaf"]) == -1
+    assert bool(m["finite"]) and m["finite_leaves"].tolist() == [True, True]
     assert float(state.meta["a"]) == 0.9  # applied
     x = x.clone()
     x[1, 2, 1] = float("inf")
     new, m = step(state, mf.Tasks((x,), (x,)))
     assert not bool(m["finite"])
-    assert int(m["nonfinite_leaf"]) == 1  # leaves in sorted key order: a, b
+    assert m["finite_leaves"].tolist() == [True, False]  # leaves in sorted key order: a, b
     assert _tree.named_leaves(new.meta, "meta")[1][0] == "meta['b']"
     assert torch.equal(new.meta["a"], state.meta["a"]) and torch.equal(
         new.meta["b"], state.meta["b"]
