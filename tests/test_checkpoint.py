@@ -225,6 +225,10 @@ def test_sigterm_in_another_process_stops_cleanly_and_the_run_resumes_bit_exact(
     assert 5 <= k < 10**7
     step = mf.make_step(learner, opt, compile=False)
     # the other process's k steps equal k steps here (determinism across processes) ...
+    here = mf.train(
+        step, template, sampler, steps=k, generator=torch.Generator().manual_seed(1), progress=False
+    )
+    assert_states_equal(mf.load(path, like=template), here)
     straight = mf.train(
         step,
         template,
