@@ -184,6 +184,44 @@ def test_sigint_finishes_the_step_writes_a_checkpoint_and_restores_the_handler(t
     assert_states_equal(saved, straight)
 
 
+def test_sigterm_during_a_checkpoint_write(tmp_path, monkeypatch):
+    """One SIGTERM mid-write: the write completes, then the loop exits. Two: the second
+    interrupts the write and the previous checkpoint stays whole, with no temporary file left."""
+    learner, opt, params, sampler = setup()
+    step = mf.make_step(learner, opt, compile=False)
+    state = mf.init_state(learner, opt, params)
+    path = tmp_path / "c.pt"
+    real_save = torch.save
+    writes, plan = [], {}  # plan: write number -> SIGTERMs raised after its bytes are written
+
+    def save_with_signals(obj, f):
+        real_save(obj, f)  # written to the temporary file, not yet renamed into place
+        writes.append(1)
+        for _ in range(plan.get(len(writes), 0)):
+            signal.raise_signal(signal.SIGTERM)
+
+    monkeypatch.setattr(torch, "save", save_with_signals)
+    plan = {1: 1}  # one signal during the periodic write at step 2
+    with pytest.raises(SystemExit) as info:
+        mf.train(
+            step, state, sampler, steps=10, checkpoint=path, checkpoint_every=2, progress=False
+        )
+    assert info.value.code == 128 + signal.SIGTERM and len(writes) == 1
+    at_2 = mf.train(step, state, sampler, steps=2, progress=False)
+    assert_states_equal(mf.load(path, like=state), at_2)
+
+    path.unlink()
+    writes.clear()
+    plan = {2: 2}  # two signals during the write at step 4
+    with pytest.raises(KeyboardInterrupt):
+        mf.train(
+            step, state, sampler, steps=10, checkpoint=path, checkpoint_every=2, progress=False
+        )
+    assert len(writes) == 2
+    assert_states_equal(mf.load(path, like=state), at_2)  # the step-2 checkpoint, whole
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.pt"]
+
+
 SIGTERM_CHILD = """
 import functools, sys, torch
 import metafunc as mf

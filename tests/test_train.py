@@ -2,6 +2,7 @@
 
 import functools
 import logging
+import signal
 
 import pytest
 import torch
@@ -68,6 +69,13 @@ def test_train_continues_counting_from_the_state():
 def test_zero_steps_returns_the_state():
     step, state, sampler = setup()
     assert mf.train(step, state, sampler, steps=0, progress=False) is state
+
+
+def test_signal_handlers_are_restored_after_a_run():
+    step, state, sampler = setup()
+    before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    mf.train(step, state, sampler, steps=2, progress=False)
+    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
 
 
 def test_a_non_finite_step_names_the_first_parameter_with_a_bad_gradient():
