@@ -116,7 +116,7 @@ def train(
             )
     source = _resume_source(resume, checkpoint)
 
-    target = int(state.step) + steps  # host reads of the counter happen here only
+    target = int(state.step) + steps  # the counter is read on the host here, never in the loop
     if source is not None:
         state = load(source, like=state, generator=generator)
         if int(state.step) > target:
