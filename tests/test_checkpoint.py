@@ -356,3 +356,22 @@ def test_cuda_run_stays_on_the_device_and_checkpoints_round_trip(tmp_path):
         assert {t.device.type for t in _tree.leaves((state, metrics))} == {"cuda"}
         loaded = mf.load(tmp_path / "c.pt", like=mf.init_state(learner, opt, params))
         assert_states_equal(loaded, state)
+
+
+def test_the_file_converts_to_safetensors_and_back(tmp_path):
+    safetensors_torch = pytest.importorskip("safetensors.torch")
+    learner, opt, params, sampler = setup()
+    g = torch.Generator().manual_seed(1)
+    step = mf.make_step(learner, opt, compile=False)
+    state = mf.train(
+        step, mf.init_state(learner, opt, params), sampler, steps=2, generator=g, progress=False
+    )
+    mf.save(tmp_path / "c.pt", state, generator=g)
+    flat = torch.load(tmp_path / "c.pt", weights_only=True)
+    safetensors_torch.save_file(flat, tmp_path / "c.safetensors")
+    back = safetensors_torch.load_file(tmp_path / "c.safetensors")
+    assert back.keys() == flat.keys()
+    assert all(torch.equal(back[k], flat[k]) and back[k].dtype == flat[k].dtype for k in flat)
+    # and a file made from it loads like the original
+    torch.save(back, tmp_path / "again.pt")
+    assert_states_equal(mf.load(tmp_path / "again.pt", like=state), state)
