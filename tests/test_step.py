@@ -76,7 +76,7 @@ def _two_leaf_learner():
 def test_finite_leaves_flag_the_parameter_with_a_bad_gradient(compile):
     learner, params = _two_leaf_learner()
     opt = mf.optim.sgd(0.1)
-    step = mf.make_step(learner, opt, compile=compile, backend="aot_eager")
+    step = mf.make_step(learner, opt, compile=compile)
     x = torch.ones(2, 3, 2, dtype=torch.float64)
     state, m = step(mf.init_state(learner, opt, params), mf.Tasks((x,), (x,)))
     assert bool(m["finite"]) and m["finite_leaves"].tolist() == [True, True]
