@@ -19,6 +19,8 @@ from .algorithms import fomaml as fomaml
 from .algorithms import maml as maml
 from .algorithms import meta_sgd as meta_sgd
 from .algorithms import reptile as reptile
+from .checkpoint import load as load
+from .checkpoint import save as save
 from .losses import supervised as supervised
 from .step import TrainState as TrainState
 from .step import init_state as init_state
@@ -37,6 +39,7 @@ __all__ = [
     "fomaml",
     "functionalize",
     "init_state",
+    "load",
     "losses",
     "make_step",
     "maml",
@@ -44,6 +47,7 @@ __all__ = [
     "models",
     "optim",
     "reptile",
+    "save",
     "supervised",
     "tasks",
     "train",

@@ -24,11 +24,13 @@ __all__ = [
     "check_same_structure",
     "copy",
     "detach",
+    "finite_leaves",
     "global_norm",
     "leaves",
     "map",
     "named_leaves",
     "structure",
+    "unflatten",
     "zeros_like",
 ]
 
@@ -45,6 +47,12 @@ def leaves(tree: PyTree) -> list[Any]:
 
 def structure(tree: PyTree) -> optree.PyTreeSpec:
     return optree.tree_structure(tree)
+
+
+def unflatten(like: PyTree, leaves: list[Any]) -> PyTree:
+    """A tree with the structure (and container types) of ``like`` holding ``leaves`` in
+    :func:`leaves` order."""
+    return optree.tree_unflatten(optree.tree_structure(like), leaves)
 
 
 def named_leaves(tree: PyTree, root: str = "") -> list[tuple[str, Any]]:
@@ -81,8 +89,12 @@ def global_norm(tree: PyTree) -> torch.Tensor:
 
 def all_finite(tree: PyTree) -> torch.Tensor:
     """A bool tensor: every element of every leaf is finite (no host sync)."""
-    flags = [torch.isfinite(t).all() for t in optree.tree_leaves(tree)]
-    return torch.stack(flags).all()
+    return finite_leaves(tree).all()
+
+
+def finite_leaves(tree: PyTree) -> torch.Tensor:
+    """A bool vector, one entry per leaf in :func:`leaves` order: all its elements are finite."""
+    return torch.stack([torch.isfinite(t).all() for t in optree.tree_leaves(tree)])
 
 
 def check_same_structure(

@@ -61,6 +61,25 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument(
         "--device", default="cpu", help="torch device for parameters and data, e.g. cuda"
     )
+    t.add_argument(
+        "--checkpoint-every",
+        type=_positive_int,
+        default=None,
+        help="also write OUT/checkpoint.pt every N steps (it is always written at the end and "
+        "on Ctrl-C / SIGTERM)",
+    )
+    t.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue from OUT/checkpoint.pt up to --steps (bit-identical to an uninterrupted run)",
+    )
+    t.add_argument(
+        "--on-nonfinite",
+        choices=["raise", "skip"],
+        default="raise",
+        help="a step with a NaN/inf loss or meta-gradient stops the run (raise, default) or is "
+        "skipped",
+    )
     t.add_argument("--no-compile", action="store_true", help="run the eager step")
     t.add_argument("--no-progress", action="store_true")
     t.add_argument(
@@ -172,15 +191,33 @@ def _train_sine(args: argparse.Namespace) -> int:
     step = mf.make_step(learner, opt, compile=not args.no_compile)
     # Tasks are drawn on the CPU generator (deterministic everywhere), then moved.
     sampler = exp.sampler
+    args.out.mkdir(parents=True, exist_ok=True)
+    checkpoint = args.out / "checkpoint.pt"
+    if args.resume:
+        try:
+            state = mf.load(checkpoint, like=state, generator=g)
+        except (FileNotFoundError, ValueError, TypeError) as e:
+            print(f"metafunc train: cannot resume: {e}", file=sys.stderr)
+            return 2
+        print(f"resumed from {checkpoint} at step {int(state.step)}", flush=True)
+    start_step = int(state.step)
+    remaining = args.steps - start_step
+    if remaining < 0:
+        print(
+            f"metafunc train: {checkpoint} is at step {start_step}, past --steps {args.steps}",
+            file=sys.stderr,
+        )
+        return 2
 
     # The first call compiles; time it apart from the steady state.
-    if not args.no_compile:
+    if not args.no_compile and remaining:
         print(
             "compiling the outer step (a minute with an empty cache, seconds on reruns)...",
             flush=True,
         )
     t0 = time.perf_counter()
-    state, _ = step(state, sampler(g))
+    if remaining:
+        state, _ = step(state, sampler(g))
     first_call = time.perf_counter() - t0
     history: dict[str, list[float]] = {"step": [], "loss": [], "loss_before": []}
 
@@ -195,13 +232,18 @@ def _train_sine(args: argparse.Namespace) -> int:
             step,
             state,
             sampler,
-            steps=args.steps - 1,
+            steps=max(remaining - 1, 0),
             generator=g,
             log_every=args.log_every,
             on_log=on_log,
             progress=not args.no_progress,
+            checkpoint=checkpoint,
+            checkpoint_every=args.checkpoint_every,
+            on_nonfinite=args.on_nonfinite,
         )
-    per_step = (time.perf_counter() - t0) / max(args.steps - 1, 1)
+    per_step = (time.perf_counter() - t0) / max(remaining - 1, 1)
+    if remaining == 1:  # the one step ran before train, which writes checkpoints
+        mf.save(checkpoint, state, generator=g)
 
     eval_gen = torch.Generator().manual_seed(args.seed + 1)
     # Meta-SGD and DAML learn more than the net: its parameters sit under "params".
@@ -218,7 +260,6 @@ def _train_sine(args: argparse.Namespace) -> int:
     from . import plotting
 
     task = "DAML sine" if args.algo == "daml" else "sine"
-    args.out.mkdir(parents=True, exist_ok=True)
     fig = plotting.sine_figure(
         args.out / f"{exp.name}.png",
         results,
@@ -238,6 +279,7 @@ def _train_sine(args: argparse.Namespace) -> int:
     summary = {
         "algo": args.algo,
         "steps": args.steps,
+        "resumed_from_step": start_step if args.resume else None,
         "meta_batch": args.meta_batch,
         "inner_steps": args.inner_steps,
         "inner_lr": args.inner_lr,

@@ -61,8 +61,14 @@ def make_step(
     before every call, outside the compiled region.
 
     Metrics are tensors (no host sync): ``loss`` and ``loss_before`` (mean query loss after and
-    before adaptation), ``grad_norm`` (of the meta-gradient) and ``finite`` (bool: loss and
-    meta-gradient are finite).
+    before adaptation), ``grad_norm`` (of the meta-gradient), ``finite`` (bool: loss and
+    meta-gradient are finite) and ``finite_leaves`` (a bool vector, one entry per leaf of
+    ``meta`` in the order of ``metafunc._tree.leaves``: its gradient is finite; it lets the
+    training loop name the first bad parameter without computing anything more per step).
+
+    Non-finite guard: when ``finite`` is false the step keeps the previous ``meta`` and
+    ``opt_state`` (chosen with ``torch.where`` on the device, no host sync) and only the step
+    counter advances, so a NaN never reaches the parameters or the optimizer's moments.
 
     Args:
         learner: e.g. ``mf.maml(...)``.
@@ -82,10 +88,19 @@ def make_step(
         grads, metrics = learner.meta_grad(state.meta, tasks)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.meta)
         meta = apply_updates(state.meta, updates)
+        leaf_ok = _tree.finite_leaves(grads)
+        finite = leaf_ok.all() & torch.isfinite(metrics["loss"])
+        # A non-finite meta-gradient would poison the parameters and the optimizer's moments
+        # for good: keep the previous ones, selected on the device (no host sync).
+        meta = _tree.map(lambda new, old: torch.where(finite, new, old), meta, state.meta)
+        opt_state = _tree.map(
+            lambda new, old: torch.where(finite, new, old), opt_state, state.opt_state
+        )
         metrics = {
             **metrics,
             "grad_norm": _tree.global_norm(grads),
-            "finite": _tree.all_finite(grads) & torch.isfinite(metrics["loss"]),
+            "finite": finite,
+            "finite_leaves": leaf_ok,
         }
         return TrainState(meta, opt_state, state.step + 1), metrics
 
@@ -95,12 +110,35 @@ def make_step(
         else None
     )
 
+    checked_specs: set[tuple[Any, Any]] = set()  # (meta, opt_state) structures seen to fit
+
     def checked(state: TrainState, tasks: Tasks) -> tuple[TrainState, Metrics]:
         if not isinstance(state, TrainState):
             raise TypeError(
                 f"step: state must be a metafunc.TrainState from init_state (got {type(state).__name__})"
             )
         learner.check("step", state.meta, tasks, meta_name="state.meta")
+        counter = state.step
+        if not (
+            isinstance(counter, torch.Tensor) and counter.dtype == torch.int64 and counter.ndim == 0
+        ):
+            got = (
+                f"{counter.dtype} of shape {tuple(counter.shape)}"
+                if isinstance(counter, torch.Tensor)
+                else type(counter).__name__
+            )
+            raise TypeError(f"step: state.step must be an int64 scalar tensor (got {got})")
+        specs = (_tree.structure(state.meta), _tree.structure(state.opt_state))
+        if specs not in checked_specs:
+            # once per structure: init allocates a state just to compare its shape
+            _tree.check_same_structure(
+                optimizer.init(state.meta),
+                state.opt_state,
+                where="step",
+                expected_name="optimizer.init(state.meta)",
+                got_name="state.opt_state",
+            )
+            checked_specs.add(specs)
         if compiled is None:
             return step(state, tasks)
         try:

@@ -1,9 +1,15 @@
-"""The loop around the step: sampling, progress and periodic logging."""
+"""The loop around the step: sampling, progress, periodic logging, checkpoints, resume, and
+stopping cleanly on Ctrl-C / SIGTERM or a non-finite step."""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+import os
+import signal
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -11,6 +17,7 @@ from tqdm.auto import tqdm
 
 from . import _checks, _tree
 from ._types import Tasks
+from .checkpoint import load, save
 from .step import Step, TrainState
 
 logger = logging.getLogger("metafunc")
@@ -28,51 +35,225 @@ def train(
     log_every: int = 100,
     on_log: Callable[[int, dict[str, float]], Any] | None = None,
     progress: bool = True,
+    checkpoint: str | os.PathLike[str] | None = None,
+    checkpoint_every: int | None = None,
+    resume: bool | str | os.PathLike[str] = False,
+    on_nonfinite: str = "raise",
 ) -> TrainState:
-    """Run ``steps`` outer steps, drawing each meta-batch as ``sampler(generator)``.
+    """Run outer steps until the step counter reaches ``state.step + steps``, drawing each
+    meta-batch as ``sampler(generator)``.
 
-    Metrics stay on the device between logs (no per-step host sync); whenever the step
-    count reaches a multiple of ``log_every`` (and after the last step) their means over the
-    window are logged to the ``metafunc`` logger, shown on the
-    progress bar and passed to ``on_log(step, metrics)`` as floats (``finite`` becomes the
-    fraction of finite steps).
+    Metrics stay on the device between logs; whenever the step count reaches a multiple of
+    ``log_every`` (and after the last step) their means over the window are logged to the
+    ``metafunc`` logger, shown on the progress bar and passed to ``on_log(step, metrics)`` as
+    floats (``finite`` becomes the fraction of finite steps).
+
+    Checkpoints (see :func:`metafunc.save`) hold the state and the generator, and are written
+    atomically to ``checkpoint`` at every multiple of ``checkpoint_every``, after the last step,
+    and when the process gets SIGINT (Ctrl-C) or SIGTERM: the loop finishes the current step,
+    writes the checkpoint, then raises ``KeyboardInterrupt`` (SIGINT) or ``SystemExit(143)``
+    (SIGTERM). A second signal interrupts at once (the last checkpoint on disk stays whole).
+    The handlers are installed only while ``train`` runs, in the main thread, and the previous
+    ones are restored. ``resume`` loads a checkpoint (state and generator) first and runs only
+    the steps that remain, so the same call can be repeated after a crash; the result is
+    bit-identical to an uninterrupted run.
+
+    A step whose loss or meta-gradient is not finite leaves the parameters and optimizer state
+    as they were (the step does that on the device). With ``on_nonfinite="raise"`` the loop
+    reads the step's ``finite`` flag after every step (one host sync per step) and raises
+    ``FloatingPointError`` naming the step and the first parameter whose gradient is not
+    finite; no checkpoint is written. With ``"skip"`` the loop never syncs for it: the step is
+    skipped (it still counts) and a warning at the end of the log window says how many were.
 
     Args:
         step: from :func:`metafunc.make_step`.
-        state: from :func:`metafunc.init_state` (or a previous run).
+        state: from :func:`metafunc.init_state` (or a previous run); with ``resume``, the
+            template the checkpoint is loaded into.
         sampler: ``sampler(generator) -> Tasks``, e.g.
             ``functools.partial(mf.tasks.sine, tasks=32)``.
-        steps: outer steps to run.
+        steps: outer steps to run from ``state`` (a resumed run does the ones left).
         generator: the task stream's generator; ``None`` uses ``torch.Generator().manual_seed(0)``.
         log_every: steps per log window.
         on_log: called with ``(step, metrics)`` at the end of each window.
         progress: show a progress bar.
+        checkpoint: file to write checkpoints to (its directory must exist); ``None`` writes none.
+        checkpoint_every: steps between periodic checkpoints (needs ``checkpoint``).
+        resume: ``True`` resumes from ``checkpoint`` (which must exist), a path resumes from
+            that file; ``False`` starts from ``state``.
+        on_nonfinite: ``"raise"`` or ``"skip"``.
 
     Returns:
         the final state.
+
+    Example:
+        >>> state = mf.train(step, state, sampler, steps=10_000, generator=g,
+        ...                  checkpoint="run/ckpt.pt", checkpoint_every=1000, resume=True)
     """
     steps = _checks.integer("train", "steps", steps, minimum=0)
     log_every = _checks.integer("train", "log_every", log_every, minimum=1)
     if not isinstance(state, TrainState):
         raise TypeError(f"train: state must be a metafunc.TrainState (got {type(state).__name__})")
+    for name, value in (("step", step), ("sampler", sampler)):
+        if not callable(value):
+            raise TypeError(f"train: {name} must be callable (got {type(value).__name__})")
+    if on_log is not None and not callable(on_log):
+        raise TypeError(f"train: on_log must be callable or None (got {type(on_log).__name__})")
+    _checks.boolean("train", "progress", progress)
     if generator is None:
         generator = torch.Generator().manual_seed(0)
+    elif not isinstance(generator, torch.Generator):
+        raise TypeError(
+            f"train: generator must be a torch.Generator or None (got {type(generator).__name__})"
+        )
+    if on_nonfinite not in ("raise", "skip"):
+        raise ValueError(f"train: on_nonfinite must be 'raise' or 'skip' (got {on_nonfinite!r})")
+    checkpoint = _path_or_none("checkpoint", checkpoint)
+    if checkpoint_every is not None:
+        checkpoint_every = _checks.integer("train", "checkpoint_every", checkpoint_every, minimum=1)
+        if checkpoint is None:
+            raise ValueError(
+                "train: checkpoint_every needs checkpoint=<path> (got checkpoint=None)"
+            )
+    source = _resume_source(resume, checkpoint)
+
+    target = int(state.step) + steps  # the counter is read on the host here, never in the loop
+    if source is not None:
+        state = load(source, like=state, generator=generator)
+        if int(state.step) > target:
+            raise ValueError(
+                f"train: the checkpoint {str(source)!r} is at step {int(state.step)}, past the "
+                f"{target} steps this run goes to (steps={steps} from step {target - steps})"
+            )
+        logger.info("resumed from %s at step %d", source, int(state.step))
+    done = int(state.step)
+    remaining = target - done
+    last_saved: int | None = None
     sums: dict[str, torch.Tensor] | None = None
     window = 0
-    done = int(state.step)  # the only host read of the counter; windows end at multiples
-    with tqdm(total=steps, disable=not progress, desc="meta-train", unit="step") as bar:
-        for i in range(steps):
+    with (
+        _stop_signals() as stop,
+        tqdm(total=remaining, disable=not progress, desc="meta-train", unit="step") as bar,
+    ):
+        for i in range(remaining):
             state, metrics = step(state, sampler(generator))
-            metrics = _tree.map(lambda v: v.detach().to(torch.float64), metrics)
-            sums = metrics if sums is None else _tree.map(torch.add, sums, metrics)
-            window += 1
             done += 1
+            if on_nonfinite == "raise" and not bool(metrics["finite"]):
+                raise FloatingPointError(
+                    _nonfinite_message(done, state, metrics, checkpoint, last_saved)
+                )
+            scalars = {
+                k: v.detach().to(torch.float64)
+                for k, v in metrics.items()
+                if v.ndim == 0  # window means of the scalars; finite_leaves is a vector
+            }
+            sums = scalars if sums is None else _tree.map(torch.add, sums, scalars)
+            window += 1
             bar.update(1)
-            if done % log_every == 0 or i == steps - 1:
+            last = i == remaining - 1
+            if done % log_every == 0 or last:
                 means = _tree.map(lambda v, n=window: v.item() / n, sums)
                 logger.info("step %d: %s", done, " ".join(f"{k}={v:.4g}" for k, v in means.items()))
+                skipped = window - round(means["finite"] * window)
+                if skipped:
+                    logger.warning(
+                        "step %d: skipped %d non-finite step(s) of the last %d",
+                        done,
+                        skipped,
+                        window,
+                    )
                 bar.set_postfix(loss=f"{means['loss']:.4f}")
                 if on_log is not None:
                     on_log(done, means)
                 sums, window = None, 0
+            periodic = checkpoint_every is not None and done % checkpoint_every == 0
+            if checkpoint is not None and (last or periodic or stop):
+                _write(checkpoint, state, generator)
+                last_saved = done
+            if stop:
+                signum = stop[0]
+                saved = f", checkpoint written to {checkpoint}" if checkpoint is not None else ""
+                logger.warning(
+                    "stopped by %s after step %d%s", signal.Signals(signum).name, done, saved
+                )
+                if signum == signal.SIGINT:
+                    raise KeyboardInterrupt
+                raise SystemExit(128 + signum)
     return state
+
+
+def _path_or_none(name: str, value: Any) -> Path | None:
+    if value is None:
+        return None
+    if isinstance(value, (str, os.PathLike)):
+        return Path(value)
+    raise TypeError(f"train: {name} must be a path or None (got {type(value).__name__})")
+
+
+def _resume_source(resume: Any, checkpoint: Path | None) -> Path | None:
+    if resume is False:
+        return None
+    if resume is True:
+        if checkpoint is None:
+            raise ValueError(
+                "train: resume=True needs checkpoint=<path> to resume from (got checkpoint=None)"
+            )
+        return checkpoint
+    if isinstance(resume, (str, os.PathLike)):
+        return Path(resume)
+    raise TypeError(
+        f"train: resume must be True, False or a checkpoint path (got {resume!r} of type "
+        f"{type(resume).__name__})"
+    )
+
+
+def _write(path: Path, state: TrainState, generator: torch.Generator) -> None:
+    # The step keeps the state finite; this guards a state that came in non-finite.
+    if not bool(_tree.all_finite((state.meta, state.opt_state))):
+        raise FloatingPointError(
+            f"train: the state at step {int(state.step)} is not finite; refusing to write it "
+            f"over the checkpoint {str(path)!r}"
+        )
+    save(path, state, generator=generator)
+
+
+def _nonfinite_message(
+    done: int,
+    state: TrainState,
+    metrics: dict[str, torch.Tensor],
+    path: Path | None,
+    saved: int | None,
+) -> str:
+    flags = metrics["finite_leaves"].tolist()
+    if not all(flags):
+        name = _tree.named_leaves(state.meta, "meta")[flags.index(False)][0]
+        what = f"the meta-gradient of {name} is the first that is not finite"
+    else:
+        what = f"the loss is {metrics['loss'].item()}"
+    kept = f"; the last checkpoint, {str(path)!r}, is at step {saved}" if saved is not None else ""
+    return (
+        f"train: step {done} is not finite: {what}. The parameters and optimizer state were "
+        f"left as before that step{kept}. Lower the learning rates or check the data, or pass "
+        "on_nonfinite='skip' to skip such steps."
+    )
+
+
+@contextmanager
+def _stop_signals() -> Iterator[list[int]]:
+    """While active, SIGINT and SIGTERM are recorded in the yielded list instead of
+    interrupting; a second one interrupts at once. Only the main thread can own signals."""
+    stop: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield stop
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        if stop:
+            raise KeyboardInterrupt
+        stop.append(signum)
+
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield stop
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)

@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from metafunc.cli import main
 
@@ -38,6 +39,47 @@ def test_train_writes_figures_and_results(tmp_path, capsys):
     assert results["history"]["step"] == [5, 10, 15, 20]
     for phase in ("0", "pi"):
         assert results["grid_mse"][phase]["draws"] == 8 and results["grid_mse"][phase]["mean"] > 0
+
+
+SHORT = [
+    "train",
+    "--meta-batch",
+    "2",
+    "--inner-steps",
+    "1",
+    "--eval-draws",
+    "2",
+    "--log-every",
+    "2",
+    "--no-compile",
+    "--no-progress",
+]
+
+
+def test_resume_continues_a_run_bit_exact(tmp_path, capsys):
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    assert main([*SHORT, "--steps", "6", "--out", str(straight)]) == 0
+    assert main([*SHORT, "--steps", "3", "--out", str(split)]) == 0
+    assert (
+        main([*SHORT, "--steps", "6", "--resume", "--checkpoint-every", "2", "--out", str(split)])
+        == 0
+    )
+    assert "resumed from" in capsys.readouterr().out
+    a = torch.load(straight / "checkpoint.pt", weights_only=True)
+    b = torch.load(split / "checkpoint.pt", weights_only=True)
+    assert a.keys() == b.keys() and int(b["state.step"]) == 6
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    results = json.loads((split / "results.json").read_text())
+    assert results["resumed_from_step"] == 3 and results["history"]["step"] == [6]
+
+
+def test_resume_without_a_checkpoint_says_so(tmp_path, capsys):
+    assert main([*SHORT, "--steps", "2", "--resume", "--out", str(tmp_path)]) == 2
+    assert (
+        "metafunc train: cannot resume: load: path must be a checkpoint file"
+        in capsys.readouterr().err
+    )
 
 
 def test_console_script_help():

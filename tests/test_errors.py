@@ -4,6 +4,8 @@ what was expected and what was got (table-driven: one row per mistake)."""
 from __future__ import annotations
 
 import math
+import tempfile
+from pathlib import Path
 
 import pytest
 import torch
@@ -69,6 +71,58 @@ def _adapt(**kw):
     args = {"loss": LOSS, "lr": 0.1, "steps": 1} | kw
     return mf.adapt(PARAMS, (SX[0], SY[0]), **args)
 
+
+def _state(opt=None, params=PARAMS):
+    learner = mf.maml(LOSS)
+    return mf.init_state(learner, opt or mf.optim.adam(1e-3), params)
+
+
+def _step_call(state=None, tasks=TASKS, opt=None):
+    opt = opt or mf.optim.adam(1e-3)
+    step = mf.make_step(mf.maml(LOSS), opt, compile=False)
+    return step(state if state is not None else _state(opt), tasks)
+
+
+def _train(**kw):
+    learner, opt, step = _eager_step()
+    args = {"steps": 1, "progress": False} | kw
+    return mf.train(step, mf.init_state(learner, opt, PARAMS), lambda g: TASKS, **args)
+
+
+def _load_after_saving(saved, like, *, generator=None, save_generator=None, raw=None):
+    """Save ``saved`` (or ``torch.save`` the object ``raw``) in a fresh directory, then load
+    it into ``like``."""
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / "c.pt"
+        if raw is not None:
+            torch.save(raw, path)
+        else:
+            mf.save(path, saved, generator=save_generator)
+        return mf.load(path, like=like, generator=generator)
+
+
+def _resume_past_target():
+    learner, opt, step = _eager_step()
+    state = mf.init_state(learner, opt, PARAMS)
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / "c.pt"
+        mf.save(path, state._replace(step=torch.tensor(5)), generator=torch.Generator())
+        mf.train(
+            step, state, lambda g: TASKS, steps=3, checkpoint=path, resume=True, progress=False
+        )
+
+
+def _bn_meta_grad():
+    net = nn.Sequential(nn.Linear(1, 3), nn.BatchNorm1d(3), nn.Linear(3, 1)).double()
+    fn, params = mf.functionalize(net)
+    learner = mf.maml(mf.supervised(fn, mf.losses.mse))
+    return learner.meta_grad(learner.init(params), TASKS)
+
+
+META_DEVICE = _tasks(sx=SX.to("meta"), sy=SY.to("meta"), qx=QX.to("meta"), qy=QY.to("meta"))
+EMPTY = _tasks(sx=SX[:0], sy=SY[:0], qx=QX[:0], qy=QY[:0])
+PARAMS_F32 = {k: v.float() for k, v in PARAMS.items()}
+WIDER = mf.functionalize(nn.Sequential(nn.Linear(1, 5), nn.Tanh(), nn.Linear(5, 1)).double())[1]
 
 MISSING_2_BIAS = {k: v for k, v in _rates().items() if k != "2.bias"}
 
@@ -481,6 +535,265 @@ CASES = [
         r"^sinusoid: amplitude must be a number or a tensor of shape \(3,\), one per task "
         r"\(got shape \(2,\)\)$",
     ),
+    # --- NaN, bools and types where numbers are expected -------------------------------------
+    (
+        "sgd-lr-nan",
+        lambda: mf.optim.sgd(math.nan),
+        ValueError,
+        r"^sgd: lr must be a positive finite number \(got nan\)$",
+    ),
+    (
+        "adam-lr-bool",
+        lambda: mf.optim.adam(True),
+        TypeError,
+        r"^adam: lr must be a number \(got True of type bool\)$",
+    ),
+    (
+        "adam-weight_decay-inf",
+        lambda: mf.optim.adam(1e-3, weight_decay=math.inf),
+        ValueError,
+        r"^adam: weight_decay must be a non-negative finite number \(got inf\)$",
+    ),
+    (
+        "sgd-nesterov-int",
+        lambda: mf.optim.sgd(0.1, momentum=0.9, nesterov=1),
+        TypeError,
+        r"^sgd: nesterov must be True or False \(got 1\)$",
+    ),
+    (
+        "sine-tasks-bool",
+        lambda: mf.tasks.sine(torch.Generator(), tasks=True),
+        TypeError,
+        r"^sine: tasks must be an integer \(got True of type bool\)$",
+    ),
+    (
+        "adapt-lr-nan",
+        lambda: _adapt(lr=math.nan),
+        ValueError,
+        r"^adapt: lr must be a positive finite number \(got nan\)$",
+    ),
+    # --- data against parameters: device, dtype, empty batch, impure models -------------------
+    (
+        "meta_grad-data-on-another-device",
+        lambda: _meta_grad(META_DEVICE),
+        ValueError,
+        r"^maml: tasks\.support\[0\] is on meta but the parameters are on cpu$",
+    ),
+    (
+        "step-data-on-another-device",
+        lambda: _step_call(tasks=META_DEVICE),
+        ValueError,
+        r"^step: tasks\.support\[0\] is on meta but the parameters are on cpu$",
+    ),
+    (
+        "step-float32-params-float64-data",
+        lambda: _step_call(state=_state(params=PARAMS_F32)),
+        TypeError,
+        r"^step: tasks\.support\[0\] has dtype torch\.float64 but the parameters are "
+        r"torch\.float32; convert the data with \.to\(torch\.float32\)$",
+    ),
+    (
+        "step-empty-meta-batch",
+        lambda: _step_call(tasks=EMPTY),
+        ValueError,
+        r"^step: tasks must hold at least one task \(got an empty meta-batch\)$",
+    ),
+    (
+        "meta_grad-params-mixed-dtypes",
+        lambda: mf.maml(LOSS).meta_grad(PARAMS | {"2.bias": PARAMS["2.bias"].float()}, TASKS),
+        ValueError,
+        r"^maml: all of meta must share one dtype and device; meta\['0\.bias'\] is torch\.float64 "
+        r"on cpu but meta\['2\.bias'\] is torch\.float32 on cpu$",
+    ),
+    (
+        "meta_grad-batchnorm-running-stats",
+        _bn_meta_grad,
+        ValueError,
+        r"^functionalize: Sequential has BatchNorm layer\(s\) \['1'\] that update running "
+        r"statistics in training mode; under vmap \(and grad\) each task would have to write the "
+        r"same buffers, so this is refused\. Build them with track_running_stats=False",
+    ),
+    # --- the step's state ---------------------------------------------------------------------
+    (
+        "step-opt_state-of-another-optimizer",
+        lambda: _step_call(state=_state(mf.optim.sgd(0.1)), opt=mf.optim.adam(1e-3)),
+        ValueError,
+        r"^step: state\.opt_state must have the same tree structure as optimizer\.init\(state\.meta\); "
+        r"first difference at optimizer\.init\(state\.meta\)\.count \(AdamState\) has no "
+        r"counterpart in state\.opt_state\.",
+    ),
+    (
+        "step-counter-a-python-int",
+        lambda: _step_call(state=_state()._replace(step=0)),
+        TypeError,
+        r"^step: state\.step must be an int64 scalar tensor \(got int\)$",
+    ),
+    (
+        "step-counter-float",
+        lambda: _step_call(state=_state()._replace(step=torch.tensor(0.0))),
+        TypeError,
+        r"^step: state\.step must be an int64 scalar tensor \(got torch\.float32 of shape \(\)\)$",
+    ),
+    # --- checkpoints --------------------------------------------------------------------------
+    (
+        "save-state-not-TrainState",
+        lambda: mf.save("c.pt", PARAMS),
+        TypeError,
+        r"^save: state must be a metafunc\.TrainState \(got dict\)$",
+    ),
+    (
+        "save-directory-missing",
+        lambda: mf.save("/nonexistent-dir/c.pt", _state()),
+        FileNotFoundError,
+        r"^save: the directory of path must exist \(got '/nonexistent-dir/c\.pt', whose "
+        r"directory '/nonexistent-dir' does not exist\)$",
+    ),
+    (
+        "save-generator-not-a-Generator",
+        lambda: mf.save("c.pt", _state(), generator=0),
+        TypeError,
+        r"^save: generator must be a torch\.Generator or None \(got int\)$",
+    ),
+    (
+        "load-like-not-TrainState",
+        lambda: mf.load("c.pt", like=PARAMS),
+        TypeError,
+        r"^load: like must be a metafunc\.TrainState to load into, e\.g\. from init_state "
+        r"\(got dict\)$",
+    ),
+    (
+        "load-missing-file",
+        lambda: mf.load("/nonexistent-dir/c.pt", like=_state()),
+        FileNotFoundError,
+        r"^load: path must be a checkpoint file \(got '/nonexistent-dir/c\.pt', no such file\)$",
+    ),
+    (
+        "load-not-a-metafunc-checkpoint",
+        lambda: _load_after_saving(None, _state(), raw={"weight": torch.ones(2)}),
+        ValueError,
+        r"^load: '.*c\.pt' is not a metafunc checkpoint \(no 'metafunc\.format' entry\)$",
+    ),
+    (
+        "load-pickled-python-object",
+        lambda: _load_after_saving(None, _state(), raw={"path": Path("x")}),
+        ValueError,
+        r"^load: '.*c\.pt' is not a readable metafunc checkpoint \(Weights only load failed",
+    ),
+    (
+        "load-another-format-version",
+        lambda: _load_after_saving(None, _state(), raw={"metafunc.format": torch.tensor(2)}),
+        ValueError,
+        r"^load: '.*c\.pt' has checkpoint format 2; this metafunc reads format 1$",
+    ),
+    (
+        "load-shape-mismatch",
+        lambda: _load_after_saving(_state(params=WIDER), _state()),
+        ValueError,
+        r"^load: state\.meta\['0\.bias'\] must have shape \(4,\) as in like \(got shape \(5,\) "
+        r"in '.*c\.pt'\)$",
+    ),
+    (
+        "load-dtype-mismatch",
+        lambda: _load_after_saving(_state(params=PARAMS_F32), _state()),
+        TypeError,
+        r"^load: state\.meta\['0\.bias'\] must have dtype torch\.float64 as in like \(got "
+        r"torch\.float32 in '.*c\.pt'\)$",
+    ),
+    (
+        "load-saved-with-another-optimizer",
+        lambda: _load_after_saving(_state(mf.optim.sgd(0.1)), _state(mf.optim.adam(1e-3))),
+        ValueError,
+        r"^load: '.*c\.pt' has no entry state\.opt_state\.count, which like has \(was it saved "
+        r"with another model or optimizer\?\)$",
+    ),
+    (
+        "load-extra-entry",
+        lambda: _load_after_saving(_state(mf.optim.adam(1e-3)), _state(mf.optim.sgd(0.1))),
+        ValueError,
+        r"^load: '.*c\.pt' holds state\.opt_state\.count, which like does not have \(was it "
+        r"saved with another model or optimizer\?\)$",
+    ),
+    (
+        "load-generator-not-saved",
+        lambda: _load_after_saving(_state(), _state(), generator=torch.Generator()),
+        ValueError,
+        r"^load: a generator was given but '.*c\.pt' holds no generator state \(it was saved "
+        r"without generator=\)$",
+    ),
+    # --- the training loop --------------------------------------------------------------------
+    (
+        "train-steps-bool",
+        lambda: _train(steps=True),
+        TypeError,
+        r"^train: steps must be an integer \(got True of type bool\)$",
+    ),
+    (
+        "train-log_every-nan",
+        lambda: _train(log_every=math.nan),
+        TypeError,
+        r"^train: log_every must be an integer \(got nan of type float\)$",
+    ),
+    (
+        "train-sampler-not-callable",
+        lambda: mf.train(_eager_step()[2], _state(mf.optim.sgd(0.1)), TASKS, steps=1),
+        TypeError,
+        r"^train: sampler must be callable \(got Tasks\)$",
+    ),
+    (
+        "train-generator-not-a-Generator",
+        lambda: _train(generator=0),
+        TypeError,
+        r"^train: generator must be a torch\.Generator or None \(got int\)$",
+    ),
+    (
+        "train-on_nonfinite-unknown",
+        lambda: _train(on_nonfinite="ignore"),
+        ValueError,
+        r"^train: on_nonfinite must be 'raise' or 'skip' \(got 'ignore'\)$",
+    ),
+    (
+        "train-checkpoint-not-a-path",
+        lambda: _train(checkpoint=3),
+        TypeError,
+        r"^train: checkpoint must be a path or None \(got int\)$",
+    ),
+    (
+        "train-checkpoint_every-zero",
+        lambda: _train(checkpoint="c.pt", checkpoint_every=0),
+        ValueError,
+        r"^train: checkpoint_every must be an integer >= 1 \(got 0\)$",
+    ),
+    (
+        "train-checkpoint_every-without-checkpoint",
+        lambda: _train(checkpoint_every=10),
+        ValueError,
+        r"^train: checkpoint_every needs checkpoint=<path> \(got checkpoint=None\)$",
+    ),
+    (
+        "train-resume-without-checkpoint",
+        lambda: _train(resume=True),
+        ValueError,
+        r"^train: resume=True needs checkpoint=<path> to resume from \(got checkpoint=None\)$",
+    ),
+    (
+        "train-resume-int",
+        lambda: _train(resume=1),
+        TypeError,
+        r"^train: resume must be True, False or a checkpoint path \(got 1 of type int\)$",
+    ),
+    (
+        "train-resume-missing-file",
+        lambda: _train(resume="/nonexistent-dir/c.pt"),
+        FileNotFoundError,
+        r"^load: path must be a checkpoint file \(got '/nonexistent-dir/c\.pt', no such file\)$",
+    ),
+    (
+        "train-resume-checkpoint-past-the-target",
+        _resume_past_target,
+        ValueError,
+        r"^train: the checkpoint '.*c\.pt' is at step 5, past the 3 steps this run goes to "
+        r"\(steps=3 from step 0\)$",
+    ),
 ]
 
 
@@ -496,7 +809,7 @@ def test_bad_input_is_refused_with_a_message(call, exc, pattern):
 def test_case_ids_are_unique():
     ids = [c[0] for c in CASES]
     assert len(ids) == len(set(ids))
-    assert len(ids) >= 25
+    assert len(ids) >= 100
 
 
 def test_a_pytree_inner_lr_that_fits_is_accepted():

@@ -34,22 +34,95 @@ def test_eager_step_is_meta_grad_then_update():
     ):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
     assert int(new.step) == 1 and int(state.step) == 0
-    assert set(metrics) == {"loss", "loss_before", "grad_norm", "finite"}
+    assert set(metrics) == {"loss", "loss_before", "grad_norm", "finite", "finite_leaves"}
+    assert metrics["finite_leaves"].tolist() == [True] * len(params)
     torch.testing.assert_close(metrics["loss"], m["loss"])
     torch.testing.assert_close(metrics["grad_norm"], _tree.global_norm(grads))
     assert metrics["finite"].dtype == torch.bool and bool(metrics["finite"])
 
 
-def test_finite_flag_reports_nan():
+def test_finite_flag_reports_nan_and_the_step_keeps_the_previous_state():
     fn, params = mf.functionalize(tanh_net())
     learner = mf.maml(mf.supervised(fn, mf.losses.mse), inner_lr=0.1)
-    opt = mf.optim.sgd(0.1)
-    tasks = sine_tasks()
+    opt = mf.optim.adam(0.1)
+    step = mf.make_step(learner, opt, compile=False)
+    state, _ = step(mf.init_state(learner, opt, params), sine_tasks())  # non-zero moments
+    tasks = sine_tasks(seed=2)
     tasks.query[1][0, 0, 0] = float("nan")
-    _, metrics = mf.make_step(learner, opt, compile=False)(
-        mf.init_state(learner, opt, params), tasks
-    )
+    new, metrics = step(state, tasks)
     assert not bool(metrics["finite"])
+    for a, b in zip(
+        _tree.leaves((new.meta, new.opt_state)),
+        _tree.leaves((state.meta, state.opt_state)),
+        strict=True,
+    ):
+        assert torch.equal(a, b)
+    assert int(new.step) == int(state.step) + 1  # a skipped step still counts
+
+
+def _two_leaf_learner():
+    """``loss = mean(a * x0) + mean(b * x1)``: an inf in column 1 of the data makes only b's
+    gradient non-finite."""
+
+    def loss(p, data):
+        (x,) = data
+        return (p["a"] * x[:, 0]).mean() + (p["b"] * x[:, 1]).mean()
+
+    params = {"a": torch.ones((), dtype=torch.float64), "b": torch.ones((), dtype=torch.float64)}
+    return mf.maml(loss, inner_steps=0), params
+
+
+@pytest.mark.parametrize("compile", [False, True], ids=["eager", "compiled"])
+def test_finite_leaves_flag_the_parameter_with_a_bad_gradient(compile):
+    learner, params = _two_leaf_learner()
+    opt = mf.optim.sgd(0.1)
+    step = mf.make_step(learner, opt, compile=compile)
+    x = torch.ones(2, 3, 2, dtype=torch.float64)
+    state, m = step(mf.init_state(learner, opt, params), mf.Tasks((x,), (x,)))
+    assert bool(m["finite"]) and m["finite_leaves"].tolist() == [True, True]
+    assert float(state.meta["a"]) == 0.9  # applied
+    x = x.clone()
+    x[1, 2, 1] = float("inf")
+    new, m = step(state, mf.Tasks((x,), (x,)))
+    assert not bool(m["finite"])
+    assert m["finite_leaves"].tolist() == [True, False]  # leaves in sorted key order: a, b
+    assert _tree.named_leaves(new.meta, "meta")[1][0] == "meta['b']"
+    assert torch.equal(new.meta["a"], state.meta["a"]) and torch.equal(
+        new.meta["b"], state.meta["b"]
+    )
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_a_step_keeps_the_dtype(dtype):
+    g = torch.Generator().manual_seed(0)
+    fn, params = mf.functionalize(mf.models.blog_sine_net(g, hidden=4).to(dtype))
+    learner = mf.maml(mf.supervised(fn, mf.losses.mse), inner_lr=0.1)
+    opt = mf.optim.adam(1e-2)
+    state, metrics = mf.make_step(learner, opt, compile=False)(
+        mf.init_state(learner, opt, params), mf.tasks.sine(g, tasks=2, dtype=dtype)
+    )
+    assert {
+        t.dtype for t in _tree.leaves((state.meta, state.opt_state.mu, state.opt_state.nu))
+    } == {dtype}
+    assert metrics["loss"].dtype == dtype and metrics["grad_norm"].dtype == dtype
+    assert state.step.dtype == torch.int64 and state.opt_state.count.dtype == torch.int64
+
+
+def test_same_seed_same_result_other_seed_differs():
+    def run(seed):
+        g = torch.Generator().manual_seed(seed)
+        fn, params = mf.functionalize(mf.models.blog_sine_net(g, hidden=4))
+        learner = mf.maml(mf.supervised(fn, mf.losses.l1), inner_lr=3e-2)
+        opt = mf.optim.adam(1e-2)
+        sampler = functools.partial(mf.tasks.sine, tasks=3)
+        step = mf.make_step(learner, opt, compile=False)
+        return mf.train(
+            step, mf.init_state(learner, opt, params), sampler, steps=5, generator=g, progress=False
+        )
+
+    a, b, c = run(7), run(7), run(8)
+    assert all(torch.equal(x, y) for x, y in zip(_tree.leaves(a), _tree.leaves(b), strict=True))
+    assert not torch.equal(a.meta["0.weight"], c.meta["0.weight"])
 
 
 @pytest.mark.parametrize(

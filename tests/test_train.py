@@ -2,7 +2,9 @@
 
 import functools
 import logging
+import signal
 
+import pytest
 import torch
 from conftest import tanh_net
 
@@ -67,3 +69,34 @@ def test_train_continues_counting_from_the_state():
 def test_zero_steps_returns_the_state():
     step, state, sampler = setup()
     assert mf.train(step, state, sampler, steps=0, progress=False) is state
+
+
+def test_signal_handlers_are_restored_after_a_run():
+    step, state, sampler = setup()
+    before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    mf.train(step, state, sampler, steps=2, progress=False)
+    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
+
+
+def test_a_non_finite_step_names_the_first_parameter_with_a_bad_gradient():
+    def loss(p, data):
+        (x,) = data
+        return (p["a"] * x[:, 0]).mean() + (p["b"] * x[:, 1]).mean()
+
+    params = {"a": torch.ones((), dtype=torch.float64), "b": torch.ones((), dtype=torch.float64)}
+    learner, opt = mf.maml(loss, inner_steps=0), mf.optim.sgd(0.1)
+    step = mf.make_step(learner, opt, compile=False)
+    x = torch.ones(2, 3, 2, dtype=torch.float64)
+    x[1, 2, 1] = float("inf")  # only b's gradient sees it
+    with pytest.raises(
+        FloatingPointError,
+        match=r"^train: step 1 is not finite: the meta-gradient of meta\['b'\] is the first that "
+        r"is not finite\. The parameters and optimizer state were left as before that step\. ",
+    ):
+        mf.train(
+            step,
+            mf.init_state(learner, opt, params),
+            lambda g: mf.Tasks((x,), (x,)),
+            steps=3,
+            progress=False,
+        )
