@@ -60,7 +60,17 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument(
         "--out", type=Path, default=Path("out"), help="directory for figures and results.json"
     )
+    b = sub.add_parser(
+        "bench",
+        help="time the outer step against the alternatives; JSON, tables and charts",
+        description="Benchmarks: see benchmarks/README.md.",
+    )
+    from . import bench
+
+    bench.add_arguments(b)
     args = parser.parse_args(argv)
+    if args.command == "bench":
+        return bench.run(args)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     return _train_sine(args)
 
