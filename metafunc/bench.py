@@ -54,7 +54,7 @@ class Workload:
     tasks: int
     inner_steps: int
     first_order: bool = False
-    hidden: int = 40
+    hidden: int = 40  # the MLP's hidden width, or the conv net's channels
     inner_lr: float = 0.01
 
     def describe(self) -> str:
@@ -62,7 +62,9 @@ class Workload:
         if self.kind == "sinusoid":
             net = f"1-{self.hidden}-{self.hidden}-1 MLP, 10+10 points, MSE"
         else:
-            net = f"conv net 4x64, 28x28, {WAYS}-way {SHOTS}-shot, {QUERIES} queries/class"
+            net = (
+                f"conv net 4x{self.hidden}, 28x28, {WAYS}-way {SHOTS}-shot, {QUERIES} queries/class"
+            )
         return f"{net}, {self.tasks} tasks, {self.inner_steps} inner steps {order} order"
 
 
@@ -72,7 +74,7 @@ WORKLOADS = {
         Workload("sine-1step", "sinusoid", 25, 1),
         Workload("sine-5step", "sinusoid", 25, 5),
         Workload("sine-5step-fo", "sinusoid", 25, 5, first_order=True),
-        Workload("conv-5way1shot", "conv", 32, 1, inner_lr=0.4),
+        Workload("conv-5way1shot", "conv", 32, 1, hidden=64, inner_lr=0.4),
     )
 }
 
@@ -82,7 +84,7 @@ def make_net(w: Workload) -> nn.Module:
     if w.kind == "sinusoid":
         net = mf.models.mlp([1, w.hidden, w.hidden, 1])
     else:
-        net = mf.models.conv_net(WAYS)
+        net = mf.models.conv_net(WAYS, channels=w.hidden)
     g = torch.Generator().manual_seed(0)
     with torch.no_grad():
         for module in net.modules():
@@ -602,7 +604,7 @@ def _git_commit() -> str | None:
 
 
 SWEEPS = {
-    "meta_batch": ("tasks", [1, 25, 100, 400, 1024]),
+    "meta_batch": ("tasks", [1, 25, 200, 1024]),
     "inner_steps": ("inner_steps", [1, 5, 10, 20]),
     "hidden": ("hidden", [40, 160, 640]),
 }
@@ -666,6 +668,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="torch and XLA CPU threads (default 1: tiny ops, shared cores)",
     )
     parser.add_argument("--sweeps", nargs="*", choices=list(SWEEPS), default=list(SWEEPS))
+    for name, (_, values) in SWEEPS.items():
+        parser.add_argument(
+            f"--{name.replace('_', '-')}-points",
+            type=int,
+            nargs="+",
+            default=values,
+            help=f"sizes of the {name} sweep (default {' '.join(map(str, values))})",
+        )
     parser.add_argument("--sweep-repeats", type=int, default=3)
     parser.add_argument(
         "--no-compile-times",
@@ -733,7 +743,8 @@ def run(args: argparse.Namespace) -> int:
         print(table(entry))
     sweep_factories = {k: v for k, v in factories.items() if k in SWEEP_IMPLS}
     for name in args.sweeps:
-        field, values = SWEEPS[name]
+        field = SWEEPS[name][0]
+        values = getattr(args, f"{name}_points")
         print(f"\nsweep over {name}")
         result["sweeps"][name] = {
             "field": field,

@@ -15,8 +15,10 @@ TINY = bench.Workload("tiny", "sinusoid", tasks=3, inner_steps=2, hidden=6)
 
 
 @pytest.fixture(autouse=True)
-def _keep_threads():
+def _one_thread():
+    """As the script runs (``--threads 1``); the command sets it, and it is restored here."""
     threads = torch.get_num_threads()
+    torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
 
@@ -83,7 +85,7 @@ def test_missing_extras_are_skipped_with_a_reason():
 
 
 def test_conv_workload_agrees_with_the_blog_loop():
-    w = dataclasses.replace(bench.WORKLOADS["conv-5way1shot"], tasks=2)
+    w = dataclasses.replace(bench.WORKLOADS["conv-5way1shot"], tasks=2, hidden=4)
     rows = bench.compare(
         w,
         {"blog loop": bench.blog_loop, "metafunc eager": bench.metafunc_step(compile=False)},
@@ -95,8 +97,7 @@ def test_conv_workload_agrees_with_the_blog_loop():
     assert rows[1]["ok"], rows[1]
 
 
-def test_bench_command_writes_json_and_a_chart(tmp_path, monkeypatch, capsys):
-    monkeypatch.setitem(bench.SWEEPS, "meta_batch", ("tasks", [1, 2]))
+def test_bench_command_writes_json_and_a_chart(tmp_path, capsys):
     code = main(
         [
             "bench",
@@ -113,6 +114,9 @@ def test_bench_command_writes_json_and_a_chart(tmp_path, monkeypatch, capsys):
             "1",
             "--sweeps",
             "meta_batch",
+            "--meta-batch-points",
+            "1",
+            "2",
             "--sweep-repeats",
             "1",
             "--no-memory",
