@@ -178,7 +178,7 @@ def metafunc_step(*, compile: bool, mode: str | None = None) -> Factory:
         opt = mf.optim.adam(OUTER_LR)
         held = [mf.init_state(learner, opt, params)]
         step_fn = mf.make_step(learner, opt, compile=compile, mode=mode)
-        graphs = (mode is not None and "cudagraphs" in mode) or mode == "reduce-overhead"
+        graphs = mode in ("reduce-overhead", "max-autotune")  # the modes with CUDA graphs
 
         def step() -> None:
             if graphs:
@@ -390,6 +390,10 @@ IMPLEMENTATIONS: dict[str, tuple[Factory, Callable[[torch.device], str | None]]]
         metafunc_step(compile=True, mode="reduce-overhead"),
         _cuda_only,
     ),
+    "metafunc compiled max-autotune": (
+        metafunc_step(compile=True, mode="max-autotune"),
+        _cuda_only,
+    ),
     "higher": (higher_loop, lambda d: _needs("higher")()),
     "torchopt": (torchopt_loop, lambda d: _needs("torchopt")()),
     "learn2learn": (
@@ -497,7 +501,11 @@ def peak_memory_mb(device: torch.device) -> float:
     """Peak RSS of this process on CPU, or the peak allocated CUDA memory."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    # VmHWM starts afresh at exec; ru_maxrss would carry the parent's peak over a fork
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB where no /proc
 
 
 def probe(workload: str, impl: str, device: str, steps: int) -> dict[str, Any]:
@@ -559,6 +567,27 @@ def compile_times(workload: str, device: str) -> dict[str, Any]:
     }
 
 
+def cuda_profile(w: Workload, impl: str, device: torch.device, steps: int = 5) -> dict[str, Any]:
+    """On CUDA: GPU kernels launched per outer step, CUDA-graph launches per step and the
+    host time per step, from ``torch.profiler`` (after a warm-up that compiles and records)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    made = IMPLEMENTATIONS[impl][0](w, make_net(w), make_batch(w, device), device)
+    for _ in range(3):
+        made.step()
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        for _ in range(steps):
+            made.step()
+    events = prof.events()
+    kernels = sum(1 for e in events if e.device_type == torch.autograd.DeviceType.CUDA)
+    graph_launches = sum(1 for e in events if e.name == "cudaGraphLaunch")
+    return {
+        "kernels_per_step": kernels / steps,
+        "cuda_graph_launches_per_step": graph_launches / steps,
+        "cuda_graphs_engaged": graph_launches > 0,
+    }
+
+
 def environment(device: torch.device, threads: int) -> dict[str, Any]:
     info: dict[str, Any] = {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -605,8 +634,8 @@ def _git_commit() -> str | None:
 
 SWEEPS = {
     "meta_batch": ("tasks", [1, 25, 200, 1024]),
-    "inner_steps": ("inner_steps", [1, 5, 10, 20]),
-    "hidden": ("hidden", [40, 160, 640]),
+    "inner_steps": ("inner_steps", [1, 5, 10]),
+    "hidden": ("hidden", [40, 320]),
 }
 SWEEP_IMPLS = ["blog loop", "metafunc eager", "metafunc compiled", "jax jit"]
 
@@ -658,9 +687,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="default: all that can run here",
     )
     parser.add_argument(
-        "--repeats", type=int, default=15, help="interleaved timing rounds (default 15)"
+        "--repeats", type=int, default=10, help="interleaved timing rounds (default 10)"
     )
-    parser.add_argument("--steps-per-repeat", type=int, default=5)
+    parser.add_argument("--steps-per-repeat", type=int, default=3)
     parser.add_argument(
         "--threads",
         type=int,
@@ -737,6 +766,12 @@ def run(args: argparse.Namespace) -> int:
             for row in rows:
                 if row.get("ok"):
                     row["fresh_process"] = run_probe(name, row["impl"], args.device)
+        if device.type == "cuda":
+            entry["cuda_profile"] = {
+                row["impl"]: cuda_profile(w, row["impl"], device)
+                for row in rows
+                if row.get("ok") and row["impl"].startswith("metafunc")
+            }
         if not args.no_compile_times and "metafunc compiled" in factories and name == "sine-5step":
             entry["compile_time"] = compile_times(name, args.device)
         result["workloads"][name] = entry
@@ -807,7 +842,8 @@ def table(entry: dict[str, Any]) -> str:
     ct = entry.get("compile_time")
     if ct:
         lines.append(
-            f"\ncompiled step, first call in a fresh process: cold {ct['cold_s']} s, warm {ct['warm_s']} s"
+            f"\ncompiled step, first call in a fresh process: cold {ct['cold_s']:.1f} s, "
+            f"warm {ct['warm_s']:.1f} s"
         )
     return "\n".join(lines)
 
