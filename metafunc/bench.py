@@ -797,7 +797,9 @@ def run(args: argparse.Namespace) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / f"bench-{device.type}.json"
     path.write_text(json.dumps(result, indent=2))
-    print(f"\nwrote {path}")
+    summary = path.with_suffix(".md")
+    summary.write_text(report(result))
+    print(f"\nwrote {path} and {summary}")
     if result["sweeps"]:
         from . import plotting
 
@@ -811,6 +813,38 @@ def run(args: argparse.Namespace) -> int:
                 ),
             )
     return 0
+
+
+def report(result: dict[str, Any]) -> str:
+    """The Markdown summary of a run: environment, one table per workload, sweep tables."""
+    env = result["environment"]
+    lines = [
+        f"{env['device']} ({env['device_type']}), torch {env['torch']}, JAX {env.get('jax')}, "
+        f"{env['torch_threads']} thread(s), {env['date']}, commit {str(env['commit'])[:10]}, "
+        f"load average {env['load_average'][0]:.1f} at start and "
+        f"{env.get('load_average_end', [float('nan')])[0]:.1f} at the end",
+        "",
+    ]
+    for name, reason in result["skipped"].items():
+        lines.append(f"- skipped {name}: {reason}")
+    for name, entry in result["workloads"].items():
+        lines += ["", f"### {name}: {entry['description']}", "", table(entry)]
+    for name, data in result["sweeps"].items():
+        field = data["field"]
+        impls = list(dict.fromkeys(r["impl"] for p in data["points"] for r in p["rows"]))
+        lines += ["", f"### sweep: {name} (ms per step, median)", ""]
+        lines.append(f"| {field} | " + " | ".join(impls) + " | compiled peak memory MB |")
+        lines.append("|---" * (len(impls) + 2) + "|")
+        for p in data["points"]:
+            ms = {r["impl"]: r.get("median_ms") for r in p["rows"]}
+            cells = ["" if ms.get(i) is None else f"{ms[i]:.2f}" for i in impls]
+            mem = p.get("compiled_peak_memory_mb")
+            lines.append(
+                f"| {p[field]} | "
+                + " | ".join(cells)
+                + f" | {'' if mem is None else f'{mem:.0f}'} |"
+            )
+    return "\n".join(lines) + "\n"
 
 
 def table(entry: dict[str, Any]) -> str:

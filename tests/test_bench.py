@@ -138,3 +138,5 @@ def test_bench_command_writes_json_and_a_chart(tmp_path, capsys):
     assert [p["tasks"] for p in points] == [1, 2]
     assert (tmp_path / "scaling-meta_batch-cpu.png").stat().st_size > 0
     assert "| metafunc eager |" in capsys.readouterr().out
+    summary = (tmp_path / "bench-cpu.md").read_text()
+    assert "### sine-1step" in summary and "### sweep: meta_batch" in summary
