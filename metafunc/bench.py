@@ -751,6 +751,15 @@ def run(args: argparse.Namespace) -> int:
         " ".join(["metafunc bench", *sys.argv[1:]]) if sys.argv else None
     )
     started = time.perf_counter()
+    args.out.mkdir(parents=True, exist_ok=True)
+    path = args.out / f"bench-{device.type}.json"
+
+    def save() -> None:  # after every workload and sweep: an interrupted run keeps its data
+        result["environment"]["wall_s"] = time.perf_counter() - started
+        result["environment"]["load_average_end"] = list(os.getloadavg())
+        path.write_text(json.dumps(result, indent=2))
+        path.with_suffix(".md").write_text(report(result))
+
     for name in args.workloads:
         w = WORKLOADS[name]
         print(f"\n{name}: {w.describe()}")
@@ -775,6 +784,7 @@ def run(args: argparse.Namespace) -> int:
         if not args.no_compile_times and "metafunc compiled" in factories and name == "sine-5step":
             entry["compile_time"] = compile_times(name, args.device)
         result["workloads"][name] = entry
+        save()
         print(table(entry))
     sweep_factories = {k: v for k, v in factories.items() if k in SWEEP_IMPLS}
     for name in args.sweeps:
@@ -792,14 +802,9 @@ def run(args: argparse.Namespace) -> int:
                 memory=not args.no_memory,
             ),
         }
-    result["environment"]["wall_s"] = time.perf_counter() - started
-    result["environment"]["load_average_end"] = list(os.getloadavg())
-    args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / f"bench-{device.type}.json"
-    path.write_text(json.dumps(result, indent=2))
-    summary = path.with_suffix(".md")
-    summary.write_text(report(result))
-    print(f"\nwrote {path} and {summary}")
+        save()
+    save()
+    print(f"\nwrote {path} and {path.with_suffix('.md')}")
     if result["sweeps"]:
         from . import plotting
 
