@@ -159,11 +159,18 @@ def blog_loop(w: Workload, net: nn.Module, tasks: mf.Tasks, device: torch.device
         _sync(device)
 
     def first_moment() -> dict[str, torch.Tensor]:
-        return {
-            n: opt.state[p]["exp_avg"].double().cpu() for n, p in zip(names, params, strict=True)
-        }
+        return _adam_first_moment(opt, names, params)
 
     return Impl(step, first_moment)
+
+
+def _adam_first_moment(
+    opt: torch.optim.Adam, names: list[str], params: list[torch.Tensor]
+) -> dict[str, torch.Tensor]:
+    missing = [n for n, p in zip(names, params, strict=True) if "exp_avg" not in opt.state[p]]
+    if missing:  # Adam keeps no state for a parameter that never had a gradient
+        raise RuntimeError(f"no meta-gradient reached the initial weights {missing}")
+    return {n: opt.state[p]["exp_avg"].double().cpu() for n, p in zip(names, params, strict=True)}
 
 
 def metafunc_step(*, compile: bool, mode: str | None = None) -> Factory:
@@ -197,7 +204,11 @@ def metafunc_step(*, compile: bool, mode: str | None = None) -> Factory:
 
 
 def higher_loop(w: Workload, net: nn.Module, tasks: mf.Tasks, device: torch.device) -> Impl:
-    """higher's MAML recipe: ``innerloop_ctx`` per task, backward per task, ``torch.optim``."""
+    """higher's MAML recipe: ``innerloop_ctx`` per task, backward per task, ``torch.optim``.
+
+    First order is ``track_higher_grads=False``, which detaches the initial weights from the
+    adapted ones: no meta-gradient reaches them, and the agreement check reports it.
+    """
     import higher
 
     net = copy.deepcopy(net).to(device)
@@ -220,9 +231,7 @@ def higher_loop(w: Workload, net: nn.Module, tasks: mf.Tasks, device: torch.devi
         _sync(device)
 
     def first_moment() -> dict[str, torch.Tensor]:
-        return {
-            n: opt.state[p]["exp_avg"].double().cpu() for n, p in zip(names, params, strict=True)
-        }
+        return _adam_first_moment(opt, names, params)
 
     return Impl(step, first_moment)
 
