@@ -757,7 +757,7 @@ def run(args: argparse.Namespace) -> int:
         "sweeps": {},
     }
     result["environment"]["command"] = (
-        " ".join(["metafunc bench", *sys.argv[1:]]) if sys.argv else None
+        " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]) if sys.argv else None
     )
     started = time.perf_counter()
     args.out.mkdir(parents=True, exist_ok=True)
