@@ -1,6 +1,7 @@
 # Two entry points, each sets everything up from a fresh clone:
 #   make demo   -> the blog's MAML sine experiment (metafunc train)
 #   make test   -> lint + the whole test suite
+#   make bench  -> the benchmarks (benchmarks/README.md), with the optional alternatives
 # TORCH picks the torch build: the default resolves to the CPU wheel on a machine that has one
 # locally and to PyPI's CUDA wheel on a Linux GPU machine; override it for another CUDA version,
 # e.g. make demo TORCH="torch==2.13.0 --index-url <PyTorch's index for your CUDA>".
@@ -9,7 +10,7 @@ VENV ?= .venv
 TORCH ?= torch==2.13.0
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint setup clean
+.PHONY: demo test lint setup bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +24,10 @@ setup: $(VENV)/.installed
 
 demo: setup
 	$(BIN)/metafunc train --out out/maml-sine
+
+bench: setup
+	$(BIN)/python -m pip install --quiet -e ".[dev,bench]"
+	$(BIN)/metafunc bench
 
 lint: setup
 	$(BIN)/ruff check metafunc tests

@@ -7,6 +7,7 @@ trace from deep inside torch.
 
 from __future__ import annotations
 
+import functools
 import math
 from numbers import Integral, Real
 from typing import Any
@@ -111,19 +112,25 @@ def learning_rate_like(where: str, name: str, lr: Any, params: Any, params_name:
 
 def params_tree(where: str, name: str, params: Any) -> None:
     """A non-empty pytree of floating-point tensors on one device with one dtype."""
-    named = _tree.named_leaves(params, name)
-    if not named:
+    # Runs before every step: leaves only, and key paths (slow to build) only for a message.
+    leaves = _tree.leaves(params)
+    if not leaves:
         raise ValueError(f"{where}: {name} must be a non-empty pytree of tensors (got {params!r})")
-    first_path, first = named[0]
-    for path, leaf in named:
+    first = leaves[0]
+    for i, leaf in enumerate(leaves):
         if not isinstance(leaf, torch.Tensor):
-            raise TypeError(f"{where}: {path} must be a tensor (got {type(leaf).__name__})")
+            raise TypeError(
+                f"{where}: {_path(params, name, i)} must be a tensor (got {type(leaf).__name__})"
+            )
         if not leaf.is_floating_point():
-            raise TypeError(f"{where}: {path} must be a floating-point tensor (got {leaf.dtype})")
+            raise TypeError(
+                f"{where}: {_path(params, name, i)} must be a floating-point tensor (got {leaf.dtype})"
+            )
         if leaf.dtype != first.dtype or leaf.device != first.device:
             raise ValueError(
-                f"{where}: all of {name} must share one dtype and device; {first_path} is "
-                f"{first.dtype} on {first.device} but {path} is {leaf.dtype} on {leaf.device}"
+                f"{where}: all of {name} must share one dtype and device; "
+                f"{_path(params, name, 0)} is {first.dtype} on {first.device} but "
+                f"{_path(params, name, i)} is {leaf.dtype} on {leaf.device}"
             )
 
 
@@ -134,6 +141,11 @@ def keyed(where: str, name: str, value: Any, keys: tuple[str, ...], hint: str) -
         raise ValueError(
             f"{where}: {name} must be a dict with keys {list(keys)} ({hint}) (got {got})"
         )
+
+
+def _path(tree: Any, root: str, index: int) -> str:
+    """The key path of leaf ``index`` of ``tree``, e.g. ``meta['0.weight']``."""
+    return _tree.named_leaves(tree, root)[index][0]
 
 
 def tasks(where: str, value: Any, *, like: Any = None, paired: bool = True) -> int:
@@ -157,40 +169,48 @@ def tasks(where: str, value: Any, *, like: Any = None, paired: bool = True) -> i
             expected_name="tasks.support",
             got_name="tasks.query",
         )
-    named_s = _tree.named_leaves(value.support, "tasks.support")
-    named_q = _tree.named_leaves(value.query, "tasks.query")
-    for name, named, tree in (("support", named_s, value.support), ("query", named_q, value.query)):
-        if not named:
+    leaves = {"support": _tree.leaves(value.support), "query": _tree.leaves(value.query)}
+    for name, found in leaves.items():
+        if not found:
+            tree = getattr(value, name)
             raise ValueError(f"{where}: tasks.{name} must hold at least one tensor (got {tree!r})")
     ref = _tree.leaves(like)[0] if like is not None else None
     n_tasks = None
-    for path, t in named_s + named_q:
+    # key paths are built only for a message: this runs before every step
+    named = [
+        (functools.partial(_path, getattr(value, name), f"tasks.{name}", i), t)
+        for name, found in leaves.items()
+        for i, t in enumerate(found)
+    ]
+    for path, t in named:
         if not isinstance(t, torch.Tensor):
-            raise TypeError(f"{where}: {path} must be a tensor (got {type(t).__name__})")
+            raise TypeError(f"{where}: {path()} must be a tensor (got {type(t).__name__})")
         if t.ndim < 2:
             raise ValueError(
-                f"{where}: {path} must have shape (tasks, examples, ...) (got shape {tuple(t.shape)})"
+                f"{where}: {path()} must have shape (tasks, examples, ...) (got shape {tuple(t.shape)})"
             )
         if n_tasks is None:
             n_tasks, first_path = t.shape[0], path
         if t.shape[0] != n_tasks:
             raise ValueError(
                 f"{where}: every tensor in tasks must have the same number of tasks (leading "
-                f"dimension); {first_path} has {n_tasks} but {path} has {t.shape[0]}"
+                f"dimension); {first_path()} has {n_tasks} but {path()} has {t.shape[0]}"
             )
         if ref is not None and t.is_floating_point() and t.dtype != ref.dtype:
             raise TypeError(
-                f"{where}: {path} has dtype {t.dtype} but the parameters are {ref.dtype}; "
+                f"{where}: {path()} has dtype {t.dtype} but the parameters are {ref.dtype}; "
                 f"convert the data with .to({ref.dtype})"
             )
         if ref is not None and t.device != ref.device:
             raise ValueError(
-                f"{where}: {path} is on {t.device} but the parameters are on {ref.device}"
+                f"{where}: {path()} is on {t.device} but the parameters are on {ref.device}"
             )
-    for (path_s, s), (path_q, q) in zip(named_s, named_q, strict=True) if paired else ():
+    n_support = len(leaves["support"])
+    pairs = zip(named[:n_support], named[n_support:], strict=True) if paired else ()
+    for (path_s, s), (path_q, q) in pairs:
         if s.shape[2:] != q.shape[2:]:
             raise ValueError(
-                f"{where}: {path_s} and {path_q} must have the same per-example shape; got "
+                f"{where}: {path_s()} and {path_q()} must have the same per-example shape; got "
                 f"{tuple(s.shape)} and {tuple(q.shape)} (shapes are (tasks, examples, ...))"
             )
     if n_tasks == 0:

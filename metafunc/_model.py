@@ -21,10 +21,13 @@ def functionalize(module: nn.Module) -> tuple[Callable[..., Any], Params]:
     ``fn(params, *inputs)`` runs the module's forward with ``params`` in place of its
     parameters. The module itself is never touched: ``fn`` calls a private deep copy, and
     ``params`` holds detached copies keyed by ``named_parameters()`` names. Buffers are copied
-    once and held constant; a module in training mode whose BatchNorm keeps running statistics
-    would update them in place, which is impure and impossible per task under ``vmap`` (and
-    refused by ``grad``), so calling ``fn`` inside a ``torch.func`` transform raises
-    ``ValueError`` saying what to use instead. Called plainly, such a model still runs.
+    once and held constant. torch's BatchNorm layers in training mode are refused inside a
+    ``torch.func`` transform (``ValueError`` saying what to use instead): with running
+    statistics they would update buffers in place, which is impure and impossible per task
+    under ``vmap``; without them, torch 2.13 computes wrong second-order gradients under
+    ``vmap`` (a MAML meta-gradient off in the fourth digit, silently).
+    :class:`metafunc.models.BatchNorm` is the same normalisation in plain ops, correct under
+    every transform. Called plainly, such a model still runs.
 
     Args:
         module: any ``torch.nn.Module``.
@@ -52,25 +55,26 @@ def functionalize(module: nn.Module) -> tuple[Callable[..., Any], Params]:
         )
     buffers = _tree.copy(dict(module.named_buffers()))
     private = copy.deepcopy(module)
-    running = [
+    batchnorms = [
         name
         for name, m in module.named_modules()
-        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats and m.training
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training
     ]
 
     def fn(params: Params, *args: Any, **kwargs: Any) -> Any:
-        if running and torch._C._functorch.peek_interpreter_stack() is not None:
-            raise ValueError(_running_stats_message(type(module).__name__, running))
+        if batchnorms and torch._C._functorch.peek_interpreter_stack() is not None:
+            raise ValueError(_batchnorm_message(type(module).__name__, batchnorms))
         return functional_call(private, (params, buffers), args, kwargs, strict=True)
 
     return fn, params
 
 
-def _running_stats_message(model: str, names: list[str]) -> str:
+def _batchnorm_message(model: str, names: list[str]) -> str:
     return (
-        f"functionalize: {model} has BatchNorm layer(s) {names} that update running statistics "
-        "in training mode; under vmap (and grad) each task would have to write the same "
-        "buffers, so this is refused. Build them with track_running_stats=False (per-batch "
-        "statistics, as in the MAML paper), use nn.GroupNorm or nn.LayerNorm, or call "
-        "module.eval() before functionalize to use the stored statistics as constants."
+        f"functionalize: {model} has torch BatchNorm layer(s) {names} in training mode, which "
+        "are refused under vmap and grad: with running statistics every task would write the "
+        "same buffers, and without them torch gives wrong second-order gradients under vmap. "
+        "Use mf.models.BatchNorm (per-batch statistics in plain ops, as in the MAML paper), "
+        "nn.GroupNorm or nn.LayerNorm, or call module.eval() before functionalize to use the "
+        "stored statistics as constants."
     )

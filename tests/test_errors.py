@@ -609,9 +609,10 @@ CASES = [
         "meta_grad-batchnorm-running-stats",
         _bn_meta_grad,
         ValueError,
-        r"^functionalize: Sequential has BatchNorm layer\(s\) \['1'\] that update running "
-        r"statistics in training mode; under vmap \(and grad\) each task would have to write the "
-        r"same buffers, so this is refused\. Build them with track_running_stats=False",
+        r"^functionalize: Sequential has torch BatchNorm layer\(s\) \['1'\] in training mode, "
+        r"which are refused under vmap and grad: with running statistics every task would write "
+        r"the same buffers, and without them torch gives wrong second-order gradients under vmap\. "
+        r"Use mf\.models\.BatchNorm \(per-batch statistics in plain ops",
     ),
     # --- the step's state ---------------------------------------------------------------------
     (

@@ -7,15 +7,15 @@ import copy
 import pytest
 import torch
 from torch import nn
-from torch.func import grad, vmap
+from torch.func import functional_call, grad, vmap
 
 import metafunc as mf
 
 F64 = torch.float64
 
 REFUSED = (
-    r"(?s)^functionalize: Sequential has BatchNorm layer\(s\) \['1'\] that update running "
-    r"statistics in training mode.*track_running_stats=False.*nn\.GroupNorm.*"
+    r"(?s)^functionalize: Sequential has torch BatchNorm layer\(s\) \['1'\] in training mode, "
+    r"which are refused under vmap and grad.*mf\.models\.BatchNorm.*nn\.GroupNorm.*"
     r"module\.eval\(\) before functionalize"
 )
 
@@ -224,30 +224,71 @@ def test_eval_mode_batchnorm_works_under_vmap():
     assert_unchanged(module, before)
 
 
-def test_batchnorm_without_running_stats_uses_per_batch_statistics_under_vmap():
+def test_batchnorm_without_running_stats_is_refused_too_because_vmap_gets_it_wrong():
+    # Why: torch's fused batch norm gives a wrong second-order MAML gradient under vmap.
     torch.manual_seed(0)
-    module = nn.BatchNorm1d(2, track_running_stats=False).double()
-    fn, params = mf.functionalize(module)
-    # Two batches with very different scales and offsets.
-    xs = torch.stack([inputs(16, 2, seed=1), 100.0 + 7.0 * inputs(16, 2, seed=2)])
-    out = vmap(fn, in_dims=(None, 0))(params, xs)
-    for i in range(2):
-        # Normalised by its own batch's mean and (biased) variance: weight 1, bias 0.
-        torch.testing.assert_close(
-            out[i].mean(dim=0), torch.zeros(2, dtype=F64), atol=1e-10, rtol=0
-        )
-        torch.testing.assert_close(
-            out[i].var(dim=0, correction=0), torch.ones(2, dtype=F64), rtol=1e-4, atol=0
-        )
-        torch.testing.assert_close(out[i], fn(params, xs[i]))
-    # Not the statistics of the two batches pooled.
-    pooled = fn(params, xs.reshape(32, 2)).reshape(2, 16, 2)
-    assert not torch.allclose(out, pooled, atol=1e-3)
+    with pytest.raises(ValueError, match=REFUSED):
+        fn, params = mf.functionalize(bn_net(track_running_stats=False))
+        vmap(fn, in_dims=(None, 0))(params, inputs(3, 8, 1))
 
 
-def test_batchnorm_without_running_stats_in_a_network_under_vmap():
-    fn, params = mf.functionalize(bn_net(track_running_stats=False))
-    xs = inputs(3, 8, 1)
-    out = vmap(fn, in_dims=(None, 0))(params, xs)
+def maml_grad_error(norm: nn.Module) -> float:
+    """Largest deviation of the vmapped MAML meta-gradient from a per-task loop (float64)."""
+    torch.manual_seed(0)
+    module = nn.Sequential(nn.Linear(1, 4), norm, nn.Tanh(), nn.Linear(4, 1)).double()
+    params = {k: v.detach() for k, v in module.named_parameters()}
+    names = sorted(params)
+
+    def loss(p, data):
+        x, y = data
+        return ((functional_call(module, p, (x,)) - y) ** 2).mean()
+
+    tasks = mf.tasks.sinusoid(
+        torch.Generator().manual_seed(1), tasks=3, shots=5, queries=5, dtype=F64
+    )
+    got, _ = mf.maml(loss, inner_lr=0.1).meta_grad(params, tasks)
+    theta = {k: params[k].clone().requires_grad_() for k in names}
+    total = 0.0
     for i in range(3):
-        torch.testing.assert_close(out[i], fn(params, xs[i]))
+        support = (tasks.support[0][i], tasks.support[1][i])
+        query = (tasks.query[0][i], tasks.query[1][i])
+        g = torch.autograd.grad(loss(theta, support), list(theta.values()), create_graph=True)
+        adapted = {k: theta[k] - 0.1 * gk for k, gk in zip(theta, g, strict=True)}
+        total = total + loss(adapted, query)
+    want = torch.autograd.grad(total / 3, list(theta.values()))
+    return max((got[k] - w).abs().max().item() for k, w in zip(theta, want, strict=True))
+
+
+def test_torch_batchnorm_breaks_second_order_under_vmap_and_ours_does_not():
+    # The evidence behind the refusal above (raw functional_call, so nothing refuses it).
+    assert maml_grad_error(nn.BatchNorm1d(4, track_running_stats=False)) > 1e-6
+    assert maml_grad_error(mf.models.BatchNorm(4)) < 1e-12
+
+
+def test_conv_net_is_the_maml_paper_omniglot_network():
+    net = mf.models.conv_net(5)
+    fn, params = mf.functionalize(net)
+    assert fn(params, torch.zeros(10, 1, 28, 28)).shape == (10, 5)
+    # 4 blocks: 3x3 convs with biases and batch-norm scale/shift, 28 -> 14 -> 7 -> 3 -> 1
+    first = 64 * 1 * 9 + 64 + 2 * 64
+    later = 64 * 64 * 9 + 64 + 2 * 64
+    assert sum(p.numel() for p in params.values()) == first + 3 * later + (64 * 5 + 5)
+    assert not list(net.buffers())  # no running statistics to update per task
+
+
+def test_conv_net_refuses_an_image_too_small_for_its_poolings():
+    with pytest.raises(
+        ValueError, match=r"conv_net: image_size must be at least 2\*\*blocks = 16 .* \(got 8\)"
+    ):
+        mf.models.conv_net(5, image_size=8)
+
+
+def test_conv_net_batch_norm_equals_torch_batch_norm_without_running_stats():
+    torch.manual_seed(0)  # test-only: random affine parameters
+    ours = mf.models.BatchNorm(3).double()
+    theirs = nn.BatchNorm2d(3, track_running_stats=False).double()
+    for p in (ours.weight, ours.bias):
+        nn.init.normal_(p)
+    theirs.load_state_dict(ours.state_dict())
+    x = inputs(4, 3, 5, 5)
+    torch.testing.assert_close(ours(x), theirs(x), rtol=1e-12, atol=1e-12)

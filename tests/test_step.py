@@ -160,5 +160,5 @@ def test_compiled_step_surfaces_readable_model_errors():
     learner = mf.maml(mf.supervised(fn, mf.losses.mse), inner_lr=0.1)
     opt = mf.optim.sgd(0.1)
     step = mf.make_step(learner, opt, compile=True, backend="aot_eager")
-    with pytest.raises(ValueError, match="track_running_stats=False"):
+    with pytest.raises(ValueError, match=r"Use mf\.models\.BatchNorm \(per-batch statistics"):
         step(mf.init_state(learner, opt, params), sine_tasks())
