@@ -99,10 +99,13 @@ def run_one(
 
 def table(args: argparse.Namespace) -> int:
     """Train and score every (algorithm, shots) cell of ``args`` (``metafunc table``'s options)."""
-    rows = []
     config = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
+    rows = finished(args.out, config)
     for algo in args.algos:
         for shots in args.shots:
+            if any(r["algo"] == algo and r["shots"] == shots for r in rows):
+                print(f"{algo}, {shots}-shot: done in {args.out}, kept", flush=True)
+                continue
             print(f"{algo}, {shots}-shot: {args.steps} outer steps", flush=True)
             rows.append(
                 run_one(
@@ -127,6 +130,17 @@ def table(args: argparse.Namespace) -> int:
     print(format_table(rows))
     print(f"wrote {args.out}")
     return 0
+
+
+def finished(path: Path, config: dict[str, Any]) -> list[dict[str, Any]]:
+    """The rows an earlier run with the same training and evaluation settings already wrote
+    to ``path`` (so an interrupted table resumes where it stopped); none otherwise."""
+    if not path.exists():
+        return []
+    earlier = json.loads(path.read_text())
+    ignored = {"algos", "shots", "no_progress", "command"}
+    same = all(earlier["config"].get(k) == v for k, v in config.items() if k not in ignored)
+    return earlier["rows"] if same else []
 
 
 def write(path: Path, config: dict[str, Any], rows: list[dict[str, Any]]) -> None:

@@ -104,6 +104,10 @@ def make_step(
         }
         return TrainState(meta, opt_state, state.step + 1), metrics
 
+    # Dynamo caches compiled graphs on the function's code object, which every make_step
+    # shares: after 8 steps (learners, shapes) one process would hit its recompile limit. A
+    # private copy of the code object gives each step its own cache.
+    step.__code__ = step.__code__.replace()
     compiled = (
         torch.compile(step, fullgraph=True, dynamic=False, mode=mode, backend=backend)
         if compile

@@ -122,3 +122,22 @@ def test_train_runs_every_algorithm(tmp_path, capsys, algo, figure):
     assert ("1 unlabeled source input" in printed) == (algo == "daml")
     assert (out / figure).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert json.loads((out / "results.json").read_text())["algo"] == algo
+
+
+def test_table_writes_rows_and_resumes_where_it_stopped(tmp_path, capsys):
+    out = tmp_path / "table.json"
+    args = ["table", "--steps", "2", "--eval-tasks", "5", "--shots", "5", "--no-compile"]
+    args += ["--no-progress", "--out", str(out)]
+    assert main([*args, "--algos", "maml"]) == 0
+    first = json.loads(out.read_text())["rows"]
+    assert [(r["algo"], r["shots"]) for r in first] == [("maml", 5)]
+    assert first[0]["paper"] == 1.13 and first[0]["mse"] > 0 and first[0]["ci95"] > 0
+    # A second run with more algorithms keeps the finished cell and adds the new one.
+    assert main([*args, "--algos", "maml", "reptile"]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert rows[0] == first[0] and [(r["algo"], r["inner_steps"]) for r in rows][1] == (
+        "reptile",
+        5,
+    )
+    printed = capsys.readouterr().out
+    assert "maml, 5-shot: done in" in printed and "| reptile | " in printed

@@ -162,3 +162,14 @@ def test_compiled_step_surfaces_readable_model_errors():
     step = mf.make_step(learner, opt, compile=True, backend="aot_eager")
     with pytest.raises(ValueError, match=r"Use mf\.models\.BatchNorm \(per-batch statistics"):
         step(mf.init_state(learner, opt, params), sine_tasks())
+
+
+def test_many_steps_in_one_process_each_compile_on_their_own():
+    # Dynamo's recompile limit (8) is per code object; every make_step gets its own.
+    fn, params = mf.functionalize(tanh_net())
+    loss = mf.supervised(fn, mf.losses.mse)
+    for shots in range(1, 11):
+        learner, opt = mf.maml(loss, inner_lr=0.1), mf.optim.sgd(0.1)
+        step = mf.make_step(learner, opt, backend="eager")
+        state, _ = step(mf.init_state(learner, opt, params), sine_tasks(n=2, shots=shots))
+        assert int(state.step) == 1
