@@ -251,3 +251,32 @@ def test_batchnorm_without_running_stats_in_a_network_under_vmap():
     out = vmap(fn, in_dims=(None, 0))(params, xs)
     for i in range(3):
         torch.testing.assert_close(out[i], fn(params, xs[i]))
+
+
+def test_conv_net_is_the_maml_paper_omniglot_network():
+    net = mf.models.conv_net(5)
+    fn, params = mf.functionalize(net)
+    assert fn(params, torch.zeros(10, 1, 28, 28)).shape == (10, 5)
+    # 4 blocks: 3x3 convs with biases and batch-norm scale/shift, 28 -> 14 -> 7 -> 3 -> 1
+    first = 64 * 1 * 9 + 64 + 2 * 64
+    later = 64 * 64 * 9 + 64 + 2 * 64
+    assert sum(p.numel() for p in params.values()) == first + 3 * later + (64 * 5 + 5)
+    assert not list(net.buffers())  # no running statistics to update per task
+
+
+def test_conv_net_refuses_an_image_too_small_for_its_poolings():
+    with pytest.raises(
+        ValueError, match=r"conv_net: image_size must be at least 2\*\*blocks = 16 .* \(got 8\)"
+    ):
+        mf.models.conv_net(5, image_size=8)
+
+
+def test_conv_net_batch_norm_equals_torch_batch_norm_without_running_stats():
+    torch.manual_seed(0)  # test-only: random affine parameters
+    ours = mf.models.BatchNorm2d(3).double()
+    theirs = nn.BatchNorm2d(3, track_running_stats=False).double()
+    for p in (ours.weight, ours.bias):
+        nn.init.normal_(p)
+    theirs.load_state_dict(ours.state_dict())
+    x = inputs(4, 3, 5, 5)
+    torch.testing.assert_close(ours(x), theirs(x), rtol=1e-12, atol=1e-12)
