@@ -106,7 +106,7 @@ def fewshot_figure(
     for t in range(n):
         for j in range(xs.shape[1]):
             ax = axes[2 * t, j]
-            ax.imshow(xs[t, j, 0].cpu(), cmap="gray_r", vmin=0, vmax=1)
+            ax.imshow(xs[t, j, 0].cpu().numpy(), cmap="gray_r", vmin=0, vmax=1)
             ax.set_title(f"label {int(ys[t, j])}", fontsize=8)
         axes[2 * t, 0].text(
             -0.15,
@@ -119,7 +119,7 @@ def fewshot_figure(
         )
         for j, i in enumerate(shown):
             ax = axes[2 * t + 1, j]
-            ax.imshow(xq[t, i, 0].cpu(), cmap="gray_r", vmin=0, vmax=1)
+            ax.imshow(xq[t, i, 0].cpu().numpy(), cmap="gray_r", vmin=0, vmax=1)
             right = int(predicted[t, i]) == int(yq[t, i])
             ax.set_title(
                 f"pred {int(predicted[t, i])}, true {int(yq[t, i])}",
