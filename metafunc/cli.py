@@ -43,8 +43,9 @@ def main(argv: list[str] | None = None) -> int:
         default="sine",
         help="sine: the blog's sine demo (default); fewshot: N-way K-shot classification with "
         "the MAML paper's conv net, on synthetic glyphs or on Omniglot (--data-dir). The "
-        "few-shot defaults are sized to finish in about ten minutes on a 2-core CPU, eager; "
-        "the MAML paper used --channels 64 --meta-batch 32 --steps 60000",
+        "few-shot defaults take 5 to 7 minutes on a 2-core CPU once the step is compiled (the "
+        "first compile, with an empty cache, takes minutes more); the MAML paper's Omniglot "
+        "run is --channels 64 --meta-batch 32 --queries 1 --steps 60000",
     )
     t.add_argument("--algo", choices=ALGORITHMS, default="maml")
     t.add_argument("--steps", type=_positive_int, help="outer steps (default 50000; fewshot 300)")
