@@ -11,7 +11,7 @@ from torch.func import vmap
 
 from . import _checks, _tree
 from ._learner import Learner
-from .tasks import daml_sine, sine, sinusoid
+from .tasks import ImageClasses, daml_sine, fewshot, sine, sinusoid
 
 
 class SineEval(NamedTuple):
@@ -128,6 +128,50 @@ def sinusoid_error(
         adapted = adapt_tasks(learner, meta, batch.support)
         pred = vmap(predict)(adapted, xq)
     return ((pred - yq) ** 2).mean(dim=(1, 2))
+
+
+def fewshot_accuracy(
+    learner: Learner,
+    predict: Callable[..., torch.Tensor],
+    meta: Any,
+    dataset: ImageClasses,
+    generator: torch.Generator,
+    *,
+    tasks: int = 600,
+    ways: int = 5,
+    shots: int = 1,
+    queries: int = 15,
+    batch: int = 50,
+) -> torch.Tensor:
+    """Per-task query accuracy on ``tasks`` new N-way K-shot tasks of ``dataset``, after
+    adapting on each task's support; a ``(tasks,)`` tensor (see :func:`mean_ci95`).
+
+    Tasks are drawn and scored ``batch`` at a time. The query images of a task are classified
+    together, so a network with batch normalisation uses their statistics, as in the MAML
+    paper's evaluation.
+    """
+    where = "fewshot_accuracy"
+    tasks = _checks.integer(where, "tasks", tasks, minimum=1)
+    batch = _checks.integer(where, "batch", batch, minimum=1)
+    ref = _tree.leaves(meta)[0]
+    scores = []
+    for start in range(0, tasks, batch):
+        draw = fewshot(
+            generator,
+            dataset,
+            tasks=min(batch, tasks - start),
+            ways=ways,
+            shots=shots,
+            queries=queries,
+            dtype=ref.dtype,
+            device=ref.device,
+        )
+        xq, yq = draw.query
+        with torch.no_grad():
+            adapted = adapt_tasks(learner, meta, draw.support)
+            logits = vmap(predict)(adapted, xq)
+        scores.append((logits.argmax(dim=-1) == yq).double().mean(dim=1).cpu())
+    return torch.cat(scores)
 
 
 def mean_ci95(values: torch.Tensor) -> tuple[float, float]:

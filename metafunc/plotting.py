@@ -12,6 +12,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import torch
 
+from ._types import Tasks
 from .evaluation import SineEval
 
 
@@ -121,6 +122,63 @@ def scaling_chart(path: str | Path, sweep: dict, *, device: str = "") -> Path:
     axes[0].legend()
     fig.suptitle(f"scaling with {field.replace('_', ' ')}" + (f" on {device}" if device else ""))
     fig.tight_layout()
+
+
+def fewshot_figure(
+    path: str | Path,
+    tasks: Tasks,
+    predicted: torch.Tensor,
+    *,
+    per_class: int = 2,
+    title: str = "",
+) -> Path:
+    """Example N-way K-shot tasks, two rows each: the support images with their labels, then
+    ``per_class`` query images of each class titled with the predicted label (green when
+    right, red when wrong). ``predicted`` is ``(tasks, queries)`` like ``tasks.query[1]``."""
+    (xs, ys), (xq, yq) = tasks.support, tasks.query
+    n, ways = xs.shape[0], int(ys.max()) + 1
+    shown = [
+        i for c in range(ways) for i in (yq[0] == c).nonzero()[:per_class, 0].tolist()
+    ]  # queries are grouped by class, the same way in every task
+    cols = max(xs.shape[1], len(shown))
+    fig, axes = plt.subplots(2 * n, cols, figsize=(1.1 * cols, 2.5 * n), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for t in range(n):
+        for j in range(xs.shape[1]):
+            ax = axes[2 * t, j]
+            ax.imshow(xs[t, j, 0].cpu().numpy(), cmap="gray_r", vmin=0, vmax=1)
+            ax.set_title(f"label {int(ys[t, j])}", fontsize=8)
+        axes[2 * t, 0].text(
+            -0.15,
+            0.5,
+            f"task {t + 1}\nsupport",
+            transform=axes[2 * t, 0].transAxes,
+            ha="right",
+            va="center",
+            fontsize=9,
+        )
+        for j, i in enumerate(shown):
+            ax = axes[2 * t + 1, j]
+            ax.imshow(xq[t, i, 0].cpu().numpy(), cmap="gray_r", vmin=0, vmax=1)
+            right = int(predicted[t, i]) == int(yq[t, i])
+            ax.set_title(
+                f"pred {int(predicted[t, i])}, true {int(yq[t, i])}",
+                fontsize=8,
+                color="green" if right else "red",
+            )
+        axes[2 * t + 1, 0].text(
+            -0.15,
+            0.5,
+            "query",
+            transform=axes[2 * t + 1, 0].transAxes,
+            ha="right",
+            va="center",
+            fontsize=9,
+        )
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout(rect=(0.04, 0, 1, 0.97))
     return _save(fig, path)
 
 
