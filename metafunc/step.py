@@ -8,6 +8,7 @@ from typing import Any, NamedTuple
 import torch
 
 from . import _checks, _tree
+from . import distributed as _dist
 from ._learner import Learner, Metrics
 from ._types import Tasks
 from .optim import Optimizer, apply_updates
@@ -50,6 +51,7 @@ def make_step(
     compile: bool = True,
     mode: str | None = None,
     backend: Any = "inductor",
+    distributed: bool | None = None,
 ) -> Step:
     """The outer step ``step(state, tasks) -> (state, metrics)``, compiled once.
 
@@ -70,12 +72,23 @@ def make_step(
     ``opt_state`` (chosen with ``torch.where`` on the device, no host sync) and only the step
     counter advances, so a NaN never reaches the parameters or the optimizer's moments.
 
+    Distributed (data parallel over tasks, see :mod:`metafunc.distributed`): every rank passes
+    the same full meta-batch; the step takes the rank's contiguous shard of the tasks, computes
+    its meta-gradient (compiled), averages meta-gradient and metrics over the ranks with
+    ``all_reduce`` (outside the compiled regions, eager) and applies the update (compiled), so
+    there are two graphs instead of one and every rank ends with the same state. The task count
+    must be a multiple of the world size. On the first call the ranks check that they agree on
+    the task count, the parameter count and the step counter.
+
     Args:
         learner: e.g. ``mf.maml(...)``.
         optimizer: e.g. ``mf.optim.adam(1e-3)``.
         compile: compile with ``torch.compile``; ``False`` runs eagerly.
         mode: ``torch.compile`` mode, e.g. ``"reduce-overhead"`` for CUDA graphs.
         backend: ``torch.compile`` backend.
+        distributed: shard the meta-batch over the ranks of the process group; ``None`` does
+            so when one with more than one rank is initialised (:func:`metafunc.distributed.init`
+            before ``make_step``).
 
     Example:
         >>> step = mf.make_step(learner, mf.optim.adam(1e-3))
@@ -84,8 +97,21 @@ def make_step(
     _check_types("make_step", learner, optimizer)
     _checks.boolean("make_step", "compile", compile)
 
-    def step(state: TrainState, tasks: Tasks) -> tuple[TrainState, Metrics]:
-        grads, metrics = learner.meta_grad(state.meta, tasks)
+    if distributed is None:
+        distributed = _dist.active()
+    elif _checks.boolean("make_step", "distributed", distributed) and not _dist.active():
+        raise RuntimeError(
+            "make_step: distributed=True needs an initialised process group with more than one "
+            f"rank (got world size {_dist.world_size()}); launch with torchrun and call "
+            "mf.distributed.init() first"
+        )
+
+    def grad_part(meta: Any, tasks: Tasks) -> tuple[Any, Metrics]:
+        return learner.meta_grad(meta, tasks)
+
+    def update_part(
+        state: TrainState, grads: Any, metrics: Metrics
+    ) -> tuple[TrainState, Metrics]:
         updates, opt_state = optimizer.update(grads, state.opt_state, state.meta)
         meta = apply_updates(state.meta, updates)
         leaf_ok = _tree.finite_leaves(grads)
@@ -104,11 +130,28 @@ def make_step(
         }
         return TrainState(meta, opt_state, state.step + 1), metrics
 
-    compiled = (
-        torch.compile(step, fullgraph=True, dynamic=False, mode=mode, backend=backend)
-        if compile
-        else None
-    )
+    def step(state: TrainState, tasks: Tasks) -> tuple[TrainState, Metrics]:
+        return update_part(state, *grad_part(state.meta, tasks))
+
+    def compiled_fn(f: Callable[..., Any]) -> Callable[..., Any]:
+        if not compile:
+            return f
+        return torch.compile(f, fullgraph=True, dynamic=False, mode=mode, backend=backend)
+
+    if distributed:
+        grad_c, update_c = compiled_fn(grad_part), compiled_fn(update_part)
+
+        def sharded(state: TrainState, tasks: Tasks) -> tuple[TrainState, Metrics]:
+            grads, metrics = grad_c(state.meta, _dist.shard(tasks))
+            # eager: the collective stays outside the compiled regions
+            grads, metrics = _dist.all_reduce_mean((grads, metrics))
+            return update_c(state, grads, metrics)
+
+        eager = sharded
+        compiled = sharded if compile else None
+    else:
+        compiled = compiled_fn(step) if compile else None
+        eager = step
 
     checked_specs: set[tuple[Any, Any]] = set()  # (meta, opt_state) structures seen to fit
 
@@ -138,9 +181,17 @@ def make_step(
                 expected_name="optimizer.init(state.meta)",
                 got_name="state.opt_state",
             )
+            if distributed:
+                _dist.check_same(
+                    "step",
+                    counter.device,
+                    tasks=_tree.leaves(tasks.support)[0].shape[0],
+                    parameters=sum(t.numel() for t in _tree.leaves(state.meta)),
+                    step=int(counter),
+                )
             checked_specs.add(specs)
         if compiled is None:
-            return step(state, tasks)
+            return eager(state, tasks)
         try:
             return compiled(state, tasks)
         except torch._dynamo.exc.TorchDynamoException:
