@@ -195,6 +195,13 @@ def _train_sine_ranks(args: argparse.Namespace) -> int:
     # Under torchrun: join the process group; every rank trains, rank 0 reports.
     distributed = mf.distributed.init()
     main = mf.distributed.is_main()
+    if args.meta_batch % mf.distributed.world_size():
+        print(
+            f"metafunc train: --meta-batch must be a multiple of the {mf.distributed.world_size()} "
+            f"processes, each takes an equal share (got {args.meta_batch})",
+            file=sys.stderr,
+        )
+        return 2
     if distributed and args.device == "cuda":
         args.device = f"cuda:{os.environ.get('LOCAL_RANK', '0')}"
     g = torch.Generator().manual_seed(args.seed)

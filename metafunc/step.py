@@ -109,9 +109,7 @@ def make_step(
     def grad_part(meta: Any, tasks: Tasks) -> tuple[Any, Metrics]:
         return learner.meta_grad(meta, tasks)
 
-    def update_part(
-        state: TrainState, grads: Any, metrics: Metrics
-    ) -> tuple[TrainState, Metrics]:
+    def update_part(state: TrainState, grads: Any, metrics: Metrics) -> tuple[TrainState, Metrics]:
         updates, opt_state = optimizer.update(grads, state.opt_state, state.meta)
         meta = apply_updates(state.meta, updates)
         leaf_ok = _tree.finite_leaves(grads)

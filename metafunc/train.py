@@ -142,7 +142,9 @@ def train(
     window = 0
     with (
         _stop_signals() as stop,
-        tqdm(total=remaining, disable=not (progress and main), desc="meta-train", unit="step") as bar,
+        tqdm(
+            total=remaining, disable=not (progress and main), desc="meta-train", unit="step"
+        ) as bar,
     ):
         for i in range(remaining):
             state, metrics = step(state, sampler(generator))

@@ -12,6 +12,7 @@ import torch
 from distributed_worker import ALGORITHMS, run, setup
 
 import metafunc as mf
+from metafunc import cli
 
 WORKER = Path(__file__).with_name("distributed_worker.py")
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": ""}
@@ -80,3 +81,25 @@ def test_distributed_true_without_a_process_group_is_refused():
     learner, _, _ = setup("maml")
     with pytest.raises(RuntimeError, match=r"make_step: distributed=True needs an initialised"):
         mf.make_step(learner, mf.optim.sgd(0.1), distributed=True)
+
+
+def test_metafunc_train_under_torchrun_equals_one_process(tmp_path):
+    args = "train --steps 3 --meta-batch 4 --no-compile --no-progress --eval-draws 2 --log-every 1"
+    code, output, _ = torchrun("-m", "metafunc.cli", *args.split(), "--out", tmp_path / "two")
+    assert code == 0, output
+    assert output.count("dense-grid MSE") == 1  # rank 0 reports, once
+    assert output.count("step 3: loss=") == 1
+    assert cli.main([*args.split(), "--out", str(tmp_path / "one")]) == 0
+    two = torch.load(tmp_path / "two" / "checkpoint.pt")
+    one = torch.load(tmp_path / "one" / "checkpoint.pt")
+    assert two.keys() == one.keys()
+    for key in one:
+        torch.testing.assert_close(two[key], one[key], rtol=1e-5, atol=1e-6, msg=key)
+    assert int(two["state.step"]) == 3
+    # the meta-batch must split evenly over the processes
+    code, output, _ = torchrun("-m", "metafunc.cli", *args.split(), "--meta-batch", "3")
+    assert code != 0
+    assert (
+        "metafunc train: --meta-batch must be a multiple of the 2 processes, each takes an "
+        "equal share (got 3)" in output
+    )
