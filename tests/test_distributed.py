@@ -48,6 +48,16 @@ def test_two_ranks_equal_one_process_over_the_whole_meta_batch(tmp_path):
         # and the steps moved it
         learner, params, _ = setup(algo)
         assert not torch.equal(leaves[0], mf._tree.leaves(learner.init(params))[0])
+    # the checkpoint the 2 ranks wrote (step 3) continues in 1 process as the same run
+    learner, params, sampler = setup("maml")
+    opt = mf.optim.adam(1e-2)
+    step = mf.make_step(learner, opt, compile=False)
+    init = mf.init_state(learner, opt, params)
+    g = torch.Generator()
+    ckpt = tmp_path / "ckpt.pt"
+    state = mf.train(step, init, sampler, steps=5, generator=g, resume=ckpt, progress=False)
+    for a, b in zip(mf._tree.leaves(state), mf._tree.leaves(run("maml", steps=5)[0]), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize("mode", ["raise", "hang"])
