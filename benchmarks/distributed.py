@@ -63,7 +63,8 @@ def worker(args: argparse.Namespace) -> None:
             "tasks_per_s": args.meta_batch * args.steps / seconds,
         }
         Path(args.result).write_text(json.dumps(result))
-    torch.distributed.destroy_process_group() if mf.distributed.active() else None
+    if mf.distributed.active():
+        torch.distributed.destroy_process_group()
 
 
 def main() -> None:
@@ -81,6 +82,7 @@ def main() -> None:
     args = p.parse_args()
     if args.worker:
         return worker(args)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
     runs = []
     for repeat in range(args.repeats):  # interleaved: a shared machine's load drifts
         for n in args.procs:
@@ -121,7 +123,6 @@ def main() -> None:
         "median_tasks_per_s": median,
         "runs": runs,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(out, indent=2) + "\n")
     print(json.dumps(median))
 

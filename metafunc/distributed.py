@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+import torch.distributed._functional_collectives as funcol
 
 from . import _checks, _tree
 from ._types import Tasks
@@ -96,15 +97,14 @@ def shard(tasks: Tasks, where: str = "step") -> Tasks:
 
 def all_reduce_mean(tree: Any) -> Any:
     """The mean over ranks of every (floating-point) tensor of ``tree``, one ``all_reduce`` per
-    dtype."""
+    dtype; functional (no in-place op), so ``torch.compile`` traces it into the caller's graph."""
     leaves = _tree.leaves(tree)
     out: list[Any] = list(leaves)
     world = world_size()
     for dtype in dict.fromkeys(t.dtype for t in leaves):
         idx = [i for i, t in enumerate(leaves) if t.dtype == dtype]
         flat = torch.cat([leaves[i].reshape(-1) for i in idx])
-        dist.all_reduce(flat)
-        flat = flat / world
+        flat = funcol.all_reduce(flat, "sum", dist.group.WORLD) / world
         for i, piece in zip(idx, flat.split([leaves[i].numel() for i in idx]), strict=True):
             out[i] = piece.reshape(leaves[i].shape)
     return _tree.unflatten(tree, out)

@@ -74,9 +74,9 @@ def make_step(
 
     Distributed (data parallel over tasks, see :mod:`metafunc.distributed`): every rank passes
     the same full meta-batch; the step takes the rank's contiguous shard of the tasks, computes
-    its meta-gradient (compiled), averages meta-gradient and metrics over the ranks with
-    ``all_reduce`` (outside the compiled regions, eager) and applies the update (compiled), so
-    there are two graphs instead of one and every rank ends with the same state. The task count
+    its meta-gradient, averages meta-gradient and metrics over the ranks with a functional
+    ``all_reduce`` (``torch.distributed._functional_collectives``, traced into the same one
+    graph) and applies the update, so every rank ends with the same state. The task count
     must be a multiple of the world size. On the first call the ranks check that they agree on
     the task count, the parameter count and the step counter.
 
@@ -106,10 +106,12 @@ def make_step(
             "mf.distributed.init() first"
         )
 
-    def grad_part(meta: Any, tasks: Tasks) -> tuple[Any, Metrics]:
-        return learner.meta_grad(meta, tasks)
-
-    def update_part(state: TrainState, grads: Any, metrics: Metrics) -> tuple[TrainState, Metrics]:
+    def step(state: TrainState, tasks: Tasks) -> tuple[TrainState, Metrics]:
+        if distributed:
+            tasks = _dist.shard(tasks)  # this rank's tasks; the rank is a constant
+        grads, metrics = learner.meta_grad(state.meta, tasks)
+        if distributed:  # a functional collective: it stays inside the one compiled graph
+            grads, metrics = _dist.all_reduce_mean((grads, metrics))
         updates, opt_state = optimizer.update(grads, state.opt_state, state.meta)
         meta = apply_updates(state.meta, updates)
         leaf_ok = _tree.finite_leaves(grads)
@@ -128,28 +130,11 @@ def make_step(
         }
         return TrainState(meta, opt_state, state.step + 1), metrics
 
-    def step(state: TrainState, tasks: Tasks) -> tuple[TrainState, Metrics]:
-        return update_part(state, *grad_part(state.meta, tasks))
-
-    def compiled_fn(f: Callable[..., Any]) -> Callable[..., Any]:
-        if not compile:
-            return f
-        return torch.compile(f, fullgraph=True, dynamic=False, mode=mode, backend=backend)
-
-    if distributed:
-        grad_c, update_c = compiled_fn(grad_part), compiled_fn(update_part)
-
-        def sharded(state: TrainState, tasks: Tasks) -> tuple[TrainState, Metrics]:
-            grads, metrics = grad_c(state.meta, _dist.shard(tasks))
-            # eager: the collective stays outside the compiled regions
-            grads, metrics = _dist.all_reduce_mean((grads, metrics))
-            return update_c(state, grads, metrics)
-
-        eager = sharded
-        compiled = sharded if compile else None
-    else:
-        compiled = compiled_fn(step) if compile else None
-        eager = step
+    compiled = (
+        torch.compile(step, fullgraph=True, dynamic=False, mode=mode, backend=backend)
+        if compile
+        else None
+    )
 
     checked_specs: set[tuple[Any, Any]] = set()  # (meta, opt_state) structures seen to fit
 
@@ -188,8 +173,10 @@ def make_step(
                     step=int(counter),
                 )
             checked_specs.add(specs)
+        if distributed:
+            _dist.shard(tasks, "step")  # eagerly: refuses a meta-batch that does not split
         if compiled is None:
-            return eager(state, tasks)
+            return step(state, tasks)
         try:
             return compiled(state, tasks)
         except torch._dynamo.exc.TorchDynamoException:

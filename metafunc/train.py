@@ -179,13 +179,14 @@ def train(
                     on_log(done, means)
                 sums, window = None, 0
             periodic = checkpoint_every is not None and done % checkpoint_every == 0
-            # One decision for all ranks (a signal may reach some of them, or arrive late).
-            stopping = _dist.any_rank(bool(stop)) if _dist.active() else bool(stop)
+            # One decision for all ranks (a signal may reach only some of them).
+            stopping = _any_rank(stop)
             if checkpoint is not None and (last or periodic or stopping):
                 if main:
                     _write(checkpoint, state, generator)
                 _dist.barrier()
                 last_saved = done
+                stopping = _any_rank(stop)  # a signal during the write: stop now, it is saved
             if stopping:
                 signum = stop[0] if stop else signal.SIGTERM
                 saved = f", checkpoint written to {checkpoint}" if checkpoint is not None else ""
@@ -196,6 +197,10 @@ def train(
                     raise KeyboardInterrupt
                 raise SystemExit(128 + signum)
     return state
+
+
+def _any_rank(stop: list[int]) -> bool:
+    return _dist.any_rank(bool(stop)) if _dist.active() else bool(stop)
 
 
 def _path_or_none(name: str, value: Any) -> Path | None:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from torch._dynamo.testing import CompileCounterWithBackend
 
 import metafunc as mf
 
@@ -85,8 +86,10 @@ def main(mode, out):
         for name in ALGORITHMS:
             state, metrics = run(name)
             results[name] = (state, metrics["loss"])
-        state, metrics = run("maml", compile=True, backend="aot_eager")
+        counter = CompileCounterWithBackend("aot_eager")
+        state, metrics = run("maml", compile=True, backend=counter)
         results["maml_compiled"] = (state, metrics["loss"])
+        (out / f"frames{rank}.json").write_text(json.dumps(counter.frame_count))
         learner, params, sampler = setup("maml")
         opt = mf.optim.adam(1e-2)
         step = mf.make_step(learner, opt, compile=False)

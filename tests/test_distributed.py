@@ -32,6 +32,8 @@ def test_two_ranks_equal_one_process_over_the_whole_meta_batch(tmp_path):
     code, output, _ = torchrun(WORKER, "equal", tmp_path)
     assert code == 0, output
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1)]
+    # the compiled step, collective included, is one graph compiled once over 3 steps
+    assert [(tmp_path / f"frames{r}.json").read_text() for r in (0, 1)] == ["1", "1"]
     assert ranks[0].keys() == {*ALGORITHMS, "maml_compiled", "maml_train_resumed"}
     for name, (leaves, loss) in ranks[0].items():
         # every rank holds the same state, bit for bit
