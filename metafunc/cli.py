@@ -186,7 +186,7 @@ def _train_sine(args: argparse.Namespace) -> int:
     try:
         return _train_sine_ranks(args)
     finally:
-        if mf.distributed.active():
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
 
 
