@@ -112,6 +112,7 @@ def main() -> None:
         "device": args.device,
         "backend": "nccl" if args.device == "cuda" else "gloo",
         "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+        "note": "the machine may be shared with other work; its load is not controlled",
         "machine": {
             "platform": platform.platform(),
             "processor": platform.processor(),
