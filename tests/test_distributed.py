@@ -115,3 +115,31 @@ def test_metafunc_train_under_torchrun_equals_one_process(tmp_path):
         "metafunc train: --meta-batch must be a multiple of the 2 processes, each takes an "
         "equal share (got 3)" in output
     )
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, message",
+    [
+        (
+            {"timeout": -1},
+            ValueError,
+            "distributed.init: timeout must be a positive finite number (got -1)",
+        ),
+        (
+            {"backend": "mpi"},
+            ValueError,
+            "distributed.init: backend must be 'gloo', 'nccl' or None (got 'mpi')",
+        ),
+    ],
+)
+def test_bad_init_arguments(kwargs, error, message):
+    with pytest.raises(error) as info:
+        mf.distributed.init(**kwargs)
+    assert str(info.value) == message
+
+
+def test_outside_torchrun_init_does_nothing_and_the_step_is_local(monkeypatch):
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    assert mf.distributed.init() is False
+    assert (mf.distributed.rank(), mf.distributed.world_size()) == (0, 1)
+    assert mf.distributed.is_main() and not mf.distributed.active()
