@@ -6,6 +6,7 @@
 import functools
 import json
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -123,6 +124,20 @@ def main(mode, out):
         if rank == 1:
             time.sleep(300)
         step(state, sampler(torch.Generator().manual_seed(1)))
+    elif mode == "signal":  # SIGTERM reaches rank 1 only, during step 2: both ranks stop
+        learner, params, sampler = setup("maml")
+        opt = mf.optim.sgd(1e-2)
+        step = mf.make_step(learner, opt, compile=False)
+        drawn = []
+
+        def signalling(g):
+            drawn.append(1)
+            if rank == 1 and len(drawn) == 2:
+                signal.raise_signal(signal.SIGTERM)
+            return sampler(g)
+
+        state = mf.init_state(learner, opt, params)
+        mf.train(step, state, signalling, steps=10, checkpoint=out / "c.pt", progress=False)
     elif mode == "mismatch":  # configurations the step refuses, on every rank
         learner, params, sampler = setup("maml")
         opt = mf.optim.sgd(1e-2)

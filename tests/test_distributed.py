@@ -74,6 +74,13 @@ def test_a_failing_rank_ends_the_job_with_a_clear_error(tmp_path, mode):
         assert "Timed out" in output or "timed out" in output, output
 
 
+def test_a_signal_to_one_rank_stops_every_rank_after_the_same_step(tmp_path):
+    code, output, _ = torchrun(WORKER, "signal", tmp_path)
+    assert code != 0  # the workers exit with 143, as a single process does
+    assert output.count("stopped by SIGTERM after step 2, checkpoint written to") == 2, output
+    assert int(torch.load(tmp_path / "c.pt")["state.step"]) == 2
+
+
 def test_ranks_that_disagree_or_an_uneven_split_are_refused(tmp_path):
     code, output, _ = torchrun(WORKER, "mismatch", tmp_path)
     assert code == 0, output
