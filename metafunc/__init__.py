@@ -5,6 +5,7 @@ Models are pure functions over parameter pytrees (``functionalize``), the inner 
 compiled with ``torch.compile`` (``make_step``).
 """
 
+from . import distributed as distributed
 from . import losses as losses
 from . import models as models
 from . import optim as optim
@@ -36,6 +37,7 @@ __all__ = [
     "adapt",
     "anil",
     "daml",
+    "distributed",
     "fomaml",
     "functionalize",
     "init_state",

@@ -7,6 +7,7 @@ import functools
 import json
 import logging
 import math
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -255,7 +256,27 @@ def _blog_experiment(args: argparse.Namespace, g: torch.Generator) -> _Experimen
 
 
 def _train_sine(args: argparse.Namespace) -> int:
+    try:
+        return _train_sine_ranks(args)
+    finally:
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+
+
+def _train_sine_ranks(args: argparse.Namespace) -> int:
     start = time.perf_counter()
+    # Under torchrun: join the process group; every rank trains, rank 0 reports.
+    distributed = mf.distributed.init()
+    main = mf.distributed.is_main()
+    if args.meta_batch % mf.distributed.world_size():
+        print(
+            f"metafunc train: --meta-batch must be a multiple of the {mf.distributed.world_size()} "
+            f"processes, each takes an equal share (got {args.meta_batch})",
+            file=sys.stderr,
+        )
+        return 2
+    if distributed and args.device == "cuda":
+        args.device = f"cuda:{os.environ.get('LOCAL_RANK', '0')}"
     g = torch.Generator().manual_seed(args.seed)
     exp = _blog_experiment(args, g)
     learner = exp.learner
@@ -264,7 +285,9 @@ def _train_sine(args: argparse.Namespace) -> int:
     step = mf.make_step(learner, opt, compile=not args.no_compile)
     # Tasks are drawn on the CPU generator (deterministic everywhere), then moved.
     sampler = exp.sampler
-    args.out.mkdir(parents=True, exist_ok=True)
+    if main:
+        args.out.mkdir(parents=True, exist_ok=True)
+    mf.distributed.barrier()
     checkpoint = args.out / "checkpoint.pt"
     if args.resume:
         try:
@@ -272,7 +295,8 @@ def _train_sine(args: argparse.Namespace) -> int:
         except (FileNotFoundError, ValueError, TypeError) as e:
             print(f"metafunc train: cannot resume: {e}", file=sys.stderr)
             return 2
-        print(f"resumed from {checkpoint} at step {int(state.step)}", flush=True)
+        if main:
+            print(f"resumed from {checkpoint} at step {int(state.step)}", flush=True)
     start_step = int(state.step)
     remaining = args.steps - start_step
     if remaining < 0:
@@ -283,7 +307,7 @@ def _train_sine(args: argparse.Namespace) -> int:
         return 2
 
     # The first call compiles; time it apart from the steady state.
-    if not args.no_compile and remaining:
+    if not args.no_compile and remaining and main:
         print(
             "compiling the outer step (a minute with an empty cache, seconds on reruns)...",
             flush=True,
@@ -315,8 +339,11 @@ def _train_sine(args: argparse.Namespace) -> int:
             on_nonfinite=args.on_nonfinite,
         )
     per_step = (time.perf_counter() - t0) / max(remaining - 1, 1)
-    if remaining == 1:  # the one step ran before train, which writes checkpoints
+    if remaining == 1 and main:  # the one step ran before train, which writes checkpoints
         mf.save(checkpoint, state, generator=g)
+    mf.distributed.barrier()
+    if not main:
+        return 0
 
     eval_gen = torch.Generator().manual_seed(args.seed + 1)
     # Meta-SGD and DAML learn more than the net: its parameters sit under "params".
@@ -360,6 +387,7 @@ def _train_sine(args: argparse.Namespace) -> int:
         "seed": args.seed,
         "device": args.device,
         "compiled": not args.no_compile,
+        "processes": mf.distributed.world_size(),
         "torch": torch.__version__,
         "first_call_s": first_call,
         "step_ms": 1e3 * per_step,

@@ -8,6 +8,7 @@ from typing import Any, NamedTuple
 import torch
 
 from . import _checks, _tree
+from . import distributed as _dist
 from ._learner import Learner, Metrics
 from ._types import Tasks
 from .optim import Optimizer, apply_updates
@@ -50,6 +51,7 @@ def make_step(
     compile: bool = True,
     mode: str | None = None,
     backend: Any = "inductor",
+    distributed: bool | None = None,
 ) -> Step:
     """The outer step ``step(state, tasks) -> (state, metrics)``, compiled once.
 
@@ -70,12 +72,23 @@ def make_step(
     ``opt_state`` (chosen with ``torch.where`` on the device, no host sync) and only the step
     counter advances, so a NaN never reaches the parameters or the optimizer's moments.
 
+    Distributed (data parallel over tasks, see :mod:`metafunc.distributed`): every rank passes
+    the same full meta-batch; the step takes the rank's contiguous shard of the tasks, computes
+    its meta-gradient, averages meta-gradient and metrics over the ranks with a functional
+    ``all_reduce`` (``torch.distributed._functional_collectives``, traced into the same one
+    graph) and applies the update, so every rank ends with the same state. The task count
+    must be a multiple of the world size. On the first call the ranks check that they agree on
+    the task count, the parameter count and the step counter.
+
     Args:
         learner: e.g. ``mf.maml(...)``.
         optimizer: e.g. ``mf.optim.adam(1e-3)``.
         compile: compile with ``torch.compile``; ``False`` runs eagerly.
         mode: ``torch.compile`` mode, e.g. ``"reduce-overhead"`` for CUDA graphs.
         backend: ``torch.compile`` backend.
+        distributed: shard the meta-batch over the ranks of the process group; ``None`` does
+            so when one with more than one rank is initialised (:func:`metafunc.distributed.init`
+            before ``make_step``).
 
     Example:
         >>> step = mf.make_step(learner, mf.optim.adam(1e-3))
@@ -84,8 +97,21 @@ def make_step(
     _check_types("make_step", learner, optimizer)
     _checks.boolean("make_step", "compile", compile)
 
+    if distributed is None:
+        distributed = _dist.active()
+    elif _checks.boolean("make_step", "distributed", distributed) and not _dist.active():
+        raise RuntimeError(
+            "make_step: distributed=True needs an initialised process group with more than one "
+            f"rank (got world size {_dist.world_size()}); launch with torchrun and call "
+            "mf.distributed.init() first"
+        )
+
     def step(state: TrainState, tasks: Tasks) -> tuple[TrainState, Metrics]:
+        if distributed:
+            tasks = _dist.shard(tasks)  # this rank's tasks; the rank is a constant
         grads, metrics = learner.meta_grad(state.meta, tasks)
+        if distributed:  # a functional collective: it stays inside the one compiled graph
+            grads, metrics = _dist.all_reduce_mean((grads, metrics))
         updates, opt_state = optimizer.update(grads, state.opt_state, state.meta)
         meta = apply_updates(state.meta, updates)
         leaf_ok = _tree.finite_leaves(grads)
@@ -142,7 +168,17 @@ def make_step(
                 expected_name="optimizer.init(state.meta)",
                 got_name="state.opt_state",
             )
+            if distributed:
+                _dist.check_same(
+                    "step",
+                    counter.device,
+                    tasks=_tree.leaves(tasks.support)[0].shape[0],
+                    parameters=sum(t.numel() for t in _tree.leaves(state.meta)),
+                    step=int(counter),
+                )
             checked_specs.add(specs)
+        if distributed:
+            _dist.shard(tasks, "step")  # eagerly: refuses a meta-batch that does not split
         if compiled is None:
             return step(state, tasks)
         try:

@@ -16,6 +16,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import _checks, _tree
+from . import distributed as _dist
 from ._types import Tasks
 from .checkpoint import load, save
 from .step import Step, TrainState
@@ -58,6 +59,13 @@ def train(
     the steps that remain, so the same call can be repeated after a crash; the result is
     bit-identical to an uninterrupted run.
 
+    Distributed (under torchrun, after :func:`metafunc.distributed.init`, with a step from
+    :func:`metafunc.make_step` that shards the meta-batch): every rank runs this loop with the
+    same seed, so every rank draws the same meta-batches. Only rank 0 logs, shows progress,
+    calls ``on_log`` and writes checkpoints; the other ranks wait for each write at a barrier.
+    A stop signal received by any rank stops every rank after the same step. Resuming loads the
+    same file on every rank (on several machines, put it on a shared file system).
+
     A step whose loss or meta-gradient is not finite leaves the parameters and optimizer state
     as they were (the step does that on the device). With ``on_nonfinite="raise"`` the loop
     reads the step's ``finite`` flag after every step (one host sync per step) and raises
@@ -99,6 +107,7 @@ def train(
     if on_log is not None and not callable(on_log):
         raise TypeError(f"train: on_log must be callable or None (got {type(on_log).__name__})")
     _checks.boolean("train", "progress", progress)
+    main = _dist.is_main()
     if generator is None:
         generator = torch.Generator().manual_seed(0)
     elif not isinstance(generator, torch.Generator):
@@ -124,7 +133,8 @@ def train(
                 f"train: the checkpoint {str(source)!r} is at step {int(state.step)}, past the "
                 f"{target} steps this run goes to (steps={steps} from step {target - steps})"
             )
-        logger.info("resumed from %s at step %d", source, int(state.step))
+        if main:
+            logger.info("resumed from %s at step %d", source, int(state.step))
     done = int(state.step)
     remaining = target - done
     last_saved: int | None = None
@@ -132,7 +142,9 @@ def train(
     window = 0
     with (
         _stop_signals() as stop,
-        tqdm(total=remaining, disable=not progress, desc="meta-train", unit="step") as bar,
+        tqdm(
+            total=remaining, disable=not (progress and main), desc="meta-train", unit="step"
+        ) as bar,
     ):
         for i in range(remaining):
             state, metrics = step(state, sampler(generator))
@@ -141,16 +153,17 @@ def train(
                 raise FloatingPointError(
                     _nonfinite_message(done, state, metrics, checkpoint, last_saved)
                 )
-            scalars = {
-                k: v.detach().to(torch.float64)
-                for k, v in metrics.items()
-                if v.ndim == 0  # window means of the scalars; finite_leaves is a vector
-            }
-            sums = scalars if sums is None else _tree.map(torch.add, sums, scalars)
-            window += 1
+            if main:
+                scalars = {
+                    k: v.detach().to(torch.float64)
+                    for k, v in metrics.items()
+                    if v.ndim == 0  # window means of the scalars; finite_leaves is a vector
+                }
+                sums = scalars if sums is None else _tree.map(torch.add, sums, scalars)
+                window += 1
             bar.update(1)
             last = i == remaining - 1
-            if done % log_every == 0 or last:
+            if main and (done % log_every == 0 or last):
                 means = _tree.map(lambda v, n=window: v.item() / n, sums)
                 logger.info("step %d: %s", done, " ".join(f"{k}={v:.4g}" for k, v in means.items()))
                 skipped = window - round(means["finite"] * window)
@@ -166,19 +179,28 @@ def train(
                     on_log(done, means)
                 sums, window = None, 0
             periodic = checkpoint_every is not None and done % checkpoint_every == 0
-            if checkpoint is not None and (last or periodic or stop):
-                _write(checkpoint, state, generator)
+            # One decision for all ranks (a signal may reach only some of them).
+            stopping = _any_rank(stop)
+            if checkpoint is not None and (last or periodic or stopping):
+                if main:
+                    _write(checkpoint, state, generator)
+                _dist.barrier()
                 last_saved = done
-            if stop:
-                signum = stop[0]
+                stopping = _any_rank(stop)  # a signal during the write: stop now, it is saved
+            if stopping:
+                signum = stop[0] if stop else signal.SIGTERM
                 saved = f", checkpoint written to {checkpoint}" if checkpoint is not None else ""
-                logger.warning(
+                logger.warning(  # every rank: the signal may have reached any of them
                     "stopped by %s after step %d%s", signal.Signals(signum).name, done, saved
                 )
                 if signum == signal.SIGINT:
                     raise KeyboardInterrupt
                 raise SystemExit(128 + signum)
     return state
+
+
+def _any_rank(stop: list[int]) -> bool:
+    return _dist.any_rank(bool(stop)) if _dist.active() else bool(stop)
 
 
 def _path_or_none(name: str, value: Any) -> Path | None:

@@ -1,0 +1,136 @@
+"""Data parallel over the tasks of a meta-batch, with ``torch.distributed`` (gloo on CPU, NCCL
+on GPU) launched by ``torchrun``.
+
+Every rank draws the same full meta-batch from the same generator (so the task stream,
+checkpoints and resume are those of one process), takes its contiguous shard of the tasks,
+computes the meta-gradient of its shard, and the ranks average the meta-gradients (and the
+metrics) with one ``all_reduce`` per dtype. With equal shards the mean of the shard means is the
+mean over the whole meta-batch, so every rank applies the same update a single process would
+(up to the order of float additions) and the states stay identical.
+
+:func:`metafunc.make_step` uses this when a process group with more than one rank is
+initialised (see :func:`init`); :func:`metafunc.train` then logs, shows progress and writes
+checkpoints on rank 0 only.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.distributed._functional_collectives as funcol
+
+from . import _checks, _tree
+from ._types import Tasks
+
+
+def active() -> bool:
+    """Whether a process group with more than one rank is initialised."""
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def rank() -> int:
+    """This process's rank (0 without a process group)."""
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def world_size() -> int:
+    """The number of ranks (1 without a process group)."""
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def is_main() -> bool:
+    """Whether this process logs, shows progress and writes files (rank 0)."""
+    return rank() == 0
+
+
+def init(backend: str | None = None, *, timeout: float = 60.0) -> bool:
+    """Join the process group described by torchrun's environment (``RANK``, ``WORLD_SIZE``,
+    ``MASTER_ADDR``, ``MASTER_PORT``, ``LOCAL_RANK``); do nothing outside torchrun.
+
+    Args:
+        backend: ``"gloo"`` or ``"nccl"``; ``None`` picks NCCL when CUDA is available, else gloo.
+            With NCCL the process's CUDA device is set to ``cuda:LOCAL_RANK``.
+        timeout: seconds any collective (and the start-up rendezvous) may wait for the other
+            ranks before it raises, so a rank that hangs or vanishes ends the job instead of
+            blocking it.
+
+    Returns:
+        ``True`` if a process group is (now) initialised.
+
+    Example:
+        >>> mf.distributed.init()           # under: torchrun --nproc_per_node 2 script.py
+        >>> device = f"cuda:{os.environ['LOCAL_RANK']}" if torch.cuda.is_available() else "cpu"
+    """
+    _checks.positive_number("distributed.init", "timeout", timeout)
+    if backend not in (None, "gloo", "nccl"):
+        raise ValueError(
+            f"distributed.init: backend must be 'gloo', 'nccl' or None (got {backend!r})"
+        )
+    if dist.is_initialized():
+        return True
+    if "WORLD_SIZE" not in os.environ:
+        return False
+    if backend is None:
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+    if backend == "nccl":
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout))
+    return True
+
+
+def shard(tasks: Tasks, where: str = "step") -> Tasks:
+    """This rank's contiguous slice of the tasks; the task count must divide by the world size."""
+    world, r = world_size(), rank()
+    n = _tree.leaves(tasks.support)[0].shape[0]
+    if n % world:
+        raise ValueError(
+            f"{where}: the meta-batch must split evenly over the {world} ranks "
+            f"(got {n} tasks); use a meta-batch that is a multiple of {world}"
+        )
+    k = n // world
+    return _tree.map(lambda t: t[r * k : (r + 1) * k], tasks)
+
+
+def all_reduce_mean(tree: Any) -> Any:
+    """The mean over ranks of every (floating-point) tensor of ``tree``, one ``all_reduce`` per
+    dtype; functional (no in-place op), so ``torch.compile`` traces it into the caller's graph."""
+    leaves = _tree.leaves(tree)
+    out: list[Any] = list(leaves)
+    world = world_size()
+    for dtype in dict.fromkeys(t.dtype for t in leaves):
+        idx = [i for i, t in enumerate(leaves) if t.dtype == dtype]
+        flat = torch.cat([leaves[i].reshape(-1) for i in idx])
+        flat = funcol.all_reduce(flat, "sum", dist.group.WORLD) / world
+        for i, piece in zip(idx, flat.split([leaves[i].numel() for i in idx]), strict=True):
+            out[i] = piece.reshape(leaves[i].shape)
+    return _tree.unflatten(tree, out)
+
+
+def check_same(where: str, device: torch.device, **values: int) -> None:
+    """Raise a ``ValueError`` if ``values`` differ between ranks, naming each rank's value."""
+    mine = torch.tensor(list(values.values()), dtype=torch.int64, device=device)
+    everyone = [torch.empty_like(mine) for _ in range(world_size())]
+    dist.all_gather(everyone, mine)
+    for name, column in zip(values, torch.stack(everyone).T.cpu(), strict=True):
+        if not bool((column == column[0]).all()):
+            raise ValueError(
+                f"{where}: every rank must run the same configuration, but {name} differs "
+                f"between ranks (rank: value {dict(enumerate(column.tolist()))})"
+            )
+
+
+def any_rank(flag: bool) -> bool:
+    """Whether ``flag`` is true on any rank (one small ``all_reduce``)."""
+    t = torch.tensor([int(flag)], device="cuda" if dist.get_backend() == "nccl" else "cpu")
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
+
+
+def barrier() -> None:
+    """Wait for every rank (no-op without a process group)."""
+    if active():
+        dist.barrier()
