@@ -217,7 +217,7 @@ def _blog_experiment(args: argparse.Namespace, g: torch.Generator) -> _Experimen
         fn, params = mf.functionalize(mf.models.blog_sine_net(g, features=True).to(args.device))
         # The learned loss sees concat[y, h2, h1] (1 + 32 + 32 inputs) -> 32 -> 32 -> 1; its
         # squared output, averaged over the source inputs, is the adaptation loss.
-        loss_fn, phi = mf.functionalize(mf.models.mlp([65, 32, 32, 1]).to(args.device))
+        loss_fn, phi = mf.functionalize(mf.models.mlp([65, 32, 32, 1], generator=g).to(args.device))
 
         def adaptation_loss(phi: Any, y: torch.Tensor, hidden: Any) -> torch.Tensor:
             h1, h2 = hidden

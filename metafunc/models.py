@@ -24,11 +24,18 @@ class FeatureMLP(nn.Sequential):
         return x, tuple(hidden)
 
 
-def mlp(sizes: list[int] | tuple[int, ...], *, features: bool = False) -> nn.Sequential:
+def mlp(
+    sizes: list[int] | tuple[int, ...],
+    *,
+    features: bool = False,
+    generator: torch.Generator | None = None,
+) -> nn.Sequential:
     """A ReLU multilayer perceptron with PyTorch's default initialisation.
 
     ``mlp([1, 40, 40, 1])`` is the MAML paper's sinusoid network. With ``features=True`` it is
-    a :class:`FeatureMLP` (same parameters) that also returns its hidden activations.
+    a :class:`FeatureMLP` (same parameters) that also returns its hidden activations. With a
+    ``generator`` the initialisation (``nn.Linear``'s: weights and biases
+    ``U[−1/√fan_in, 1/√fan_in]``) draws from it instead of torch's global generator.
     """
     if len(sizes) < 2:
         raise ValueError(
@@ -41,7 +48,15 @@ def mlp(sizes: list[int] | tuple[int, ...], *, features: bool = False) -> nn.Seq
         layers.append(nn.Linear(a, b))
         if i < len(sizes) - 2:
             layers.append(nn.ReLU())
-    return (FeatureMLP if features else nn.Sequential)(*layers)
+    net = (FeatureMLP if features else nn.Sequential)(*layers)
+    if generator is not None:
+        with torch.no_grad():
+            for layer in net:
+                if isinstance(layer, nn.Linear):
+                    bound = 1 / math.sqrt(layer.in_features)
+                    layer.weight.uniform_(-bound, bound, generator=generator)
+                    layer.bias.uniform_(-bound, bound, generator=generator)
+    return net
 
 
 def blog_sine_net(

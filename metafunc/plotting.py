@@ -122,6 +122,7 @@ def scaling_chart(path: str | Path, sweep: dict, *, device: str = "") -> Path:
     axes[0].legend()
     fig.suptitle(f"scaling with {field.replace('_', ' ')}" + (f" on {device}" if device else ""))
     fig.tight_layout()
+    return _save(fig, path)
 
 
 def fewshot_figure(

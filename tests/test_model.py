@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import math
 
 import pytest
 import torch
@@ -292,3 +293,12 @@ def test_conv_net_batch_norm_equals_torch_batch_norm_without_running_stats():
     theirs.load_state_dict(ours.state_dict())
     x = inputs(4, 3, 5, 5)
     torch.testing.assert_close(ours(x), theirs(x), rtol=1e-12, atol=1e-12)
+
+
+def test_mlp_draws_its_initialisation_from_the_generator_like_nn_linear():
+    a = mf.models.mlp([3, 5, 1], generator=torch.Generator().manual_seed(4))
+    b = mf.models.mlp([3, 5, 1], generator=torch.Generator().manual_seed(4))
+    for (name, p), q in zip(a.named_parameters(), b.parameters(), strict=True):
+        assert torch.equal(p, q), name
+        bound = 1 / math.sqrt(3 if name.startswith("0.") else 5)
+        assert p.abs().max() <= bound and p.abs().max() > bound / 2, name
