@@ -301,4 +301,6 @@ def test_mlp_draws_its_initialisation_from_the_generator_like_nn_linear():
     for (name, p), q in zip(a.named_parameters(), b.parameters(), strict=True):
         assert torch.equal(p, q), name
         bound = 1 / math.sqrt(3 if name.startswith("0.") else 5)
-        assert p.abs().max() <= bound and p.abs().max() > bound / 2, name
+        assert p.abs().max() <= bound, name
+        if p.numel() >= 5:  # spread over the interval, not a smaller one
+            assert p.abs().max() > bound / 2, name
