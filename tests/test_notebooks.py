@@ -87,7 +87,9 @@ def test_speed_notebook_reads_the_committed_results(kernel: str) -> None:
     results = sorted((ROOT / "benchmarks" / "results").glob("bench-*.json"))
     if results:
         nb = execute("04_speed", kernel)
-        assert images(nb) >= 3  # speed, first call and memory, scaling
+        # per results file: speed, first call and memory, and scaling when it has sweeps
+        with_sweeps = sum(bool(json.loads(r.read_text()).get("sweeps")) for r in results)
+        assert images(nb) == 2 * len(results) + with_sweeps
     else:
         with pytest.raises(nbclient.exceptions.CellExecutionError, match="no benchmark results"):
             execute("04_speed", kernel)
