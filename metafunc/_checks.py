@@ -134,6 +134,14 @@ def params_tree(where: str, name: str, params: Any) -> None:
             )
 
 
+def params_and_rates(where: str, params: Any, inner_lr: float | Any) -> None:
+    """The parameters an algorithm's ``init`` gets, and its ``inner_lr`` when that is a tree:
+    a tree of rates must fit the parameters (see :func:`learning_rate_like`)."""
+    params_tree(where, "params", params)
+    if not isinstance(inner_lr, float):
+        learning_rate_like(where, "inner_lr", inner_lr, params, "params")
+
+
 def keyed(where: str, name: str, value: Any, keys: tuple[str, ...], hint: str) -> None:
     """A dict with exactly ``keys`` (an algorithm's layout of its meta-parameters)."""
     if not isinstance(value, dict) or set(value) != set(keys):

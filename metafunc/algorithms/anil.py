@@ -71,10 +71,8 @@ def anil(
             )
 
     def init(params: Any) -> Any:
-        _checks.params_tree(name, "params", params)
+        _checks.params_and_rates(name, params, inner_lr)
         check_meta(name, "params", params)
-        if not isinstance(inner_lr, float):
-            _checks.learning_rate_like(name, "inner_lr", inner_lr, params, "params")
         return _tree.copy(params)
 
     def adapt(meta: dict[str, torch.Tensor], support: Any) -> dict[str, torch.Tensor]:

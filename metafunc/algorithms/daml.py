@@ -77,15 +77,13 @@ def daml(
     chunk_size = _checks.chunk_size(name, chunk_size)
 
     def init(params: Any) -> Any:
-        _checks.params_tree(name, "params", params)
+        _checks.params_and_rates(name, params, inner_lr)
         p, q = _tree.leaves(params)[0], _tree.leaves(loss_params)[0]
         if (p.dtype, p.device) != (q.dtype, q.device):
             raise TypeError(
                 f"daml: loss_params must have the model parameters' dtype and device {p.dtype} "
                 f"on {p.device} (got {q.dtype} on {q.device})"
             )
-        if not isinstance(inner_lr, float):
-            _checks.learning_rate_like(name, "inner_lr", inner_lr, params, "params")
         return {"params": _tree.copy(params), "loss": _tree.copy(loss_params)}
 
     def check_meta(where: str, meta_name: str, meta: Any) -> None:

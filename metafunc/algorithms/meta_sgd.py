@@ -52,11 +52,10 @@ def meta_sgd(
     chunk_size = _checks.chunk_size(name, chunk_size)
 
     def init(params: Any) -> Any:
-        _checks.params_tree(name, "params", params)
+        _checks.params_and_rates(name, params, inner_lr)
         if isinstance(inner_lr, float):
             lr = _tree.map(lambda p: torch.full_like(p, inner_lr), params)
         else:
-            _checks.learning_rate_like(name, "inner_lr", inner_lr, params, "params")
             lr = _tree.map(lambda r, p: r.expand_as(p).clone(), inner_lr, params)
         return {"params": _tree.copy(params), "lr": lr}
 

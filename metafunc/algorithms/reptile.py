@@ -50,9 +50,7 @@ def reptile(
     chunk_size = _checks.chunk_size(name, chunk_size)
 
     def init(params: Any) -> Any:
-        _checks.params_tree(name, "params", params)
-        if not isinstance(inner_lr, float):
-            _checks.learning_rate_like(name, "inner_lr", inner_lr, params, "params")
+        _checks.params_and_rates(name, params, inner_lr)
         return _tree.copy(params)
 
     def adapt(meta: Any, support: Any) -> Any:
