@@ -203,6 +203,52 @@ def metafunc_step(*, compile: bool, mode: str | None = None) -> Factory:
     return factory
 
 
+def torch_func_compiled(w: Workload, net: nn.Module, tasks: mf.Tasks, device: torch.device) -> Impl:
+    """The same math written by hand with ``torch.func`` (no metafunc): ``vmap`` over tasks,
+    ``grad`` of ``grad``, Adam on dicts, the whole step under ``torch.compile(fullgraph=True)``.
+    What metafunc's abstractions, checks and guards cost is the gap to the compiled row."""
+    from torch.func import grad, vmap
+
+    net = copy.deepcopy(net).to(device)
+    params = {k: v.detach() for k, v in net.named_parameters()}
+    crit = criterion(w)
+
+    def task_loss(p, support, query):
+        for _ in range(w.inner_steps):
+            g = grad(lambda p: crit(functional_call(net, p, (support[0],)), support[1]))(p)
+            if w.first_order:
+                g = {k: v.detach() for k, v in g.items()}
+            p = {k: p[k] - w.inner_lr * g[k] for k in p}
+        return crit(functional_call(net, p, (query[0],)), query[1])
+
+    def meta_loss(p, support, query):
+        return vmap(task_loss, in_dims=(None, 0, 0))(p, support, query).mean()
+
+    def adam(p, m, v, t, support, query, b2=0.999, eps=1e-8):
+        g = grad(meta_loss)(p, support, query)
+        t = t + 1
+        m = {k: B1 * m[k] + (1 - B1) * g[k] for k in g}
+        v = {k: b2 * v[k] + (1 - b2) * g[k] ** 2 for k in g}
+        p = {
+            k: p[k] - OUTER_LR * (m[k] / (1 - B1**t)) / ((v[k] / (1 - b2**t)).sqrt() + eps)
+            for k in g
+        }
+        return p, m, v, t
+
+    compiled = torch.compile(adam, fullgraph=True, dynamic=False)
+    zeros = {k: torch.zeros_like(v) for k, v in params.items()}
+    held = [params, zeros, dict(zeros), torch.zeros((), device=device)]
+
+    def step() -> None:
+        held[:] = compiled(*held, tasks.support, tasks.query)
+        _sync(device)
+
+    def first_moment() -> dict[str, torch.Tensor]:
+        return {k: v.double().cpu() for k, v in held[1].items()}
+
+    return Impl(step, first_moment)
+
+
 def higher_loop(w: Workload, net: nn.Module, tasks: mf.Tasks, device: torch.device) -> Impl:
     """higher's MAML recipe: ``innerloop_ctx`` per task, backward per task, ``torch.optim``.
 
@@ -403,6 +449,7 @@ IMPLEMENTATIONS: dict[str, tuple[Factory, Callable[[torch.device], str | None]]]
         metafunc_step(compile=True, mode="max-autotune"),
         _cuda_only,
     ),
+    "torch.func compiled": (torch_func_compiled, lambda d: None),
     "higher": (higher_loop, lambda d: _needs("higher")()),
     "torchopt": (torchopt_loop, lambda d: _needs("torchopt")()),
     "learn2learn": (
@@ -432,11 +479,13 @@ def compare(
     device: torch.device,
     repeats: int,
     steps_per_repeat: int,
+    budget_s: float | None = None,
     tolerance: float = 1e-4,
     log: Callable[[str], None] = print,
 ) -> list[dict[str, Any]]:
     """Build every implementation, check its meta-gradient against the first one's, then time
-    ``repeats`` interleaved rounds of ``steps_per_repeat`` steps. Returns one row each."""
+    ``repeats`` interleaved rounds of ``steps_per_repeat`` steps (fewer, but at least 3, once
+    the rounds have taken ``budget_s`` seconds). Returns one row each."""
     net, tasks = make_net(w), make_batch(w, device)
     rows, ready, reference = [], {}, None
     for name, factory in factories.items():
@@ -468,7 +517,11 @@ def compare(
             f"  {name}: agrees ({row['meta_grad_error']:.1e}), first call {row['first_call_s']:.2f} s"
         )
     times: dict[str, list[float]] = {name: [] for name in ready}
-    for _ in range(repeats):
+    started = time.perf_counter()
+    for done in range(repeats):
+        if budget_s is not None and done >= 3 and time.perf_counter() - started > budget_s:
+            log(f"  timing budget of {budget_s:.0f} s used: {done} rounds")
+            break
         for name, impl in ready.items():
             t0 = time.perf_counter()
             for _ in range(steps_per_repeat):
@@ -529,11 +582,45 @@ def probe(workload: str, impl: str, device: str, steps: int) -> dict[str, Any]:
     first = time.perf_counter() - t0
     for _ in range(steps):
         made.step()
-    return {"first_call_s": first, "peak_memory_mb": peak_memory_mb(dev)}
+    out: dict[str, Any] = {"first_call_s": first, "peak_memory_mb": peak_memory_mb(dev)}
+    if "torch._dynamo" in sys.modules:
+        out["compile_phases_s"] = compile_phases()
+    return out
+
+
+# Where a first call's time goes, from torch.compile's own timers (``dynamo_timed``); nested:
+# the compile total holds Dynamo's tracing and the backend, which holds AOTAutograd and inductor.
+COMPILE_PHASES = {
+    "_compile.compile_inner": "compile, all",
+    "bytecode_tracing": "Dynamo: tracing the Python",
+    "aot_collect_metadata": "AOTAutograd: tracing the graph",
+    "GraphLowering.run": "inductor: lowering",
+    "Scheduler.__init__": "inductor: fusion",
+    "Scheduler.codegen": "inductor: generating C++/Triton",
+    "async_compile.wait": "inductor: waiting for the C++/Triton compiler",
+    "PyCodeCache.load_by_key_path": "inductor: loading the compiled module",
+}
+
+
+# the fresh-process compile timings a workload's entry holds, by implementation
+COMPILE_TIME_KEYS = {
+    "metafunc compiled": "compile_time",
+    "torch.func compiled": "baseline_compile_time",
+}
+
+
+def compile_phases() -> dict[str, float]:
+    """Seconds spent in each of :data:`COMPILE_PHASES` by this process's compilations (a phase
+    that did not run, e.g. code generation on a cache hit, is left out)."""
+    from torch._dynamo.utils import compile_times
+
+    names, values = compile_times(repr="csv", aggregate=True)
+    seconds = dict(zip(names, values, strict=True))
+    return {k: float(seconds[k]) for k in COMPILE_PHASES if k in seconds}
 
 
 def run_probe(
-    workload: str, impl: str, device: str, *, env: dict[str, str] | None = None, steps: int = 10
+    workload: str, impl: str, device: str, *, env: dict[str, str] | None = None, steps: int = 3
 ) -> dict[str, Any]:
     """:func:`probe` in a fresh Python process (its own imports, caches and memory peak)."""
     cmd = [
@@ -561,13 +648,13 @@ def run_probe(
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def compile_times(workload: str, device: str) -> dict[str, Any]:
-    """The compiled step's first call in a fresh process: cold (empty compile caches), then
+def compile_times(workload: str, device: str, impl: str = "metafunc compiled") -> dict[str, Any]:
+    """A compiled step's first call in a fresh process: cold (empty compile caches), then
     warm (a second fresh process reusing the caches the first one wrote)."""
     with tempfile.TemporaryDirectory() as cache:
         env = {"TORCHINDUCTOR_CACHE_DIR": cache}
-        cold = run_probe(workload, "metafunc compiled", device, env=env, steps=1)
-        warm = run_probe(workload, "metafunc compiled", device, env=env, steps=1)
+        cold = run_probe(workload, impl, device, env=env, steps=1)
+        warm = run_probe(workload, impl, device, env=env, steps=1)
     return {
         "cold_s": cold.get("first_call_s"),
         "warm_s": warm.get("first_call_s"),
@@ -643,8 +730,8 @@ def _git_commit() -> str | None:
 
 SWEEPS = {
     "meta_batch": ("tasks", [1, 25, 200, 1024]),
-    "inner_steps": ("inner_steps", [1, 5, 10]),
-    "hidden": ("hidden", [40, 320]),
+    "inner_steps": ("inner_steps", [1, 5, 10, 20]),
+    "hidden": ("hidden", [40, 80, 160, 320]),
 }
 SWEEP_IMPLS = ["blog loop", "metafunc eager", "metafunc compiled", "jax jit"]
 
@@ -700,6 +787,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--steps-per-repeat", type=int, default=3)
     parser.add_argument(
+        "--budget",
+        type=float,
+        default=300.0,
+        help="seconds of timing rounds per workload, after which no new round starts once 3 "
+        "are done (default 300)",
+    )
+    parser.add_argument(
         "--threads",
         type=int,
         default=1,
@@ -726,7 +820,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     parser.add_argument("--probe", help=argparse.SUPPRESS)
     parser.add_argument("--workload", help=argparse.SUPPRESS)
-    parser.add_argument("--probe-steps", type=int, default=10, help=argparse.SUPPRESS)
+    parser.add_argument("--probe-steps", type=int, default=3, help=argparse.SUPPRESS)
 
 
 def _set_threads(threads: int) -> None:
@@ -777,7 +871,9 @@ def run(args: argparse.Namespace) -> int:
             factories,
             device=device,
             repeats=args.repeats,
-            steps_per_repeat=args.steps_per_repeat,
+            # the image workload's steps take seconds each on a CPU
+            steps_per_repeat=1 if w.kind == "conv" else args.steps_per_repeat,
+            budget_s=args.budget,
         )
         entry: dict[str, Any] = {"description": w.describe(), "rows": rows}
         if not args.no_memory:
@@ -790,8 +886,10 @@ def run(args: argparse.Namespace) -> int:
                 for row in rows
                 if row.get("ok") and row["impl"].startswith("metafunc")
             }
-        if not args.no_compile_times and "metafunc compiled" in factories and name == "sine-5step":
-            entry["compile_time"] = compile_times(name, args.device)
+        if not args.no_compile_times and name == "sine-5step":
+            for impl, key in COMPILE_TIME_KEYS.items():
+                if impl in factories:
+                    entry[key] = compile_times(name, args.device, impl)
         result["workloads"][name] = entry
         save()
         print(table(entry))
@@ -887,13 +985,34 @@ def table(entry: dict[str, Any]) -> str:
             f"{r['tasks_per_s']:.0f} | {speedup} | {fresh.get('first_call_s', r['first_call_s']):.2f} | "
             f"{'' if mem is None else f'{mem:.0f}'} |"
         )
-    ct = entry.get("compile_time")
-    if ct:
+    timed = {impl: entry[key] for impl, key in COMPILE_TIME_KEYS.items() if entry.get(key)}
+    for impl, ct in timed.items():
         lines.append(
-            f"\ncompiled step, first call in a fresh process: cold {ct['cold_s']:.1f} s, "
-            f"warm {ct['warm_s']:.1f} s"
+            f"\n{impl}, first call in a fresh process: cold {_seconds(ct['cold_s'])}, "
+            f"warm {_seconds(ct['warm_s'])}"
         )
+    phases = {
+        (impl, k): ct[k].get("compile_phases_s", {})
+        for impl, ct in timed.items()
+        for k in ("cold", "warm")
+    }
+    if any(phases.values()):
+        lines += [
+            "",
+            "| where the first call's time goes (s) | "
+            + " | ".join(f"{impl}, {k}" for impl, k in phases)
+            + " |",
+            "|---" * (len(phases) + 1) + "|",
+        ]
+        for key, label in COMPILE_PHASES.items():
+            if any(key in d for d in phases.values()):
+                cells = [f"{d[key]:.2f}" if key in d else "-" for d in phases.values()]
+                lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def _seconds(value: float | None) -> str:
+    return "failed" if value is None else f"{value:.1f} s"
 
 
 if __name__ == "__main__":

@@ -52,6 +52,60 @@ def test_compare_accepts_agreeing_implementations_and_refuses_a_wrong_one():
     assert "| wrong | refused: meta-gradient off by" in bench.table({"rows": rows})
 
 
+def test_the_timing_budget_stops_new_rounds_after_three():
+    logged = []
+    rows = bench.compare(
+        TINY,
+        {"blog loop": bench.blog_loop},
+        device=CPU,
+        repeats=10,
+        steps_per_repeat=1,
+        budget_s=0.0,
+        log=logged.append,
+    )
+    assert rows[0]["repeats"] == 3
+    assert "  timing budget of 0 s used: 3 rounds" in logged
+
+
+def test_compile_phases_come_from_torch_compiles_timers():
+    torch._dynamo.reset()
+    torch.compile(lambda x: x.sin() + 1, backend="eager", fullgraph=True)(torch.ones(3))
+    phases = bench.compile_phases()
+    assert set(phases) <= set(bench.COMPILE_PHASES)
+    assert phases["_compile.compile_inner"] >= phases["bytecode_tracing"] > 0
+
+
+def test_the_table_shows_where_the_first_call_went():
+    entry = {
+        "rows": [],
+        "compile_time": {
+            "cold_s": 40.0,
+            "warm_s": 6.5,
+            "cold": {"compile_phases_s": {"bytecode_tracing": 2.9, "Scheduler.codegen": 13.7}},
+            "warm": {"compile_phases_s": {"bytecode_tracing": 2.5}},
+        },
+    }
+    entry["baseline_compile_time"] = {"cold_s": None, "warm_s": 5.7, "cold": {}, "warm": {}}
+    text = bench.table(entry)
+    assert "metafunc compiled, first call in a fresh process: cold 40.0 s, warm 6.5 s" in text
+    assert "torch.func compiled, first call in a fresh process: cold failed, warm 5.7 s" in text
+    assert "| Dynamo: tracing the Python | 2.90 | 2.50 | - | - |" in text
+    assert "| inductor: generating C++/Triton | 13.70 | - | - | - |" in text
+    assert "waiting for the C++" not in text  # phases neither run took are left out
+
+
+def test_the_hand_written_torch_func_step_agrees():
+    rows = bench.compare(
+        TINY,
+        {"blog loop": bench.blog_loop, "torch.func compiled": bench.torch_func_compiled},
+        device=CPU,
+        repeats=1,
+        steps_per_repeat=1,
+        log=lambda _: None,
+    )
+    assert rows[1]["ok"] and rows[1]["meta_grad_error"] < 1e-5, rows[1]
+
+
 def test_a_failing_implementation_is_reported_not_raised():
     def broken(w, net, tasks, device):
         raise RuntimeError("no such thing")
