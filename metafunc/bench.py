@@ -56,6 +56,8 @@ class Workload:
     first_order: bool = False
     hidden: int = 40  # the MLP's hidden width, or the conv net's channels
     inner_lr: float = 0.01
+    # how far (relative to the largest entry) a meta-gradient may be from the blog loop's
+    tolerance: float = 1e-4
 
     def describe(self) -> str:
         order = "first" if self.first_order else "second"
@@ -74,7 +76,10 @@ WORKLOADS = {
         Workload("sine-1step", "sinusoid", 25, 1),
         Workload("sine-5step", "sinusoid", 25, 5),
         Workload("sine-5step-fo", "sinusoid", 25, 5, first_order=True),
-        Workload("conv-5way1shot", "conv", 32, 1, hidden=64, inner_lr=0.4),
+        # float32 rounding, reassociated by inductor's fused reductions, reaches 4.3e-4 here
+        # in both compiled rows (metafunc's and the hand-written one); in float64 the compiled
+        # meta-gradient equals the blog loop's to 2.3e-15
+        Workload("conv-5way1shot", "conv", 32, 1, hidden=64, inner_lr=0.4, tolerance=1e-3),
     )
 }
 
@@ -236,8 +241,9 @@ def torch_func_compiled(w: Workload, net: nn.Module, tasks: mf.Tasks, device: to
         return p, m, v, t
 
     compiled = torch.compile(adam, fullgraph=True, dynamic=False)
-    zeros = {k: torch.zeros_like(v) for k, v in params.items()}
-    held = [params, zeros, dict(zeros), torch.zeros((), device=device)]
+    # two sets of zeros: moments that alias each other would make Dynamo recompile on call 2
+    m, v = ({k: torch.zeros_like(t) for k, t in params.items()} for _ in range(2))
+    held = [params, m, v, torch.zeros((), device=device)]
 
     def step() -> None:
         held[:] = compiled(*held, tasks.support, tasks.query)
@@ -480,12 +486,14 @@ def compare(
     repeats: int,
     steps_per_repeat: int,
     budget_s: float | None = None,
-    tolerance: float = 1e-4,
+    tolerance: float | None = None,
     log: Callable[[str], None] = print,
 ) -> list[dict[str, Any]]:
-    """Build every implementation, check its meta-gradient against the first one's, then time
+    """Build every implementation, check its meta-gradient against the first one's (within
+    ``tolerance``, by default the workload's), then time
     ``repeats`` interleaved rounds of ``steps_per_repeat`` steps (fewer, but at least 3, once
     the rounds have taken ``budget_s`` seconds). Returns one row each."""
+    tolerance = w.tolerance if tolerance is None else tolerance
     net, tasks = make_net(w), make_batch(w, device)
     rows, ready, reference = [], {}, None
     for name, factory in factories.items():
@@ -588,8 +596,10 @@ def probe(workload: str, impl: str, device: str, steps: int) -> dict[str, Any]:
     return out
 
 
-# Where a first call's time goes, from torch.compile's own timers (``dynamo_timed``); nested:
-# the compile total holds Dynamo's tracing and the backend, which holds AOTAutograd and inductor.
+# Where a first call's time goes, from torch.compile's own timers (``dynamo_timed``). They
+# nest and overlap: the compile total holds Dynamo's tracing and the backend (AOTAutograd and
+# inductor); inductor compiles C++ in worker processes while it generates the next kernels, and
+# loading the compiled module waits for them.
 COMPILE_PHASES = {
     "_compile.compile_inner": "compile, all",
     "bytecode_tracing": "Dynamo: tracing the Python",
@@ -598,7 +608,7 @@ COMPILE_PHASES = {
     "Scheduler.__init__": "inductor: fusion",
     "Scheduler.codegen": "inductor: generating C++/Triton",
     "async_compile.wait": "inductor: waiting for the C++/Triton compiler",
-    "PyCodeCache.load_by_key_path": "inductor: loading the compiled module",
+    "PyCodeCache.load_by_key_path": "inductor: loading the compiled module (and the wait)",
 }
 
 
@@ -875,7 +885,11 @@ def run(args: argparse.Namespace) -> int:
             steps_per_repeat=1 if w.kind == "conv" else args.steps_per_repeat,
             budget_s=args.budget,
         )
-        entry: dict[str, Any] = {"description": w.describe(), "rows": rows}
+        entry: dict[str, Any] = {
+            "description": w.describe(),
+            "tolerance": w.tolerance,
+            "rows": rows,
+        }
         if not args.no_memory:
             for row in rows:
                 if row.get("ok"):
