@@ -88,6 +88,7 @@ def scaling_chart(path: str | Path, sweep: dict, *, device: str = "") -> Path:
     size, one line per implementation, with the interquartile range as error bars; and, when
     measured, the compiled step's peak memory against the same size."""
     field, points = sweep["field"], sweep["points"]
+    sizes = [p[field] for p in points]
     has_memory = any(p.get("compiled_peak_memory_mb") is not None for p in points)
     fig, axes = plt.subplots(1, 2 if has_memory else 1, figsize=(12 if has_memory else 7, 4.2))
     axes = list(axes) if has_memory else [axes]
@@ -117,6 +118,8 @@ def scaling_chart(path: str | Path, sweep: dict, *, device: str = "") -> Path:
     for ax in axes:
         ax.set_xlabel(field.replace("_", " "))
         ax.set_xscale("log", base=2)
+        ax.set_xticks(sizes, [str(x) for x in sizes])  # the measured sizes, not powers of two
+        ax.minorticks_off()
         ax.grid(alpha=0.3, which="both")
     axes[0].set_yscale("log")
     axes[0].legend()
