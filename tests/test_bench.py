@@ -75,6 +75,12 @@ def test_compile_phases_come_from_torch_compiles_timers():
     assert phases["_compile.compile_inner"] >= phases["bytecode_tracing"] > 0
 
 
+def test_a_fresh_process_probe_reports_compile_phases_only_where_it_compiled():
+    got = bench.run_probe(json.dumps(dataclasses.asdict(TINY)), "blog loop", "cpu", steps=1)
+    assert got["first_call_s"] > 0 and got["peak_memory_mb"] > 0
+    assert "compile_phases_s" not in got
+
+
 def test_the_table_shows_where_the_first_call_went():
     entry = {
         "rows": [],
