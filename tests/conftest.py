@@ -11,6 +11,18 @@ def tanh_net(width: int = 5, seed: int = 0) -> nn.Module:
     return nn.Sequential(nn.Linear(1, width), nn.Tanh(), nn.Linear(width, 1)).double()
 
 
+class TanhFeatures(nn.Module):
+    """A smooth model that returns its output and its hidden activations (for DAML)."""
+
+    def __init__(self):
+        super().__init__()
+        self.hidden, self.out = nn.Linear(1, 4), nn.Linear(4, 1)
+
+    def forward(self, x):
+        h = torch.tanh(self.hidden(x))
+        return self.out(h), (h,)
+
+
 def sine_tasks(n: int = 3, seed: int = 1, shots: int = 4, queries: int = 5) -> mf.Tasks:
     g = torch.Generator().manual_seed(seed)
     return mf.tasks.sinusoid(g, tasks=n, shots=shots, queries=queries, dtype=torch.float64)

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import torch
+from conftest import TanhFeatures
 from torch import nn
 from torch._dynamo.testing import CompileCounterWithBackend
 
@@ -20,18 +21,6 @@ import metafunc as mf
 ALGORITHMS = ["maml", "fomaml", "reptile", "meta_sgd", "anil", "daml"]
 TASKS = 4  # per meta-batch, split 2 + 2 over the ranks
 STEPS = 3
-
-
-class TanhFeatures(nn.Module):
-    """A smooth model that returns its output and its hidden activations (for DAML)."""
-
-    def __init__(self):
-        super().__init__()
-        self.hidden, self.out = nn.Linear(1, 4), nn.Linear(4, 1)
-
-    def forward(self, x):
-        h = torch.tanh(self.hidden(x))
-        return self.out(h), (h,)
 
 
 def setup(name):

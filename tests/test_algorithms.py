@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import sine_tasks, tanh_net
+from conftest import TanhFeatures, sine_tasks, tanh_net
 from test_maml_reference import assert_trees_close
 from torch import nn
 from torch._dynamo.testing import CompileCounterWithBackend
@@ -216,18 +216,6 @@ def test_meta_sgd_equals_loop_for_params_and_rates():
         "lr": dict(zip(rates, grads[len(theta0) :], strict=True)),
     }
     assert_trees_close(got, want, rtol=1e-10, atol=1e-12)
-
-
-class TanhFeatures(nn.Module):
-    """A smooth model that returns its output and its hidden activations."""
-
-    def __init__(self):
-        super().__init__()
-        self.hidden, self.out = nn.Linear(1, 4), nn.Linear(4, 1)
-
-    def forward(self, x):
-        h = torch.tanh(self.hidden(x))
-        return self.out(h), (h,)
 
 
 def daml_setup(**kw):
