@@ -1,6 +1,6 @@
 """metafunc: gradient-based meta-learning for PyTorch as pure functions.
 
-Models are pure functions over parameter pytrees (``functionalize``), the inner loop is
+Models are pure functions over parameter pytrees (``pure``), the inner loop is
 ``torch.func.grad``, a meta-batch is ``vmap``-ed, and the whole outer step is one function
 compiled with ``torch.compile`` (``make_step``).
 """
@@ -10,10 +10,11 @@ from . import losses as losses
 from . import models as models
 from . import optim as optim
 from . import tasks as tasks
-from ._inner import checked_adapt as adapt
+from ._inner import inner_loop as inner_loop
 from ._learner import Learner as Learner
-from ._model import functionalize as functionalize
+from ._model import pure as pure
 from ._types import Tasks as Tasks
+from ._types import TrainState as TrainState
 from .algorithms import anil as anil
 from .algorithms import daml as daml
 from .algorithms import fomaml as fomaml
@@ -23,24 +24,24 @@ from .algorithms import reptile as reptile
 from .checkpoint import load as load
 from .checkpoint import save as save
 from .losses import supervised as supervised
-from .step import TrainState as TrainState
 from .step import init_state as init_state
 from .step import make_step as make_step
+from .train import Log as Log
 from .train import train as train
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Learner",
+    "Log",
     "Tasks",
     "TrainState",
-    "adapt",
     "anil",
     "daml",
     "distributed",
     "fomaml",
-    "functionalize",
     "init_state",
+    "inner_loop",
     "load",
     "losses",
     "make_step",
@@ -48,6 +49,7 @@ __all__ = [
     "meta_sgd",
     "models",
     "optim",
+    "pure",
     "reptile",
     "save",
     "supervised",

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import functools
 import math
+from collections import OrderedDict
+from collections.abc import Callable
 from numbers import Integral, Real
 from typing import Any
 
@@ -126,20 +128,18 @@ def params_tree(where: str, name: str, params: Any) -> None:
             raise TypeError(
                 f"{where}: {_path(params, name, i)} must be a floating-point tensor (got {leaf.dtype})"
             )
+        if leaf.device.type == "meta":
+            raise ValueError(
+                f"{where}: {_path(params, name, i)} is on the meta device, which holds shapes but "
+                "no values; materialise the model first, e.g. module.to_empty(device='cpu') and "
+                "initialise it, or build it outside torch.device('meta')"
+            )
         if leaf.dtype != first.dtype or leaf.device != first.device:
             raise ValueError(
                 f"{where}: all of {name} must share one dtype and device; "
                 f"{_path(params, name, 0)} is {first.dtype} on {first.device} but "
                 f"{_path(params, name, i)} is {leaf.dtype} on {leaf.device}"
             )
-
-
-def params_and_rates(where: str, params: Any, inner_lr: float | Any) -> None:
-    """The parameters an algorithm's ``init`` gets, and its ``inner_lr`` when that is a tree:
-    a tree of rates must fit the parameters (see :func:`learning_rate_like`)."""
-    params_tree(where, "params", params)
-    if not isinstance(inner_lr, float):
-        learning_rate_like(where, "inner_lr", inner_lr, params, "params")
 
 
 def keyed(where: str, name: str, value: Any, keys: tuple[str, ...], hint: str) -> None:
@@ -160,10 +160,10 @@ def tasks(where: str, value: Any, *, like: Any = None, paired: bool = True) -> i
     """Check a meta-batch; return its number of tasks.
 
     ``support`` and ``query`` must be pytrees of tensors with one leading task dimension of
-    the same size everywhere. If ``paired`` (support and query hold the same kind of data),
-    they must also have the same structure and matching per-example shapes (only the number
-    of examples, dimension 1, may differ). If ``like`` (the parameters) is given,
-    floating-point data must share its dtype and device.
+    the same size everywhere (see :func:`batch`). If ``paired`` (support and query hold the
+    same kind of data), they must also have the same structure and matching per-example shapes
+    (only the number of examples, dimension 1, may differ). If ``like`` (the parameters) is
+    given, floating-point data must share its dtype and device.
     """
     if not isinstance(value, Tasks):
         raise TypeError(
@@ -177,50 +177,115 @@ def tasks(where: str, value: Any, *, like: Any = None, paired: bool = True) -> i
             expected_name="tasks.support",
             got_name="tasks.query",
         )
-    leaves = {"support": _tree.leaves(value.support), "query": _tree.leaves(value.query)}
-    for name, found in leaves.items():
-        if not found:
-            tree = getattr(value, name)
-            raise ValueError(f"{where}: tasks.{name} must hold at least one tensor (got {tree!r})")
+    n_tasks = batch(where, {"tasks.support": value.support, "tasks.query": value.query}, like)
+    if paired:
+        for i, (s, q) in enumerate(
+            zip(_tree.leaves(value.support), _tree.leaves(value.query), strict=True)
+        ):
+            if s.shape[2:] != q.shape[2:]:
+                raise ValueError(
+                    f"{where}: {_path(value.support, 'tasks.support', i)} and "
+                    f"{_path(value.query, 'tasks.query', i)} must have the same per-example "
+                    f"shape; got {tuple(s.shape)} and {tuple(q.shape)} (shapes are (tasks, "
+                    "examples, ...))"
+                )
+    return n_tasks
+
+
+def batch(where: str, trees: dict[str, Any], like: Any = None) -> int:
+    """Check task data, ``{name: pytree}``; return the number of tasks.
+
+    Every leaf is a tensor ``(tasks, examples, ...)`` with the same number of tasks and at least
+    one example. Floating-point leaves need a feature dimension too, ``(tasks, examples,
+    features...)``: a float ``(5, 1)`` is refused because it reads both as one task of 5 points
+    that lost its task dimension and as 5 tasks of one scalar point; integer leaves (labels) may
+    be ``(tasks, examples)``. With ``like`` (the parameters), floating-point data must share its
+    dtype, and all data its device.
+    """
     ref = _tree.leaves(like)[0] if like is not None else None
-    n_tasks = None
-    # key paths are built only for a message: this runs before every step
-    named = [
-        (functools.partial(_path, getattr(value, name), f"tasks.{name}", i), t)
-        for name, found in leaves.items()
-        for i, t in enumerate(found)
-    ]
-    for path, t in named:
-        if not isinstance(t, torch.Tensor):
-            raise TypeError(f"{where}: {path()} must be a tensor (got {type(t).__name__})")
-        if t.ndim < 2:
-            raise ValueError(
-                f"{where}: {path()} must have shape (tasks, examples, ...) (got shape {tuple(t.shape)})"
-            )
-        if n_tasks is None:
-            n_tasks, first_path = t.shape[0], path
-        if t.shape[0] != n_tasks:
-            raise ValueError(
-                f"{where}: every tensor in tasks must have the same number of tasks (leading "
-                f"dimension); {first_path()} has {n_tasks} but {path()} has {t.shape[0]}"
-            )
-        if ref is not None and t.is_floating_point() and t.dtype != ref.dtype:
-            raise TypeError(
-                f"{where}: {path()} has dtype {t.dtype} but the parameters are {ref.dtype}; "
-                f"convert the data with .to({ref.dtype})"
-            )
-        if ref is not None and t.device != ref.device:
-            raise ValueError(
-                f"{where}: {path()} is on {t.device} but the parameters are on {ref.device}"
-            )
-    n_support = len(leaves["support"])
-    pairs = zip(named[:n_support], named[n_support:], strict=True) if paired else ()
-    for (path_s, s), (path_q, q) in pairs:
-        if s.shape[2:] != q.shape[2:]:
-            raise ValueError(
-                f"{where}: {path_s()} and {path_q()} must have the same per-example shape; got "
-                f"{tuple(s.shape)} and {tuple(q.shape)} (shapes are (tasks, examples, ...))"
-            )
+    n_tasks, first = None, ""
+    for name, tree in trees.items():
+        found = _tree.leaves(tree)
+        if not found:
+            raise ValueError(f"{where}: {name} must hold at least one tensor (got {tree!r})")
+        for i, t in enumerate(found):
+            # key paths are built only for a message
+            path = functools.partial(_path, tree, name, i)
+            if not isinstance(t, torch.Tensor):
+                raise TypeError(f"{where}: {path()} must be a tensor (got {type(t).__name__})")
+            floating = t.is_floating_point()
+            if t.ndim < (3 if floating else 2):
+                raise ValueError(_rank_message(where, path(), t, floating))
+            if n_tasks is None:
+                n_tasks, first = t.shape[0], path()
+            if t.shape[0] != n_tasks:
+                raise ValueError(
+                    f"{where}: every tensor in the tasks must have the same number of tasks "
+                    f"(leading dimension); {first} has {n_tasks} but {path()} has {t.shape[0]}"
+                )
+            if t.shape[1] == 0:
+                raise ValueError(
+                    f"{where}: {path()} must hold at least one example per task (got shape "
+                    f"{tuple(t.shape)}: dimension 1, the examples, is empty)"
+                )
+            if ref is not None and floating and t.dtype != ref.dtype:
+                raise TypeError(
+                    f"{where}: {path()} has dtype {t.dtype} but the parameters are {ref.dtype}; "
+                    f"convert the data with .to({ref.dtype})"
+                )
+            if ref is not None and t.device != ref.device:
+                raise ValueError(
+                    f"{where}: {path()} is on {t.device} but the parameters are on {ref.device}"
+                )
     if n_tasks == 0:
         raise ValueError(f"{where}: tasks must hold at least one task (got an empty meta-batch)")
     return n_tasks
+
+
+def _rank_message(where: str, path: str, t: torch.Tensor, floating: bool) -> str:
+    shape = tuple(t.shape)
+    if not floating:
+        return (
+            f"{where}: {path} must have shape (tasks, examples, ...) (got shape {shape}); "
+            "one task needs a leading task dimension of 1: x[None]"
+        )
+    return (
+        f"{where}: {path} must have shape (tasks, examples, features...) (got shape {shape}); "
+        "floating-point task data needs all three: one task without its task dimension takes "
+        "x[None], scalar features take x[..., None]"
+    )
+
+
+def signature(tree: Any) -> Any:
+    """What the eager checks of ``tree`` depend on: its structure and each tensor's shape, dtype
+    and device (other leaves by value); ``None`` when a leaf cannot be hashed."""
+    leaves = _tree.leaves(tree)
+    parts = []
+    for t in leaves:
+        if isinstance(t, torch.Tensor):
+            parts.append((t.shape, t.dtype, t.device))
+        elif t.__hash__ is None:
+            return None
+        else:
+            parts.append((type(t), t))
+    return _tree.structure(tree), tuple(parts)
+
+
+def once_per_signature(check: Callable[..., None], size: int = 64) -> Callable[..., None]:
+    """``check`` run only for arguments whose :func:`signature` it has not passed yet (the last
+    ``size`` kept). Every check it wraps must depend on nothing but that signature: structure,
+    shapes, dtypes, devices and the non-tensor arguments."""
+    passed: OrderedDict[Any, None] = OrderedDict()
+
+    def checked(*args: Any, **kwargs: Any) -> None:
+        key = signature((args, kwargs))
+        if key is not None and key in passed:
+            passed.move_to_end(key)
+            return
+        check(*args, **kwargs)
+        if key is not None:
+            passed[key] = None
+            if len(passed) > size:
+                passed.popitem(last=False)
+
+    return checked

@@ -15,7 +15,7 @@ from . import _tree
 Params = dict[str, torch.Tensor]
 
 
-def functionalize(module: nn.Module) -> tuple[Callable[..., Any], Params]:
+def pure(module: nn.Module) -> tuple[Callable[..., Any], Params]:
     """Split ``module`` into a pure function and a dict of parameter copies.
 
     ``fn(params, *inputs)`` runs the module's forward with ``params`` in place of its
@@ -40,19 +40,15 @@ def functionalize(module: nn.Module) -> tuple[Callable[..., Any], Params]:
         ValueError: ``module`` has no parameters.
 
     Example:
-        >>> fn, params = functionalize(nn.Linear(1, 1))
+        >>> fn, params = pure(nn.Linear(1, 1))
         >>> fn(params, torch.zeros(3, 1)).shape
         torch.Size([3, 1])
     """
     if not isinstance(module, nn.Module):
-        raise TypeError(
-            f"functionalize: module must be a torch.nn.Module (got {type(module).__name__})"
-        )
+        raise TypeError(f"pure: module must be a torch.nn.Module (got {type(module).__name__})")
     params = _tree.copy(dict(module.named_parameters()))
     if not params:
-        raise ValueError(
-            f"functionalize: module {type(module).__name__} has no parameters to learn"
-        )
+        raise ValueError(f"pure: module {type(module).__name__} has no parameters to learn")
     buffers = _tree.copy(dict(module.named_buffers()))
     private = copy.deepcopy(module)
     batchnorms = [
@@ -71,10 +67,10 @@ def functionalize(module: nn.Module) -> tuple[Callable[..., Any], Params]:
 
 def _batchnorm_message(model: str, names: list[str]) -> str:
     return (
-        f"functionalize: {model} has torch BatchNorm layer(s) {names} in training mode, which "
+        f"pure: {model} has torch BatchNorm layer(s) {names} in training mode, which "
         "are refused under vmap and grad: with running statistics every task would write the "
         "same buffers, and without them torch gives wrong second-order gradients under vmap. "
         "Use mf.models.BatchNorm (per-batch statistics in plain ops, as in the MAML paper), "
-        "nn.GroupNorm or nn.LayerNorm, or call module.eval() before functionalize to use the "
+        "nn.GroupNorm or nn.LayerNorm, or call module.eval() before mf.pure to use the "
         "stored statistics as constants."
     )

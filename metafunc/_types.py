@@ -1,8 +1,10 @@
-"""The data types shared by every module."""
+"""The records shared by every module: a meta-batch and the training state."""
 
 from __future__ import annotations
 
 from typing import Any, NamedTuple
+
+import torch
 
 
 class Tasks(NamedTuple):
@@ -14,3 +16,18 @@ class Tasks(NamedTuple):
 
     support: Any
     query: Any
+
+
+class TrainState(NamedTuple):
+    """Everything that changes during meta-training.
+
+    Attributes:
+        meta: the meta-parameters (``learner.init(params)``).
+        opt_state: the outer optimizer's state.
+        step: int64 scalar tensor, outer steps taken (a tensor, so the compiled step never
+            recompiles as it counts).
+    """
+
+    meta: Any
+    opt_state: Any
+    step: torch.Tensor

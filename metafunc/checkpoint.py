@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from . import _tree
-from .step import TrainState
+from ._types import TrainState
 
 FORMAT = 1
 _FORMAT_KEY = "metafunc.format"

@@ -8,9 +8,8 @@ metrics) with one ``all_reduce`` per dtype. With equal shards the mean of the sh
 mean over the whole meta-batch, so every rank applies the same update a single process would
 (up to the order of float additions) and the states stay identical.
 
-:func:`metafunc.make_step` uses this when a process group with more than one rank is
-initialised (see :func:`init`); :func:`metafunc.train` then logs, shows progress and writes
-checkpoints on rank 0 only.
+:func:`data_parallel` wraps a learner this way; :func:`metafunc.train` logs, shows progress and
+writes checkpoints on rank 0 only.
 """
 
 from __future__ import annotations
@@ -24,6 +23,7 @@ import torch.distributed as dist
 import torch.distributed._functional_collectives as funcol
 
 from . import _checks, _tree
+from ._learner import Learner, Metrics
 from ._types import Tasks
 
 
@@ -80,6 +80,49 @@ def init(backend: str | None = None, *, timeout: float = 60.0) -> bool:
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout))
     return True
+
+
+def data_parallel(learner: Learner) -> Learner:
+    """``learner`` spread over the ranks of the process group: each rank adapts its contiguous
+    share of every meta-batch, and meta-gradient, meta-loss and metrics are averaged over the
+    ranks with a functional ``all_reduce`` that ``torch.compile`` traces into the step's one
+    graph. Every rank passes the same full meta-batch; its size must be a multiple of the world
+    size. On the first call with a new signature the ranks check that they agree on the task
+    count and the parameter count. Without a process group of more than one rank (no torchrun)
+    the learner is returned as it is, so one script runs both ways.
+
+    Example:
+        >>> mf.distributed.init()
+        >>> learner = mf.distributed.data_parallel(mf.maml(loss, inner_lr=0.01))
+        >>> step = mf.make_step(learner, mf.optim.adam(1e-3))
+    """
+    if not isinstance(learner, Learner):
+        raise TypeError(
+            "distributed.data_parallel: learner must be a metafunc.Learner, e.g. mf.maml(loss) "
+            f"(got {type(learner).__name__})"
+        )
+    if not active():
+        return learner
+
+    def meta_grad(meta: Any, tasks: Tasks) -> tuple[Any, Metrics]:
+        # the rank is a constant of the compiled graph; the all-reduce is traced into it
+        return all_reduce_mean(learner.meta_grad(meta, shard(tasks)))
+
+    def meta_loss(meta: Any, tasks: Tasks) -> torch.Tensor:
+        return all_reduce_mean(learner.meta_loss(meta, shard(tasks)))
+
+    @_checks.once_per_signature
+    def check(where: str, meta: Any, tasks: Tasks, meta_name: str = "meta") -> None:
+        learner.check(where, meta, tasks, meta_name)
+        shard(tasks, where)  # refuses a meta-batch that does not split evenly
+        check_same(
+            where,
+            _tree.leaves(meta)[0].device,
+            tasks=_tree.leaves(tasks.support)[0].shape[0],
+            parameters=sum(t.numel() for t in _tree.leaves(meta)),
+        )
+
+    return learner._replace(meta_grad=meta_grad, meta_loss=meta_loss, check=check)
 
 
 def shard(tasks: Tasks, where: str = "step") -> Tasks:

@@ -24,29 +24,23 @@ class SineEval(NamedTuple):
     support: Any  # (x, y), each (draws, shots, 1); DAML: unlabeled x (draws, sources, 1)
 
 
-def adapt_tasks(learner: Learner, meta: Any, support: Any) -> Any:
-    """``learner.adapt`` for every task of a batched ``support`` (vmapped; leading dim = task)."""
-    return vmap(learner.adapt, in_dims=(None, 0))(meta, support)
-
-
 def grid_error(
-    learner: Learner,
     predict: Callable[..., torch.Tensor],
-    meta: Any,
-    support: Any,
+    adapted: Any,
     *,
     phase: float,
+    support: Any = None,
     step: float = 0.01,
 ) -> SineEval:
-    """Adapt on each task of the batched ``support``; score each adapted net, ``predict(params,
-    x)``, by its MSE against ``sin(x + phase)`` on the grid ``arange(−2π, 2π, step)``."""
-    ref = _tree.leaves(meta)[0]
+    """Score each of a batch of parameters, ``adapted`` (leading task dimension, e.g. from
+    ``learner.adapt``), as ``predict(params, x)`` by its MSE against ``sin(x + phase)`` on the
+    grid ``arange(−2π, 2π, step)``; ``support`` is recorded with the scores (for figures)."""
+    ref = _tree.leaves(adapted)[0]
     grid = torch.arange(-2 * math.pi, 2 * math.pi, step, dtype=ref.dtype, device=ref.device)[
         :, None
     ]
     truth = torch.sin(grid + phase)
     with torch.no_grad():
-        adapted = adapt_tasks(learner, meta, support)
         pred = vmap(predict, in_dims=(0, None))(adapted, grid)
     mse = ((pred - truth) ** 2).mean(dim=(1, 2))
     return SineEval(mse, grid, truth, pred, support)
@@ -76,7 +70,9 @@ def sine_grid_error(
         dtype=ref.dtype,
         device=ref.device,
     )
-    return grid_error(learner, fn, meta, tasks.support, phase=phase, step=step)
+    with torch.no_grad():
+        adapted = learner.adapt(meta, tasks.support)
+    return grid_error(fn, adapted, phase=phase, support=tasks.support, step=step)
 
 
 def daml_grid_error(
@@ -103,7 +99,9 @@ def daml_grid_error(
         dtype=ref.dtype,
         device=ref.device,
     )
-    return grid_error(learner, predict, meta, tasks.support, phase=phase, step=step)
+    with torch.no_grad():
+        adapted = learner.adapt(meta, tasks.support)
+    return grid_error(predict, adapted, phase=phase, support=tasks.support, step=step)
 
 
 def sinusoid_error(
@@ -125,7 +123,7 @@ def sinusoid_error(
     )
     (xq, yq) = batch.query
     with torch.no_grad():
-        adapted = adapt_tasks(learner, meta, batch.support)
+        adapted = learner.adapt(meta, batch.support)
         pred = vmap(predict)(adapted, xq)
     return ((pred - yq) ** 2).mean(dim=(1, 2))
 
@@ -168,7 +166,7 @@ def fewshot_accuracy(
         )
         xq, yq = draw.query
         with torch.no_grad():
-            adapted = adapt_tasks(learner, meta, draw.support)
+            adapted = learner.adapt(meta, draw.support)
             logits = vmap(predict)(adapted, xq)
         scores.append((logits.argmax(dim=-1) == yq).double().mean(dim=1).cpu())
     return torch.cat(scores)

@@ -48,7 +48,7 @@ def supervised(
     """The task loss ``loss(params, (x, y)) = criterion(fn(params, x), y)``.
 
     Example:
-        >>> fn, params = mf.functionalize(net)
+        >>> fn, params = mf.pure(net)
         >>> loss = mf.supervised(fn, mf.losses.l1)
     """
 

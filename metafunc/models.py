@@ -34,8 +34,8 @@ def mlp(
 
     ``mlp([1, 40, 40, 1])`` is the MAML paper's sinusoid network. With ``features=True`` it is
     a :class:`FeatureMLP` (same parameters) that also returns its hidden activations. With a
-    ``generator`` the initialisation (``nn.Linear``'s: weights and biases
-    ``U[−1/√fan_in, 1/√fan_in]``) draws from it instead of torch's global generator.
+    ``generator`` the initialisation (``nn.Linear``'s default, see :func:`_default_init`)
+    draws from it instead of torch's global generator.
     """
     if len(sizes) < 2:
         raise ValueError(
@@ -49,12 +49,24 @@ def mlp(
         if i < len(sizes) - 2:
             layers.append(nn.ReLU())
     net = (FeatureMLP if features else nn.Sequential)(*layers)
+    return _default_init(net, generator)
+
+
+def _default_init(net: nn.Sequential, generator: torch.Generator | None) -> nn.Sequential:
+    """With a generator, redraw every linear and convolution layer's default initialisation
+    from it, layer by layer, weight then bias, with PyTorch's own bounds (``kaiming_uniform_``
+    with ``a=√5`` for the weight, ``U[−1/√fan_in, 1/√fan_in]`` for the bias): the result equals
+    ``torch.manual_seed(seed)`` followed by building the network, without touching torch's
+    global generator's seed (tested)."""
     if generator is not None:
         with torch.no_grad():
             for layer in net:
-                if isinstance(layer, nn.Linear):
-                    bound = 1 / math.sqrt(layer.in_features)
+                if isinstance(layer, (nn.Linear, nn.Conv2d)):
+                    fan_in = layer.weight[0].numel()
+                    gain = math.sqrt(2.0 / (1 + 5))  # nn.init.calculate_gain("leaky_relu", √5)
+                    bound = math.sqrt(3.0) * gain / math.sqrt(fan_in)
                     layer.weight.uniform_(-bound, bound, generator=generator)
+                    bound = 1 / math.sqrt(fan_in)
                     layer.bias.uniform_(-bound, bound, generator=generator)
     return net
 
@@ -76,6 +88,13 @@ def blog_sine_net(
     return net
 
 
+def daml_loss_net(generator: torch.Generator, *, hidden: int = 32) -> nn.Sequential:
+    """The blog's DAML adaptation-loss network: 65 inputs (``concat[y, h2, h1]`` of
+    :func:`blog_sine_net` with ``features=True``) → 32 → 32 → 1, ReLU, ``nn.Linear``'s
+    initialisation drawn from ``generator``."""
+    return mlp([1 + 2 * hidden, hidden, hidden, 1], generator=generator)
+
+
 def conv_net(
     ways: int,
     *,
@@ -83,16 +102,18 @@ def conv_net(
     channels: int = 64,
     blocks: int = 4,
     image_size: int = 28,
+    generator: torch.Generator | None = None,
 ) -> nn.Sequential:
     """The MAML paper's few-shot classifier (Finn et al., 2017, section 5.2).
 
     ``blocks`` blocks of 3×3 convolution (``channels`` filters, padding 1), batch
     normalisation with the batch's own statistics (:class:`BatchNorm`: no running
     statistics, so it works per task under ``vmap``), ReLU and 2×2 max-pooling, then a linear layer to ``ways`` logits. ``conv_net(5)`` is the 5-way
-    Omniglot network for 28×28 single-channel images.
+    Omniglot network for 28×28 single-channel images. With a ``generator`` the convolution
+    and linear layers draw their (PyTorch default) initialisation from it.
 
     Example:
-        >>> fn, params = mf.functionalize(mf.models.conv_net(5))
+        >>> fn, params = mf.pure(mf.models.conv_net(5))
         >>> fn(params, torch.zeros(10, 1, 28, 28)).shape
         torch.Size([10, 5])
     """
@@ -119,7 +140,7 @@ def conv_net(
         ]
     side = image_size >> blocks  # each pooling floors the side to half
     layers += [nn.Flatten(), nn.Linear(channels * side * side, ways)]
-    return nn.Sequential(*layers)
+    return _default_init(nn.Sequential(*layers), generator)
 
 
 class BatchNorm(nn.Module):
@@ -129,7 +150,7 @@ class BatchNorm(nn.Module):
     ``nn.BatchNorm1d/2d/3d(channels, track_running_stats=False)`` in training mode (biased
     variance, ``eps`` inside the square root, learned scale and shift). Those modules' fused
     kernel gives wrong second-order gradients under ``vmap`` on torch 2.13 (a MAML
-    meta-gradient off silently), so :func:`metafunc.functionalize` refuses them under
+    meta-gradient off silently), so :func:`metafunc.pure` refuses them under
     transforms; these ops differentiate correctly.
     """
 

@@ -3,33 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any
 
 import torch
 
 from . import _checks, _tree
-from . import distributed as _dist
 from ._learner import Learner, Metrics
-from ._types import Tasks
+from ._types import Tasks, TrainState
 from .optim import Optimizer, apply_updates
 
-
-class TrainState(NamedTuple):
-    """Everything that changes during meta-training.
-
-    Attributes:
-        meta: the meta-parameters (``learner.init(params)``).
-        opt_state: the outer optimizer's state.
-        step: int64 scalar tensor, outer steps taken (a tensor, so the compiled step never
-            recompiles as it counts).
-    """
-
-    meta: Any
-    opt_state: Any
-    step: torch.Tensor
-
-
 Step = Callable[[TrainState, Tasks], tuple[TrainState, Metrics]]
+_CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")
 
 
 def init_state(learner: Learner, optimizer: Optimizer, params: Any) -> TrainState:
@@ -51,7 +35,6 @@ def make_step(
     compile: bool = True,
     mode: str | None = None,
     backend: Any = "inductor",
-    distributed: bool | None = None,
 ) -> Step:
     """The outer step ``step(state, tasks) -> (state, metrics)``, compiled once.
 
@@ -60,7 +43,9 @@ def make_step(
     ``torch.compile(fullgraph=True, dynamic=False)``: one graph, no graph breaks, compiled on
     the first call and reused while shapes, dtypes and tree structure stay the same. The
     eager function is the reference and gives the same numbers. Inputs are validated eagerly
-    before every call, outside the compiled region.
+    before a call whose signature (structures, shapes, dtypes, devices) has not been seen, and
+    the step runs under ``torch.no_grad`` (``grad`` inside it still differentiates), so task
+    tensors that require grad leave no autograd graph behind.
 
     Metrics are tensors (no host sync): ``loss`` and ``loss_before`` (mean query loss after and
     before adaptation), ``grad_norm`` (of the meta-gradient), ``finite`` (bool: loss and
@@ -72,23 +57,16 @@ def make_step(
     ``opt_state`` (chosen with ``torch.where`` on the device, no host sync) and only the step
     counter advances, so a NaN never reaches the parameters or the optimizer's moments.
 
-    Distributed (data parallel over tasks, see :mod:`metafunc.distributed`): every rank passes
-    the same full meta-batch; the step takes the rank's contiguous shard of the tasks, computes
-    its meta-gradient, averages meta-gradient and metrics over the ranks with a functional
-    ``all_reduce`` (``torch.distributed._functional_collectives``, traced into the same one
-    graph) and applies the update, so every rank ends with the same state. The task count
-    must be a multiple of the world size. On the first call the ranks check that they agree on
-    the task count, the parameter count and the step counter.
+    With a CUDA-graph ``mode`` (``"reduce-overhead"``, ``"max-autotune"``) each call marks the
+    start of a step for the graph trees and returns copies of the outputs, which the next replay
+    would otherwise overwrite.
 
     Args:
-        learner: e.g. ``mf.maml(...)``.
+        learner: e.g. ``mf.maml(...)`` (or ``mf.distributed.data_parallel(mf.maml(...))``).
         optimizer: e.g. ``mf.optim.adam(1e-3)``.
         compile: compile with ``torch.compile``; ``False`` runs eagerly.
         mode: ``torch.compile`` mode, e.g. ``"reduce-overhead"`` for CUDA graphs.
         backend: ``torch.compile`` backend.
-        distributed: shard the meta-batch over the ranks of the process group; ``None`` does
-            so when one with more than one rank is initialised (:func:`metafunc.distributed.init`
-            before ``make_step``).
 
     Example:
         >>> step = mf.make_step(learner, mf.optim.adam(1e-3))
@@ -97,21 +75,8 @@ def make_step(
     _check_types("make_step", learner, optimizer)
     _checks.boolean("make_step", "compile", compile)
 
-    if distributed is None:
-        distributed = _dist.active()
-    elif _checks.boolean("make_step", "distributed", distributed) and not _dist.active():
-        raise RuntimeError(
-            "make_step: distributed=True needs an initialised process group with more than one "
-            f"rank (got world size {_dist.world_size()}); launch with torchrun and call "
-            "mf.distributed.init() first"
-        )
-
     def step(state: TrainState, tasks: Tasks) -> tuple[TrainState, Metrics]:
-        if distributed:
-            tasks = _dist.shard(tasks)  # this rank's tasks; the rank is a constant
         grads, metrics = learner.meta_grad(state.meta, tasks)
-        if distributed:  # a functional collective: it stays inside the one compiled graph
-            grads, metrics = _dist.all_reduce_mean((grads, metrics))
         updates, opt_state = optimizer.update(grads, state.opt_state, state.meta)
         meta = apply_updates(state.meta, updates)
         leaf_ok = _tree.finite_leaves(grads)
@@ -134,15 +99,13 @@ def make_step(
     # shares: after 8 steps (learners, shapes) one process would hit its recompile limit. A
     # private copy of the code object gives each step its own cache.
     step.__code__ = step.__code__.replace()
-    compiled = (
-        torch.compile(step, fullgraph=True, dynamic=False, mode=mode, backend=backend)
-        if compile
-        else None
-    )
+    run = step
+    if compile:
+        run = torch.compile(step, fullgraph=True, dynamic=False, mode=mode, backend=backend)
+    cuda_graphs = compile and mode in _CUDA_GRAPH_MODES
 
-    checked_specs: set[tuple[Any, Any]] = set()  # (meta, opt_state) structures seen to fit
-
-    def checked(state: TrainState, tasks: Tasks) -> tuple[TrainState, Metrics]:
+    @_checks.once_per_signature
+    def check(state: TrainState, tasks: Tasks) -> None:
         if not isinstance(state, TrainState):
             raise TypeError(
                 f"step: state must be a metafunc.TrainState from init_state (got {type(state).__name__})"
@@ -158,36 +121,29 @@ def make_step(
                 else type(counter).__name__
             )
             raise TypeError(f"step: state.step must be an int64 scalar tensor (got {got})")
-        specs = (_tree.structure(state.meta), _tree.structure(state.opt_state))
-        if specs not in checked_specs:
-            # once per structure: init allocates a state just to compare its shape
-            _tree.check_same_structure(
-                optimizer.init(state.meta),
-                state.opt_state,
-                where="step",
-                expected_name="optimizer.init(state.meta)",
-                got_name="state.opt_state",
-            )
-            if distributed:
-                _dist.check_same(
-                    "step",
-                    counter.device,
-                    tasks=_tree.leaves(tasks.support)[0].shape[0],
-                    parameters=sum(t.numel() for t in _tree.leaves(state.meta)),
-                    step=int(counter),
-                )
-            checked_specs.add(specs)
-        if distributed:
-            _dist.shard(tasks, "step")  # eagerly: refuses a meta-batch that does not split
-        if compiled is None:
-            return step(state, tasks)
-        try:
-            return compiled(state, tasks)
-        except torch._dynamo.exc.TorchDynamoException:
-            # Tracing turns errors raised by user code (a bad loss, a refused model) into
-            # compiler messages; the eager step raises the original, readable one.
-            step(state, tasks)
-            raise
+        _tree.check_same_structure(
+            optimizer.init(state.meta),
+            state.opt_state,
+            where="step",
+            expected_name="optimizer.init(state.meta)",
+            got_name="state.opt_state",
+        )
+
+    def checked(state: TrainState, tasks: Tasks) -> tuple[TrainState, Metrics]:
+        check(state, tasks)
+        with torch.no_grad():
+            if not compile:
+                return step(state, tasks)
+            if cuda_graphs:
+                torch.compiler.cudagraph_mark_step_begin()
+            try:
+                out = run(state, tasks)
+            except torch._dynamo.exc.TorchDynamoException:
+                # Tracing turns errors raised by user code (a bad loss, a refused model) into
+                # compiler messages; the eager step raises the original, readable one.
+                step(state, tasks)
+                raise
+        return _tree.map(torch.clone, out) if cuda_graphs else out
 
     return checked
 

@@ -1,5 +1,5 @@
-"""The loop around the step: sampling, progress, periodic logging, checkpoints, resume, and
-stopping cleanly on Ctrl-C / SIGTERM or a non-finite step."""
+"""The loop around the step: sampling, progress, metric windows, hooks, checkpoints, resume,
+and stopping cleanly on Ctrl-C / SIGTERM or a non-finite step."""
 
 from __future__ import annotations
 
@@ -7,23 +7,47 @@ import logging
 import os
 import signal
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from tqdm.auto import tqdm
 
 from . import _checks, _tree
 from . import distributed as _dist
-from ._types import Tasks
+from ._types import Tasks, TrainState
 from .checkpoint import load, save
-from .step import Step, TrainState
+from .step import Step
 
 logger = logging.getLogger("metafunc")
 
 Sampler = Callable[[torch.Generator], Tasks]
+
+
+class Log(NamedTuple):
+    """What ``on_log`` gets at the end of each log window.
+
+    Attributes:
+        step: the step counter at the end of the window.
+        start_step: the step counter this run started from (after a resume, the checkpoint's).
+        metrics: the window's mean of each scalar metric, as floats (``finite`` becomes the
+            fraction of finite steps).
+        state: the state after the window's last step (e.g. to validate on held-out tasks).
+        first_call_s: wall seconds of this run's first step (with a compiled step: compiling).
+        steady_s: wall seconds of this run's later steps so far.
+        steady_steps: how many steps ``steady_s`` covers.
+    """
+
+    step: int
+    start_step: int
+    metrics: dict[str, float]
+    state: TrainState
+    first_call_s: float
+    steady_s: float
+    steady_steps: int
 
 
 def train(
@@ -34,7 +58,7 @@ def train(
     steps: int,
     generator: torch.Generator | None = None,
     log_every: int = 100,
-    on_log: Callable[[int, dict[str, float]], Any] | None = None,
+    on_log: Callable[[Log], Any] | None = None,
     progress: bool = True,
     checkpoint: str | os.PathLike[str] | None = None,
     checkpoint_every: int | None = None,
@@ -46,8 +70,8 @@ def train(
 
     Metrics stay on the device between logs; whenever the step count reaches a multiple of
     ``log_every`` (and after the last step) their means over the window are logged to the
-    ``metafunc`` logger, shown on the progress bar and passed to ``on_log(step, metrics)`` as
-    floats (``finite`` becomes the fraction of finite steps).
+    ``metafunc`` logger, shown on the progress bar and passed to ``on_log`` with the state and
+    the run's timing (:class:`Log`).
 
     Checkpoints (see :func:`metafunc.save`) hold the state and the generator, and are written
     atomically to ``checkpoint`` at every multiple of ``checkpoint_every``, after the last step,
@@ -59,12 +83,12 @@ def train(
     the steps that remain, so the same call can be repeated after a crash; the result is
     bit-identical to an uninterrupted run.
 
-    Distributed (under torchrun, after :func:`metafunc.distributed.init`, with a step from
-    :func:`metafunc.make_step` that shards the meta-batch): every rank runs this loop with the
-    same seed, so every rank draws the same meta-batches. Only rank 0 logs, shows progress,
-    calls ``on_log`` and writes checkpoints; the other ranks wait for each write at a barrier.
-    A stop signal received by any rank stops every rank after the same step. Resuming loads the
-    same file on every rank (on several machines, put it on a shared file system).
+    Distributed (under torchrun, after :func:`metafunc.distributed.init`, with a learner from
+    :func:`metafunc.distributed.data_parallel`): every rank runs this loop with the same seed,
+    so every rank draws the same meta-batches. Only rank 0 logs, shows progress, calls
+    ``on_log`` and writes checkpoints; the other ranks wait for each write at a barrier. A stop
+    signal received by any rank stops every rank after the same step. Resuming loads the same
+    file on every rank (on several machines, put it on a shared file system).
 
     A step whose loss or meta-gradient is not finite leaves the parameters and optimizer state
     as they were (the step does that on the device). With ``on_nonfinite="raise"`` the loop
@@ -82,7 +106,7 @@ def train(
         steps: outer steps to run from ``state`` (a resumed run does the ones left).
         generator: the task stream's generator; ``None`` uses ``torch.Generator().manual_seed(0)``.
         log_every: steps per log window.
-        on_log: called with ``(step, metrics)`` at the end of each window.
+        on_log: called with a :class:`Log` at the end of each window.
         progress: show a progress bar.
         checkpoint: file to write checkpoints to (its directory must exist); ``None`` writes none.
         checkpoint_every: steps between periodic checkpoints (needs ``checkpoint``).
@@ -107,7 +131,6 @@ def train(
     if on_log is not None and not callable(on_log):
         raise TypeError(f"train: on_log must be callable or None (got {type(on_log).__name__})")
     _checks.boolean("train", "progress", progress)
-    main = _dist.is_main()
     if generator is None:
         generator = torch.Generator().manual_seed(0)
     elif not isinstance(generator, torch.Generator):
@@ -116,14 +139,8 @@ def train(
         )
     if on_nonfinite not in ("raise", "skip"):
         raise ValueError(f"train: on_nonfinite must be 'raise' or 'skip' (got {on_nonfinite!r})")
-    checkpoint = _path_or_none("checkpoint", checkpoint)
-    if checkpoint_every is not None:
-        checkpoint_every = _checks.integer("train", "checkpoint_every", checkpoint_every, minimum=1)
-        if checkpoint is None:
-            raise ValueError(
-                "train: checkpoint_every needs checkpoint=<path> (got checkpoint=None)"
-            )
-    source = _resume_source(resume, checkpoint)
+    saver = _Checkpointer.build(checkpoint, checkpoint_every, generator)
+    source = _resume_source(resume, saver)
 
     target = int(state.step) + steps  # the counter is read on the host here, never in the loop
     if source is not None:
@@ -133,13 +150,13 @@ def train(
                 f"train: the checkpoint {str(source)!r} is at step {int(state.step)}, past the "
                 f"{target} steps this run goes to (steps={steps} from step {target - steps})"
             )
-        if main:
+        if _dist.is_main():
             logger.info("resumed from %s at step %d", source, int(state.step))
-    done = int(state.step)
+    done = start = int(state.step)
     remaining = target - done
-    last_saved: int | None = None
-    sums: dict[str, torch.Tensor] | None = None
-    window = 0
+    main = _dist.is_main()
+    window = _Window()
+    clock = _Clock()
     with (
         _stop_signals() as stop,
         tqdm(
@@ -148,78 +165,140 @@ def train(
     ):
         for i in range(remaining):
             state, metrics = step(state, sampler(generator))
+            if on_nonfinite == "raise" or i == 0:  # a host sync: the first step's time is real
+                finite = bool(metrics["finite"])
+                if on_nonfinite == "raise" and not finite:
+                    raise FloatingPointError(_nonfinite_message(done + 1, state, metrics, saver))
+            clock.tick()
             done += 1
-            if on_nonfinite == "raise" and not bool(metrics["finite"]):
-                raise FloatingPointError(
-                    _nonfinite_message(done, state, metrics, checkpoint, last_saved)
-                )
             if main:
-                scalars = {
-                    k: v.detach().to(torch.float64)
-                    for k, v in metrics.items()
-                    if v.ndim == 0  # window means of the scalars; finite_leaves is a vector
-                }
-                sums = scalars if sums is None else _tree.map(torch.add, sums, scalars)
-                window += 1
+                window.add(metrics)
             bar.update(1)
             last = i == remaining - 1
             if main and (done % log_every == 0 or last):
-                means = _tree.map(lambda v, n=window: v.item() / n, sums)
-                logger.info("step %d: %s", done, " ".join(f"{k}={v:.4g}" for k, v in means.items()))
-                skipped = window - round(means["finite"] * window)
-                if skipped:
-                    logger.warning(
-                        "step %d: skipped %d non-finite step(s) of the last %d",
-                        done,
-                        skipped,
-                        window,
-                    )
+                means = window.means(done)
                 bar.set_postfix(loss=f"{means['loss']:.4f}")
                 if on_log is not None:
-                    on_log(done, means)
-                sums, window = None, 0
-            periodic = checkpoint_every is not None and done % checkpoint_every == 0
+                    on_log(Log(done, start, means, state, *clock.report()))
             # One decision for all ranks (a signal may reach only some of them).
             stopping = _any_rank(stop)
-            if checkpoint is not None and (last or periodic or stopping):
-                if main:
-                    _write(checkpoint, state, generator)
-                _dist.barrier()
-                last_saved = done
+            if saver is not None and saver.due(done, last or stopping):
+                saver.write(state, done)
                 stopping = _any_rank(stop)  # a signal during the write: stop now, it is saved
             if stopping:
-                signum = stop[0] if stop else signal.SIGTERM
-                saved = f", checkpoint written to {checkpoint}" if checkpoint is not None else ""
-                logger.warning(  # every rank: the signal may have reached any of them
-                    "stopped by %s after step %d%s", signal.Signals(signum).name, done, saved
-                )
-                if signum == signal.SIGINT:
-                    raise KeyboardInterrupt
-                raise SystemExit(128 + signum)
+                _stop(stop, done, saver)
     return state
+
+
+class _Window:
+    """Sums of the scalar metrics over a log window, kept on the device until it ends."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, torch.Tensor] | None = None
+        self.count = 0
+
+    def add(self, metrics: dict[str, torch.Tensor]) -> None:
+        scalars = {k: v.detach().to(torch.float64) for k, v in metrics.items() if v.ndim == 0}
+        self.sums = scalars if self.sums is None else _tree.map(torch.add, self.sums, scalars)
+        self.count += 1
+
+    def means(self, done: int) -> dict[str, float]:
+        """The window's means (logged), and a fresh window."""
+        means = _tree.map(lambda v: v.item() / self.count, self.sums)
+        logger.info("step %d: %s", done, " ".join(f"{k}={v:.4g}" for k, v in means.items()))
+        skipped = self.count - round(means["finite"] * self.count)
+        if skipped:
+            logger.warning(
+                "step %d: skipped %d non-finite step(s) of the last %d", done, skipped, self.count
+            )
+        self.sums, self.count = None, 0
+        return means
+
+
+class _Clock:
+    """Wall time of the run's first step (with a compiled step: compiling) apart from the time
+    since, which covers everything the loop does per step (sampling, logging, checkpoints)."""
+
+    def __init__(self) -> None:
+        self.start = time.perf_counter()
+        self.first_end: float | None = None
+        self.ticks = 0
+
+    def tick(self) -> None:
+        self.ticks += 1
+        if self.first_end is None:
+            self.first_end = time.perf_counter()
+
+    def report(self) -> tuple[float, float, int]:
+        """``(first_call_s, steady_s, steady_steps)`` so far."""
+        return (
+            self.first_end - self.start,
+            time.perf_counter() - self.first_end,
+            self.ticks - 1,
+        )
+
+
+class _Checkpointer:
+    """Where and when ``train`` writes checkpoints (rank 0 writes, the others wait)."""
+
+    def __init__(self, path: Path, every: int | None, generator: torch.Generator) -> None:
+        self.path, self.every, self.generator = path, every, generator
+        self.last: int | None = None  # the step of the last checkpoint written by this run
+
+    @classmethod
+    def build(cls, path: Any, every: Any, generator: torch.Generator) -> _Checkpointer | None:
+        if every is not None:
+            every = _checks.integer("train", "checkpoint_every", every, minimum=1)
+        if path is None:
+            if every is not None:
+                raise ValueError(
+                    "train: checkpoint_every needs checkpoint=<path> (got checkpoint=None)"
+                )
+            return None
+        if not isinstance(path, (str, os.PathLike)):
+            raise TypeError(f"train: checkpoint must be a path or None (got {type(path).__name__})")
+        return cls(Path(path), every, generator)
+
+    def due(self, done: int, forced: bool) -> bool:
+        return forced or (self.every is not None and done % self.every == 0)
+
+    def write(self, state: TrainState, done: int) -> None:
+        if _dist.is_main():
+            # The step keeps the state finite; this guards a state that came in non-finite.
+            if not bool(_tree.all_finite((state.meta, state.opt_state))):
+                raise FloatingPointError(
+                    f"train: the state at step {done} is not finite; refusing to write it over "
+                    f"the checkpoint {str(self.path)!r}"
+                )
+            save(self.path, state, generator=self.generator)
+        _dist.barrier()
+        self.last = done
 
 
 def _any_rank(stop: list[int]) -> bool:
     return _dist.any_rank(bool(stop)) if _dist.active() else bool(stop)
 
 
-def _path_or_none(name: str, value: Any) -> Path | None:
-    if value is None:
-        return None
-    if isinstance(value, (str, os.PathLike)):
-        return Path(value)
-    raise TypeError(f"train: {name} must be a path or None (got {type(value).__name__})")
+def _stop(stop: list[int], done: int, saver: _Checkpointer | None) -> None:
+    signum = stop[0] if stop else signal.SIGTERM
+    saved = f", checkpoint written to {saver.path}" if saver is not None else ""
+    logger.warning(  # every rank: the signal may have reached any of them
+        "stopped by %s after step %d%s", signal.Signals(signum).name, done, saved
+    )
+    if signum == signal.SIGINT:
+        raise KeyboardInterrupt
+    raise SystemExit(128 + signum)
 
 
-def _resume_source(resume: Any, checkpoint: Path | None) -> Path | None:
+def _resume_source(resume: Any, saver: _Checkpointer | None) -> Path | None:
     if resume is False:
         return None
     if resume is True:
-        if checkpoint is None:
+        if saver is None:
             raise ValueError(
                 "train: resume=True needs checkpoint=<path> to resume from (got checkpoint=None)"
             )
-        return checkpoint
+        return saver.path
     if isinstance(resume, (str, os.PathLike)):
         return Path(resume)
     raise TypeError(
@@ -228,22 +307,8 @@ def _resume_source(resume: Any, checkpoint: Path | None) -> Path | None:
     )
 
 
-def _write(path: Path, state: TrainState, generator: torch.Generator) -> None:
-    # The step keeps the state finite; this guards a state that came in non-finite.
-    if not bool(_tree.all_finite((state.meta, state.opt_state))):
-        raise FloatingPointError(
-            f"train: the state at step {int(state.step)} is not finite; refusing to write it "
-            f"over the checkpoint {str(path)!r}"
-        )
-    save(path, state, generator=generator)
-
-
 def _nonfinite_message(
-    done: int,
-    state: TrainState,
-    metrics: dict[str, torch.Tensor],
-    path: Path | None,
-    saved: int | None,
+    done: int, state: TrainState, metrics: dict[str, torch.Tensor], saver: _Checkpointer | None
 ) -> str:
     flags = metrics["finite_leaves"].tolist()
     if not all(flags):
@@ -251,7 +316,9 @@ def _nonfinite_message(
         what = f"the meta-gradient of {name} is the first that is not finite"
     else:
         what = f"the loss is {metrics['loss'].item()}"
-    kept = f"; the last checkpoint, {str(path)!r}, is at step {saved}" if saved is not None else ""
+    kept = ""
+    if saver is not None and saver.last is not None:
+        kept = f"; the last checkpoint, {str(saver.path)!r}, is at step {saver.last}"
     return (
         f"train: step {done} is not finite: {what}. The parameters and optimizer state were "
         f"left as before that step{kept}. Lower the learning rates or check the data, or pass "

@@ -27,10 +27,8 @@ def setup(name):
     """(learner, params, sampler) in float64 for one algorithm, the same in every process."""
     torch.manual_seed(0)  # test-only: fixes nn.Linear's default initialisation
     if name == "daml":
-        fn, params = mf.functionalize(TanhFeatures().double())
-        loss_fn, phi = mf.functionalize(
-            nn.Sequential(nn.Linear(5, 3), nn.Tanh(), nn.Linear(3, 1)).double()
-        )
+        fn, params = mf.pure(TanhFeatures().double())
+        loss_fn, phi = mf.pure(nn.Sequential(nn.Linear(5, 3), nn.Tanh(), nn.Linear(3, 1)).double())
 
         def adaptation_loss(phi, y, features):
             return loss_fn(phi, torch.cat([y, *features], -1)).pow(2).mean()
@@ -39,9 +37,9 @@ def setup(name):
         sampler = functools.partial(
             mf.tasks.daml_sine, tasks=TASKS, sources=2, queries=5, dtype=torch.float64
         )
-        return learner, params, sampler
+        return mf.distributed.data_parallel(learner), params, sampler
     net = nn.Sequential(nn.Linear(1, 5), nn.Tanh(), nn.Linear(5, 1)).double()
-    fn, params = mf.functionalize(net)
+    fn, params = mf.pure(net)
     loss = mf.supervised(fn, mf.losses.mse)
     learner = {
         "maml": lambda: mf.maml(loss, inner_lr=0.1, inner_steps=2),
@@ -53,7 +51,8 @@ def setup(name):
     sampler = functools.partial(
         mf.tasks.sinusoid, tasks=TASKS, shots=4, queries=5, dtype=torch.float64
     )
-    return learner, params, sampler
+    # data parallel under torchrun; outside it (the single-process reference) the learner itself
+    return mf.distributed.data_parallel(learner), params, sampler
 
 
 def run(name, *, compile=False, backend="inductor", steps=STEPS):

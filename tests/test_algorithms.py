@@ -73,7 +73,7 @@ def linear_net() -> nn.Module:
 
 def test_reptile_one_step_equals_alpha_times_support_gradient():
     net = linear_net()
-    fn, params = mf.functionalize(net)
+    fn, params = mf.pure(net)
     learner = mf.reptile(mf.supervised(fn, mf.losses.mse), inner_lr=ALPHA, inner_steps=1)
     tasks = linear_tasks()
     got, _ = learner.meta_grad(learner.init(params), tasks)
@@ -89,7 +89,7 @@ def test_reptile_one_step_equals_alpha_times_support_gradient():
 
 def test_meta_sgd_rate_gradient_is_minus_support_grad_times_query_grad():
     net = linear_net()
-    fn, params = mf.functionalize(net)
+    fn, params = mf.pure(net)
     rates = {k: torch.rand(v.shape, dtype=F64) * 0.2 for k, v in params.items()}
     learner = mf.meta_sgd(mf.supervised(fn, mf.losses.mse), inner_lr=rates, inner_steps=1)
     tasks = linear_tasks()
@@ -112,12 +112,11 @@ def test_meta_sgd_rate_gradient_is_minus_support_grad_times_query_grad():
 def test_anil_adapts_only_the_head_and_gives_the_body_its_meta_gradient():
     torch.manual_seed(0)
     net = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 1)).double()
-    fn, params = mf.functionalize(net)
+    fn, params = mf.pure(net)
     learner = mf.anil(mf.supervised(fn, mf.losses.mse), head="2", inner_lr=ALPHA, inner_steps=2)
     tasks = linear_tasks()
     meta = learner.init(params)
-    support, _ = per_task(tasks, 0)
-    adapted = learner.adapt(meta, support)
+    adapted = {k: v[0] for k, v in learner.adapt(meta, tasks.support).items()}  # task 0
     assert torch.equal(adapted["0.weight"], meta["0.weight"])
     assert torch.equal(adapted["0.bias"], meta["0.bias"])
     assert not torch.equal(adapted["2.weight"], meta["2.weight"])
@@ -149,7 +148,7 @@ def anil_reference(net, params, tasks, *, steps, first_order):
 def test_first_order_anil_equals_detached_loop():
     torch.manual_seed(0)
     net = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 1)).double()
-    fn, params = mf.functionalize(net)
+    fn, params = mf.pure(net)
     fo = mf.anil(
         mf.supervised(fn, mf.losses.mse),
         head=["2.weight", "2.bias"],
@@ -177,7 +176,7 @@ def test_first_order_anil_equals_detached_loop():
 
 def test_reptile_equals_loop_over_several_steps():
     net = tanh_net()
-    fn, params = mf.functionalize(net)
+    fn, params = mf.pure(net)
     learner = mf.reptile(mf.supervised(fn, mf.losses.mse), inner_lr=ALPHA, inner_steps=3)
     tasks = sine_tasks()
     got, metrics = learner.meta_grad(learner.init(params), tasks)
@@ -197,7 +196,7 @@ def test_reptile_equals_loop_over_several_steps():
 
 def test_meta_sgd_equals_loop_for_params_and_rates():
     net = tanh_net()
-    fn, params = mf.functionalize(net)
+    fn, params = mf.pure(net)
     learner = mf.meta_sgd(mf.supervised(fn, mf.losses.mse), inner_lr=0.05, inner_steps=2)
     meta = learner.init(params)
     meta["lr"] = {k: torch.rand(v.shape, dtype=F64) * 0.2 for k, v in params.items()}
@@ -222,8 +221,8 @@ def daml_setup(**kw):
     torch.manual_seed(0)
     model = TanhFeatures().double()
     lossnet = nn.Sequential(nn.Linear(5, 3), nn.Tanh(), nn.Linear(3, 1)).double()
-    fn, params = mf.functionalize(model)
-    loss_fn, phi = mf.functionalize(lossnet)
+    fn, params = mf.pure(model)
+    loss_fn, phi = mf.pure(lossnet)
 
     def adaptation_loss(phi, y, features):
         return loss_fn(phi, torch.cat([y, *features], -1)).pow(2).mean()
@@ -276,7 +275,7 @@ def flat_meta_loss(learner, meta, tasks):
 
 
 def test_gradcheck_meta_sgd_meta_loss():
-    fn, params = mf.functionalize(tanh_net(width=3))
+    fn, params = mf.pure(tanh_net(width=3))
     learner = mf.meta_sgd(mf.supervised(fn, mf.losses.mse), inner_lr=0.1, inner_steps=2)
     f, vector = flat_meta_loss(learner, learner.init(params), sine_tasks(n=2))
     assert torch.autograd.gradcheck(f, (vector,), eps=1e-6, atol=1e-6)
@@ -292,7 +291,7 @@ def test_gradcheck_daml_meta_loss():
 
 
 def _learners():
-    fn, params = mf.functionalize(tanh_net(width=3))
+    fn, params = mf.pure(tanh_net(width=3))
     loss = mf.supervised(fn, mf.losses.mse)
     *_, d_params, _, daml, _ = daml_setup(inner_steps=1)
     sample = lambda g: sine_tasks(n=2, seed=int(torch.randint(0, 1000, (), generator=g)))  # noqa: E731
@@ -325,12 +324,12 @@ def test_compiled_step_equals_eager_with_one_graph(name):
 
 # ---------------------------------------------------------------- bad input
 
-FN, PARAMS = mf.functionalize(tanh_net(width=3))
+FN, PARAMS = mf.pure(tanh_net(width=3))
 LOSS = mf.supervised(FN, mf.losses.mse)
 
 
 def _daml(**kw):
-    fn, _ = mf.functionalize(TanhFeatures().double())
+    fn, _ = mf.pure(TanhFeatures().double())
     phi = daml_setup()[3]
     args = {"model": fn, "adaptation_loss": lambda phi, y, f: y.sum(), "loss_params": phi, **kw}
     return mf.daml(
@@ -366,27 +365,33 @@ ERRORS = [
         "anil-empty-head",
         lambda: mf.anil(LOSS, head="5").init(PARAMS),
         ValueError,
-        r"^anil: head='5' selects no parameter; the parameter names are "
-        r"\['0\.weight', '0\.bias', '2\.weight', '2\.bias'\]$",
+        r"^anil: head names '5', which is neither a parameter nor a module of the parameters; "
+        r"their names are \['0\.weight', '0\.bias', '2\.weight', '2\.bias'\]$",
     ),
     (
         "anil-head-prefix-is-a-whole-name",
         lambda: mf.anil(LOSS, head="0.w").init(PARAMS),
         ValueError,
-        r"^anil: head='0\.w' selects no parameter",
+        r"^anil: head names '0\.w', which is neither a parameter nor a module",
     ),
     (
         "anil-head-empty-list",
         lambda: mf.anil(LOSS, head=[]),
         TypeError,
-        r"^anil: head must be a module name, a non-empty list of names, or a predicate on "
-        r"parameter names \(got \[\]\)$",
+        r"^anil: head must be a parameter or module name, a non-empty list of names, a "
+        r"predicate on dotted parameter names, or a tree of bools like the parameters \(got \[\]\)$",
     ),
     (
-        "anil-params-not-a-dict",
-        lambda: mf.anil(LOSS, head="2").init(list(PARAMS.values())),
-        TypeError,
-        r"^anil: params must be a flat dict of named tensors as mf\.functionalize returns \(got list\)$",
+        "anil-head-picks-nothing",
+        lambda: mf.anil(LOSS, head=lambda name: name.startswith("9")).init(PARAMS),
+        ValueError,
+        r"^anil: head=<function .*<lambda> at .*> selects no parameter; their names are ",
+    ),
+    (
+        "anil-head-mask-of-another-tree",
+        lambda: mf.anil(LOSS, head={"0.weight": True}).init(PARAMS),
+        ValueError,
+        r"^anil: head must have the same tree structure as params",
     ),
     (
         "reptile-inner_steps-zero",
@@ -436,7 +441,7 @@ ERRORS = [
             mf.Tasks(torch.zeros(2, 1, 1, dtype=F64), (torch.zeros(3, 4, 1, dtype=F64),) * 2),
         ),
         ValueError,
-        r"^daml: every tensor in tasks must have the same number of tasks \(leading dimension\); "
+        r"^daml: every tensor in the tasks must have the same number of tasks \(leading dimension\); "
         r"tasks\.support has 2 but tasks\.query\[0\] has 3$",
     ),
     (

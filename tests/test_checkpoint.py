@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def setup(optimizer=None, dtype=torch.float32):
     """A tiny blog net with Adam: every kind of leaf (parameters, moments, int counters)."""
     g = torch.Generator().manual_seed(0)
-    fn, params = mf.functionalize(mf.models.blog_sine_net(g, hidden=4).to(dtype))
+    fn, params = mf.pure(mf.models.blog_sine_net(g, hidden=4).to(dtype))
     learner = mf.maml(mf.supervised(fn, mf.losses.l1), inner_lr=3e-2, inner_steps=2)
     opt = optimizer or mf.optim.adam(1e-2)
     sampler = functools.partial(mf.tasks.sine, tasks=3, dtype=dtype)
@@ -227,14 +227,14 @@ import functools, sys, torch
 import metafunc as mf
 
 g = torch.Generator().manual_seed(0)
-fn, params = mf.functionalize(mf.models.blog_sine_net(g, hidden=4))
+fn, params = mf.pure(mf.models.blog_sine_net(g, hidden=4))
 learner = mf.maml(mf.supervised(fn, mf.losses.l1), inner_lr=3e-2, inner_steps=2)
 opt = mf.optim.adam(1e-2)
 state = mf.init_state(learner, opt, params)
 step = mf.make_step(learner, opt, compile=False)
 sampler = functools.partial(mf.tasks.sine, tasks=3)
 mf.train(step, state, sampler, steps=10**7, generator=torch.Generator().manual_seed(1),
-         log_every=1, on_log=lambda n, m: print(n, flush=True), checkpoint=sys.argv[1],
+         log_every=1, on_log=lambda log: print(log.step, flush=True), checkpoint=sys.argv[1],
          progress=False)
 """
 
@@ -342,7 +342,7 @@ def test_the_non_finite_guard_in_train(tmp_path, caplog):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_cuda_run_stays_on_the_device_and_checkpoints_round_trip(tmp_path):
     g = torch.Generator().manual_seed(0)
-    fn, params = mf.functionalize(mf.models.blog_sine_net(g, hidden=4).cuda())
+    fn, params = mf.pure(mf.models.blog_sine_net(g, hidden=4).cuda())
     learner = mf.maml(mf.supervised(fn, mf.losses.l1), inner_lr=3e-2, inner_steps=2)
     opt = mf.optim.adam(1e-2)
     sampler = functools.partial(mf.tasks.sine, tasks=3, device="cuda")

@@ -96,10 +96,13 @@ def test_ranks_that_disagree_or_an_uneven_split_are_refused(tmp_path):
         )
 
 
-def test_distributed_true_without_a_process_group_is_refused():
+def test_data_parallel_without_a_process_group_is_the_learner_itself():
     learner, _, _ = setup("maml")
-    with pytest.raises(RuntimeError, match=r"make_step: distributed=True needs an initialised"):
-        mf.make_step(learner, mf.optim.sgd(0.1), distributed=True)
+    assert mf.distributed.data_parallel(learner) is learner
+    with pytest.raises(
+        TypeError, match=r"^distributed\.data_parallel: learner must be a metafunc\.Learner"
+    ):
+        mf.distributed.data_parallel(mf.optim.sgd(0.1))
 
 
 def test_metafunc_train_under_torchrun_equals_one_process(tmp_path):

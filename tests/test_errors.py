@@ -21,7 +21,7 @@ def _net() -> nn.Module:
     return nn.Sequential(nn.Linear(1, 4), nn.Tanh(), nn.Linear(4, 1)).double()
 
 
-FN, PARAMS = mf.functionalize(_net())
+FN, PARAMS = mf.pure(_net())
 LOSS = mf.supervised(FN, mf.losses.mse)
 TASKS = mf.tasks.sine(torch.Generator().manual_seed(0), tasks=3, dtype=F64)
 (SX, SY), (QX, QY) = TASKS
@@ -69,7 +69,7 @@ def _train_negative_steps():
 
 def _adapt(**kw):
     args = {"loss": LOSS, "lr": 0.1, "steps": 1} | kw
-    return mf.adapt(PARAMS, (SX[0], SY[0]), **args)
+    return mf.inner_loop(PARAMS, (SX[0], SY[0]), **args)
 
 
 def _state(opt=None, params=PARAMS):
@@ -114,7 +114,7 @@ def _resume_past_target():
 
 def _bn_meta_grad():
     net = nn.Sequential(nn.Linear(1, 3), nn.BatchNorm1d(3), nn.Linear(3, 1)).double()
-    fn, params = mf.functionalize(net)
+    fn, params = mf.pure(net)
     learner = mf.maml(mf.supervised(fn, mf.losses.mse))
     return learner.meta_grad(learner.init(params), TASKS)
 
@@ -122,7 +122,7 @@ def _bn_meta_grad():
 META_DEVICE = _tasks(sx=SX.to("meta"), sy=SY.to("meta"), qx=QX.to("meta"), qy=QY.to("meta"))
 EMPTY = _tasks(sx=SX[:0], sy=SY[:0], qx=QX[:0], qy=QY[:0])
 PARAMS_F32 = {k: v.float() for k, v in PARAMS.items()}
-WIDER = mf.functionalize(nn.Sequential(nn.Linear(1, 5), nn.Tanh(), nn.Linear(5, 1)).double())[1]
+WIDER = mf.pure(nn.Sequential(nn.Linear(1, 5), nn.Tanh(), nn.Linear(5, 1)).double())[1]
 
 MISSING_2_BIAS = {k: v for k, v in _rates().items() if k != "2.bias"}
 
@@ -354,7 +354,7 @@ CASES = [
         "meta_grad-number-of-tasks-differs",
         lambda: _meta_grad(_tasks(qx=QX[:2], qy=QY[:2])),
         ValueError,
-        r"^maml: every tensor in tasks must have the same number of tasks \(leading dimension\); "
+        r"^maml: every tensor in the tasks must have the same number of tasks \(leading dimension\); "
         r"tasks\.support\[0\] has 3 but tasks\.query\[0\] has 2$",
     ),
     (
@@ -370,8 +370,45 @@ CASES = [
         "meta_grad-tensor-ndim-below-2",
         lambda: _meta_grad(_tasks(sy=SY[:, 0, 0])),
         ValueError,
-        r"^maml: tasks\.support\[1\] must have shape \(tasks, examples, \.\.\.\) "
-        r"\(got shape \(3,\)\)$",
+        r"^maml: tasks\.support\[1\] must have shape \(tasks, examples, features\.\.\.\) "
+        r"\(got shape \(3,\)\); floating-point task data needs all three",
+    ),
+    (
+        # one task of 4 points without its task dimension would read as 4 tasks of one point
+        "meta_grad-one-task-without-its-task-dimension",
+        lambda: _meta_grad(mf.Tasks((SX[0], SY[0]), (QX[0], QY[0]))),
+        ValueError,
+        r"^maml: tasks\.support\[0\] must have shape \(tasks, examples, features\.\.\.\) "
+        r"\(got shape \(4, 1\)\); floating-point task data needs all three: one task without "
+        r"its task dimension takes x\[None\], scalar features take x\[\.\.\., None\]$",
+    ),
+    (
+        "meta_grad-labels-of-one-task-without-its-task-dimension",
+        lambda: mf.maml(LOSS).meta_grad(PARAMS, mf.Tasks((SX, SY[:, :, 0].long()[0]), (QX, QY))),
+        ValueError,
+        r"^maml: tasks\.support\[1\] must have shape \(tasks, examples, \.\.\.\) \(got shape "
+        r"\(4,\)\); one task needs a leading task dimension of 1: x\[None\]$",
+    ),
+    (
+        "meta_grad-no-examples",
+        lambda: _meta_grad(_tasks(sx=SX[:, :0], sy=SY[:, :0])),
+        ValueError,
+        r"^maml: tasks\.support\[0\] must hold at least one example per task \(got shape "
+        r"\(3, 0, 1\): dimension 1, the examples, is empty\)$",
+    ),
+    (
+        "adapt-a-single-task-where-a-batch-belongs",
+        lambda: mf.maml(LOSS).adapt(PARAMS, (SX[0], SY[0])),
+        ValueError,
+        r"^maml\.adapt: support\[0\] must have shape \(tasks, examples, features\.\.\.\) "
+        r"\(got shape \(4, 1\)\)",
+    ),
+    (
+        "params-on-the-meta-device",
+        lambda: mf.maml(LOSS).init({k: v.to("meta") for k, v in PARAMS.items()}),
+        ValueError,
+        r"^maml: params\['0\.bias'\] is on the meta device, which holds shapes but no values; "
+        r"materialise the model first",
     ),
     (
         "meta_grad-float32-data-float64-params",
@@ -453,16 +490,16 @@ CASES = [
     ),
     # --- models and tasks ---------------------------------------------------------------------
     (
-        "functionalize-not-a-module",
-        lambda: mf.functionalize(lambda x: x),
+        "pure-not-a-module",
+        lambda: mf.pure(lambda x: x),
         TypeError,
-        r"^functionalize: module must be a torch\.nn\.Module \(got function\)$",
+        r"^pure: module must be a torch\.nn\.Module \(got function\)$",
     ),
     (
-        "functionalize-no-parameters",
-        lambda: mf.functionalize(nn.ReLU()),
+        "pure-no-parameters",
+        lambda: mf.pure(nn.ReLU()),
         ValueError,
-        r"^functionalize: module ReLU has no parameters to learn$",
+        r"^pure: module ReLU has no parameters to learn$",
     ),
     (
         "sine-tasks-zero",
@@ -481,33 +518,33 @@ CASES = [
         "adapt-steps-negative",
         lambda: _adapt(steps=-1),
         ValueError,
-        r"^adapt: steps must be an integer >= 0 \(got -1\)$",
+        r"^inner_loop: steps must be an integer >= 0 \(got -1\)$",
     ),
     (
         "adapt-lr-tree-mismatch",
         lambda: _adapt(lr={"a": torch.ones(1, dtype=F64)}),
         ValueError,
-        r"(?s)^adapt: lr must have the same tree structure as params; first difference at "
+        r"(?s)^inner_loop: lr must have the same tree structure as params; first difference at "
         r"params\['0\.bias'\] \(dict\) vs lr\['a'\] \(dict\)\.\n  params: PyTreeSpec\(.*\)\n  lr: PyTreeSpec\(\{'a': \*\}\)$",
     ),
     (
         "adapt-lr-tree-leaf-shape",
         lambda: _adapt(lr=_rates({"2.bias": (3,)})),
         ValueError,
-        r"^adapt: lr\['2\.bias'\] must have a shape that broadcasts to its parameter's shape "
+        r"^inner_loop: lr\['2\.bias'\] must have a shape that broadcasts to its parameter's shape "
         r"\(1,\) \(got shape \(3,\)\)$",
     ),
     (
         "adapt-lr-negative",
         lambda: _adapt(lr=-0.5),
         ValueError,
-        r"^adapt: lr must be a positive finite number \(got -0\.5\)$",
+        r"^inner_loop: lr must be a positive finite number \(got -0\.5\)$",
     ),
     (
         "adapt-loss-not-callable",
         lambda: _adapt(loss="mse"),
         TypeError,
-        r"^adapt: loss must be callable as loss\(params, data\) \(got 'mse'\)$",
+        r"^inner_loop: loss must be callable as loss\(params, data\) \(got 'mse'\)$",
     ),
     (
         "maml-inner_lr-tree-negative-rate",
@@ -570,7 +607,7 @@ CASES = [
         "adapt-lr-nan",
         lambda: _adapt(lr=math.nan),
         ValueError,
-        r"^adapt: lr must be a positive finite number \(got nan\)$",
+        r"^inner_loop: lr must be a positive finite number \(got nan\)$",
     ),
     # --- data against parameters: device, dtype, empty batch, impure models -------------------
     (
@@ -609,7 +646,7 @@ CASES = [
         "meta_grad-batchnorm-running-stats",
         _bn_meta_grad,
         ValueError,
-        r"^functionalize: Sequential has torch BatchNorm layer\(s\) \['1'\] in training mode, "
+        r"^pure: Sequential has torch BatchNorm layer\(s\) \['1'\] in training mode, "
         r"which are refused under vmap and grad: with running statistics every task would write "
         r"the same buffers, and without them torch gives wrong second-order gradients under vmap\. "
         r"Use mf\.models\.BatchNorm \(per-batch statistics in plain ops",

@@ -16,7 +16,7 @@ from metafunc.evaluation import daml_grid_error, sine_grid_error, sinusoid_error
 
 def test_maml_learns_the_blog_sine():
     g = torch.Generator().manual_seed(0)
-    fn, params = mf.functionalize(mf.models.blog_sine_net(g))
+    fn, params = mf.pure(mf.models.blog_sine_net(g))
     learner = mf.maml(mf.supervised(fn, mf.losses.l1), inner_lr=3e-2, inner_steps=5)
     opt = mf.optim.adam(3e-3)
     state = mf.init_state(learner, opt, params)
@@ -64,7 +64,7 @@ def _sinusoid_scores(learner, fn, meta):
 @pytest.mark.parametrize("algo", ["reptile", "meta_sgd"])
 def test_reptile_and_meta_sgd_learn_the_sinusoid(algo):
     torch.manual_seed(0)  # test-only: nn.Linear's default initialisation
-    fn, params = mf.functionalize(mf.models.mlp([1, 40, 40, 1]))
+    fn, params = mf.pure(mf.models.mlp([1, 40, 40, 1]))
     loss = mf.supervised(fn, mf.losses.mse)
     if algo == "reptile":
         learner = mf.reptile(loss, inner_lr=0.02, inner_steps=5)
@@ -80,8 +80,8 @@ def test_reptile_and_meta_sgd_learn_the_sinusoid(algo):
 
 def test_daml_infers_the_phase_from_one_unlabeled_source_input():
     g = torch.Generator().manual_seed(0)
-    fn, params = mf.functionalize(mf.models.blog_sine_net(g, features=True))
-    loss_fn, phi = mf.functionalize(mf.models.mlp([65, 32, 32, 1]))
+    fn, params = mf.pure(mf.models.blog_sine_net(g, features=True))
+    loss_fn, phi = mf.pure(mf.models.mlp([65, 32, 32, 1]))
 
     def adaptation_loss(phi, y, hidden):
         h1, h2 = hidden

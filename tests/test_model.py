@@ -1,4 +1,4 @@
-"""``mf.functionalize``: a module as a pure function of a parameter dict."""
+"""``mf.pure``: a module as a pure function of a parameter dict."""
 
 from __future__ import annotations
 
@@ -15,9 +15,9 @@ import metafunc as mf
 F64 = torch.float64
 
 REFUSED = (
-    r"(?s)^functionalize: Sequential has torch BatchNorm layer\(s\) \['1'\] in training mode, "
+    r"(?s)^pure: Sequential has torch BatchNorm layer\(s\) \['1'\] in training mode, "
     r"which are refused under vmap and grad.*mf\.models\.BatchNorm.*nn\.GroupNorm.*"
-    r"module\.eval\(\) before functionalize"
+    r"module\.eval\(\) before mf\.pure"
 )
 
 
@@ -59,14 +59,14 @@ def stack(*trees: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 def test_fn_equals_the_module():
     module = net()
-    fn, params = mf.functionalize(module)
+    fn, params = mf.pure(module)
     x = inputs(6, 1)
     torch.testing.assert_close(fn(params, x), module(x), rtol=0, atol=0)
 
 
 def test_params_are_keyed_by_named_parameters_and_detached():
     module = net()
-    _, params = mf.functionalize(module)
+    _, params = mf.pure(module)
     assert set(params) == {n for n, _ in module.named_parameters()}
     for name, p in module.named_parameters():
         assert params[name].shape == p.shape
@@ -77,7 +77,7 @@ def test_params_are_keyed_by_named_parameters_and_detached():
 
 def test_fn_uses_the_params_it_is_given():
     module = net()
-    fn, params = mf.functionalize(module)
+    fn, params = mf.pure(module)
     x = inputs(6, 1)
     zeroed = {k: torch.zeros_like(v) for k, v in params.items()}
     assert torch.count_nonzero(fn(zeroed, x)) == 0
@@ -87,7 +87,7 @@ def test_fn_uses_the_params_it_is_given():
 
 
 def test_fn_refuses_a_params_dict_with_missing_keys():
-    fn, params = mf.functionalize(net())
+    fn, params = mf.pure(net())
     partial = {k: v for k, v in params.items() if k != "2.bias"}
     with pytest.raises(RuntimeError, match=r"Missing key\(s\).*'2\.bias'"):
         fn(partial, inputs(3, 1))
@@ -98,7 +98,7 @@ def test_fn_refuses_a_params_dict_with_missing_keys():
 
 def test_params_share_no_storage_with_the_module():
     module = net()
-    _, params = mf.functionalize(module)
+    _, params = mf.pure(module)
     module_ptrs = {p.untyped_storage().data_ptr() for p in module.parameters()}
     assert not module_ptrs & {v.untyped_storage().data_ptr() for v in params.values()}
 
@@ -106,7 +106,7 @@ def test_params_share_no_storage_with_the_module():
 def test_modifying_params_does_not_affect_the_module():
     module = net()
     before = snapshot(module)
-    fn, params = mf.functionalize(module)
+    fn, params = mf.pure(module)
     x = inputs(5, 1)
     with torch.no_grad():
         for v in params.values():
@@ -117,7 +117,7 @@ def test_modifying_params_does_not_affect_the_module():
 
 def test_modifying_the_module_does_not_affect_fn():
     module = net()
-    fn, params = mf.functionalize(module)
+    fn, params = mf.pure(module)
     x = inputs(5, 1)
     expected = fn(params, x)
     with torch.no_grad():
@@ -129,7 +129,7 @@ def test_modifying_the_module_does_not_affect_fn():
 def test_the_module_is_never_mutated_by_calls_or_gradients():
     module = net()
     before = snapshot(module)
-    fn, params = mf.functionalize(module)
+    fn, params = mf.pure(module)
     x = inputs(5, 1)
     fn(scaled(params, 2.0), x)
     g = grad(lambda p: fn(p, x).square().sum())(params)
@@ -143,7 +143,7 @@ def test_the_module_is_never_mutated_by_calls_or_gradients():
 
 def test_grad_through_fn_matches_autograd_on_the_module():
     module = net()
-    fn, params = mf.functionalize(module)
+    fn, params = mf.pure(module)
     x = inputs(5, 1)
     g = grad(lambda p: fn(p, x).square().sum())(params)
     module(x).square().sum().backward()
@@ -155,7 +155,7 @@ def test_grad_through_fn_matches_autograd_on_the_module():
 
 
 def test_vmap_over_a_batch_of_inputs():
-    fn, params = mf.functionalize(net())
+    fn, params = mf.pure(net())
     xs = inputs(3, 5, 1)
     out = vmap(fn, in_dims=(None, 0))(params, xs)
     assert out.shape == (3, 5, 1)
@@ -164,7 +164,7 @@ def test_vmap_over_a_batch_of_inputs():
 
 
 def test_vmap_over_a_batch_of_params():
-    fn, params = mf.functionalize(net())
+    fn, params = mf.pure(net())
     others = [params, scaled(params, 0.5), scaled(params, -2.0)]
     x = inputs(5, 1)
     out = vmap(fn, in_dims=(0, None))(stack(*others), x)
@@ -175,7 +175,7 @@ def test_vmap_over_a_batch_of_params():
 
 
 def test_vmap_over_params_and_inputs_together():
-    fn, params = mf.functionalize(net())
+    fn, params = mf.pure(net())
     others = [params, scaled(params, 0.5)]
     xs = inputs(2, 5, 1)
     out = vmap(fn)(stack(*others), xs)
@@ -187,13 +187,13 @@ def test_vmap_over_params_and_inputs_together():
 
 
 def test_running_stats_in_training_mode_are_refused_under_vmap_over_inputs():
-    fn, params = mf.functionalize(bn_net())
+    fn, params = mf.pure(bn_net())
     with pytest.raises(ValueError, match=REFUSED):
         vmap(fn, in_dims=(None, 0))(params, inputs(3, 8, 1))
 
 
 def test_running_stats_in_training_mode_are_refused_under_vmap_over_params():
-    fn, params = mf.functionalize(bn_net())
+    fn, params = mf.pure(bn_net())
     with pytest.raises(ValueError, match=REFUSED):
         vmap(fn, in_dims=(0, None))(stack(params, scaled(params, 2.0)), inputs(8, 1))
 
@@ -202,7 +202,7 @@ def test_refused_model_still_works_unvmapped():
     module = bn_net()
     before = snapshot(module)
     reference = copy.deepcopy(module)  # train mode: batch statistics
-    fn, params = mf.functionalize(module)
+    fn, params = mf.pure(module)
     x = inputs(8, 1)
     torch.testing.assert_close(fn(params, x), reference(x), rtol=0, atol=0)
     # The module's running statistics are not updated by fn.
@@ -217,7 +217,7 @@ def test_eval_mode_batchnorm_works_under_vmap():
         module(inputs(32, 1, seed=5))  # non-trivial running statistics
     module.eval()
     before = snapshot(module)
-    fn, params = mf.functionalize(module)
+    fn, params = mf.pure(module)
     xs = inputs(3, 8, 1)
     out = vmap(fn, in_dims=(None, 0))(params, xs)
     # Eval mode uses the stored statistics: each example independently, as the module does.
@@ -229,7 +229,7 @@ def test_batchnorm_without_running_stats_is_refused_too_because_vmap_gets_it_wro
     # Why: torch's fused batch norm gives a wrong second-order MAML gradient under vmap.
     torch.manual_seed(0)
     with pytest.raises(ValueError, match=REFUSED):
-        fn, params = mf.functionalize(bn_net(track_running_stats=False))
+        fn, params = mf.pure(bn_net(track_running_stats=False))
         vmap(fn, in_dims=(None, 0))(params, inputs(3, 8, 1))
 
 
@@ -268,7 +268,7 @@ def test_torch_batchnorm_breaks_second_order_under_vmap_and_ours_does_not():
 
 def test_conv_net_is_the_maml_paper_omniglot_network():
     net = mf.models.conv_net(5)
-    fn, params = mf.functionalize(net)
+    fn, params = mf.pure(net)
     assert fn(params, torch.zeros(10, 1, 28, 28)).shape == (10, 5)
     # 4 blocks: 3x3 convs with biases and batch-norm scale/shift, 28 -> 14 -> 7 -> 3 -> 1
     first = 64 * 1 * 9 + 64 + 2 * 64

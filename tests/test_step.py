@@ -14,14 +14,14 @@ from metafunc import _tree
 
 def tiny_blog_setup(algo, loss_fn, opt):
     g = torch.Generator().manual_seed(0)
-    fn, params = mf.functionalize(mf.models.blog_sine_net(g, hidden=4).double())
+    fn, params = mf.pure(mf.models.blog_sine_net(g, hidden=4).double())
     learner = algo(mf.supervised(fn, loss_fn), inner_lr=3e-2, inner_steps=2)
     return learner, opt, mf.init_state(learner, opt, params)
 
 
 def test_eager_step_is_meta_grad_then_update():
     net = tanh_net()
-    fn, params = mf.functionalize(net)
+    fn, params = mf.pure(net)
     learner = mf.maml(mf.supervised(fn, mf.losses.mse), inner_lr=0.1, inner_steps=2)
     opt = mf.optim.adam(1e-2)
     state = mf.init_state(learner, opt, params)
@@ -42,7 +42,7 @@ def test_eager_step_is_meta_grad_then_update():
 
 
 def test_finite_flag_reports_nan_and_the_step_keeps_the_previous_state():
-    fn, params = mf.functionalize(tanh_net())
+    fn, params = mf.pure(tanh_net())
     learner = mf.maml(mf.supervised(fn, mf.losses.mse), inner_lr=0.1)
     opt = mf.optim.adam(0.1)
     step = mf.make_step(learner, opt, compile=False)
@@ -95,7 +95,7 @@ def test_finite_leaves_flag_the_parameter_with_a_bad_gradient(compile):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_a_step_keeps_the_dtype(dtype):
     g = torch.Generator().manual_seed(0)
-    fn, params = mf.functionalize(mf.models.blog_sine_net(g, hidden=4).to(dtype))
+    fn, params = mf.pure(mf.models.blog_sine_net(g, hidden=4).to(dtype))
     learner = mf.maml(mf.supervised(fn, mf.losses.mse), inner_lr=0.1)
     opt = mf.optim.adam(1e-2)
     state, metrics = mf.make_step(learner, opt, compile=False)(
@@ -111,7 +111,7 @@ def test_a_step_keeps_the_dtype(dtype):
 def test_same_seed_same_result_other_seed_differs():
     def run(seed):
         g = torch.Generator().manual_seed(seed)
-        fn, params = mf.functionalize(mf.models.blog_sine_net(g, hidden=4))
+        fn, params = mf.pure(mf.models.blog_sine_net(g, hidden=4))
         learner = mf.maml(mf.supervised(fn, mf.losses.l1), inner_lr=3e-2)
         opt = mf.optim.adam(1e-2)
         sampler = functools.partial(mf.tasks.sine, tasks=3)
@@ -156,7 +156,7 @@ def test_compiled_equals_eager_one_graph_no_recompiles(algo, loss_fn, make_opt):
 
 def test_compiled_step_surfaces_readable_model_errors():
     net = nn.Sequential(nn.Linear(1, 3), nn.BatchNorm1d(3), nn.Linear(3, 1)).double()
-    fn, params = mf.functionalize(net)
+    fn, params = mf.pure(net)
     learner = mf.maml(mf.supervised(fn, mf.losses.mse), inner_lr=0.1)
     opt = mf.optim.sgd(0.1)
     step = mf.make_step(learner, opt, compile=True, backend="aot_eager")
@@ -166,7 +166,7 @@ def test_compiled_step_surfaces_readable_model_errors():
 
 def test_many_steps_in_one_process_each_compile_on_their_own():
     # Dynamo's recompile limit (8) is per code object; every make_step gets its own.
-    fn, params = mf.functionalize(tanh_net())
+    fn, params = mf.pure(tanh_net())
     loss = mf.supervised(fn, mf.losses.mse)
     for shots in range(1, 11):
         learner, opt = mf.maml(loss, inner_lr=0.1), mf.optim.sgd(0.1)

@@ -12,7 +12,7 @@ import metafunc as mf
 
 
 def setup():
-    fn, params = mf.functionalize(tanh_net())
+    fn, params = mf.pure(tanh_net())
     learner = mf.maml(mf.supervised(fn, mf.losses.mse), inner_lr=0.1)
     opt = mf.optim.adam(1e-2)
     sampler = functools.partial(mf.tasks.sinusoid, tasks=2, dtype=torch.float64)
@@ -30,7 +30,7 @@ def test_train_equals_manual_steps_and_logs_window_means(caplog):
             steps=7,
             generator=torch.Generator().manual_seed(3),
             log_every=3,
-            on_log=lambda n, m: logs.append((n, m)),
+            on_log=lambda log: logs.append((log.step, log.metrics)),
             progress=False,
         )
 
@@ -61,7 +61,7 @@ def test_train_continues_counting_from_the_state():
         steps=3,
         log_every=2,
         progress=False,
-        on_log=lambda n, m: seen.append(n),
+        on_log=lambda log: seen.append(log.step),
     )
     assert seen == [4, 5]
 
@@ -100,3 +100,31 @@ def test_a_non_finite_step_names_the_first_parameter_with_a_bad_gradient():
             steps=3,
             progress=False,
         )
+
+
+def test_on_log_gets_the_state_of_that_step_and_the_run_timing():
+    step, state, sampler = setup()
+    logs = []
+    final = mf.train(
+        step,
+        state,
+        sampler,
+        steps=5,
+        log_every=2,
+        on_log=logs.append,
+        progress=False,
+        generator=torch.Generator().manual_seed(1),
+    )
+    assert [log.step for log in logs] == [2, 4, 5]
+    assert [int(log.state.step) for log in logs] == [2, 4, 5]
+    assert logs[-1].state is final
+    # the state handed to the hook is the one a manual run has after that many steps
+    g, manual = torch.Generator().manual_seed(1), state
+    for _ in range(2):
+        manual, _ = step(manual, sampler(g))
+    for a, b in zip(mf._tree.leaves(logs[0].state), mf._tree.leaves(manual), strict=True):
+        assert torch.equal(a, b)
+    # the first call is timed apart from the steps after it, which add up
+    assert all(log.first_call_s == logs[0].first_call_s > 0 for log in logs)
+    assert [log.steady_steps for log in logs] == [1, 3, 4]
+    assert 0 < logs[0].steady_s < logs[1].steady_s < logs[2].steady_s

@@ -167,7 +167,7 @@ def test_all_finite_false_on_nan_or_inf(bad):
 
 
 def test_named_leaves_of_parameters_index_like_python():
-    _, params = mf.functionalize(torch.nn.Sequential(torch.nn.Linear(1, 2)))
+    _, params = mf.pure(torch.nn.Sequential(torch.nn.Linear(1, 2)))
     named = _tree.named_leaves(params, "meta")
     assert [p for p, _ in named] == ["meta['0.bias']", "meta['0.weight']"]
     for path, leaf in named:

@@ -18,7 +18,8 @@ from typing import Any
 import torch
 
 from .. import _checks, _inner, _tree
-from .._learner import Learner, build_learner
+from .._learner import Learner, build
+from ..optim import Optimizer
 
 
 def daml(
@@ -27,7 +28,8 @@ def daml(
     loss_params: Any,
     task_loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
     *,
-    inner_lr: float | Any = 0.01,
+    inner_lr: float | Any | None = None,
+    inner_opt: Optimizer | None = None,
     inner_steps: int = 1,
     first_order: bool = False,
     chunk_size: int | None = None,
@@ -47,7 +49,9 @@ def daml(
             model parameters' dtype and device); meta-learned with θ0.
         task_loss: ``task_loss(output, target) -> scalar`` on the labeled target data, e.g.
             :func:`metafunc.losses.mse`.
-        inner_lr: the inner SGD step size, a positive number or a pytree like the parameters.
+        inner_lr: the inner SGD step size, a positive number or a pytree like the parameters
+            (0.01 when neither it nor ``inner_opt`` is given).
+        inner_opt: any ``mf.optim`` optimizer for the inner steps instead.
         inner_steps: SGD steps per task.
         first_order: must be ``False`` (φ would get no gradient).
         chunk_size: vmap the tasks this many at a time; ``None`` for all at once.
@@ -66,7 +70,7 @@ def daml(
     )
     _checks.function(name, "task_loss", task_loss, "task_loss(output, target)")
     _checks.params_tree(name, "loss_params", loss_params)
-    inner_lr = _checks.learning_rate(name, "inner_lr", inner_lr)
+    inner = _inner.inner_update(name, inner_lr, inner_opt)
     inner_steps = _checks.integer(name, "inner_steps", inner_steps, minimum=1)
     if _checks.boolean(name, "first_order", first_order):
         raise ValueError(
@@ -77,7 +81,7 @@ def daml(
     chunk_size = _checks.chunk_size(name, chunk_size)
 
     def init(params: Any) -> Any:
-        _checks.params_and_rates(name, params, inner_lr)
+        _inner.check_params(name, params, inner)
         p, q = _tree.leaves(params)[0], _tree.leaves(loss_params)[0]
         if (p.dtype, p.device) != (q.dtype, q.device):
             raise TypeError(
@@ -97,16 +101,15 @@ def daml(
         def inner_loss(params: Any, x: Any) -> torch.Tensor:
             return adaptation_loss(meta["loss"], *model(params, x))
 
-        return _inner.adapt(
-            meta["params"], x_source, loss=inner_loss, lr=inner_lr, steps=inner_steps
-        )
+        opt = _inner.optimizer(inner, meta["params"])
+        return _inner.adapt(meta["params"], x_source, loss=inner_loss, steps=inner_steps, opt=opt)
 
-    return build_learner(
+    return build(
         name,
         init=init,
         adapt=adapt,
         loss=outer_loss,
-        params_of=lambda meta: meta["params"],
+        params=lambda meta: meta["params"],
         chunk_size=chunk_size,
         paired=False,
         check_meta=check_meta,

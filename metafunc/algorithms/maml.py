@@ -2,9 +2,9 @@
 
 Finn, Abbeel, Levine. "Model-Agnostic Meta-Learning for Fast Adaptation of Deep Networks",
 ICML 2017. The meta-parameters are the initialisation θ0; each task adapts by ``inner_steps``
-SGD steps on its support loss, and θ0 descends the query loss of the adapted parameters,
+optimizer steps on its support loss, and θ0 descends the query loss of the adapted parameters,
 differentiated through the inner steps (second order) or with the inner gradients detached
-(first order).
+(first order). A mask restricts adaptation to part of the parameters (ANIL is this with the head).
 """
 
 from __future__ import annotations
@@ -15,15 +15,20 @@ from typing import Any
 import torch
 
 from .. import _checks, _inner, _tree
-from .._learner import Learner, build_learner
+from .._learner import Learner, build
+from ..optim import Optimizer
+
+Loss = Callable[[Any, Any], torch.Tensor]
 
 
 def maml(
-    loss: Callable[[Any, Any], torch.Tensor],
+    loss: Loss,
     *,
-    inner_lr: float | Any = 0.01,
+    inner_lr: float | Any | None = None,
+    inner_opt: Optimizer | None = None,
     inner_steps: int = 1,
     first_order: bool = False,
+    mask: _tree.Selector = None,
     chunk_size: int | None = None,
 ) -> Learner:
     """Model-Agnostic Meta-Learning (Finn et al., 2017).
@@ -32,30 +37,37 @@ def maml(
         loss: ``loss(params, data) -> scalar``, the task loss used both to adapt on the
             support set and to score on the query set. ``data`` is whatever a task holds,
             e.g. ``(x, y)``; see :func:`metafunc.supervised`.
-        inner_lr: the inner SGD step size, a positive number or a pytree like the parameters.
-        inner_steps: SGD steps per task (0 makes the meta-gradient the plain query gradient).
+        inner_lr: the inner SGD step size, a positive number or a pytree like the parameters
+            (0.01 when neither it nor ``inner_opt`` is given).
+        inner_opt: any ``mf.optim`` optimizer for the inner steps instead, e.g.
+            ``mf.optim.sgd(0.01, momentum=0.9)``; differentiated through, its state included.
+        inner_steps: inner steps per task (0 makes the meta-gradient the plain query gradient).
         first_order: detach the inner gradients (first-order MAML).
+        mask: which parameters adapt: a name (``"4"`` picks ``"4.weight"`` and ``"4.bias"``),
+            a list of names, a predicate on dotted names, or a tree of bools; ``None`` for all.
+            The others are still meta-learned, through the adapted ones.
         chunk_size: vmap the tasks this many at a time (less memory); ``None`` for all at once.
 
     Returns:
         a :class:`metafunc.Learner` whose meta-parameters are the initial parameters.
 
     Example:
-        >>> fn, params = mf.functionalize(net)
+        >>> fn, params = mf.pure(net)
         >>> learner = mf.maml(mf.supervised(fn, mf.losses.mse), inner_lr=0.01, inner_steps=1)
         >>> grads, metrics = learner.meta_grad(learner.init(params), tasks)
     """
     first_order = _checks.boolean("maml", "first_order", first_order)
-    return _build(
-        "fomaml" if first_order else "maml", loss, inner_lr, inner_steps, first_order, chunk_size
-    )
+    name = "fomaml" if first_order else "maml"
+    return learner(name, loss, inner_lr, inner_opt, inner_steps, first_order, mask, chunk_size)
 
 
 def fomaml(
-    loss: Callable[[Any, Any], torch.Tensor],
+    loss: Loss,
     *,
-    inner_lr: float | Any = 0.01,
+    inner_lr: float | Any | None = None,
+    inner_opt: Optimizer | None = None,
     inner_steps: int = 1,
+    mask: _tree.Selector = None,
     chunk_size: int | None = None,
 ) -> Learner:
     """First-order MAML (Finn et al., 2017, section 5.2): :func:`maml` with ``first_order=True``.
@@ -63,30 +75,43 @@ def fomaml(
     The meta-gradient is the query gradient at the adapted parameters, ``∇L_q(θ')``: no
     Hessian terms, about a third less compute.
     """
-    return _build("fomaml", loss, inner_lr, inner_steps, True, chunk_size)
+    return learner("fomaml", loss, inner_lr, inner_opt, inner_steps, True, mask, chunk_size)
 
 
-def _build(
+def learner(
     name: str,
-    loss: Callable[[Any, Any], torch.Tensor],
-    inner_lr: float | Any,
+    loss: Loss,
+    inner_lr: float | Any | None,
+    inner_opt: Optimizer | None,
     inner_steps: int,
     first_order: bool,
+    mask: _tree.Selector,
     chunk_size: int | None,
+    mask_name: str = "mask",
 ) -> Learner:
+    """The MAML family's learner, named ``name`` in its messages (MAML, FO-MAML, ANIL)."""
     _checks.function(name, "loss", loss, "loss(params, data)")
-    inner_lr = _checks.learning_rate(name, "inner_lr", inner_lr)
+    inner = _inner.inner_update(name, inner_lr, inner_opt)
     inner_steps = _checks.integer(name, "inner_steps", inner_steps, minimum=0)
     first_order = _checks.boolean(name, "first_order", first_order)
     chunk_size = _checks.chunk_size(name, chunk_size)
+    pick = _tree.picker(mask, where=name, name=mask_name)
 
     def init(params: Any) -> Any:
-        _checks.params_and_rates(name, params, inner_lr)
+        _inner.check_params(name, params, inner)
+        check_meta(name, "params", params)
         return _tree.copy(params)
 
     def adapt(meta: Any, support: Any) -> Any:
+        opt = _inner.optimizer(inner, meta, pick)
         return _inner.adapt(
-            meta, support, loss=loss, lr=inner_lr, steps=inner_steps, first_order=first_order
+            meta, support, loss=loss, steps=inner_steps, opt=opt, first_order=first_order, pick=pick
         )
 
-    return build_learner(name, init=init, adapt=adapt, loss=loss, chunk_size=chunk_size)
+    def check_meta(where: str, meta_name: str, meta: Any) -> None:
+        if mask is not None:
+            _tree.picked(meta, mask, where=where, name=mask_name)
+
+    return build(
+        name, init=init, adapt=adapt, loss=loss, chunk_size=chunk_size, check_meta=check_meta
+    )

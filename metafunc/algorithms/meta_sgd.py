@@ -8,17 +8,17 @@ query loss of θ'. The meta-parameters are ``{"params": θ0, "lr": α}``.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import torch
 
 from .. import _checks, _inner, _tree
-from .._learner import Learner, build_learner
+from .._learner import Learner, build
+from .maml import Loss
 
 
 def meta_sgd(
-    loss: Callable[[Any, Any], torch.Tensor],
+    loss: Loss,
     *,
     inner_lr: float | Any = 0.01,
     inner_steps: int = 1,
@@ -52,7 +52,7 @@ def meta_sgd(
     chunk_size = _checks.chunk_size(name, chunk_size)
 
     def init(params: Any) -> Any:
-        _checks.params_and_rates(name, params, inner_lr)
+        _inner.check_params(name, params, inner_lr)
         if isinstance(inner_lr, float):
             lr = _tree.map(lambda p: torch.full_like(p, inner_lr), params)
         else:
@@ -60,13 +60,9 @@ def meta_sgd(
         return {"params": _tree.copy(params), "lr": lr}
 
     def adapt(meta: Any, support: Any) -> Any:
+        opt = _inner.optimizer(meta["lr"], meta["params"])
         return _inner.adapt(
-            meta["params"],
-            support,
-            loss=loss,
-            lr=meta["lr"],
-            steps=inner_steps,
-            first_order=first_order,
+            meta["params"], support, loss=loss, steps=inner_steps, opt=opt, first_order=first_order
         )
 
     def check_meta(where: str, meta_name: str, meta: Any) -> None:
@@ -79,12 +75,12 @@ def meta_sgd(
             got_name=f"{meta_name}['lr']",
         )
 
-    return build_learner(
+    return build(
         name,
         init=init,
         adapt=adapt,
         loss=loss,
-        params_of=lambda meta: meta["params"],
+        params=lambda meta: meta["params"],
         chunk_size=chunk_size,
         check_meta=check_meta,
     )

@@ -1,27 +1,28 @@
 """Reptile.
 
 Nichol, Achiam, Schulman. "On First-Order Meta-Learning Algorithms", arXiv:1803.02999, 2018.
-Each task adapts by ``inner_steps`` SGD steps on its support loss; the meta-gradient is the
-pseudo-gradient ``θ0 − mean(θ')`` over the tasks, handed to any outer optimizer (outer SGD at
+Each task adapts by ``inner_steps`` optimizer steps on its support loss; the meta-gradient is
+the pseudo-gradient ``θ0 − mean(θ')`` over the tasks, handed to any outer optimizer (outer SGD at
 rate ε gives Reptile's ``θ0 ← θ0 + ε (mean(θ') − θ0)``). Nothing is differentiated through
 the inner loop.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
-import torch
-
 from .. import _checks, _inner, _tree
-from .._learner import Learner, build_learner
+from .._learner import Learner, MetaGrad, PerTask, build
+from .._types import Tasks
+from ..optim import Optimizer
+from .maml import Loss
 
 
 def reptile(
-    loss: Callable[[Any, Any], torch.Tensor],
+    loss: Loss,
     *,
-    inner_lr: float = 0.01,
+    inner_lr: float | Any | None = None,
+    inner_opt: Optimizer | None = None,
     inner_steps: int = 5,
     chunk_size: int | None = None,
 ) -> Learner:
@@ -30,8 +31,10 @@ def reptile(
     Args:
         loss: ``loss(params, data) -> scalar``; the inner steps descend it on the support
             set; the reported ``loss`` metric scores the adapted parameters on the query set.
-        inner_lr: the inner SGD step size, a positive number or a pytree like the parameters.
-        inner_steps: SGD steps per task; with one step the pseudo-gradient is
+        inner_lr: the inner SGD step size, a positive number or a pytree like the parameters
+            (0.01 when neither it nor ``inner_opt`` is given).
+        inner_opt: any ``mf.optim`` optimizer for the inner steps instead (the paper uses Adam).
+        inner_steps: inner steps per task; with one SGD step the pseudo-gradient is
             ``inner_lr · ∇L_support(θ0)``, i.e. plain multi-task training.
         chunk_size: vmap the tasks this many at a time; ``None`` for all at once.
 
@@ -45,20 +48,30 @@ def reptile(
     """
     name = "reptile"
     _checks.function(name, "loss", loss, "loss(params, data)")
-    inner_lr = _checks.learning_rate(name, "inner_lr", inner_lr)
+    inner = _inner.inner_update(name, inner_lr, inner_opt)
     inner_steps = _checks.integer(name, "inner_steps", inner_steps, minimum=1)
     chunk_size = _checks.chunk_size(name, chunk_size)
 
     def init(params: Any) -> Any:
-        _checks.params_and_rates(name, params, inner_lr)
+        _inner.check_params(name, params, inner)
         return _tree.copy(params)
 
     def adapt(meta: Any, support: Any) -> Any:
         # First order: the pseudo-gradient never differentiates through these steps.
-        return _inner.adapt(
-            meta, support, loss=loss, lr=inner_lr, steps=inner_steps, first_order=True
-        )
+        opt = _inner.optimizer(inner, meta)
+        return _inner.adapt(meta, support, loss=loss, steps=inner_steps, opt=opt, first_order=True)
 
-    return build_learner(
-        name, init=init, adapt=adapt, loss=loss, chunk_size=chunk_size, pseudo_grad=True
+    return build(
+        name, init=init, adapt=adapt, loss=loss, chunk_size=chunk_size, gradient=pseudo_gradient
     )
+
+
+def pseudo_gradient(per_task: PerTask) -> MetaGrad:
+    """Reptile's rule: ``meta − mean(adapted)`` over the tasks, no backward pass."""
+
+    def meta_grad(meta: Any, tasks: Tasks) -> tuple[Any, dict]:
+        adapted, after, before = per_task(meta, tasks.support, tasks.query)
+        grads = _tree.map(lambda m, a: m - a.mean(0), meta, adapted)
+        return grads, {"loss": after.mean(), "loss_before": before.mean()}
+
+    return meta_grad
