@@ -35,7 +35,7 @@ def worker(args: argparse.Namespace) -> None:
     if args.device == "cuda":
         device = f"cuda:{os.environ.get('LOCAL_RANK', '0')}"
     g = torch.Generator().manual_seed(0)
-    fn, params = mf.functionalize(mf.models.blog_sine_net(g).to(device))
+    fn, params = mf.pure(mf.models.blog_sine_net(g).to(device))
     learner = mf.maml(mf.supervised(fn, mf.losses.l1), inner_lr=3e-2, inner_steps=5)
     opt = mf.optim.sgd(1e-2)
     state = mf.init_state(learner, opt, params)

@@ -26,7 +26,7 @@ from metafunc.step import TrainState
 if len(sys.argv) > 1:
     torch.set_num_threads(int(sys.argv[1]))
 g = torch.Generator().manual_seed(0)
-fn, params = mf.functionalize(mf.models.blog_sine_net(g))
+fn, params = mf.pure(mf.models.blog_sine_net(g))
 learner = mf.maml(mf.supervised(fn, mf.losses.l1), inner_lr=3e-2, inner_steps=5)
 opt = mf.optim.sgd(1e-2)
 state0 = mf.init_state(learner, opt, params)

@@ -182,7 +182,7 @@ def metafunc_step(*, compile: bool, mode: str | None = None) -> Factory:
     """``mf.make_step`` (vmap over tasks, grad of grad, ``mf.optim.adam``), eager or compiled."""
 
     def factory(w: Workload, net: nn.Module, tasks: mf.Tasks, device: torch.device) -> Impl:
-        fn, params = mf.functionalize(copy.deepcopy(net).to(device))
+        fn, params = mf.pure(copy.deepcopy(net).to(device))
         loss = mf.supervised(fn, mf.losses.mse if w.kind == "sinusoid" else mf.losses.cross_entropy)
         learner = mf.maml(
             loss, inner_lr=w.inner_lr, inner_steps=w.inner_steps, first_order=w.first_order
@@ -293,7 +293,7 @@ def torchopt_loop(w: Workload, net: nn.Module, tasks: mf.Tasks, device: torch.de
     (``inplace=False``, differentiable) and a functional ``torchopt.adam`` outer update."""
     import torchopt
 
-    fn, params = mf.functionalize(copy.deepcopy(net).to(device))
+    fn, params = mf.pure(copy.deepcopy(net).to(device))
     params = {k: v.requires_grad_() for k, v in params.items()}
     outer, inner = torchopt.adam(OUTER_LR), torchopt.sgd(w.inner_lr)
     held = [params, outer.init(params)]

@@ -1,26 +1,305 @@
-"""The ``metafunc`` command."""
+"""The ``metafunc`` command: parse the options, run an experiment, print, plot and write files."""
 
 from __future__ import annotations
 
 import argparse
-import functools
+import dataclasses
+import datetime
 import json
 import logging
 import math
 import os
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import torch
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 import metafunc as mf
+from metafunc.evaluation import mean_ci95
+from metafunc.experiments import ALGORITHMS, fewshot, sine, table
 
-from . import classification, reproduce
-from .evaluation import SineEval, daml_grid_error, mean_ci95, sine_grid_error
+# Options of one task only: (its defaults); None in the parser means "not given".
+FEWSHOT_ONLY = ("data_dir", "ways", "shots", "queries", "channels", "glyph_classes", "eval_tasks")
+SINE_ONLY = ("eval_draws",)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    handler = logging.StreamHandler(sys.stdout)  # log lines and progress share the terminal
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    logger = logging.getLogger("metafunc")
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        with logging_redirect_tqdm(loggers=[logger]):
+            if args.command == "table":
+                return _table(args)
+            return _train(args)
+    finally:
+        logger.removeHandler(handler)
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+
+
+def _train(args: argparse.Namespace) -> int:
+    task = args.task
+    wrong = [
+        n
+        for n in (SINE_ONLY if task == "fewshot" else FEWSHOT_ONLY)
+        if getattr(args, n) is not None
+    ]
+    if wrong:
+        return _fail(
+            f"--{wrong[0].replace('_', '-')} does not apply to --task {task} "
+            f"(it is an option of --task {'sine' if task == 'fewshot' else 'fewshot'})"
+        )
+    if task == "fewshot" and args.algo == "daml":
+        return _fail("--algo daml runs on the DAML sine only (--task sine)")
+    # Under torchrun: join the process group; every rank trains, rank 0 reports.
+    distributed = mf.distributed.init()
+    if args.meta_batch is not None and args.meta_batch % mf.distributed.world_size():
+        return _fail(
+            f"--meta-batch must be a multiple of the {mf.distributed.world_size()} processes, "
+            f"each takes an equal share (got {args.meta_batch})"
+        )
+    device = args.device
+    if distributed and device == "cuda":
+        device = f"cuda:{os.environ.get('LOCAL_RANK', '0')}"
+    main = mf.distributed.is_main()
+    if main:
+        args.out.mkdir(parents=True, exist_ok=True)
+    mf.distributed.barrier()
+    common = {
+        "algo": args.algo,
+        "seed": args.seed,
+        "device": device,
+        "compile": not args.no_compile,
+        "progress": not args.no_progress,
+        "checkpoint": args.out / "checkpoint.pt",
+        "checkpoint_every": args.checkpoint_every,
+        "resume": args.resume,
+        "on_nonfinite": args.on_nonfinite,
+    }
+    given = {  # the options given; the experiment's config holds the defaults
+        k: v
+        for k, v in vars(args).items()
+        if v is not None and k in {f.name for f in dataclasses.fields(_CONFIGS[task])}
+    }
+    config = dataclasses.replace(_CONFIGS[task](), **{**given, **common})
+    if main and config.compile and not config.resume:
+        print("compiling the outer step (a minute with an empty cache, seconds on reruns)...")
+    if config.resume and not config.checkpoint.is_file():
+        return _fail(f"cannot resume: there is no checkpoint {str(config.checkpoint)!r}")
+    start = time.perf_counter()
+    result = (fewshot if task == "fewshot" else sine).run(config)
+    if not main:
+        return 0
+    report = _report_fewshot if task == "fewshot" else _report_sine
+    return report(config, result, args.out, time.perf_counter() - start)
+
+
+_CONFIGS = {"sine": sine.SineConfig, "fewshot": fewshot.FewshotConfig}
+
+
+def _report_sine(config: sine.SineConfig, result: sine.SineResult, out: Path, wall: float) -> int:
+    from . import plotting
+
+    task = "DAML sine" if config.algo == "daml" else "sine"
+    name = "maml-sine" if config.algo in ("maml", "fomaml") else f"{config.algo}-sine"
+    fig = plotting.sine_figure(
+        out / f"{name}.png",
+        result.grid,
+        before=result.before,
+        title=f"{config.algo.upper()} on the blog's {task}: adapted on {result.adapts_on} "
+        f"({config.inner_steps} SGD steps)",
+    )
+    curve = plotting.learning_curve(
+        out / "learning-curve.png",
+        result.history["step"],
+        {
+            "query L1 before adaptation": result.history["loss_before"],
+            "query L1 after adaptation": result.history["loss"],
+        },
+        ylabel="mean L1 loss over the log window",
+        title=f"{config.algo.upper()} meta-training on the blog's {task}",
+    )
+    summary = {
+        **_options(config),
+        "resumed_from_step": result.start_step if config.resume else None,
+        "processes": mf.distributed.world_size(),
+        "torch": torch.__version__,
+        "first_call_s": result.first_call_s,
+        "step_ms": result.step_ms,
+        "wall_s": wall,
+        "history": result.history,
+        "grid_mse": {},
+    }
+    print(
+        f"\n{config.algo} on the blog's {task}, {config.steps} outer steps x {config.meta_batch} tasks"
+    )
+    print(
+        f"first call (compile) {result.first_call_s:.1f} s, then {result.step_ms:.2f} ms per "
+        "outer step"
+    )
+    print(
+        f"dense-grid MSE over [-2pi, 2pi] after adapting on {result.adapts_on} "
+        f"({config.eval_draws} draws each):"
+    )
+    for phase, r in result.grid.items():
+        mean, half = mean_ci95(r.mse)
+        label = "pi" if phase else "0"
+        summary["grid_mse"][label] = {"mean": mean, "ci95": half, "draws": r.mse.numel()}
+        print(f"  b = {label:<2}  MSE {mean:.4f} +- {half:.4f}")
+    results = _write_json(out / "results.json", summary)
+    print(f"wrote {fig}, {curve}, {results} ({wall:.0f} s in all)")
+    return 0
+
+
+def _report_fewshot(
+    config: fewshot.FewshotConfig, result: fewshot.FewshotResult, out: Path, wall: float
+) -> int:
+    from . import plotting
+
+    mean, half = mean_ci95(result.accuracy)
+    label = f"{config.ways}-way {config.shots}-shot"
+    steps = "s" if config.inner_steps != 1 else ""
+    fig = plotting.fewshot_figure(
+        out / f"{config.algo}-fewshot.png",
+        result.examples,
+        result.predicted,
+        title=f"{config.algo.upper()} on {result.data}, {label}: new classes, adapted on the "
+        f"support ({config.inner_steps} SGD step{steps}); test accuracy {100 * mean:.1f} ± "
+        f"{100 * half:.1f}% over {result.accuracy.numel()} tasks",
+    )
+    curve = plotting.learning_curve(
+        out / "learning-curve.png",
+        result.history["step"],
+        {
+            "query loss before adaptation": result.history["loss_before"],
+            "query loss after adaptation": result.history["loss"],
+        },
+        ylabel="mean cross-entropy over the log window",
+        title=f"{config.algo.upper()} meta-training on {result.data}, {label}",
+    )
+    summary = {
+        "task": "fewshot",
+        "data": result.data,
+        "train_classes": result.train_classes,
+        "test_classes": result.test_classes,
+        **_options(config),
+        "image_size": result.image_size,
+        "outer_optimizer": "adam",
+        "resumed_from_step": result.start_step if config.resume else None,
+        "torch": torch.__version__,
+        "first_call_s": result.first_call_s,
+        "step_ms": result.step_ms,
+        "tasks_per_s": 1e3 * config.meta_batch / result.step_ms,
+        "eval_s": result.eval_s,
+        "wall_s": wall,
+        "history": result.history,
+        "test_accuracy": {"mean": mean, "ci95": half, "tasks": result.accuracy.numel()},
+    }
+    print(
+        f"\n{config.algo} on {result.data}, {label}, {config.steps} outer steps x "
+        f"{config.meta_batch} tasks"
+    )
+    print(
+        f"first call {result.first_call_s:.1f} s, then {result.step_ms:.0f} ms per outer step "
+        f"({1e3 * config.meta_batch / result.step_ms:.1f} tasks/s)"
+    )
+    print(
+        f"test accuracy on {result.accuracy.numel()} new tasks of {result.test_classes} new "
+        f"classes: {100 * mean:.2f} +- {100 * half:.2f}% (chance {100 / config.ways:.0f}%)"
+    )
+    results = _write_json(out / "results.json", summary)
+    print(f"wrote {fig}, {curve}, {results} ({wall:.0f} s in all)")
+    return 0
+
+
+def _table(args: argparse.Namespace) -> int:
+    config = table.TableConfig(
+        algos=tuple(args.algos),
+        shots=tuple(args.shots),
+        steps=args.steps,
+        meta_batch=args.meta_batch,
+        inner_lr=args.inner_lr,
+        outer_lr=args.outer_lr,
+        reptile_steps=args.reptile_steps,
+        eval_tasks=args.eval_tasks,
+        eval_points=args.eval_points,
+        seed=args.seed,
+        compile=not args.no_compile,
+        progress=not args.no_progress,
+    )
+    settings = {k: v for k, v in _options(config).items() if k not in ("algos", "shots")}
+    done = _finished_cells(args.out, settings)
+    for r in done:
+        print(f"{r['algo']}, {r['shots']}-shot: done in {args.out}, kept")
+
+    def save(rows: list[dict[str, Any]]) -> None:
+        r = rows[-1]
+        print(
+            f"{r['algo']}, {r['shots']}-shot: MSE {r['mse']:.3f} +- {r['ci95']:.3f} ({r['train_s']:.0f} s)"
+        )
+        # written after every cell, so an interrupted run keeps what it finished
+        _write_json(
+            args.out,
+            {
+                "config": settings,
+                "torch": torch.__version__,
+                "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+                "rows": rows,
+            },
+        )
+
+    rows = table.run(config, done=done, on_cell=save)
+    print(table.format_table(rows))
+    print(f"wrote {args.out}")
+    return 0
+
+
+def _finished_cells(path: Path, settings: dict[str, Any]) -> list[dict[str, Any]]:
+    """The rows an earlier run with the same settings already wrote to ``path``."""
+    if not path.exists():
+        return []
+    earlier = json.loads(path.read_text())
+    return earlier["rows"] if earlier.get("config") == settings else []
+
+
+def _options(config: Any) -> dict[str, Any]:
+    """A config as the options a results file records (paths as strings, tuples as lists)."""
+    plain = dataclasses.asdict(config)
+    plain["compiled"] = plain.pop("compile")
+    plain.pop("progress")
+    return {
+        k: str(v) if isinstance(v, Path) else list(v) if isinstance(v, tuple) else v
+        for k, v in plain.items()
+    }
+
+
+def _write_json(path: Path, record: dict[str, Any]) -> Path:
+    """Strict JSON: a NaN or infinite number (e.g. one failed evaluation draw) becomes null."""
+
+    def finite(value: Any) -> Any:
+        if isinstance(value, float) and not math.isfinite(value):
+            return None
+        if isinstance(value, dict):
+            return {k: finite(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [finite(v) for v in value]
+        return value
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(finite(record), indent=2, allow_nan=False))
+    return path
+
+
+def _fail(message: str) -> int:
+    print(f"metafunc train: {message}", file=sys.stderr)
+    return 2
 
 
 def _positive_int(text: str) -> int:
@@ -30,7 +309,14 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def main(argv: list[str] | None = None) -> int:
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a positive finite number (got {text})")
+    return value
+
+
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="metafunc", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     t = sub.add_parser(
@@ -54,18 +340,17 @@ def main(argv: list[str] | None = None) -> int:
         "--meta-batch", type=_positive_int, help="tasks per outer step (default 32; fewshot 8)"
     )
     t.add_argument("--inner-steps", type=int, help="inner SGD steps (default 5; fewshot 1)")
-    t.add_argument("--inner-lr", type=float, help="inner SGD step size (default 3e-2; fewshot 0.4)")
+    t.add_argument(
+        "--inner-lr", type=_positive_float, help="inner SGD step size (default 3e-2; fewshot 0.4)"
+    )
     t.add_argument(
         "--outer-lr",
-        type=float,
+        type=_positive_float,
         help="outer step size (default 1e-2, SGD; fewshot 1e-3, Adam as in the MAML paper)",
     )
     t.add_argument("--seed", type=int, default=0)
     t.add_argument(
-        "--eval-draws",
-        type=_positive_int,
-        default=1000,
-        help="fresh tasks per phase in the sine evaluation",
+        "--eval-draws", type=_positive_int, help="fresh tasks per phase in the sine evaluation"
     )
     f = t.add_argument_group("few-shot classification (--task fewshot)")
     f.add_argument(
@@ -74,25 +359,16 @@ def main(argv: list[str] | None = None) -> int:
         help="folder holding Omniglot's images_background/ and images_evaluation/ (from "
         "https://github.com/brendenlake/omniglot, python/*.zip); default: synthetic glyphs",
     )
-    f.add_argument("--ways", type=_positive_int, default=5, help="classes per task (default 5)")
-    f.add_argument(
-        "--shots", type=_positive_int, default=1, help="support images per class (default 1)"
-    )
-    f.add_argument(
-        "--queries", type=_positive_int, default=5, help="query images per class (default 5)"
-    )
-    f.add_argument(
-        "--channels", type=_positive_int, default=32, help="conv filters (default 32; paper 64)"
-    )
+    f.add_argument("--ways", type=_positive_int, help="classes per task (default 5)")
+    f.add_argument("--shots", type=_positive_int, help="support images per class (default 1)")
+    f.add_argument("--queries", type=_positive_int, help="query images per class (default 5)")
+    f.add_argument("--channels", type=_positive_int, help="conv filters (default 32; paper 64)")
     f.add_argument(
         "--glyph-classes",
         type=_positive_int,
-        default=300,
-        help="synthetic classes; two thirds train, the rest are the new test classes",
+        help="synthetic classes (default 300); two thirds train, the rest are the new test classes",
     )
-    f.add_argument(
-        "--eval-tasks", type=_positive_int, default=600, help="new test tasks (default 600)"
-    )
+    f.add_argument("--eval-tasks", type=_positive_int, help="new test tasks (default 600)")
     t.add_argument(
         "--log-every", type=_positive_int, help="steps per log line (default 500; fewshot 25)"
     )
@@ -126,11 +402,9 @@ def main(argv: list[str] | None = None) -> int:
     r = sub.add_parser(
         "table",
         help="reproduce the sine-regression table of Meta-SGD (Li et al. 2017, Table 1)",
-        description=reproduce.__doc__.split("\n\n")[0],
+        description=table.__doc__.split("\n\n")[0],
     )
-    r.add_argument(
-        "--algos", nargs="+", choices=reproduce.ALGORITHMS, default=list(reproduce.ALGORITHMS)
-    )
+    r.add_argument("--algos", nargs="+", choices=table.ALGORITHMS, default=list(table.ALGORITHMS))
     r.add_argument("--shots", nargs="+", type=_positive_int, default=[5, 10, 20])
     r.add_argument(
         "--steps",
@@ -140,9 +414,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     r.add_argument("--meta-batch", type=_positive_int, default=25)
     r.add_argument(
-        "--inner-lr", type=float, default=0.01, help="inner step size; Meta-SGD's initial rate"
+        "--inner-lr",
+        type=_positive_float,
+        default=0.01,
+        help="inner step size; Meta-SGD's initial rate",
     )
-    r.add_argument("--outer-lr", type=float, default=1e-3, help="outer Adam step size")
+    r.add_argument("--outer-lr", type=_positive_float, default=1e-3, help="outer Adam step size")
     r.add_argument("--reptile-steps", type=_positive_int, default=5, help="Reptile's inner steps")
     r.add_argument("--eval-tasks", type=_positive_int, default=4000, help="new tasks per cell")
     r.add_argument(
@@ -152,263 +429,7 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--no-compile", action="store_true")
     r.add_argument("--no-progress", action="store_true")
     r.add_argument("--out", type=Path, default=Path("out/sinusoid-table.json"))
-    b = sub.add_parser(
-        "bench",
-        help="time the outer step against the alternatives; JSON, tables and charts",
-        description="Benchmarks: see benchmarks/README.md.",
-    )
-    from . import bench
-
-    bench.add_arguments(b)
-    args = parser.parse_args(argv)
-    if args.command == "bench":
-        return bench.run(args)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    if args.command == "table":
-        with logging_redirect_tqdm():
-            return reproduce.table(args)
-    defaults = {
-        "sine": {
-            "steps": 50_000,
-            "meta_batch": 32,
-            "inner_steps": 5,
-            "inner_lr": 3e-2,
-            "outer_lr": 1e-2,
-            "log_every": 500,
-        },
-        "fewshot": {
-            "steps": 300,
-            "meta_batch": 8,
-            "inner_steps": 1,
-            "inner_lr": 0.4,
-            "outer_lr": 1e-3,
-            "log_every": 25,
-        },
-    }[args.task]
-    for name, value in defaults.items():
-        if getattr(args, name) is None:
-            setattr(args, name, value)
-    if args.task == "fewshot":
-        if args.algo == "daml":
-            parser.error("--algo daml runs on the DAML sine only (--task sine)")
-        with logging_redirect_tqdm():
-            return classification.train(args)
-    return _train_sine(args)
-
-
-ALGORITHMS = ["maml", "fomaml", "reptile", "meta-sgd", "anil", "daml"]
-
-
-class _Experiment(NamedTuple):
-    learner: mf.Learner
-    frozen: mf.Learner  # no inner steps: the meta-learned net itself, for the dashed curve
-    params: Any
-    predict: Callable[[Any, torch.Tensor], torch.Tensor]
-    sampler: Callable[[torch.Generator], mf.Tasks]
-    evaluate: Callable[..., SineEval]
-    name: str  # the figure's file stem
-    support: str  # what adaptation sees, for the printout
-
-
-def _blog_experiment(args: argparse.Namespace, g: torch.Generator) -> _Experiment:
-    """The blog's two experiments: the MAML family on the sine, or DAML on the DAML sine."""
-    inner = {"inner_lr": args.inner_lr, "inner_steps": args.inner_steps}
-    if args.algo == "daml":
-        fn, params = mf.functionalize(mf.models.blog_sine_net(g, features=True).to(args.device))
-        # The learned loss sees concat[y, h2, h1] (1 + 32 + 32 inputs) -> 32 -> 32 -> 1; its
-        # squared output, averaged over the source inputs, is the adaptation loss.
-        loss_fn, phi = mf.functionalize(mf.models.mlp([65, 32, 32, 1], generator=g).to(args.device))
-
-        def adaptation_loss(phi: Any, y: torch.Tensor, hidden: Any) -> torch.Tensor:
-            h1, h2 = hidden
-            return loss_fn(phi, torch.cat([y, h2, h1], dim=-1)).pow(2).mean()
-
-        learner = mf.daml(fn, adaptation_loss, phi, mf.losses.l1, **inner)
-        return _Experiment(
-            learner,
-            mf.maml(mf.supervised(lambda p, x: fn(p, x)[0], mf.losses.l1), inner_steps=0),
-            params,
-            lambda p, x: fn(p, x)[0],
-            functools.partial(mf.tasks.daml_sine, tasks=args.meta_batch, device=args.device),
-            daml_grid_error,
-            "daml-sine",
-            "1 unlabeled source input",
-        )
-    fn, params = mf.functionalize(mf.models.blog_sine_net(g).to(args.device))
-    loss = mf.supervised(fn, mf.losses.l1)
-    learner = {
-        "maml": lambda: mf.maml(loss, **inner),
-        "fomaml": lambda: mf.fomaml(loss, **inner),
-        "reptile": lambda: mf.reptile(loss, **inner),
-        "meta-sgd": lambda: mf.meta_sgd(loss, **inner),
-        "anil": lambda: mf.anil(loss, head="4", **inner),  # the output layer adapts
-    }[args.algo]()
-    return _Experiment(
-        learner,
-        mf.maml(loss, inner_steps=0),
-        params,
-        fn,
-        functools.partial(mf.tasks.sine, tasks=args.meta_batch, device=args.device),
-        sine_grid_error,
-        "maml-sine" if args.algo in ("maml", "fomaml") else f"{args.algo}-sine",
-        "4 fresh points",
-    )
-
-
-def _train_sine(args: argparse.Namespace) -> int:
-    try:
-        return _train_sine_ranks(args)
-    finally:
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            torch.distributed.destroy_process_group()
-
-
-def _train_sine_ranks(args: argparse.Namespace) -> int:
-    start = time.perf_counter()
-    # Under torchrun: join the process group; every rank trains, rank 0 reports.
-    distributed = mf.distributed.init()
-    main = mf.distributed.is_main()
-    if args.meta_batch % mf.distributed.world_size():
-        print(
-            f"metafunc train: --meta-batch must be a multiple of the {mf.distributed.world_size()} "
-            f"processes, each takes an equal share (got {args.meta_batch})",
-            file=sys.stderr,
-        )
-        return 2
-    if distributed and args.device == "cuda":
-        args.device = f"cuda:{os.environ.get('LOCAL_RANK', '0')}"
-    g = torch.Generator().manual_seed(args.seed)
-    exp = _blog_experiment(args, g)
-    learner = exp.learner
-    opt = mf.optim.sgd(args.outer_lr)
-    state = mf.init_state(learner, opt, exp.params)
-    step = mf.make_step(learner, opt, compile=not args.no_compile)
-    # Tasks are drawn on the CPU generator (deterministic everywhere), then moved.
-    sampler = exp.sampler
-    if main:
-        args.out.mkdir(parents=True, exist_ok=True)
-    mf.distributed.barrier()
-    checkpoint = args.out / "checkpoint.pt"
-    if args.resume:
-        try:
-            state = mf.load(checkpoint, like=state, generator=g)
-        except (FileNotFoundError, ValueError, TypeError) as e:
-            print(f"metafunc train: cannot resume: {e}", file=sys.stderr)
-            return 2
-        if main:
-            print(f"resumed from {checkpoint} at step {int(state.step)}", flush=True)
-    start_step = int(state.step)
-    remaining = args.steps - start_step
-    if remaining < 0:
-        print(
-            f"metafunc train: {checkpoint} is at step {start_step}, past --steps {args.steps}",
-            file=sys.stderr,
-        )
-        return 2
-
-    # The first call compiles; time it apart from the steady state.
-    if not args.no_compile and remaining and main:
-        print(
-            "compiling the outer step (a minute with an empty cache, seconds on reruns)...",
-            flush=True,
-        )
-    t0 = time.perf_counter()
-    if remaining:
-        state, _ = step(state, sampler(g))
-    first_call = time.perf_counter() - t0
-    history: dict[str, list[float]] = {"step": [], "loss": [], "loss_before": []}
-
-    def on_log(done: int, metrics: dict[str, float]) -> None:
-        history["step"].append(done)
-        history["loss"].append(metrics["loss"])
-        history["loss_before"].append(metrics["loss_before"])
-
-    t0 = time.perf_counter()
-    with logging_redirect_tqdm():  # periodic log lines print above the progress bar
-        state = mf.train(
-            step,
-            state,
-            sampler,
-            steps=max(remaining - 1, 0),
-            generator=g,
-            log_every=args.log_every,
-            on_log=on_log,
-            progress=not args.no_progress,
-            checkpoint=checkpoint,
-            checkpoint_every=args.checkpoint_every,
-            on_nonfinite=args.on_nonfinite,
-        )
-    per_step = (time.perf_counter() - t0) / max(remaining - 1, 1)
-    if remaining == 1 and main:  # the one step ran before train, which writes checkpoints
-        mf.save(checkpoint, state, generator=g)
-    mf.distributed.barrier()
-    if not main:
-        return 0
-
-    eval_gen = torch.Generator().manual_seed(args.seed + 1)
-    # Meta-SGD and DAML learn more than the net: its parameters sit under "params".
-    params = state.meta["params"] if args.algo in ("meta-sgd", "daml") else state.meta
-    results, before = {}, {}
-    for phase in (0.0, math.pi):
-        results[phase] = exp.evaluate(
-            learner, exp.predict, state.meta, eval_gen, phase=phase, draws=args.eval_draws
-        )
-        before[phase] = exp.evaluate(
-            exp.frozen, exp.predict, params, torch.Generator().manual_seed(0), phase=phase, draws=1
-        )
-
-    from . import plotting
-
-    task = "DAML sine" if args.algo == "daml" else "sine"
-    fig = plotting.sine_figure(
-        args.out / f"{exp.name}.png",
-        results,
-        before=before,
-        title=f"{args.algo.upper()} on the blog's {task}: adapted on {exp.support} ({args.inner_steps} SGD steps)",
-    )
-    curve = plotting.learning_curve(
-        args.out / "learning-curve.png",
-        history["step"],
-        {
-            "query L1 before adaptation": history["loss_before"],
-            "query L1 after adaptation": history["loss"],
-        },
-        ylabel="mean L1 loss over the log window",
-        title=f"{args.algo.upper()} meta-training on the blog's {task}",
-    )
-    summary = {
-        "algo": args.algo,
-        "steps": args.steps,
-        "resumed_from_step": start_step if args.resume else None,
-        "meta_batch": args.meta_batch,
-        "inner_steps": args.inner_steps,
-        "inner_lr": args.inner_lr,
-        "outer_lr": args.outer_lr,
-        "seed": args.seed,
-        "device": args.device,
-        "compiled": not args.no_compile,
-        "processes": mf.distributed.world_size(),
-        "torch": torch.__version__,
-        "first_call_s": first_call,
-        "step_ms": 1e3 * per_step,
-        "wall_s": time.perf_counter() - start,
-        "history": history,
-        "grid_mse": {},
-    }
-    print(f"\n{args.algo} on the blog's {task}, {args.steps} outer steps x {args.meta_batch} tasks")
-    print(f"first call (compile) {first_call:.1f} s, then {1e3 * per_step:.2f} ms per outer step")
-    print(
-        f"dense-grid MSE over [-2pi, 2pi] after adapting on {exp.support} "
-        f"({args.eval_draws} draws each):"
-    )
-    for phase, r in results.items():
-        mean, half = mean_ci95(r.mse)
-        name = "pi" if phase else "0"
-        summary["grid_mse"][name] = {"mean": mean, "ci95": half, "draws": r.mse.numel()}
-        print(f"  b = {name:<2}  MSE {mean:.4f} +- {half:.4f}")
-    (args.out / "results.json").write_text(json.dumps(summary, indent=2))
-    print(f"wrote {fig}, {curve}, {args.out / 'results.json'} ({summary['wall_s']:.0f} s in all)")
-    return 0
+    return parser
 
 
 if __name__ == "__main__":

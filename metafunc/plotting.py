@@ -1,4 +1,6 @@
-"""Figures. matplotlib is imported here only, never by ``import metafunc``."""
+"""Figures drawn from the experiments' results. matplotlib is imported here only, never by
+``import metafunc``; figures are built with matplotlib's object API and saved to files, so
+nothing here touches pyplot or chooses a backend."""
 
 from __future__ import annotations
 
@@ -6,11 +8,8 @@ import math
 from collections.abc import Sequence
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
 import torch
+from matplotlib.figure import Figure
 
 from ._types import Tasks
 from .evaluation import SineEval
@@ -25,9 +24,8 @@ def sine_figure(
 ) -> Path:
     """The blog's figure, one panel per phase: the true sine, the net after adapting on the
     examples (the first draw), the examples, and optionally the net before adaptation."""
-    fig, axes = plt.subplots(
-        1, len(results), figsize=(6 * len(results), 4.4), squeeze=False, sharey=True
-    )
+    fig = Figure(figsize=(6 * len(results), 4.4))
+    axes = fig.subplots(1, len(results), squeeze=False, sharey=True)
     for ax, (phase, r) in zip(axes[0], results.items(), strict=True):
         grid = r.grid[:, 0].cpu()
         ax.plot(grid, r.truth[:, 0].cpu(), color="C0", label="true sine, sin(x + b)")
@@ -69,7 +67,8 @@ def learning_curve(
     title: str = "",
 ) -> Path:
     """Loss against outer step, one line per series, log-scaled y."""
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig = Figure(figsize=(7, 4))
+    ax = fig.subplots()
     for name, values in series.items():
         ax.plot(steps, values, label=name)
     ax.set_xlabel("outer step")
@@ -79,51 +78,6 @@ def learning_curve(
     ax.legend()
     if title:
         ax.set_title(title)
-    fig.tight_layout()
-    return _save(fig, path)
-
-
-def scaling_chart(path: str | Path, sweep: dict, *, device: str = "") -> Path:
-    """A benchmark sweep (``metafunc.bench``): median time per outer step against the swept
-    size, one line per implementation, with the interquartile range as error bars; and, when
-    measured, the compiled step's peak memory against the same size."""
-    field, points = sweep["field"], sweep["points"]
-    sizes = [p[field] for p in points]
-    has_memory = any(p.get("compiled_peak_memory_mb") is not None for p in points)
-    fig, axes = plt.subplots(1, 2 if has_memory else 1, figsize=(12 if has_memory else 7, 4.2))
-    axes = list(axes) if has_memory else [axes]
-    names = list(dict.fromkeys(r["impl"] for p in points for r in p["rows"]))
-    for name in names:
-        xs, med, lo, hi = [], [], [], []
-        for p in points:
-            for r in p["rows"]:
-                if r["impl"] == name and "median_ms" in r:
-                    xs.append(p[field])
-                    med.append(r["median_ms"])
-                    lo.append(r["median_ms"] - r["p25_ms"])
-                    hi.append(r["p75_ms"] - r["median_ms"])
-        if xs:
-            axes[0].errorbar(xs, med, yerr=[lo, hi], marker="o", capsize=3, label=name)
-    axes[0].set_ylabel("ms per outer step (median, IQR)")
-    if has_memory:
-        xs = [p[field] for p in points if p.get("compiled_peak_memory_mb") is not None]
-        mem = [
-            p["compiled_peak_memory_mb"]
-            for p in points
-            if p.get("compiled_peak_memory_mb") is not None
-        ]
-        axes[1].plot(xs, mem, marker="o", color="C2", label="metafunc compiled")
-        axes[1].set_ylabel("peak memory of a fresh process, MB")
-        axes[1].legend()
-    for ax in axes:
-        ax.set_xlabel(field.replace("_", " "))
-        ax.set_xscale("log", base=2)
-        ax.set_xticks(sizes, [str(x) for x in sizes])  # the measured sizes, not powers of two
-        ax.minorticks_off()
-        ax.grid(alpha=0.3, which="both")
-    axes[0].set_yscale("log")
-    axes[0].legend()
-    fig.suptitle(f"scaling with {field.replace('_', ' ')}" + (f" on {device}" if device else ""))
     fig.tight_layout()
     return _save(fig, path)
 
@@ -145,7 +99,8 @@ def fewshot_figure(
         i for c in range(ways) for i in (yq[0] == c).nonzero()[:per_class, 0].tolist()
     ]  # queries are grouped by class, the same way in every task
     cols = max(xs.shape[1], len(shown))
-    fig, axes = plt.subplots(2 * n, cols, figsize=(1.1 * cols, 2.5 * n), squeeze=False)
+    fig = Figure(figsize=(1.1 * cols, 2.5 * n))
+    axes = fig.subplots(2 * n, cols, squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
     for t in range(n):
@@ -190,9 +145,8 @@ def _phase_name(phase: float) -> str:
     return "π" if math.isclose(phase, math.pi) else f"{phase:g}"
 
 
-def _save(fig: plt.Figure, path: str | Path) -> Path:
+def _save(fig: Figure, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
-    plt.close(fig)
     return path

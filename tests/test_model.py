@@ -304,3 +304,29 @@ def test_mlp_draws_its_initialisation_from_the_generator_like_nn_linear():
         assert p.abs().max() <= bound, name
         if p.numel() >= 5:  # spread over the interval, not a smaller one
             assert p.abs().max() > bound / 2, name
+
+
+@pytest.mark.parametrize(
+    ("seeded", "drawn"),
+    [
+        (
+            lambda: mf.models.mlp([1, 40, 40, 1]),
+            lambda g: mf.models.mlp([1, 40, 40, 1], generator=g),
+        ),
+        (lambda: mf.models.mlp([65, 32, 32, 1]), mf.models.daml_loss_net),
+        (
+            lambda: mf.models.conv_net(5, channels=8),
+            lambda g: mf.models.conv_net(5, channels=8, generator=g),
+        ),
+    ],
+    ids=["mlp", "daml_loss_net", "conv_net"],
+)
+def test_a_generator_draws_exactly_pytorchs_default_initialisation(seeded, drawn):
+    """A seeded generator gives the parameters torch.manual_seed and PyTorch's own
+    initialisation give, bit for bit (so runs that seeded globally keep their numbers)."""
+    torch.manual_seed(7)  # test-only: the reference is the global-seed way
+    want = dict(seeded().named_parameters())
+    got = dict(drawn(torch.Generator().manual_seed(7)).named_parameters())
+    assert got.keys() == want.keys()
+    for k in want:
+        assert torch.equal(got[k], want[k]), k

@@ -1,0 +1,157 @@
+"""N-way K-shot classification with the MAML paper's conv net.
+
+Meta-trains on the training classes (synthetic glyphs by default, Omniglot from a folder), then
+scores the query accuracy on new tasks of classes never seen in training, and adapts three
+example test tasks for a figure.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import torch
+
+import metafunc as mf
+from metafunc.evaluation import fewshot_accuracy
+
+from ._history import History
+from .algorithms import build_learner
+
+
+@dataclass(frozen=True)
+class FewshotConfig:
+    """One few-shot run (the ``metafunc train --task fewshot`` options)."""
+
+    algo: str = "maml"
+    steps: int = 300
+    meta_batch: int = 8
+    inner_steps: int = 1
+    inner_lr: float = 0.4
+    outer_lr: float = 1e-3
+    seed: int = 0
+    ways: int = 5
+    shots: int = 1
+    queries: int = 5
+    channels: int = 32
+    data_dir: Path | None = None  # Omniglot's folder; None: synthetic glyphs
+    glyph_classes: int = 300
+    eval_tasks: int = 600
+    log_every: int = 25
+    device: str = "cpu"
+    compile: bool = True
+    progress: bool = True
+    checkpoint: Path | None = None
+    checkpoint_every: int | None = None
+    resume: bool = False
+    on_nonfinite: str = "raise"
+
+
+class FewshotResult(NamedTuple):
+    """What a few-shot run returns."""
+
+    state: mf.TrainState
+    learner: mf.Learner
+    data: str  # "synthetic glyphs" or "Omniglot"
+    train_classes: int
+    test_classes: int
+    image_size: int
+    history: dict[str, list[float]]  # "step", "loss", "loss_before": one entry per log window
+    accuracy: torch.Tensor  # (eval_tasks,) query accuracy per new task
+    examples: mf.Tasks  # three new test tasks
+    predicted: torch.Tensor  # (3, queries) the adapted net's labels for their query images
+    start_step: int
+    first_call_s: float
+    step_ms: float
+    eval_s: float
+
+
+def datasets(config: FewshotConfig) -> tuple[mf.tasks.ImageClasses, mf.tasks.ImageClasses, str]:
+    """The train and test classes, and a name for them."""
+    if config.data_dir is not None:
+        # The class split is fixed (the loader's seed), whatever the training seed.
+        train = mf.tasks.omniglot(config.data_dir, split="train")
+        test = mf.tasks.omniglot(config.data_dir, split="test")
+        return train, test, "Omniglot"
+    g = torch.Generator().manual_seed(config.seed)
+    glyphs = mf.tasks.synthetic_glyphs(g, classes=config.glyph_classes)
+    cut = max(config.glyph_classes * 2 // 3, 1)
+    images, names = glyphs.images, glyphs.names
+    return (
+        mf.tasks.ImageClasses(images[:cut], names[:cut]),
+        mf.tasks.ImageClasses(images[cut:], names[cut:]),
+        "synthetic glyphs",
+    )
+
+
+def run(config: FewshotConfig, *, on_log: Callable[[mf.Log], Any] | None = None) -> FewshotResult:
+    """Meta-train ``config.algo`` on the training classes, then score new tasks of new classes."""
+    train_set, test_set, data = datasets(config)
+    size = train_set.images.shape[-1]
+    init = torch.Generator().manual_seed(config.seed)
+    net = mf.models.conv_net(config.ways, channels=config.channels, image_size=size, generator=init)
+    fn, params = mf.pure(net.to(config.device))
+    loss = mf.supervised(fn, mf.losses.cross_entropy)
+    head = str(len(net) - 1)  # ANIL adapts the linear classifier
+    learner = build_learner(
+        config.algo, loss, head=head, inner_lr=config.inner_lr, inner_steps=config.inner_steps
+    )
+    learner = mf.distributed.data_parallel(learner)
+    opt = mf.optim.adam(config.outer_lr)
+    step = mf.make_step(learner, opt, compile=config.compile)
+    shape = {"ways": config.ways, "shots": config.shots, "queries": config.queries}
+    sampler = functools.partial(
+        mf.tasks.fewshot, dataset=train_set, tasks=config.meta_batch, device=config.device, **shape
+    )
+    history = History(on_log)
+    g = torch.Generator().manual_seed(config.seed)  # the task stream
+    state = mf.train(
+        step,
+        mf.init_state(learner, opt, params),
+        sampler,
+        steps=config.steps,
+        generator=g,
+        log_every=config.log_every,
+        on_log=history,
+        progress=config.progress,
+        checkpoint=config.checkpoint,
+        checkpoint_every=config.checkpoint_every,
+        resume=config.resume,
+        on_nonfinite=config.on_nonfinite,
+    )
+    start = torch.Generator().manual_seed(config.seed + 1)
+    clock = time.perf_counter()
+    accuracy = fewshot_accuracy(
+        learner, fn, state.meta, test_set, start, tasks=config.eval_tasks, **shape
+    )
+    eval_s = time.perf_counter() - clock
+    dtype = next(iter(params.values())).dtype
+    examples = mf.tasks.fewshot(
+        torch.Generator().manual_seed(config.seed + 2),
+        test_set,
+        tasks=3,
+        dtype=dtype,
+        device=config.device,
+        **shape,
+    )
+    with torch.no_grad():
+        adapted = learner.adapt(state.meta, examples.support)
+        predicted = torch.func.vmap(fn)(adapted, examples.query[0]).argmax(dim=-1)
+    return FewshotResult(
+        state,
+        learner,
+        data,
+        len(train_set.names),
+        len(test_set.names),
+        size,
+        history.curve,
+        accuracy,
+        examples,
+        predicted,
+        *history.timing(state),
+        eval_s,
+    )
