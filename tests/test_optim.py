@@ -205,6 +205,7 @@ OPTIMIZERS = {
     "adam": lambda: mf.optim.adam(1e-2, weight_decay=0.1),
     "adamw": lambda: mf.optim.adamw(mf.optim.constant_schedule(1e-2)),
     "chain": lambda: mf.optim.chain(mf.optim.clip_by_global_norm(0.1), mf.optim.adam(1e-2)),
+    "guarded": lambda: mf.optim.apply_if_finite(mf.optim.adam(1e-2)),
 }
 
 
@@ -360,6 +361,14 @@ BAD = [
     ("chain-a-list", lambda: mf.optim.chain([mf.optim.clip(1.0), mf.optim.sgd(0.1)]), TypeError,
      r"^chain: optimizers\[0\] must be a metafunc\.optim\.Optimizer, .* \(got list\); pass the "
      r"optimizers as separate arguments, chain\(a, b\)$"),
+    ("apply_if_finite-not-an-optimizer", lambda: mf.optim.apply_if_finite(0.1), TypeError,
+     r"^apply_if_finite: optimizer must be a metafunc\.optim\.Optimizer, .* \(got float\)$"),
+    ("apply_if_finite-max_consecutive_errors",
+     lambda: mf.optim.apply_if_finite(mf.optim.sgd(0.1), max_consecutive_errors=0), ValueError,
+     r"^apply_if_finite: max_consecutive_errors must be an integer >= 1 \(got 0\)$"),
+    ("apply_if_finite-max_consecutive_errors-float",
+     lambda: mf.optim.apply_if_finite(mf.optim.sgd(0.1), max_consecutive_errors=2.0), TypeError,
+     r"^apply_if_finite: max_consecutive_errors must be an integer \(got 2\.0 of type float\)$"),
     ("adamw-init-int-params", lambda: mf.optim.adamw(0.1).init({"w": torch.ones(2, dtype=torch.int64)}),
      TypeError, r"^adamw: params\['w'\] must be a floating-point tensor \(got torch\.int64\)$"),
     ("clip-update-grads-tree",
@@ -373,3 +382,28 @@ BAD = [
 def test_bad_input_is_refused_with_a_message(call, exc, pattern):
     with pytest.raises(exc, match=pattern):
         call()
+
+
+def test_composed_states_survive_a_checkpoint_round_trip(tmp_path):
+    """Keys come from the state's field names: a guarded chain with a scheduled AdamW."""
+    opt = mf.optim.apply_if_finite(
+        mf.optim.chain(
+            mf.optim.clip_by_global_norm(1.0),
+            mf.optim.adamw(mf.optim.linear_schedule(0.1, 0.0, 4)),
+            mf.optim.sgd(mf.optim.constant_schedule(1.0), momentum=0.5),
+        )
+    )
+    params, grads = params_and_grads(steps=2)
+    state = opt.init(params)
+    for g in grads:
+        updates, state = opt.update(g, state, params)
+        params = mf.optim.apply_updates(params, updates)
+    train_state = mf.TrainState(params, state, torch.tensor(2))
+    path = mf.save(tmp_path / "ckpt.pt", train_state)
+    keys = set(torch.load(path, weights_only=True))
+    assert "state.opt_state.inner_state[1].mu['a.bias']" in keys
+    assert "state.opt_state.last_finite" in keys and "state.opt_state.inner_state[2].count" in keys
+    loaded = mf.load(path, like=mf.TrainState(params, opt.init(params), torch.tensor(0)))
+    assert isinstance(loaded.opt_state, mf.optim.ApplyIfFiniteState)
+    for a, b in zip(_tree.leaves(loaded), _tree.leaves(train_state), strict=True):
+        assert a.dtype == b.dtype and torch.equal(a, b)

@@ -164,12 +164,14 @@ def test_schedule_traces_once_for_every_count(case):
 
 
 def test_schedule_in_the_compiled_step_equals_eager_and_compiles_once():
-    """Warmup to step 2, cosine decay to step 5 inside a chain, over 7 steps."""
+    """Warmup to step 2, cosine decay to step 5 inside a guarded chain, over 7 steps."""
     g = torch.Generator().manual_seed(0)
     fn, params = mf.functionalize(mf.models.blog_sine_net(g, hidden=4).double())
     learner = mf.maml(mf.supervised(fn, mf.losses.mse), inner_lr=3e-2, inner_steps=1)
     schedule = mf.optim.warmup_cosine_decay_schedule(0.0, 1e-1, warmup_steps=2, decay_steps=5)
-    opt = mf.optim.chain(mf.optim.clip_by_global_norm(1.0), mf.optim.adamw(schedule))
+    opt = mf.optim.apply_if_finite(
+        mf.optim.chain(mf.optim.clip_by_global_norm(1.0), mf.optim.adamw(schedule))
+    )
     state = mf.init_state(learner, opt, params)
     counter = torch._dynamo.testing.CompileCounterWithBackend("inductor")
     compiled = mf.make_step(learner, opt, compile=True, backend=counter)
@@ -190,7 +192,8 @@ def test_schedule_in_the_compiled_step_equals_eager_and_compiles_once():
     assert counter.frame_count == 1
     # lr 0 at the first update and after the decay, weight decay included: nothing moves then
     assert moved == [False, True, True, True, True, False, False]
-    assert int(s_comp.opt_state[1].count) == 7
+    assert bool(mf.optim.last_finite(s_comp.opt_state))
+    assert int(s_comp.opt_state.inner_state[1].count) == 7
 
 
 BAD = [

@@ -9,7 +9,9 @@ and ``AdamW`` operation for operation; the tests compare them in float64.
 
 Example:
     >>> schedule = mf.optim.warmup_cosine_decay_schedule(0.0, 1e-3, 500, 20_000)
-    >>> opt = mf.optim.chain(mf.optim.clip_by_global_norm(1.0), mf.optim.adamw(schedule))
+    >>> opt = mf.optim.apply_if_finite(
+    ...     mf.optim.chain(mf.optim.clip_by_global_norm(1.0), mf.optim.adamw(schedule))
+    ... )
 """
 
 from ._adam import AdamState as AdamState
@@ -22,6 +24,10 @@ from ._base import apply_updates as apply_updates
 from ._base import chain as chain
 from ._clip import clip as clip
 from ._clip import clip_by_global_norm as clip_by_global_norm
+from ._guard import ApplyIfFiniteState as ApplyIfFiniteState
+from ._guard import apply_if_finite as apply_if_finite
+from ._guard import is_guarded as is_guarded
+from ._guard import last_finite as last_finite
 from ._schedules import constant_schedule as constant_schedule
 from ._schedules import cosine_decay_schedule as cosine_decay_schedule
 from ._schedules import exponential_decay as exponential_decay
@@ -33,12 +39,14 @@ from ._sgd import sgd as sgd
 
 __all__ = [
     "AdamState",
+    "ApplyIfFiniteState",
     "EmptyState",
     "Optimizer",
     "SGDState",
     "Schedule",
     "adam",
     "adamw",
+    "apply_if_finite",
     "apply_updates",
     "chain",
     "clip",
@@ -46,6 +54,8 @@ __all__ = [
     "constant_schedule",
     "cosine_decay_schedule",
     "exponential_decay",
+    "is_guarded",
+    "last_finite",
     "linear_schedule",
     "piecewise_constant_schedule",
     "sgd",
