@@ -263,13 +263,13 @@ CASES = [
         "sgd-lr-negative",
         lambda: mf.optim.sgd(-1e-3),
         ValueError,
-        r"^sgd: lr must be a positive finite number \(got -0\.001\)$",
+        r"^sgd: lr must be a positive finite number or a schedule \(got -0\.001\)$",
     ),
     (
         "adam-lr-string",
         lambda: mf.optim.adam("1e-3"),
         TypeError,
-        r"^adam: lr must be a number \(got '1e-3' of type str\)$",
+        r"^adam: lr must be a positive finite number or a schedule \(got '1e-3' of type str\)$",
     ),
     (
         "sgd-momentum-one",
@@ -577,13 +577,13 @@ CASES = [
         "sgd-lr-nan",
         lambda: mf.optim.sgd(math.nan),
         ValueError,
-        r"^sgd: lr must be a positive finite number \(got nan\)$",
+        r"^sgd: lr must be a positive finite number or a schedule \(got nan\)$",
     ),
     (
         "adam-lr-bool",
         lambda: mf.optim.adam(True),
         TypeError,
-        r"^adam: lr must be a number \(got True of type bool\)$",
+        r"^adam: lr must be a positive finite number or a schedule \(got True of type bool\)$",
     ),
     (
         "adam-weight_decay-inf",

@@ -1,0 +1,170 @@
+"""The optimizer record, ``apply_updates``, ``chain``, and what every optimizer shares: learning
+rates that are numbers or schedules, and the wider dtype half-precision parameters compute in."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from numbers import Real
+from typing import Any, NamedTuple
+
+import torch
+
+from .. import _checks, _tree
+
+PyTree = Any
+Schedule = Callable[[torch.Tensor], Any]
+"""A learning rate as a function of the int64 count of updates taken before this one."""
+
+
+class Optimizer(NamedTuple):
+    """An optimizer as two pure functions (optax's ``GradientTransformation``).
+
+    Attributes:
+        init: ``init(params) -> state``.
+        update: ``update(grads, state, params) -> (updates, state)``; apply with
+            :func:`apply_updates`. In a chain the ``grads`` of one piece are the ``updates``
+            of the piece before.
+    """
+
+    init: Callable[[PyTree], Any]
+    update: Callable[[PyTree, Any, PyTree], tuple[PyTree, Any]]
+
+
+class EmptyState(NamedTuple):
+    """The state of an optimizer that keeps none (e.g. :func:`clip`)."""
+
+
+def apply_updates(params: PyTree, updates: PyTree) -> PyTree:
+    """``params + updates`` leaf by leaf (new tensors; nothing is modified in place).
+
+    Example:
+        >>> params = mf.optim.apply_updates(params, updates)
+    """
+    return _tree.map(torch.add, params, updates)
+
+
+def chain(*optimizers: Optimizer) -> Optimizer:
+    """The optimizers applied one after the other, each to the updates of the one before.
+
+    The state is the tuple of their states.
+
+    Args:
+        *optimizers: e.g. ``clip_by_global_norm(1.0), adamw(1e-3)``.
+
+    Raises:
+        TypeError: if one of them is not an :class:`Optimizer`.
+
+    Example:
+        >>> opt = mf.optim.chain(mf.optim.clip_by_global_norm(1.0), mf.optim.adam(1e-3))
+    """
+    for i, opt in enumerate(optimizers):
+        check_optimizer("chain", f"optimizers[{i}]", opt)
+
+    def init(params: PyTree) -> tuple[Any, ...]:
+        return tuple(opt.init(params) for opt in optimizers)
+
+    def update(grads: PyTree, state: tuple[Any, ...], params: PyTree) -> tuple[PyTree, Any]:
+        new_state = []
+        for opt, s in zip(optimizers, state, strict=True):
+            grads, s = opt.update(grads, s, params)
+            new_state.append(s)
+        return grads, tuple(new_state)
+
+    return Optimizer(init, update)
+
+
+def check_optimizer(where: str, name: str, value: Any) -> Optimizer:
+    if not isinstance(value, Optimizer):
+        hint = (
+            "; pass the optimizers as separate arguments, chain(a, b)"
+            if isinstance(value, (list, tuple))
+            else ""
+        )
+        raise TypeError(
+            f"{where}: {name} must be a metafunc.optim.Optimizer, e.g. mf.optim.adam(1e-3) "
+            f"(got {type(value).__name__}){hint}"
+        )
+    return value
+
+
+def learning_rate(where: str, value: Any) -> float | Schedule:
+    """A positive finite number, or a schedule that returns a finite scalar for a count of 0.
+
+    The schedule is called once here, eagerly, so a mistake surfaces when the optimizer is
+    built rather than inside a compiled step.
+    """
+    expected = f"{where}: lr must be a positive finite number or a schedule"
+    if isinstance(value, Real) and not isinstance(value, bool):
+        if not (math.isfinite(value) and value > 0):
+            raise ValueError(f"{expected} (got {value!r})")
+        return float(value)
+    if not callable(value):
+        raise TypeError(f"{expected} (got {value!r} of type {type(value).__name__})")
+    got = value(torch.zeros((), dtype=torch.int64))
+    problem = None
+    if isinstance(got, torch.Tensor):
+        if got.ndim != 0:
+            problem = f"a tensor of shape {tuple(got.shape)}"
+        elif got.dtype == torch.bool or got.is_complex():
+            problem = f"a {got.dtype} tensor"
+        elif not bool(torch.isfinite(got)):
+            problem = repr(got.item())
+    elif isinstance(got, Real) and not isinstance(got, bool):
+        if not math.isfinite(got):
+            problem = repr(got)
+    else:
+        problem = f"{got!r} of type {type(got).__name__}"
+    if problem is not None:
+        raise ValueError(
+            f"{where}: lr schedule must return a finite scalar (a number or a 0-d tensor) for "
+            f"a step count, but lr(0) returned {problem}"
+        )
+    return value
+
+
+def rate_at(lr: float | Schedule, count: torch.Tensor | None) -> float | torch.Tensor:
+    """The learning rate for this update: a number, or the schedule at ``count``."""
+    if isinstance(lr, float):
+        return lr
+    value = lr(count)
+    return value if isinstance(value, torch.Tensor) else float(value)
+
+
+def scale(rate: float | torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """``rate * x`` in ``x``'s dtype (a schedule's rate is a float64 tensor)."""
+    if isinstance(rate, torch.Tensor):
+        rate = rate.to(x.dtype)
+    return rate * x
+
+
+def wide_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype moments and updates are computed in: float32 for float16 and bfloat16
+    parameters (``eps=1e-8`` underflows in float16, ``1 - 0.999**t`` rounds to 0 in
+    bfloat16), the parameters' own dtype otherwise."""
+    return torch.promote_types(dtype, torch.float32)
+
+
+def widen(tree: PyTree) -> PyTree:
+    """The leaves in :func:`wide_dtype` (the same tensors when they already are)."""
+    return _tree.map(lambda t: t.to(wide_dtype(t.dtype)), tree)
+
+
+def wide_zeros(params: PyTree) -> PyTree:
+    return _tree.map(lambda p: torch.zeros_like(p, dtype=wide_dtype(p.dtype)), params)
+
+
+def zero_count(params: PyTree) -> torch.Tensor:
+    """An int64 scalar 0 on the parameters' device: updates taken."""
+    return torch.zeros((), dtype=torch.int64, device=_tree.leaves(params)[0].device)
+
+
+def check_init(where: str, params: PyTree) -> None:
+    _checks.params_tree(where, "params", params)
+
+
+def check_update(where: str, grads: PyTree, params: PyTree) -> None:
+    if not torch.compiler.is_compiling():
+        _tree.check_same_structure(
+            params, grads, where=f"{where}.update", expected_name="params", got_name="grads"
+        )
