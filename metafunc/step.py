@@ -10,7 +10,7 @@ import torch
 from . import _checks, _tree
 from ._learner import Learner, Metrics
 from ._types import Tasks, TrainState
-from .optim import Optimizer, apply_updates
+from .optim import Optimizer, apply_updates, last_finite
 
 Step = Callable[[TrainState, Tasks], tuple[TrainState, Metrics]]
 _CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")
@@ -48,14 +48,17 @@ def make_step(
     tensors that require grad leave no autograd graph behind.
 
     Metrics are tensors (no host sync): ``loss`` and ``loss_before`` (mean query loss after and
-    before adaptation), ``grad_norm`` (of the meta-gradient), ``finite`` (bool: loss and
-    meta-gradient are finite) and ``finite_leaves`` (a bool vector, one entry per leaf of
-    ``meta`` in the order of ``metafunc._tree.leaves``: its gradient is finite; it lets the
-    training loop name the first bad parameter without computing anything more per step).
+    before adaptation), ``grad_norm`` (of the meta-gradient), ``finite`` and ``finite_leaves``
+    (a bool vector, one entry per leaf of ``meta`` in the order of ``metafunc._tree.leaves``:
+    its gradient is finite; it lets the training loop name the first bad parameter without
+    computing anything more per step).
 
-    Non-finite guard: when ``finite`` is false the step keeps the previous ``meta`` and
-    ``opt_state`` (chosen with ``torch.where`` on the device, no host sync) and only the step
-    counter advances, so a NaN never reaches the parameters or the optimizer's moments.
+    ``finite`` says whether the step's numbers were all finite: the loss, and with an optimizer
+    wrapped in :func:`metafunc.optim.apply_if_finite` the guard's verdict on the gradient and
+    the update (the guard then kept the previous state: only the step counter advanced);
+    without a guard, the gradient and the new ``meta`` and ``opt_state`` themselves (which a
+    non-finite update has then written into the state). A loss that is not finite makes the
+    gradient NaN before the optimizer sees it, so a guard refuses that step too.
 
     With a CUDA-graph ``mode`` (``"reduce-overhead"``, ``"max-autotune"``) each call marks the
     start of a step for the graph trees and returns copies of the outputs, which the next replay
@@ -77,20 +80,23 @@ def make_step(
 
     def step(state: TrainState, tasks: Tasks) -> tuple[TrainState, Metrics]:
         grads, metrics = learner.meta_grad(state.meta, tasks)
+        leaf_ok = _tree.finite_leaves(grads)
+        grad_norm = _tree.global_norm(grads)
+        # The gradient of a loss that is not finite is no gradient, even where it came out
+        # finite (L1's at a NaN target is): make it NaN, so a guard refuses the update.
+        loss_ok = torch.isfinite(metrics["loss"])
+        grads = _tree.map(lambda g: torch.where(loss_ok, g, torch.nan), grads)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.meta)
         meta = apply_updates(state.meta, updates)
-        leaf_ok = _tree.finite_leaves(grads)
-        finite = leaf_ok.all() & torch.isfinite(metrics["loss"])
-        # A non-finite meta-gradient would poison the parameters and the optimizer's moments
-        # for good: keep the previous ones, selected on the device (no host sync).
-        meta = _tree.map(lambda new, old: torch.where(finite, new, old), meta, state.meta)
-        opt_state = _tree.map(
-            lambda new, old: torch.where(finite, new, old), opt_state, state.opt_state
-        )
+        # A guarded optimizer (optim.apply_if_finite) judged the update and kept the state if
+        # it was not finite; without a guard the new state itself must be finite.
+        verdict = last_finite(opt_state)
+        if verdict is None:
+            verdict = leaf_ok.all() & _tree.all_finite((meta, opt_state))
         metrics = {
             **metrics,
-            "grad_norm": _tree.global_norm(grads),
-            "finite": finite,
+            "grad_norm": grad_norm,
+            "finite": verdict & loss_ok,
             "finite_leaves": leaf_ok,
         }
         return TrainState(meta, opt_state, state.step + 1), metrics

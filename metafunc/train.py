@@ -20,6 +20,7 @@ from . import _checks, _tree
 from . import distributed as _dist
 from ._types import Tasks, TrainState
 from .checkpoint import load, save
+from .optim import is_guarded
 from .step import Step
 
 logger = logging.getLogger("metafunc")
@@ -90,12 +91,12 @@ def train(
     signal received by any rank stops every rank after the same step. Resuming loads the same
     file on every rank (on several machines, put it on a shared file system).
 
-    A step whose loss or meta-gradient is not finite leaves the parameters and optimizer state
-    as they were (the step does that on the device). With ``on_nonfinite="raise"`` the loop
-    reads the step's ``finite`` flag after every step (one host sync per step) and raises
-    ``FloatingPointError`` naming the step and the first parameter whose gradient is not
-    finite; no checkpoint is written. With ``"skip"`` the loop never syncs for it: the step is
-    skipped (it still counts) and a warning at the end of the log window says how many were.
+    Non-finite steps: with ``on_nonfinite="raise"`` (the default) the loop reads the step's
+    ``finite`` flag after every step (one host sync per step) and raises ``FloatingPointError``
+    naming the step and what was not finite; no checkpoint is written from a non-finite state.
+    With an optimizer wrapped in :func:`metafunc.optim.apply_if_finite` such a step left the
+    state as it was; ``"skip"`` (which needs that guard) never syncs for it: the step is skipped
+    (it still counts) and a warning at the end of the log window says how many were.
 
     Args:
         step: from :func:`metafunc.make_step`.
@@ -139,6 +140,12 @@ def train(
         )
     if on_nonfinite not in ("raise", "skip"):
         raise ValueError(f"train: on_nonfinite must be 'raise' or 'skip' (got {on_nonfinite!r})")
+    if on_nonfinite == "skip" and not is_guarded(state.opt_state):
+        raise ValueError(
+            "train: on_nonfinite='skip' needs an optimizer wrapped in mf.optim.apply_if_finite, "
+            "which keeps the state when a step is not finite; without it such a step writes "
+            "NaN or inf into the parameters"
+        )
     saver = _Checkpointer.build(checkpoint, checkpoint_every, generator)
     source = _resume_source(resume, saver)
 
@@ -314,14 +321,22 @@ def _nonfinite_message(
     if not all(flags):
         name = _tree.named_leaves(state.meta, "meta")[flags.index(False)][0]
         what = f"the meta-gradient of {name} is the first that is not finite"
-    else:
+    elif not bool(torch.isfinite(metrics["loss"])):
         what = f"the loss is {metrics['loss'].item()}"
-    kept = ""
+    else:
+        what = "the gradient is finite but the update is not (is a learning rate too large?)"
+    if is_guarded(state.opt_state):
+        kept = "The parameters and optimizer state were left as before that step"
+    else:
+        kept = (
+            "The optimizer applied it (it is not wrapped in mf.optim.apply_if_finite), so the "
+            "parameters or optimizer state are no longer finite"
+        )
     if saver is not None and saver.last is not None:
-        kept = f"; the last checkpoint, {str(saver.path)!r}, is at step {saver.last}"
+        kept += f"; the last checkpoint, {str(saver.path)!r}, is at step {saver.last}"
     return (
-        f"train: step {done} is not finite: {what}. The parameters and optimizer state were "
-        f"left as before that step{kept}. Lower the learning rates or check the data, or pass "
+        f"train: step {done} is not finite: {what}. {kept}. Lower the learning rates or check "
+        "the data, or wrap the optimizer in mf.optim.apply_if_finite and pass "
         "on_nonfinite='skip' to skip such steps."
     )
 

@@ -283,7 +283,7 @@ def test_sigterm_in_another_process_stops_cleanly_and_the_run_resumes_bit_exact(
 
 
 def test_the_non_finite_guard_in_train(tmp_path, caplog):
-    learner, opt, params, sampler = setup()
+    learner, opt, params, sampler = setup(mf.optim.apply_if_finite(mf.optim.adam(1e-2)))
     step = mf.make_step(learner, opt, compile=False)
     state = mf.init_state(learner, opt, params)
     calls = []
@@ -309,8 +309,9 @@ def test_the_non_finite_guard_in_train(tmp_path, caplog):
         )
     assert str(info.value) == (
         # the L1 loss's gradient ignores a NaN target; the loss does not
-        "train: step 3 is not finite: the loss is nan. The parameters and optimizer state were left as before that step; the last "
-        f"checkpoint, {str(path)!r}, is at step 2. Lower the learning rates or check the data, or "
+        "train: step 3 is not finite: the loss is nan. The parameters and optimizer state were "
+        f"left as before that step; the last checkpoint, {str(path)!r}, is at step 2. Lower the "
+        "learning rates or check the data, or wrap the optimizer in mf.optim.apply_if_finite and "
         "pass on_nonfinite='skip' to skip such steps."
     )
     assert int(mf.load(path, like=state).step) == 2  # not overwritten by the failed step
@@ -335,8 +336,31 @@ def test_the_non_finite_guard_in_train(tmp_path, caplog):
         if i != 2:
             manual, _ = step(manual, tasks)
     assert_states_equal(skipped.meta, manual.meta)
-    assert_states_equal(skipped.opt_state, manual.opt_state)
-    assert int(skipped.step) == 4
+    assert_states_equal(skipped.opt_state.inner_state, manual.opt_state.inner_state)
+    assert int(skipped.step) == 4 and int(skipped.opt_state.total_notfinite) == 1
+
+
+def test_without_a_guard_train_says_the_state_is_lost_and_refuses_to_skip(tmp_path):
+    learner, opt, params, sampler = setup(mf.optim.sgd(1e-2))
+    step = mf.make_step(learner, opt, compile=False)
+    state = mf.init_state(learner, opt, params)
+
+    def poisoned(g):
+        tasks = sampler(g)
+        tasks.support[0][0, 0, 0] = float("nan")
+        return tasks
+
+    with pytest.raises(
+        FloatingPointError,
+        match=r"^train: step 1 is not finite: the meta-gradient of meta\['0\.bias'\] is the first "
+        r"that is not finite\. The optimizer applied it \(it is not wrapped in "
+        r"mf\.optim\.apply_if_finite\), so the parameters or optimizer state are no longer "
+        r"finite\. ",
+    ):
+        mf.train(step, state, poisoned, steps=2, checkpoint=tmp_path / "c.pt", progress=False)
+    assert not (tmp_path / "c.pt").exists()  # nothing written from a non-finite state
+    with pytest.raises(ValueError, match=r"^train: on_nonfinite='skip' needs an optimizer wrapped"):
+        mf.train(step, state, sampler, steps=2, on_nonfinite="skip", progress=False)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

@@ -278,7 +278,7 @@ def test_half_precision_model_takes_finite_adam_steps(dtype):
     dtype's precision of the same gradients applied in float32."""
     torch.manual_seed(0)  # test-only: fixes nn.Linear's default initialisation
     net = torch.nn.Sequential(torch.nn.Linear(2, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1))
-    fn, p32 = mf.functionalize(net)
+    fn, p32 = mf.pure(net)
     x = torch.linspace(-1, 1, 20).reshape(10, 2)
     y = x.sum(1, keepdim=True).sin()
 

@@ -166,7 +166,7 @@ def test_schedule_traces_once_for_every_count(case):
 def test_schedule_in_the_compiled_step_equals_eager_and_compiles_once():
     """Warmup to step 2, cosine decay to step 5 inside a guarded chain, over 7 steps."""
     g = torch.Generator().manual_seed(0)
-    fn, params = mf.functionalize(mf.models.blog_sine_net(g, hidden=4).double())
+    fn, params = mf.pure(mf.models.blog_sine_net(g, hidden=4).double())
     learner = mf.maml(mf.supervised(fn, mf.losses.mse), inner_lr=3e-2, inner_steps=1)
     schedule = mf.optim.warmup_cosine_decay_schedule(0.0, 1e-1, warmup_steps=2, decay_steps=5)
     opt = mf.optim.apply_if_finite(

@@ -41,10 +41,10 @@ def test_eager_step_is_meta_grad_then_update():
     assert metrics["finite"].dtype == torch.bool and bool(metrics["finite"])
 
 
-def test_finite_flag_reports_nan_and_the_step_keeps_the_previous_state():
+def test_finite_flag_reports_nan_and_a_guarded_step_keeps_the_previous_state():
     fn, params = mf.pure(tanh_net())
     learner = mf.maml(mf.supervised(fn, mf.losses.mse), inner_lr=0.1)
-    opt = mf.optim.adam(0.1)
+    opt = mf.optim.apply_if_finite(mf.optim.adam(0.1))
     step = mf.make_step(learner, opt, compile=False)
     state, _ = step(mf.init_state(learner, opt, params), sine_tasks())  # non-zero moments
     tasks = sine_tasks(seed=2)
@@ -52,12 +52,46 @@ def test_finite_flag_reports_nan_and_the_step_keeps_the_previous_state():
     new, metrics = step(state, tasks)
     assert not bool(metrics["finite"])
     for a, b in zip(
-        _tree.leaves((new.meta, new.opt_state)),
-        _tree.leaves((state.meta, state.opt_state)),
+        _tree.leaves((new.meta, new.opt_state.inner_state)),
+        _tree.leaves((state.meta, state.opt_state.inner_state)),
         strict=True,
     ):
         assert torch.equal(a, b)
     assert int(new.step) == int(state.step) + 1  # a skipped step still counts
+    assert int(new.opt_state.total_notfinite) == 1
+
+
+@pytest.mark.parametrize("guarded", [False, True], ids=["plain", "guarded"])
+def test_finite_is_false_when_the_update_overflows_though_the_gradient_is_finite(guarded):
+    """sgd(1e38) on finite float32 gradients larger than 3.4: the parameters would become inf."""
+    fn, params = mf.pure(tanh_net().float())
+    learner = mf.maml(mf.supervised(fn, mf.losses.mse), inner_lr=0.1)
+    opt = mf.optim.sgd(1e38)
+    opt = mf.optim.apply_if_finite(opt) if guarded else opt
+    state = mf.init_state(learner, opt, params)
+    (xs, ys), (xq, yq) = sine_tasks()
+    tasks = mf.Tasks((xs.float(), 100 * ys.float()), (xq.float(), 100 * yq.float()))
+    new, metrics = mf.make_step(learner, opt, compile=False)(state, tasks)
+    assert metrics["finite_leaves"].all() and bool(torch.isfinite(metrics["loss"]))
+    assert not bool(metrics["finite"])
+    assert bool(_tree.all_finite(new.meta)) == guarded  # the guard kept the state
+    if guarded:
+        assert all(
+            torch.equal(a, b)
+            for a, b in zip(_tree.leaves(new.meta), _tree.leaves(state.meta), strict=True)
+        )
+
+
+def test_without_a_guard_a_nan_step_is_reported_and_applied():
+    fn, params = mf.pure(tanh_net())
+    learner = mf.maml(mf.supervised(fn, mf.losses.mse), inner_lr=0.1)
+    opt = mf.optim.adam(0.1)
+    tasks = sine_tasks(seed=2)
+    tasks.query[1][0, 0, 0] = float("nan")
+    new, metrics = mf.make_step(learner, opt, compile=False)(
+        mf.init_state(learner, opt, params), tasks
+    )
+    assert not bool(metrics["finite"]) and not bool(_tree.all_finite(new.meta))
 
 
 def _two_leaf_learner():
@@ -75,7 +109,7 @@ def _two_leaf_learner():
 @pytest.mark.parametrize("compile", [False, True], ids=["eager", "compiled"])
 def test_finite_leaves_flag_the_parameter_with_a_bad_gradient(compile):
     learner, params = _two_leaf_learner()
-    opt = mf.optim.sgd(0.1)
+    opt = mf.optim.apply_if_finite(mf.optim.sgd(0.1))
     step = mf.make_step(learner, opt, compile=compile)
     x = torch.ones(2, 3, 2, dtype=torch.float64)
     state, m = step(mf.init_state(learner, opt, params), mf.Tasks((x,), (x,)))

@@ -84,7 +84,7 @@ def test_a_non_finite_step_names_the_first_parameter_with_a_bad_gradient():
         return (p["a"] * x[:, 0]).mean() + (p["b"] * x[:, 1]).mean()
 
     params = {"a": torch.ones((), dtype=torch.float64), "b": torch.ones((), dtype=torch.float64)}
-    learner, opt = mf.maml(loss, inner_steps=0), mf.optim.sgd(0.1)
+    learner, opt = mf.maml(loss, inner_steps=0), mf.optim.apply_if_finite(mf.optim.sgd(0.1))
     step = mf.make_step(learner, opt, compile=False)
     x = torch.ones(2, 3, 2, dtype=torch.float64)
     x[1, 2, 1] = float("inf")  # only b's gradient sees it

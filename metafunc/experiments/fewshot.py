@@ -101,7 +101,7 @@ def run(config: FewshotConfig, *, on_log: Callable[[mf.Log], Any] | None = None)
         config.algo, loss, head=head, inner_lr=config.inner_lr, inner_steps=config.inner_steps
     )
     learner = mf.distributed.data_parallel(learner)
-    opt = mf.optim.adam(config.outer_lr)
+    opt = mf.optim.apply_if_finite(mf.optim.adam(config.outer_lr))
     step = mf.make_step(learner, opt, compile=config.compile)
     shape = {"ways": config.ways, "shots": config.shots, "queries": config.queries}
     sampler = functools.partial(

@@ -121,7 +121,7 @@ def run(config: SineConfig, *, on_log: Callable[[mf.Log], Any] | None = None) ->
     g = torch.Generator().manual_seed(config.seed)
     setup = _setup(config, g)
     learner = mf.distributed.data_parallel(setup.learner)
-    opt = mf.optim.sgd(config.outer_lr)
+    opt = mf.optim.apply_if_finite(mf.optim.sgd(config.outer_lr))
     step = mf.make_step(learner, opt, compile=config.compile)
     history = History(on_log)
     state = mf.train(

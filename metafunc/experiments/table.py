@@ -51,7 +51,7 @@ def run_cell(config: TableConfig, algo: str, shots: int) -> dict[str, Any]:
     loss = mf.supervised(fn, mf.losses.mse)
     inner_steps = config.reptile_steps if algo == "reptile" else 1
     learner = build_learner(algo, loss, head="4", inner_lr=config.inner_lr, inner_steps=inner_steps)
-    opt = mf.optim.adam(config.outer_lr)
+    opt = mf.optim.apply_if_finite(mf.optim.adam(config.outer_lr))
     step = mf.make_step(learner, opt, compile=config.compile)
     sampler = functools.partial(
         mf.tasks.sinusoid, tasks=config.meta_batch, shots=shots, queries=shots
