@@ -50,6 +50,7 @@ def pure(module: nn.Module) -> tuple[Callable[..., Any], Params]:
     if not params:
         raise ValueError(f"pure: module {type(module).__name__} has no parameters to learn")
     buffers = _tree.copy(dict(module.named_buffers()))
+    pristine = _tree.copy(buffers)
     private = copy.deepcopy(module)
     batchnorms = [
         name
@@ -60,7 +61,20 @@ def pure(module: nn.Module) -> tuple[Callable[..., Any], Params]:
     def fn(params: Params, *args: Any, **kwargs: Any) -> Any:
         if batchnorms and torch._C._functorch.peek_interpreter_stack() is not None:
             raise ValueError(_batchnorm_message(type(module).__name__, batchnorms))
-        return functional_call(private, (params, buffers), args, kwargs, strict=True)
+        if torch.compiler.is_compiling():
+            return functional_call(private, (params, buffers), args, kwargs, strict=True)
+        versions = {name: b._version for name, b in buffers.items()}
+        out = functional_call(private, (params, buffers), args, kwargs, strict=True)
+        for name, b in buffers.items():
+            if b._version != versions[name]:
+                buffers[name] = pristine[name].clone()  # undo, so the next call is not affected
+                raise ValueError(
+                    f"pure: {type(module).__name__} wrote into its buffer {name!r} during "
+                    "forward; a pure model keeps no state between calls (under vmap every task "
+                    "would write the same buffer): compute it from the inputs, or call "
+                    "module.eval() before mf.pure if the layer has an evaluation mode"
+                )
+        return out
 
     return fn, params
 

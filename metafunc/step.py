@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
 
 from . import _checks, _tree
+from . import distributed as _dist
 from ._learner import Learner, Metrics
 from ._types import Tasks, TrainState
 from .optim import Optimizer, apply_updates, last_finite
@@ -134,6 +136,7 @@ def make_step(
             expected_name="optimizer.init(state.meta)",
             got_name="state.opt_state",
         )
+        _probe(step, state, tasks)
 
     def checked(state: TrainState, tasks: Tasks) -> tuple[TrainState, Metrics]:
         check(state, tasks)
@@ -152,6 +155,97 @@ def make_step(
         return _tree.map(torch.clone, out) if cuda_graphs else out
 
     return checked
+
+
+def _probe(step: Step, state: TrainState, tasks: Tasks) -> None:
+    """Run the eager step once on copies of the state and of as few tasks as the process group
+    allows (one without torchrun), so that a model or loss that cannot run as a pure function
+    fails here with a message that says what it must not do, with the data it was given
+    (compiled, the same mistake surfaces as a compiler message), and so that one that writes
+    into its inputs or parameters in place is caught before it changes the caller's tensors."""
+    given = tasks
+    n = min(_tree.leaves(tasks.support)[0].shape[0], _dist.world_size())
+    state = _tree.map(torch.clone, state)
+    tasks = _tree.map(lambda t: t[:n].clone(), tasks)
+    watched = _tree.named_leaves(state, "state") + _tree.named_leaves(tasks, "tasks")
+    versions = [t._version for _, t in watched]
+    try:
+        with torch.no_grad():
+            step(state, tasks)
+    except Exception as e:
+        if _raised_by_metafunc(e):
+            raise
+        raise _user_code_error(e, state, given) from e
+    for (name, t), version in zip(watched, versions, strict=True):
+        if t._version != version:
+            raise ValueError(
+                f"step: the model or loss wrote in place into {name} during the step; under "
+                "vmap and grad they must be pure functions: compute new tensors (x = x * 2) "
+                "instead of modifying the ones they are given (x *= 2, x.mul_(2), "
+                "x[0] = ..., param.data.copy_(...))"
+            )
+
+
+_HINTS = (
+    (
+        ("inplace", "in-place", "in place"),
+        "The model or loss writes in place into a tensor it was given (an input, a parameter "
+        "or a buffer); under vmap and grad it must be pure: write x = x * 2, not x *= 2 or "
+        "x.mul_(2).",
+    ),
+    (
+        (".item()", "tolist", "data-dependent", "data dependent", "boolean value of tensor"),
+        "The model or loss reads a tensor's value on the host (.item(), .tolist(), float(t), "
+        "bool(t) or an if on a tensor); under vmap and grad values stay tensors: use "
+        "torch.where instead of if.",
+    ),
+    (
+        ("to return a scalar",),
+        "The loss must return one scalar per task, e.g. the mean over the examples.",
+    ),
+    (
+        ("shapes cannot be multiplied", "size mismatch", "must match the size", "sizes of tensors"),
+        "The data does not fit the model: check the feature dimensions of the task tensors "
+        "(tasks, examples, features...) against the model's input.",
+    ),
+    (
+        ("scalar type", "same dtype", "dtype"),
+        "The data's dtype does not fit the model's: convert the inputs, e.g. x.float() for "
+        "uint8 images, and keep labels int64.",
+    ),
+    (
+        ("out of bounds", "out of range"),
+        "A class label is out of range for the model's outputs (labels 0..classes-1).",
+    ),
+)
+
+
+def _raised_by_metafunc(e: BaseException) -> bool:
+    """Whether the innermost frame of ``e`` is metafunc's own (its messages are already ours)."""
+    tb = e.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    here = Path(__file__).parent
+    return tb is not None and Path(tb.tb_frame.f_code.co_filename).is_relative_to(here)
+
+
+def _user_code_error(e: Exception, state: TrainState, tasks: Tasks) -> Exception:
+    first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+    low = str(e).lower()
+    hint = next(
+        (text for keys, text in _HINTS if any(k in low for k in keys)),
+        "Under vmap and grad the model and loss must be pure functions of their arguments.",
+    )
+    data = ", ".join(
+        f"{name} {tuple(t.shape)} {str(t.dtype).removeprefix('torch.')}"
+        for name, t in _tree.named_leaves(tasks, "tasks")
+    )
+    message = (
+        f"step: the model or loss failed on its first call with this data (state.step "
+        f"{int(state.step)}; {data}): {type(e).__name__}: {first} {hint}"
+    )
+    kind = type(e) if type(e) in (RuntimeError, ValueError, TypeError, IndexError) else RuntimeError
+    return kind(message)
 
 
 def _check_types(where: str, learner: Any, optimizer: Any) -> None:

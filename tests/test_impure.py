@@ -1,0 +1,173 @@
+"""Models, losses and data that cannot run as pure functions under vmap and grad: the step's
+first call on new data says what is wrong, with the data, instead of a functorch message, and
+never changes the caller's tensors."""
+
+import pytest
+import torch
+from conftest import sine_tasks
+from torch import nn
+
+import metafunc as mf
+
+F64 = torch.float64
+
+
+class Counter(nn.Module):
+    """Keeps state in a buffer it writes during forward."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(1, 1).double()
+        self.register_buffer("calls", torch.zeros((), dtype=F64))
+
+    def forward(self, x):
+        self.calls += 1
+        return self.lin(x)
+
+
+class ScalesItsInput(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(1, 1).double()
+
+    def forward(self, x):
+        x.mul_(2)
+        return self.lin(x)
+
+
+class ShrinksItsWeight(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(1, 1).double()
+
+    def forward(self, x):
+        with torch.no_grad():
+            self.lin.weight.mul_(0.5)
+        return self.lin(x)
+
+
+def step_for(model=None, loss=None, compile=False):
+    torch.manual_seed(0)  # test-only: nn.Linear's default initialisation
+    fn, params = mf.pure(model if model is not None else nn.Linear(1, 1).double())
+    learner = mf.maml(loss(fn) if loss else mf.supervised(fn, mf.losses.mse), inner_lr=0.1)
+    opt = mf.optim.sgd(0.1)
+    step = mf.make_step(learner, opt, compile=compile, backend="aot_eager")
+    return step, mf.init_state(learner, opt, params)
+
+
+IN_PLACE = (
+    r"The model or loss writes in place into a tensor it was given \(an input, a parameter or a "
+    r"buffer\); under vmap and grad it must be pure"
+)
+
+
+def test_a_buffer_written_in_forward_is_named():
+    step, state = step_for(Counter())
+    with pytest.raises(
+        RuntimeError, match=r"^step: the model or loss failed on its first call.*" + IN_PLACE
+    ):
+        step(state, sine_tasks())
+    # called plainly, outside any transform, the function names the buffer and undoes the write
+    fn, params = mf.pure(Counter())
+    with pytest.raises(
+        ValueError,
+        match=r"^pure: Counter wrote into its buffer 'calls' during forward; a pure model keeps "
+        r"no state between calls",
+    ):
+        fn(params, torch.zeros(2, 1, dtype=F64))
+    with pytest.raises(ValueError, match=r"buffer 'calls'"):  # still 0 -> 1, not 1 -> 2
+        fn(params, torch.zeros(2, 1, dtype=F64))
+
+
+@pytest.mark.parametrize("compile", [False, True], ids=["eager", "compiled"])
+def test_an_in_place_write_to_the_input_is_refused_and_the_callers_data_kept(compile):
+    step, state = step_for(ScalesItsInput(), compile=compile)
+    tasks = sine_tasks()
+    before = [t.clone() for t in mf._tree.leaves(tasks)]
+    with pytest.raises(RuntimeError, match=r"^step: the model or loss failed.*" + IN_PLACE):
+        step(state, tasks)
+    assert all(torch.equal(a, b) for a, b in zip(mf._tree.leaves(tasks), before, strict=True))
+
+
+def test_a_weight_changed_in_forward_is_refused():
+    step, state = step_for(ShrinksItsWeight())
+    weight = state.meta["lin.weight"].clone()
+    with pytest.raises(
+        ValueError,
+        match=r"^step: the model or loss wrote in place into state\.meta\['lin\.weight'\] during "
+        r"the step; under vmap and grad they must be pure functions",
+    ):
+        step(state, sine_tasks())
+    assert torch.equal(state.meta["lin.weight"], weight)
+
+
+def test_item_in_the_loss_says_values_stay_tensors():
+    def loss(fn):
+        def per_task(params, data):
+            x, y = data
+            scale = float((y**2).mean().item())
+            return ((fn(params, x) - y) ** 2).mean() * scale
+
+        return per_task
+
+    step, state = step_for(loss=loss)
+    with pytest.raises(
+        RuntimeError,
+        match=r"^step: the model or loss failed on its first call with this data \(state\.step 0; "
+        r"tasks\.support\[0\] \(3, 4, 1\) float64, .*\): RuntimeError: .* The model or loss reads "
+        r"a tensor's value on the host \(\.item\(\)",
+    ):
+        step(state, sine_tasks())
+
+
+def test_a_loss_that_is_not_a_scalar_is_named():
+    step, state = step_for(loss=lambda fn: lambda p, data: (fn(p, data[0]) - data[1]) ** 2)
+    with pytest.raises(
+        RuntimeError, match=r"The loss must return one scalar per task, e\.g\. the mean"
+    ):
+        step(state, sine_tasks())
+
+
+def test_uint8_inputs_to_a_float_model_say_convert_them():
+    step, state = step_for(loss=lambda fn: lambda p, data: fn(p, data[0]).mean())
+    x = torch.randint(0, 255, (3, 4, 1), dtype=torch.uint8)
+    with pytest.raises(RuntimeError, match=r"The data's dtype does not fit the model's: convert"):
+        step(state, mf.Tasks((x,), (x,)))
+
+
+def test_labels_out_of_range_are_named():
+    torch.manual_seed(0)
+    fn, params = mf.pure(nn.Linear(2, 3).double())
+    learner = mf.maml(mf.supervised(fn, mf.losses.cross_entropy), inner_lr=0.1)
+    opt = mf.optim.sgd(0.1)
+    x = torch.randn(2, 4, 2, dtype=F64)
+    y = torch.tensor([[0, 1, 2, 5]] * 2)
+    with pytest.raises(
+        RuntimeError, match=r"A class label is out of range for the model's outputs"
+    ):
+        mf.make_step(learner, opt, compile=False)(
+            mf.init_state(learner, opt, params), mf.Tasks((x, y), (x, y))
+        )
+
+
+def test_a_feature_size_that_changes_mid_run_is_caught_on_the_new_data():
+    step, state = step_for()
+    state, _ = step(state, sine_tasks())
+    (xs, ys), (xq, yq) = sine_tasks()
+    wide = mf.Tasks((torch.cat([xs, xs], -1), ys), (torch.cat([xq, xq], -1), yq))
+    with pytest.raises(
+        RuntimeError,
+        match=r"^step: the model or loss failed on its first call with this data \(state\.step 1; "
+        r"tasks\.support\[0\] \(3, 4, 2\) float64.*The data does not fit the model",
+    ):
+        step(state, wide)
+
+
+def test_task_tensors_that_require_grad_leave_no_graph_in_the_state():
+    step, state = step_for()
+    for _ in range(3):
+        (xs, ys), (xq, yq) = sine_tasks()
+        tasks = mf.Tasks((xs.requires_grad_(), ys), (xq.requires_grad_(), yq))
+        state, metrics = step(state, tasks)
+    for t in mf._tree.leaves((state, metrics)):
+        assert t.grad_fn is None and not t.requires_grad
