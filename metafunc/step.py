@@ -140,18 +140,23 @@ def make_step(
 
     def checked(state: TrainState, tasks: Tasks) -> tuple[TrainState, Metrics]:
         check(state, tasks)
-        with torch.no_grad():
-            if not compile:
-                return step(state, tasks)
-            if cuda_graphs:
-                torch.compiler.cudagraph_mark_step_begin()
-            try:
-                out = run(state, tasks)
-            except torch._dynamo.exc.TorchDynamoException:
-                # Tracing turns errors raised by user code (a bad loss, a refused model) into
-                # compiler messages; the eager step raises the original, readable one.
-                step(state, tasks)
-                raise
+        try:
+            with torch.no_grad():
+                if not compile:
+                    return step(state, tasks)
+                if cuda_graphs:
+                    torch.compiler.cudagraph_mark_step_begin()
+                try:
+                    out = run(state, tasks)
+                except torch._dynamo.exc.TorchDynamoException:
+                    # Tracing turns errors raised by user code (a bad loss, a refused model)
+                    # into compiler messages; the eager step raises the original, readable one.
+                    step(state, tasks)
+                    raise
+        except (torch.OutOfMemoryError, RuntimeError) as e:
+            if isinstance(e, torch.OutOfMemoryError) or "can't allocate memory" in str(e):
+                raise _out_of_memory(e, tasks) from e
+            raise
         return _tree.map(torch.clone, out) if cuda_graphs else out
 
     return checked
@@ -246,6 +251,16 @@ def _user_code_error(e: Exception, state: TrainState, tasks: Tasks) -> Exception
     )
     kind = type(e) if type(e) in (RuntimeError, ValueError, TypeError, IndexError) else RuntimeError
     return kind(message)
+
+
+def _out_of_memory(e: Exception, tasks: Tasks) -> Exception:
+    n = _tree.leaves(tasks.support)[0].shape[0]
+    first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+    return type(e)(
+        f"step: out of memory for a meta-batch of {n} tasks ({first}); vmap holds every task's "
+        f"activations at once: give the learner chunk_size= to hold fewer, e.g. "
+        f"mf.maml(loss, ..., chunk_size={max(n // 4, 1)}), or use a smaller meta-batch"
+    )
 
 
 def _check_types(where: str, learner: Any, optimizer: Any) -> None:
