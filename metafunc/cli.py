@@ -69,8 +69,15 @@ def _train(args: argparse.Namespace) -> int:
     if distributed and device == "cuda":
         device = f"cuda:{os.environ.get('LOCAL_RANK', '0')}"
     main = mf.distributed.is_main()
+    if args.out.exists() and not args.out.is_dir():
+        return _fail(f"--out {str(args.out)!r} is a file; it must be a folder (or not exist yet)")
     if main:
-        args.out.mkdir(parents=True, exist_ok=True)
+        try:
+            args.out.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            return _fail(f"--out {str(args.out)!r} cannot be created: {e.strerror}")
+        if not os.access(args.out, os.W_OK):
+            return _fail(f"--out {str(args.out)!r} is not writable")
     mf.distributed.barrier()
     common = {
         "algo": args.algo,
@@ -316,9 +323,33 @@ def _positive_float(text: str) -> float:
     return value
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a bad option is one line, ``metafunc train: ...``, and exit status 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: {message}\n")
+
+
+def _device(text: str) -> str:
+    try:
+        device = torch.device(text)
+    except RuntimeError as e:
+        raise argparse.ArgumentTypeError(f"is not a torch device ({e})") from e
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise argparse.ArgumentTypeError(f"{text}: CUDA is not available on this machine")
+    return text
+
+
+def _count(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0 (got {text})")
+    return value
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="metafunc", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = _Parser(prog="metafunc", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     t = sub.add_parser(
         "train",
         help="meta-train on the blog's sine task (DAML: the blog's DAML sine) or on N-way "
@@ -339,7 +370,7 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument(
         "--meta-batch", type=_positive_int, help="tasks per outer step (default 32; fewshot 8)"
     )
-    t.add_argument("--inner-steps", type=int, help="inner SGD steps (default 5; fewshot 1)")
+    t.add_argument("--inner-steps", type=_count, help="inner SGD steps (default 5; fewshot 1)")
     t.add_argument(
         "--inner-lr", type=_positive_float, help="inner SGD step size (default 3e-2; fewshot 0.4)"
     )
@@ -373,7 +404,10 @@ def _parser() -> argparse.ArgumentParser:
         "--log-every", type=_positive_int, help="steps per log line (default 500; fewshot 25)"
     )
     t.add_argument(
-        "--device", default="cpu", help="torch device for parameters and data, e.g. cuda"
+        "--device",
+        type=_device,
+        default="cpu",
+        help="torch device for parameters and data, e.g. cuda",
     )
     t.add_argument(
         "--checkpoint-every",

@@ -138,3 +138,53 @@ def test_table_writes_rows_and_resumes_where_it_stopped(tmp_path, capsys):
     )
     printed = capsys.readouterr().out
     assert "maml, 5-shot: done in" in printed and "| reptile | " in printed
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ["--inner-lr", "nan"],
+            "metafunc train: argument --inner-lr: must be a positive finite number (got nan)",
+        ),
+        (
+            ["--inner-steps", "-1"],
+            "metafunc train: argument --inner-steps: must be an integer >= 0 (got -1)",
+        ),
+        (["--device", "bogus"], "metafunc train: argument --device: is not a torch device ("),
+        (
+            ["--data-dir", "x"],
+            "metafunc train: --data-dir does not apply to --task sine (it is an option of --task fewshot)",
+        ),
+        (["--ways", "3"], "metafunc train: --ways does not apply to --task sine"),
+        (
+            ["--task", "fewshot", "--eval-draws", "3"],
+            "metafunc train: --eval-draws does not apply to --task fewshot",
+        ),
+    ],
+)
+def test_bad_options_are_one_line_and_exit_2(args, message, capsys):
+    try:
+        code = main(["train", *args, "--no-progress"])
+    except SystemExit as e:  # argparse's own exit
+        code = e.code
+    assert code == 2
+    err = capsys.readouterr().err
+    assert err.startswith(message) and err.count("\n") == 1, err
+
+
+def test_an_out_that_is_a_file_is_refused_before_training(tmp_path, capsys):
+    out = tmp_path / "file"
+    out.write_text("")
+    assert main([*SHORT, "--steps", "2", "--out", str(out)]) == 2
+    assert capsys.readouterr().err == (
+        f"metafunc train: --out {str(out)!r} is a file; it must be a folder (or not exist yet)\n"
+    )
+
+
+def test_results_are_strict_json_with_null_for_non_finite_numbers(tmp_path):
+    from metafunc.cli import _write_json
+
+    path = _write_json(tmp_path / "r.json", {"mse": float("nan"), "rows": [{"x": float("inf")}]})
+    assert json.loads(path.read_text()) == {"mse": None, "rows": [{"x": None}]}
+    assert "NaN" not in path.read_text() and "Infinity" not in path.read_text()

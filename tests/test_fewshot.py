@@ -360,3 +360,18 @@ def test_train_fewshot_refuses_daml_and_a_folder_without_omniglot(tmp_path, caps
     assert "--algo daml runs on the DAML sine only" in capsys.readouterr().err
     with pytest.raises(FileNotFoundError, match="omniglot: root must be a folder holding"):
         main(["train", "--task", "fewshot", "--data-dir", str(tmp_path), "--no-progress"])
+
+
+def test_train_fewshot_writes_checkpoints_and_resumes_bit_exact(tmp_path):
+    args = ["train", "--task", "fewshot", "--meta-batch", "2", "--channels", "4"]
+    args += ["--glyph-classes", "15", "--eval-tasks", "2", "--no-compile", "--no-progress"]
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    assert main([*args, "--steps", "4", "--out", str(straight)]) == 0
+    assert main([*args, "--steps", "2", "--checkpoint-every", "1", "--out", str(split)]) == 0
+    assert main([*args, "--steps", "4", "--resume", "--out", str(split)]) == 0
+    a = torch.load(straight / "checkpoint.pt", weights_only=True)
+    b = torch.load(split / "checkpoint.pt", weights_only=True)
+    assert a.keys() == b.keys() and int(b["state.step"]) == 4
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    assert json.loads((split / "results.json").read_text())["resumed_from_step"] == 2
