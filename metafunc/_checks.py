@@ -259,7 +259,7 @@ def _rank_message(where: str, path: str, t: torch.Tensor, floating: bool) -> str
 def signature(tree: Any) -> Any:
     """What the eager checks of ``tree`` depend on: its structure and each tensor's shape, dtype
     and device (other leaves by value); ``None`` when a leaf cannot be hashed."""
-    leaves = _tree.leaves(tree)
+    leaves, spec = _tree.flatten(tree)  # one pass: this runs before every step
     parts = []
     for t in leaves:
         if isinstance(t, torch.Tensor):
@@ -268,7 +268,7 @@ def signature(tree: Any) -> Any:
             return None
         else:
             parts.append((type(t), t))
-    return _tree.structure(tree), tuple(parts)
+    return spec, tuple(parts)
 
 
 def once_per_signature(check: Callable[..., None], size: int = 64) -> Callable[..., None]:

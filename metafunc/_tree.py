@@ -28,6 +28,7 @@ __all__ = [
     "copy",
     "detach",
     "finite_leaves",
+    "flatten",
     "global_norm",
     "leaves",
     "map",
@@ -47,6 +48,11 @@ Selector = Any  # None | str | Sequence[str] | Callable[[str], bool] | a pytree 
 def map(f: Callable[..., Any], tree: PyTree, *rest: PyTree) -> PyTree:
     """``f`` applied leaf by leaf to ``tree`` and the trees in ``rest`` (same structure)."""
     return optree.tree_map(f, tree, *rest)
+
+
+def flatten(tree: PyTree) -> tuple[list[Any], optree.PyTreeSpec]:
+    """``(leaves(tree), structure(tree))`` in one pass."""
+    return optree.tree_flatten(tree)
 
 
 def leaves(tree: PyTree) -> list[Any]:
