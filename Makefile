@@ -27,11 +27,11 @@ demo: setup
 
 bench: setup
 	$(BIN)/python -m pip install --quiet -e ".[dev,bench]"
-	$(BIN)/metafunc bench
+	$(BIN)/python -m benchmarks
 
 lint: setup
-	$(BIN)/ruff check metafunc tests
-	$(BIN)/ruff format --check metafunc tests
+	$(BIN)/ruff check metafunc tests benchmarks
+	$(BIN)/ruff format --check metafunc tests benchmarks
 
 test: lint
 	$(BIN)/python -m pytest -q

@@ -152,17 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--no-compile", action="store_true")
     r.add_argument("--no-progress", action="store_true")
     r.add_argument("--out", type=Path, default=Path("out/sinusoid-table.json"))
-    b = sub.add_parser(
-        "bench",
-        help="time the outer step against the alternatives; JSON, tables and charts",
-        description="Benchmarks: see benchmarks/README.md.",
-    )
-    from . import bench
-
-    bench.add_arguments(b)
     args = parser.parse_args(argv)
-    if args.command == "bench":
-        return bench.run(args)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.command == "table":
         with logging_redirect_tqdm():

@@ -83,51 +83,6 @@ def learning_curve(
     return _save(fig, path)
 
 
-def scaling_chart(path: str | Path, sweep: dict, *, device: str = "") -> Path:
-    """A benchmark sweep (``metafunc.bench``): median time per outer step against the swept
-    size, one line per implementation, with the interquartile range as error bars; and, when
-    measured, the compiled step's peak memory against the same size."""
-    field, points = sweep["field"], sweep["points"]
-    sizes = [p[field] for p in points]
-    has_memory = any(p.get("compiled_peak_memory_mb") is not None for p in points)
-    fig, axes = plt.subplots(1, 2 if has_memory else 1, figsize=(12 if has_memory else 7, 4.2))
-    axes = list(axes) if has_memory else [axes]
-    names = list(dict.fromkeys(r["impl"] for p in points for r in p["rows"]))
-    for name in names:
-        xs, med, lo, hi = [], [], [], []
-        for p in points:
-            for r in p["rows"]:
-                if r["impl"] == name and "median_ms" in r:
-                    xs.append(p[field])
-                    med.append(r["median_ms"])
-                    lo.append(r["median_ms"] - r["p25_ms"])
-                    hi.append(r["p75_ms"] - r["median_ms"])
-        if xs:
-            axes[0].errorbar(xs, med, yerr=[lo, hi], marker="o", capsize=3, label=name)
-    axes[0].set_ylabel("ms per outer step (median, IQR)")
-    if has_memory:
-        xs = [p[field] for p in points if p.get("compiled_peak_memory_mb") is not None]
-        mem = [
-            p["compiled_peak_memory_mb"]
-            for p in points
-            if p.get("compiled_peak_memory_mb") is not None
-        ]
-        axes[1].plot(xs, mem, marker="o", color="C2", label="metafunc compiled")
-        axes[1].set_ylabel("peak memory of a fresh process, MB")
-        axes[1].legend()
-    for ax in axes:
-        ax.set_xlabel(field.replace("_", " "))
-        ax.set_xscale("log", base=2)
-        ax.set_xticks(sizes, [str(x) for x in sizes])  # the measured sizes, not powers of two
-        ax.minorticks_off()
-        ax.grid(alpha=0.3, which="both")
-    axes[0].set_yscale("log")
-    axes[0].legend()
-    fig.suptitle(f"scaling with {field.replace('_', ' ')}" + (f" on {device}" if device else ""))
-    fig.tight_layout()
-    return _save(fig, path)
-
-
 def fewshot_figure(
     path: str | Path,
     tasks: Tasks,
