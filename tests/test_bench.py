@@ -1,5 +1,5 @@
 """The benchmark harness at tiny sizes: separate worker processes, the agreement check, the
-round-robin order, the command's JSON, Markdown and chart.
+round-robin order, the command's JSON, Markdown and chart, and the GPU script's CPU dry run.
 
 No timing assertions: the numbers of a tiny run on a shared machine mean nothing. The optional
 extras (JAX, optax) are used where installed; the JAX worker's test skips without them.
@@ -9,6 +9,8 @@ import dataclasses
 import importlib.util
 import json
 import os
+import subprocess
+import sys
 import textwrap
 from pathlib import Path
 
@@ -207,6 +209,50 @@ def test_the_command_writes_json_markdown_and_a_chart(tmp_path, capsys):
     summary = (tmp_path / "tiny.md").read_text()
     assert "### sine-1step" in summary and "### sweep: meta_batch" in summary
     assert "| metafunc eager |" in capsys.readouterr().out
+
+
+@pytest.mark.skipif(
+    sys.platform != "linux", reason="the GPU script is a bash script for Linux machines"
+)
+def test_the_gpu_script_runs_on_a_cpu_at_tiny_sizes(tmp_path):
+    """``benchmarks/gpu.sh --dry-run``: every stage of the GPU check, on the CPU."""
+    done = subprocess.run(
+        ["bash", "benchmarks/gpu.sh", "--dry-run", "--out", str(tmp_path), "--time-limit", "1500"],
+        cwd=ROOT,
+        env={**os.environ, "PYTHON": sys.executable},
+        capture_output=True,
+        text=True,
+        timeout=1800,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    result = json.loads((tmp_path / "gpu-check.json").read_text())
+    assert result["dry_run"] and result["environment"]["device"].startswith("CPU dry run")
+    assert "eager backend" in result["note"]
+    tests = result["cuda_tests"]["tests"]
+    assert len(tests) == 4
+    for t in tests.values():  # no GPU here: each test skips, saying why
+        assert t["outcome"] == "skipped" and "needs a CUDA GPU" in t["message"]
+    torch_rows = ["blog loop", "metafunc eager", "metafunc compiled"]
+    torch_rows += ["metafunc compiled reduce-overhead", "torch.func compiled"]
+    for name in ("sine-5step", "conv-5way1shot"):
+        by = {r["impl"]: r for r in result["workloads"][name]["rows"]}
+        for impl in torch_rows:
+            row = by[impl]
+            assert row["ok"] and row["median_ms"] > 0 and row["peak_memory_mb"] > 0, row
+            assert row["profile"]["aten_ops_per_step"] > 0
+            assert row["first_call_concurrent"]
+        assert ("jax jit" in by) == HAS_JAX
+    points = result["sweeps"]["meta_batch"]["points"]
+    assert [p["value"] for p in points] == [2, 3]
+    assert all(r["ok"] for p in points for r in p["rows"])
+    first = result["workloads"]["sine-5step"]["first_calls"]
+    for impl in ("metafunc compiled", "metafunc compiled reduce-overhead", "torch.func compiled"):
+        assert first[impl]["cold_s"] > 0 and first[impl]["warm_s"] > 0
+        assert first[impl]["cold"]["compile_phases_s"]["bytecode_tracing"] > 0
+    summary = (tmp_path / "gpu-check.md").read_text()
+    assert "### tests/test_cuda.py" in summary and "### sweep: meta_batch" in summary
+    assert (tmp_path / "gpu-check-scaling-meta_batch.png").stat().st_size > 0
 
 
 def test_the_workload_rows_are_data():
