@@ -216,6 +216,9 @@ def summarise(blocks: list[dict[str, Any]], tasks: int) -> dict[str, Any]:
         "p25_ms": q[0],
         "p75_ms": q[2],
         "min_ms": min(ms),
+        # the worker's own CPU time per step: less sensitive than wall time to waiting for a
+        # core on a busy machine (it counts every thread the worker runs)
+        "cpu_ms_median": statistics.median(1e3 * b["own_cpu_s"] / b["steps"] for b in blocks),
         "tasks_per_s": tasks / (statistics.median(ms) / 1e3),
         "blocks_timed": len(ms),
         "loadavg_1min_median": statistics.median(b["loadavg_1min"] for b in blocks),
