@@ -23,7 +23,7 @@ def make_net(w: Workload) -> nn.Module:
     if w.kind == "sinusoid":
         net = mf.models.mlp([1, w.hidden, w.hidden, 1])
     else:
-        net = mf.models.conv_net(WAYS, channels=w.hidden)
+        net = mf.models.conv_net(WAYS, channels=w.hidden, blocks=w.blocks, image_size=w.image_size)
     g = torch.Generator().manual_seed(0)
     with torch.no_grad():
         for module in net.modules():
@@ -40,7 +40,7 @@ def make_batch(w: Workload) -> mf.Tasks:
     if w.kind == "sinusoid":
         return mf.tasks.sinusoid(g, tasks=w.tasks)
     n = WAYS * (SHOTS + QUERIES)
-    images = torch.randn(w.tasks, n, 1, 28, 28, generator=g)
+    images = torch.randn(w.tasks, n, 1, w.image_size, w.image_size, generator=g)
     labels = torch.arange(WAYS).repeat(SHOTS + QUERIES).expand(w.tasks, n)
     k = WAYS * SHOTS
     return mf.Tasks((images[:, :k], labels[:, :k]), (images[:, k:], labels[:, k:]))

@@ -18,11 +18,11 @@ round starts and a worker still compiling is stopped, so the whole check, set-up
 ends within 8 minutes.
 
 ``--dry-run`` runs the same stages on the CPU at tiny sizes, as the test suite does so the
-script cannot rot: one inner step, 2 and 3 tasks, width 4; the compiled rows use
-torch.compile's ``eager`` backend (Dynamo traces the step; inductor's code generation and the
-C++ compiler, which would take most of the time, do not run); the CUDA-graph row runs without
-graphs; the CUDA tests skip; the profiler counts ATen operators instead of GPU kernels. Its
-numbers measure nothing.
+script cannot rot: one inner step, 2 and 3 tasks, width 4, a one-block conv net on 8x8
+images; the compiled rows use torch.compile's ``eager`` backend (Dynamo traces the step;
+inductor's code generation and the C++ compiler, which would take most of the time, do not
+run); the CUDA-graph row runs without graphs; the CUDA tests skip; the profiler counts ATen
+operators instead of GPU kernels. Its numbers measure nothing.
 """
 
 from __future__ import annotations
@@ -54,11 +54,11 @@ SWEEP_ROWS = [r for r in ROWS if r != "metafunc eager"]
 SWEEP_POINTS = [25, 200, 1024]  # 25 is sine-5step itself, measured in stage 2
 DRY_RUN_POINTS = [2, 3]
 DRY_RUN_NOTE = (
-    "CPU dry run at tiny sizes (every workload: 1 inner step, 2 tasks, width or channels 4; "
-    "sweep 2 and 3 tasks); the compiled rows use torch.compile's eager backend (Dynamo traces "
-    "the step, nothing is generated or compiled), the CUDA-graph row runs without graphs, the "
-    "profiler counts ATen operators, the CUDA tests skip. It checks that the script runs; its "
-    "numbers measure nothing."
+    "CPU dry run at tiny sizes (every workload: 1 inner step, 2 tasks, width or channels 4, the "
+    "conv net one block on 8x8 images; sweep 2 and 3 tasks); the compiled rows use "
+    "torch.compile's eager backend (Dynamo traces the step, nothing is generated or compiled), "
+    "the CUDA-graph row runs without graphs, the profiler counts ATen operators, the CUDA tests "
+    "skip. It checks that the script runs; its numbers measure nothing."
 )
 
 
@@ -114,7 +114,10 @@ def main(argv: list[str] | None = None) -> int:
         report.write(result, path)
 
     def tiny(w: Workload, tasks: int = DRY_RUN_POINTS[0]) -> Workload:
-        return dataclasses.replace(w, tasks=tasks, hidden=4, inner_steps=1) if dry else w
+        if not dry:
+            return w
+        w = dataclasses.replace(w, tasks=tasks, hidden=4, inner_steps=1)
+        return dataclasses.replace(w, blocks=1, image_size=8) if w.kind == "conv" else w
 
     def benchmark(w: Workload, rows: dict[str, impls.ImplSpec]) -> dict[str, Any]:
         entry = harness.compare(w, rows, settings, log=log)

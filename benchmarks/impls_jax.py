@@ -3,6 +3,7 @@ loss and optax Adam, from the shared numpy weights and batch (no torch in this p
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -19,7 +20,7 @@ def jax_jit(w: Workload, arrays: dict[str, np.ndarray], device: str) -> Impl:
     """The JAX equivalent: ``jax.jit`` of ``grad`` of a ``vmap``-ed MAML loss, optax Adam."""
     target = _device(device)
     params = {k: jax.device_put(v, target) for k, v in params_of(arrays).items()}
-    forward = _mlp if w.kind == "sinusoid" else _conv
+    forward = _mlp if w.kind == "sinusoid" else functools.partial(_conv, blocks=w.blocks)
 
     def loss(p, data):
         x, y = data
@@ -91,8 +92,8 @@ def _mlp(p, x):
     return x @ p["4.weight"].T + p["4.bias"]
 
 
-def _conv(p, x):
-    for b in range(4):
+def _conv(p, x, *, blocks):
+    for b in range(blocks):
         c, n = f"{4 * b}", f"{4 * b + 1}"
         x = jax.lax.conv_general_dilated(
             x,
@@ -107,4 +108,5 @@ def _conv(p, x):
         x = (x - mean) / jnp.sqrt(var + 1e-5) * p[f"{n}.weight"][:, None, None]
         x = jnp.maximum(x + p[f"{n}.bias"][:, None, None], 0)
         x = jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, 1, 2, 2), (1, 1, 2, 2), "VALID")
-    return x.reshape(x.shape[0], -1) @ p["17.weight"].T + p["17.bias"]
+    head = 4 * blocks + 1  # conv_net's layers: 4 per block, then Flatten and Linear
+    return x.reshape(x.shape[0], -1) @ p[f"{head}.weight"].T + p[f"{head}.bias"]

@@ -28,6 +28,8 @@ class Workload:
     first_order: bool = False
     hidden: int = 40  # the MLP's hidden width, or the conv net's channels
     inner_lr: float = 0.01
+    blocks: int = 4  # the conv net's conv blocks
+    image_size: int = 28  # the conv workload's square images
     # how far (relative to the largest entry) a meta-gradient may be from the blog loop's
     tolerance: float = 1e-4
 
@@ -36,8 +38,10 @@ class Workload:
         if self.kind == "sinusoid":
             net = f"1-{self.hidden}-{self.hidden}-1 MLP, 10+10 points, MSE"
         else:
+            side = self.image_size
             net = (
-                f"conv net 4x{self.hidden}, 28x28, {WAYS}-way {SHOTS}-shot, {QUERIES} queries/class"
+                f"conv net {self.blocks}x{self.hidden}, {side}x{side}, {WAYS}-way {SHOTS}-shot, "
+                f"{QUERIES} queries/class"
             )
         return f"{net}, {self.tasks} tasks, {self.inner_steps} inner steps {order} order"
 
