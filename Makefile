@@ -2,6 +2,8 @@
 #   make demo   -> the blog's MAML sine experiment (metafunc train)
 #   make test   -> lint + the whole test suite
 #   make bench  -> the benchmarks (benchmarks/README.md), with the optional alternatives
+#   make gpu-check -> on a CUDA machine: CUDA tests and GPU benchmarks, one JSON (benchmarks/gpu.sh);
+#                  it uses that machine's Python and torch ($(PYTHON)), not the venv
 # TORCH picks the torch build: the default resolves to the CPU wheel on a machine that has one
 # locally and to PyPI's CUDA wheel on a Linux GPU machine; override it for another CUDA version,
 # e.g. make demo TORCH="torch==2.13.0 --index-url <PyTorch's index for your CUDA>".
@@ -10,7 +12,7 @@ VENV ?= .venv
 TORCH ?= torch==2.13.0
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint setup bench clean
+.PHONY: demo test lint setup bench gpu-check clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -27,11 +29,14 @@ demo: setup
 
 bench: setup
 	$(BIN)/python -m pip install --quiet -e ".[dev,bench]"
-	$(BIN)/metafunc bench
+	$(BIN)/python -m benchmarks
+
+gpu-check:
+	PYTHON=$(PYTHON) bash benchmarks/gpu.sh
 
 lint: setup
-	$(BIN)/ruff check metafunc tests
-	$(BIN)/ruff format --check metafunc tests
+	$(BIN)/ruff check metafunc tests benchmarks
+	$(BIN)/ruff format --check metafunc tests benchmarks
 
 test: lint
 	$(BIN)/python -m pytest -q

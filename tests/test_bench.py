@@ -1,202 +1,265 @@
-"""The benchmarks script at tiny sizes: agreement check, rows, JSON and charts (no timing
-assertions, no optional extras needed)."""
+"""The benchmark harness at tiny sizes: separate worker processes, the agreement check, the
+round-robin order, the command's JSON, Markdown and chart, and the GPU script's CPU dry run.
+
+No timing assertions: the numbers of a tiny run on a shared machine mean nothing. The optional
+extras (JAX, optax) are used where installed; the JAX worker's test skips without them.
+"""
 
 import dataclasses
+import importlib.util
 import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
 
+import numpy as np
 import pytest
-import torch
 
-from metafunc import bench
-from metafunc.cli import main
+from benchmarks import harness, impls, report, run
+from benchmarks.workloads import Workload
 
-CPU = torch.device("cpu")
-TINY = bench.Workload("tiny", "sinusoid", tasks=3, inner_steps=2, hidden=6)
+ROOT = Path(__file__).resolve().parents[1]
+TINY = Workload("tiny", "sinusoid", tasks=3, inner_steps=2, hidden=6)
+QUICK = harness.Settings(rounds=3, block_s=0.005, warmup_s=0.0)
+HAS_JAX = all(importlib.util.find_spec(m) is not None for m in ("jax", "optax"))
+
+# an implementation that is close but wrong: the same step with first-order gradients
+WRONG = textwrap.dedent(
+    """
+    import dataclasses
+
+    from benchmarks import impls_torch
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """As the script runs (``--threads 1``); the command sets it, and it is restored here."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    def first_order_step(w, net, tasks, device):
+        w = dataclasses.replace(w, first_order=True)
+        return impls_torch.metafunc_step(w, net, tasks, device, compile=False)
+    """
+)
 
 
-def test_compare_accepts_agreeing_implementations_and_refuses_a_wrong_one():
-    def wrong(w, net, tasks, device):
-        # the same step with first-order gradients: close, but not the meta-gradient
-        return bench.metafunc_step(compile=False)(
-            dataclasses.replace(w, first_order=True), net, tasks, device
-        )
-
-    factories = {
-        "blog loop": bench.blog_loop,
-        "metafunc eager": bench.metafunc_step(compile=False),
-        "wrong": wrong,
+@pytest.fixture(scope="module")
+def compared(tmp_path_factory):
+    """One comparison, shared by the tests below: the reference, metafunc eager, a wrong
+    implementation, one that cannot be imported, and JAX where installed."""
+    extra = tmp_path_factory.mktemp("impls")
+    (extra / "wrong_impl.py").write_text(WRONG)
+    rows = {
+        "blog loop": impls.IMPLS["blog loop"],
+        "metafunc eager": impls.IMPLS["metafunc eager"],
+        "wrong": impls.ImplSpec("torch", "wrong_impl:first_order_step"),
+        "missing": impls.ImplSpec("torch", "no_such_module_xyz:step"),
     }
+    if HAS_JAX:
+        rows["jax jit"] = impls.IMPLS["jax jit"]
     logged = []
-    rows = bench.compare(
-        TINY, factories, device=CPU, repeats=2, steps_per_repeat=1, log=logged.append
+    entry = harness.compare(
+        TINY, rows, QUICK, log=logged.append, env={"PYTHONPATH": f"{ROOT}{os.pathsep}{extra}"}
     )
-    by = {r["impl"]: r for r in rows}
+    return entry, {r["impl"]: r for r in entry["rows"]}, logged
+
+
+def test_the_agreement_check_refuses_a_wrong_implementation(compared):
+    entry, by, logged = compared
+    assert entry["reference"] == "blog loop"
     assert by["blog loop"]["ok"] and by["blog loop"]["meta_grad_error"] == 0
     assert by["metafunc eager"]["ok"] and by["metafunc eager"]["meta_grad_error"] < 1e-5
     assert not by["wrong"]["ok"] and by["wrong"]["meta_grad_error"] > 1e-3
-    assert "median_ms" not in by["wrong"]  # refused rows are never timed or reported
-    assert any("wrong: REFUSED" in line for line in logged)
+    assert "median_ms" not in by["wrong"] and "blocks" not in by["wrong"]  # never timed
+    assert "wrong" not in entry["schedule"]
+    assert any(line.startswith("  wrong: REFUSED") for line in logged)
+    assert "| wrong | refused: meta-gradient off by" in report.workload_table(entry)
+
+
+def test_a_failing_implementation_is_reported_not_raised(compared):
+    _, by, _ = compared
+    assert not by["missing"]["ok"]
+    assert "ModuleNotFoundError: No module named 'no_such_module_xyz'" in by["missing"]["error"]
+
+
+def test_every_row_runs_in_its_own_process_with_only_its_framework(compared):
+    _, by, _ = compared
+    pids = [r["pid"] for r in by.values() if "pid" in r]
+    assert len(set(pids)) == len(pids) and os.getpid() not in pids
     for name in ("blog loop", "metafunc eager"):
-        row = by[name]
-        assert row["repeats"] == 2 and row["p25_ms"] <= row["median_ms"] <= row["p75_ms"]
-        assert row["tasks_per_s"] == pytest.approx(TINY.tasks / (row["median_ms"] / 1e3))
-    assert "| wrong | refused: meta-gradient off by" in bench.table({"rows": rows})
+        assert by[name]["modules"] == ["torch", "metafunc"]
+        assert by[name]["framework"] == "torch"
 
 
-def test_the_timing_budget_stops_new_rounds_after_three():
-    logged = []
-    rows = bench.compare(
-        TINY,
-        {"blog loop": bench.blog_loop},
-        device=CPU,
-        repeats=10,
-        steps_per_repeat=1,
-        budget_s=0.0,
-        log=logged.append,
+@pytest.mark.skipif(not HAS_JAX, reason="JAX and optax are not installed (pip install -e .[bench])")
+def test_the_jax_worker_never_loads_torch(compared):
+    _, by, _ = compared
+    row = by["jax jit"]
+    assert row["ok"] and row["meta_grad_error"] < 1e-5
+    assert "torch" not in row["modules"] and "metafunc" not in row["modules"]
+    assert {"jax", "optax"} <= set(row["modules"])
+
+
+def test_blocks_are_taken_round_robin(compared):
+    entry, by, _ = compared
+    timed = [n for n in ("blog loop", "metafunc eager", "jax jit") if n in by and by[n]["ok"]]
+    assert entry["schedule"] == timed * QUICK.rounds
+    # and they really ran in that order: each block started after the one before it
+    blocks = sorted(
+        (b["round"], timed.index(n), b["t_start"]) for n in timed for b in by[n]["blocks"]
     )
-    assert rows[0]["repeats"] == 3
-    assert "  timing budget of 0 s used: 3 rounds" in logged
+    starts = [t for _, _, t in blocks]
+    assert starts == sorted(starts)
+    for name in timed:
+        row = by[name]
+        assert row["blocks_timed"] == QUICK.rounds
+        assert row["p25_ms"] <= row["median_ms"] <= row["p75_ms"]
+        assert row["tasks_per_s"] == pytest.approx(TINY.tasks / (row["median_ms"] / 1e3))
+        assert row["peak_memory_mb"] > 0
+        for block in row["blocks"]:
+            assert block["steps"] == row["steps_per_block"] >= 1
+            assert 0 <= block["background_cores"] <= os.cpu_count()
+            assert block["on_cpu"] >= 0 and block["loadavg_1min"] >= 0
 
 
-def test_compile_phases_come_from_torch_compiles_timers():
-    torch._dynamo.reset()
-    torch.compile(lambda x: x.sin() + 1, backend="eager", fullgraph=True)(torch.ones(3))
-    phases = bench.compile_phases()
-    assert set(phases) <= set(bench.COMPILE_PHASES)
-    assert phases["_compile.compile_inner"] >= phases["bytecode_tracing"] > 0
+def test_workers_share_the_thread_settings():
+    env = harness.worker_env(1, "cpu")
+    assert env["OMP_NUM_THREADS"] == env["MKL_NUM_THREADS"] == "1"
+    assert "--xla_cpu_multi_thread_eigen=false" in env["XLA_FLAGS"]
+    assert env["JAX_PLATFORMS"] == "cpu"
+    assert env["PYTHONPATH"].split(os.pathsep)[0] == str(ROOT)
+    gpu = harness.worker_env(2, "cuda")
+    assert gpu["OMP_NUM_THREADS"] == "2" and gpu["XLA_PYTHON_CLIENT_PREALLOCATE"] == "false"
 
 
-def test_a_fresh_process_probe_reports_compile_phases_only_where_it_compiled():
-    got = bench.run_probe(json.dumps(dataclasses.asdict(TINY)), "blog loop", "cpu", steps=1)
-    assert got["first_call_s"] > 0 and got["peak_memory_mb"] > 0
-    assert "compile_phases_s" not in got
+def test_meta_grad_error_is_relative_to_the_reference():
+    want = {"a": np.array([2.0, -4.0]), "b": np.array([1.0])}
+    assert harness.meta_grad_error(want, want) == 0
+    assert harness.meta_grad_error({**want, "b": np.array([1.4])}, want) == pytest.approx(0.1)
+    assert harness.meta_grad_error({"a": want["a"]}, want) == float("inf")
 
 
-def test_the_table_shows_where_the_first_call_went():
-    entry = {
-        "rows": [],
-        "compile_time": {
+def test_unavailable_implementations_are_skipped_with_a_reason():
+    chosen, skipped = impls.selected(
+        ["blog loop", "learn2learn", "metafunc compiled reduce-overhead", "nope"], "cpu"
+    )
+    assert list(chosen) == ["blog loop"]
+    assert "Python 3.11" in skipped["learn2learn"]
+    assert skipped["metafunc compiled reduce-overhead"] == "CUDA only (CUDA graphs)"
+    assert skipped["nope"].startswith("unknown implementation")
+    missing = impls.ImplSpec("torch", "x:y", needs=("no_such_module_xyz",))
+    assert "no_such_module_xyz is not installed" in impls.unavailable(missing, "cpu")
+
+
+def test_the_report_shows_where_the_first_call_went():
+    first_calls = {
+        "metafunc compiled": {
             "cold_s": 40.0,
             "warm_s": 6.5,
             "cold": {"compile_phases_s": {"bytecode_tracing": 2.9, "Scheduler.codegen": 13.7}},
             "warm": {"compile_phases_s": {"bytecode_tracing": 2.5}},
         },
+        "jax jit": {"cold_s": None, "cold": {"error": "boom"}},
     }
-    entry["baseline_compile_time"] = {"cold_s": None, "warm_s": 5.7, "cold": {}, "warm": {}}
-    text = bench.table(entry)
-    assert "metafunc compiled, first call in a fresh process: cold 40.0 s, warm 6.5 s" in text
-    assert "torch.func compiled, first call in a fresh process: cold failed, warm 5.7 s" in text
-    assert "| Dynamo: tracing the Python | 2.90 | 2.50 | - | - |" in text
-    assert "| inductor: generating C++/Triton | 13.70 | - | - | - |" in text
+    text = report.first_call_table(first_calls)
+    assert "| metafunc compiled | 40.00 | 6.50 |" in text
+    assert "| jax jit | failed |  |" in text
+    assert "| Dynamo: tracing the Python | 2.90 | 2.50 |" in text
+    assert "| inductor: generating C++/Triton | 13.70 | - |" in text
     assert "waiting for the C++" not in text  # phases neither run took are left out
 
 
-def test_the_hand_written_torch_func_step_agrees():
-    rows = bench.compare(
-        TINY,
-        {"blog loop": bench.blog_loop, "torch.func compiled": bench.torch_func_compiled},
-        device=CPU,
-        repeats=1,
-        steps_per_repeat=1,
-        log=lambda _: None,
-    )
-    assert rows[1]["ok"] and rows[1]["meta_grad_error"] < 1e-5, rows[1]
-
-
-def test_a_failing_implementation_is_reported_not_raised():
-    def broken(w, net, tasks, device):
-        raise RuntimeError("no such thing")
-
-    rows = bench.compare(
-        TINY,
-        {"blog loop": bench.blog_loop, "broken": broken},
-        device=CPU,
-        repeats=1,
-        steps_per_repeat=1,
-        log=lambda _: None,
-    )
-    assert rows[1] == {"impl": "broken", "ok": False, "error": "RuntimeError: no such thing"}
-
-
-def test_meta_grad_error_is_relative_to_the_reference():
-    want = {"a": torch.tensor([2.0, -4.0]), "b": torch.tensor([1.0])}
-    assert bench.meta_grad_error(want, want) == 0
-    assert bench.meta_grad_error({**want, "b": torch.tensor([1.4])}, want) == pytest.approx(0.1)
-    assert bench.meta_grad_error({"a": want["a"]}, want) == float("inf")
-
-
-def test_missing_extras_are_skipped_with_a_reason():
-    assert "no_such_module_xyz not importable" in bench._needs("no_such_module_xyz")()
-    run, skipped = bench.selected(
-        ["blog loop", "learn2learn", "metafunc compiled reduce-overhead"], CPU
-    )
-    assert list(run) == ["blog loop"]
-    assert "Python 3.11" in skipped["learn2learn"]
-    assert skipped["metafunc compiled reduce-overhead"] == "CUDA only (CUDA graphs)"
-
-
-def test_conv_workload_agrees_with_the_blog_loop():
-    w = dataclasses.replace(bench.WORKLOADS["conv-5way1shot"], tasks=2, hidden=4)
-    rows = bench.compare(
-        w,
-        {"blog loop": bench.blog_loop, "metafunc eager": bench.metafunc_step(compile=False)},
-        device=CPU,
-        repeats=1,
-        steps_per_repeat=1,
-        log=lambda _: None,
-    )
-    assert rows[1]["ok"], rows[1]
-
-
-def test_bench_command_writes_json_and_a_chart(tmp_path, capsys):
-    code = main(
+def test_the_command_writes_json_markdown_and_a_chart(tmp_path, capsys):
+    code = run.main(
         [
-            "bench",
-            "--device",
-            "cpu",
             "--workloads",
             "sine-1step",
             "--impls",
             "blog loop",
             "metafunc eager",
-            "--repeats",
+            "--rounds",
             "2",
-            "--steps-per-repeat",
-            "1",
+            "--block-s",
+            "0.005",
             "--sweeps",
             "meta_batch",
             "--meta-batch-points",
             "1",
-            "2",
-            "--sweep-repeats",
+            "--sweep-impls",
+            "metafunc eager",
+            "--sweep-rounds",
             "1",
-            "--no-memory",
-            "--no-compile-times",
+            "--first-calls",
             "--out",
             str(tmp_path),
+            "--name",
+            "tiny",
         ]
     )
     assert code == 0
-    result = json.loads((tmp_path / "bench-cpu.json").read_text())
+    result = json.loads((tmp_path / "tiny.json").read_text())
     env = result["environment"]
-    for key in ("device", "torch", "jax", "commit", "date", "load_average", "torch_threads"):
+    for key in ("device", "torch", "jax", "commit", "date", "load_average", "threads", "command"):
         assert key in env
-    assert env["torch"] == torch.__version__ and env["torch_threads"] == 1
+    assert env["threads"] == 1 and env["command"].startswith("python -m benchmarks --workloads")
     rows = result["workloads"]["sine-1step"]["rows"]
     assert [r["impl"] for r in rows] == ["blog loop", "metafunc eager"]
     assert all(r["ok"] and r["median_ms"] > 0 for r in rows)
-    points = result["sweeps"]["meta_batch"]["points"]
-    assert [p["tasks"] for p in points] == [1, 2]
-    assert (tmp_path / "scaling-meta_batch-cpu.png").stat().st_size > 0
-    assert "| metafunc eager |" in capsys.readouterr().out
-    summary = (tmp_path / "bench-cpu.md").read_text()
+    point = result["sweeps"]["meta_batch"]["points"][0]
+    assert point["value"] == 1 and point["workload"]["tasks"] == 1
+    assert [r["impl"] for r in point["rows"]] == ["metafunc eager"]
+    assert (tmp_path / "tiny-scaling-meta_batch.png").stat().st_size > 0
+    summary = (tmp_path / "tiny.md").read_text()
     assert "### sine-1step" in summary and "### sweep: meta_batch" in summary
+    assert "| metafunc eager |" in capsys.readouterr().out
+
+
+@pytest.mark.skipif(
+    sys.platform != "linux", reason="the GPU script is a bash script for Linux machines"
+)
+def test_the_gpu_script_runs_on_a_cpu_at_tiny_sizes(tmp_path):
+    """``benchmarks/gpu.sh --dry-run``: every stage of the GPU check, on the CPU."""
+    done = subprocess.run(
+        ["bash", "benchmarks/gpu.sh", "--dry-run", "--out", str(tmp_path), "--time-limit", "1500"],
+        cwd=ROOT,
+        env={**os.environ, "PYTHON": sys.executable},
+        capture_output=True,
+        text=True,
+        timeout=1800,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    result = json.loads((tmp_path / "gpu-check.json").read_text())
+    assert result["dry_run"] and result["environment"]["device"].startswith("CPU dry run")
+    assert "eager backend" in result["note"]
+    tests = result["cuda_tests"]["tests"]
+    assert len(tests) == 4
+    for t in tests.values():  # no GPU here: each test skips, saying why
+        assert t["outcome"] == "skipped" and "needs a CUDA GPU" in t["message"]
+    torch_rows = ["blog loop", "metafunc eager", "metafunc compiled"]
+    torch_rows += ["metafunc compiled reduce-overhead", "torch.func compiled"]
+    for name in ("sine-5step", "conv-5way1shot"):
+        by = {r["impl"]: r for r in result["workloads"][name]["rows"]}
+        for impl in torch_rows:
+            row = by[impl]
+            assert row["ok"] and row["median_ms"] > 0 and row["peak_memory_mb"] > 0, row
+            assert row["profile"]["aten_ops_per_step"] > 0
+            assert row["first_call_concurrent"]
+        assert ("jax jit" in by) == HAS_JAX
+    points = result["sweeps"]["meta_batch"]["points"]
+    assert [p["value"] for p in points] == [2, 3]
+    assert all(r["ok"] for p in points for r in p["rows"])
+    first = result["workloads"]["sine-5step"]["first_calls"]
+    for impl in ("metafunc compiled", "metafunc compiled reduce-overhead", "torch.func compiled"):
+        assert first[impl]["cold_s"] > 0 and first[impl]["warm_s"] > 0
+        assert first[impl]["cold"]["compile_phases_s"]["bytecode_tracing"] > 0
+    summary = (tmp_path / "gpu-check.md").read_text()
+    assert "### tests/test_cuda.py" in summary and "### sweep: meta_batch" in summary
+    assert (tmp_path / "gpu-check-scaling-meta_batch.png").stat().st_size > 0
+
+
+def test_the_workload_rows_are_data():
+    """A sweep point is the base workload with one field changed, named after it."""
+    from benchmarks.workloads import WORKLOADS, sweep_point
+
+    w = sweep_point("tasks", 1024)
+    assert w == dataclasses.replace(
+        WORKLOADS["sine-5step"], name="sine-5step/tasks=1024", tasks=1024
+    )

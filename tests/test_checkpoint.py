@@ -363,25 +363,6 @@ def test_without_a_guard_train_says_the_state_is_lost_and_refuses_to_skip(tmp_pa
         mf.train(step, state, sampler, steps=2, on_nonfinite="skip", progress=False)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-def test_cuda_run_stays_on_the_device_and_checkpoints_round_trip(tmp_path):
-    g = torch.Generator().manual_seed(0)
-    fn, params = mf.pure(mf.models.blog_sine_net(g, hidden=4).cuda())
-    learner = mf.maml(mf.supervised(fn, mf.losses.l1), inner_lr=3e-2, inner_steps=2)
-    opt = mf.optim.adam(1e-2)
-    sampler = functools.partial(mf.tasks.sine, tasks=3, device="cuda")
-    for compile in (False, True):
-        state = mf.init_state(learner, opt, params)
-        step = mf.make_step(learner, opt, compile=compile)
-        state = mf.train(
-            step, state, sampler, steps=3, generator=g, checkpoint=tmp_path / "c.pt", progress=False
-        )
-        _, metrics = step(state, sampler(g))
-        assert {t.device.type for t in _tree.leaves((state, metrics))} == {"cuda"}
-        loaded = mf.load(tmp_path / "c.pt", like=mf.init_state(learner, opt, params))
-        assert_states_equal(loaded, state)
-
-
 def test_the_file_converts_to_safetensors_and_back(tmp_path):
     safetensors_torch = pytest.importorskip("safetensors.torch")
     learner, opt, params, sampler = setup()
