@@ -393,6 +393,7 @@ def test_the_file_converts_to_safetensors_and_back(tmp_path):
     # and a file made from it loads like the original
     torch.save(back, tmp_path / "again.pt")
     assert_states_equal(mf.load(tmp_path / "again.pt", like=state), state)
+    assert_states_equal(mf.load(tmp_path / "again.pt").meta, state.meta)  # digest and tree kept
 
 
 # ---------------------------------------------------------------- load without a template
@@ -631,6 +632,17 @@ def test_save_refuses_a_non_finite_state_and_keeps_the_checkpoint(tmp_path):
             f"{str(path)!r} keeps what it holds"
         )
     assert path.read_bytes() == before
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64, torch.complex64])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+def test_save_finds_any_non_finite_element(tmp_path, dtype, bad):
+    x = torch.zeros(7, dtype=dtype)
+    tree = {"a": torch.ones(2), "b": [torch.arange(3), torch.zeros(0), x]}
+    mf.save(tmp_path / "c.pt", tree)  # finite: written
+    x[4] = bad
+    with pytest.raises(FloatingPointError, match=r"^save: state\['b'\]\[2\] is not finite"):
+        mf.save(tmp_path / "c.pt", tree)
 
 
 def test_a_kill_mid_write_leaves_the_old_file_whole_and_one_temporary_file_at_most(tmp_path):
