@@ -342,7 +342,8 @@ class _FdWriter:
 
 def _write(flat: dict[str, torch.Tensor], target: Path, path: str | os.PathLike[str]) -> None:
     tmp = target.parent / _temporary_name(target.name)
-    writer = None
+    writer: _FdWriter | None = None
+    fd: int | None = None
     try:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)  # left by a write that was killed
@@ -357,8 +358,9 @@ def _write(flat: dict[str, torch.Tensor], target: Path, path: str | os.PathLike[
             os.chmod(tmp, stat.S_IMODE(os.stat(target).st_mode))
         os.replace(tmp, target)
     except BaseException as e:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
+        if fd is not None:  # ours to remove (another process's if the create itself failed)
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
         error = writer.error if writer is not None and writer.error else e
         if isinstance(error, OSError):
             full = _FULL if error.errno in _FULL_ERRNOS else ""

@@ -689,6 +689,13 @@ def test_a_temporary_file_left_by_a_kill_is_replaced_by_the_next_save(tmp_path):
     assert_states_equal(mf.load(path, like=state), state)
 
 
+def test_save_keeps_the_permissions_of_the_file_it_replaces(tmp_path):
+    state, _, path = saved_state(tmp_path)
+    path.chmod(0o640)
+    mf.save(path, state._replace(step=state.step + 1))
+    assert path.stat().st_mode & 0o777 == 0o640 and int(mf.load(path, like=state).step) == 1
+
+
 @pytest.mark.parametrize("length", [245, 255])
 def test_a_long_legal_file_name_is_saved(tmp_path, length):
     state, _, _ = saved_state(tmp_path)
