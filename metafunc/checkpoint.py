@@ -5,8 +5,8 @@ of the saved tree (usually a :class:`~metafunc.TrainState`), keyed by its path
 (``state.meta['0.weight']``, ``state.opt_state.mu['0.weight']``, ``state.step``), and entries
 named ``metafunc.*``:
 
-- ``metafunc.format``: the format version (2; format 1 files, which lack the next three, are
-  still read with a template);
+- ``metafunc.format``: the format version (2; format 1 files, which have no tree, digest or
+  metadata, are still read with a template);
 - ``metafunc.tree``: the tree's containers as JSON (UTF-8 bytes in a uint8 tensor), so that
   :func:`load` can rebuild it without a template;
 - ``metafunc.digest``: SHA-256 of every other entry's name, dtype, shape and bytes, so that a
@@ -44,7 +44,7 @@ _DIGEST_KEY = "metafunc.digest"
 _GENERATOR_KEY = "metafunc.generator"
 _METADATA_KEY = "metafunc.metadata"
 _OWN_KEYS = {_FORMAT_KEY, _TREE_KEY, _DIGEST_KEY, _GENERATOR_KEY, _METADATA_KEY}
-_NAME_MAX = 255  # bytes in one file name on Linux, macOS and Windows file systems
+_NAME_MAX = 255  # bytes in a file name on common file systems (ext4, XFS, btrfs, APFS)
 _FULL = "; the disk (or the user's quota) may be full"
 _FULL_ERRNOS = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT}
 
