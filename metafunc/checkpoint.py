@@ -310,7 +310,10 @@ def _digest(flat: dict[str, torch.Tensor]) -> torch.Tensor:
             continue
         t = flat[key]
         h.update(f"{key}\0{t.dtype}\0{tuple(t.shape)}\0".encode())
-        h.update(t.contiguous().reshape(-1).view(torch.uint8).numpy())
+        data = t.contiguous().reshape(-1)
+        if data.numel() == 1 and data.stride(0) != 1:  # contiguous, yet view(uint8) refuses it
+            data = data.clone(memory_format=torch.contiguous_format)
+        h.update(data.view(torch.uint8).numpy())
     return torch.frombuffer(bytearray(h.digest()), dtype=torch.uint8)
 
 

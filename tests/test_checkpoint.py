@@ -444,6 +444,10 @@ def test_any_pytree_round_trips_without_a_template(tmp_path):
     assert_states_equal(back, tree)
     assert_states_equal(mf.load(tmp_path / "t.pt", like=tree), tree)  # and with a template
     assert_states_equal(mf.load(mf.save(tmp_path / "p.pt", params)), params)
+    # views: a stepped slice, and one element whose stride is not 1
+    views = {"every-3rd": torch.arange(30.0)[::3], "one": torch.arange(30.0)[::29][:1]}
+    assert views["one"].stride() == (29,)
+    assert_states_equal(mf.load(mf.save(tmp_path / "v.pt", views)), views)
 
 
 def test_format_1_files_load_with_a_template_only(tmp_path):
