@@ -418,8 +418,9 @@ def test_load_without_a_template_returns_the_saved_tree(tmp_path):
     assert torch.equal(fresh_g.get_state(), g.get_state())
     # the loaded meta-parameters predict as the trained ones do
     x = torch.linspace(-1, 1, 5).unsqueeze(-1)
-    fn = mf.functionalize(mf.models.blog_sine_net(torch.Generator(), hidden=4))[0]
-    assert torch.equal(fn(tree.meta, x), fn(state.meta, x))
+    net = mf.models.blog_sine_net(torch.Generator(), hidden=4)
+    predict = lambda meta: torch.func.functional_call(net, meta, (x,))  # noqa: E731
+    assert torch.equal(predict(tree.meta), predict(state.meta))
 
     sgd_state = mf.init_state(learner, mf.optim.sgd(0.1), params)
     tree = mf.load(mf.save(tmp_path / "sgd.pt", sgd_state))
