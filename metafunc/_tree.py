@@ -26,6 +26,7 @@ __all__ = [
     "by_name",
     "check_same_structure",
     "copy",
+    "describe",
     "detach",
     "finite_leaves",
     "flatten",
@@ -175,6 +176,61 @@ def _wanted(selector: Selector) -> list[str] | None:
 
 def _dotted(path: tuple[Any, ...]) -> str:
     return ".".join(str(getattr(k, "key", getattr(k, "idx", getattr(k, "name", k)))) for k in path)
+
+
+def describe(tree: PyTree, root: str = "") -> Any:
+    """The containers of ``tree`` as JSON-able data, each leaf replaced by its path.
+
+    A leaf becomes its :func:`named_leaves` path (a string), ``None`` stays ``None``, a dict
+    (also ordered and default) becomes ``{"dict": [[key, child], ...]}``, a list or deque
+    ``{"list": [...]}``, a tuple ``{"tuple": [...]}`` and a named tuple
+    ``{"namedtuple": name, "fields": [[field, child], ...]}``; enough to rebuild the tree
+    without its classes.
+
+    Raises:
+        TypeError: a container optree knows but JSON cannot describe (a custom node, or a
+            dict key that is not a str or int).
+    """
+    names = iter(name for name, _ in named_leaves(tree, root))
+    kind = optree.PyTreeKind
+
+    def node(spec: optree.PyTreeSpec, where: str) -> Any:
+        if spec.is_leaf():
+            return next(names)
+        children = spec.children()
+        if spec.kind == kind.NONE:
+            return None
+        if spec.kind in (kind.DICT, kind.ORDEREDDICT, kind.DEFAULTDICT):
+            keys = spec.entries()
+            for k in keys:
+                if type(k) not in (str, int):
+                    raise TypeError(
+                        f"{where} has a key of type {type(k).__name__} ({k!r}); only str and "
+                        "int keys can be described"
+                    )
+            return {
+                "dict": [
+                    [k, node(c, f"{where}[{k!r}]")] for k, c in zip(keys, children, strict=True)
+                ]
+            }
+        if spec.kind in (kind.LIST, kind.DEQUE):
+            return {"list": [node(c, f"{where}[{i}]") for i, c in enumerate(children)]}
+        if spec.kind in (kind.TUPLE, kind.STRUCTSEQUENCE):
+            return {"tuple": [node(c, f"{where}[{i}]") for i, c in enumerate(children)]}
+        if spec.kind == kind.NAMEDTUPLE:
+            fields = spec.type._fields
+            return {
+                "namedtuple": spec.type.__name__,
+                "fields": [
+                    [f, node(c, f"{where}.{f}")] for f, c in zip(fields, children, strict=True)
+                ],
+            }
+        raise TypeError(
+            f"{where} is a {spec.type.__name__}; only dicts, lists, tuples, named tuples and "
+            "None can be described"
+        )
+
+    return node(optree.tree_structure(tree), root or "tree")
 
 
 def axpy(a: float | torch.Tensor | PyTree, x: PyTree, y: PyTree) -> PyTree:

@@ -20,6 +20,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 import metafunc as mf
 from metafunc.evaluation import mean_ci95
 from metafunc.experiments import ALGORITHMS, fewshot, sine, table
+from metafunc.experiments._runs import identity
 
 # Options of one task only: (its defaults); None in the parser means "not given".
 FEWSHOT_ONLY = ("data_dir", "ways", "shots", "queries", "channels", "glyph_classes", "eval_tasks")
@@ -98,8 +99,10 @@ def _train(args: argparse.Namespace) -> int:
     config = dataclasses.replace(_CONFIGS[task](), **{**given, **common})
     if main and config.compile and not config.resume:
         print("compiling the outer step (a minute with an empty cache, seconds on reruns)...")
-    if config.resume and not config.checkpoint.is_file():
-        return _fail(f"cannot resume: there is no checkpoint {str(config.checkpoint)!r}")
+    if config.resume:
+        problem = _resume_problem(config)
+        if problem:
+            return _fail(f"cannot resume: {problem}")
     start = time.perf_counter()
     result = (fewshot if task == "fewshot" else sine).run(config)
     if not main:
@@ -109,6 +112,30 @@ def _train(args: argparse.Namespace) -> int:
 
 
 _CONFIGS = {"sine": sine.SineConfig, "fewshot": fewshot.FewshotConfig}
+
+
+def _resume_problem(config: Any) -> str | None:
+    """Why ``config`` cannot resume from its checkpoint (missing, damaged, or trained with other
+    options), or ``None``."""
+    path = config.checkpoint
+    if not path.is_file():
+        return f"there is no checkpoint {str(path)!r}"
+    try:
+        saved = mf.checkpoint.read_metadata(path)
+    except (OSError, ValueError) as e:
+        return str(e)
+    if saved is None:  # saved without options (by another program): nothing to compare
+        return None
+    wanted = identity(config)
+    for key in sorted(set(saved) | set(wanted), key=lambda k: (k != "experiment", k)):
+        was, now = saved.get(key), wanted.get(key)
+        if was != now:
+            option = "--task" if key == "experiment" else f"--{key.replace('_', '-')}"
+            return (
+                f"{str(path)!r} was trained with {option} {was} but this run has {now}; resume "
+                "with the options it was started with, or give a new run another --out"
+            )
+    return None
 
 
 def _report_sine(config: sine.SineConfig, result: sine.SineResult, out: Path, wall: float) -> int:

@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 from . import _checks, _tree
 from . import distributed as _dist
 from ._types import Tasks, TrainState
-from .checkpoint import load, save
+from .checkpoint import check_writable, load, save
 from .optim import is_guarded
 from .step import Step
 
@@ -65,6 +65,7 @@ def train(
     checkpoint_every: int | None = None,
     resume: bool | str | os.PathLike[str] = False,
     on_nonfinite: str = "raise",
+    metadata: dict[str, Any] | None = None,
 ) -> TrainState:
     """Run outer steps until the step counter reaches ``state.step + steps``, drawing each
     meta-batch as ``sampler(generator)``.
@@ -109,11 +110,14 @@ def train(
         log_every: steps per log window.
         on_log: called with a :class:`Log` at the end of each window.
         progress: show a progress bar.
-        checkpoint: file to write checkpoints to (its directory must exist); ``None`` writes none.
+        checkpoint: file to write checkpoints to (its folder must exist and be writable, which
+            is checked before the first step); ``None`` writes none.
         checkpoint_every: steps between periodic checkpoints (needs ``checkpoint``).
         resume: ``True`` resumes from ``checkpoint`` (which must exist), a path resumes from
             that file; ``False`` starts from ``state``.
         on_nonfinite: ``"raise"`` or ``"skip"``.
+        metadata: JSON-able options stored with every checkpoint (e.g. the run's settings, to
+            refuse a resume with other ones; see :func:`metafunc.checkpoint.read_metadata`).
 
     Returns:
         the final state.
@@ -146,7 +150,7 @@ def train(
             "which keeps the state when a step is not finite; without it such a step writes "
             "NaN or inf into the parameters"
         )
-    saver = _Checkpointer.build(checkpoint, checkpoint_every, generator)
+    saver = _Checkpointer.build(checkpoint, checkpoint_every, generator, metadata)
     source = _resume_source(resume, saver)
 
     target = int(state.step) + steps  # the counter is read on the host here, never in the loop
@@ -248,12 +252,16 @@ class _Clock:
 class _Checkpointer:
     """Where and when ``train`` writes checkpoints (rank 0 writes, the others wait)."""
 
-    def __init__(self, path: Path, every: int | None, generator: torch.Generator) -> None:
-        self.path, self.every, self.generator = path, every, generator
+    def __init__(
+        self, path: Path, every: int | None, generator: torch.Generator, metadata: Any
+    ) -> None:
+        self.path, self.every, self.generator, self.metadata = path, every, generator, metadata
         self.last: int | None = None  # the step of the last checkpoint written by this run
 
     @classmethod
-    def build(cls, path: Any, every: Any, generator: torch.Generator) -> _Checkpointer | None:
+    def build(
+        cls, path: Any, every: Any, generator: torch.Generator, metadata: Any
+    ) -> _Checkpointer | None:
         if every is not None:
             every = _checks.integer("train", "checkpoint_every", every, minimum=1)
         if path is None:
@@ -264,20 +272,19 @@ class _Checkpointer:
             return None
         if not isinstance(path, (str, os.PathLike)):
             raise TypeError(f"train: checkpoint must be a path or None (got {type(path).__name__})")
-        return cls(Path(path), every, generator)
+        if metadata is not None and not isinstance(metadata, dict):
+            raise TypeError(
+                f"train: metadata must be a dict or None (got {type(metadata).__name__})"
+            )
+        check_writable(path, "train")  # now, not after the whole run
+        return cls(Path(path), every, generator, metadata)
 
     def due(self, done: int, forced: bool) -> bool:
         return forced or (self.every is not None and done % self.every == 0)
 
     def write(self, state: TrainState, done: int) -> None:
-        if _dist.is_main():
-            # The step keeps the state finite; this guards a state that came in non-finite.
-            if not bool(_tree.all_finite((state.meta, state.opt_state))):
-                raise FloatingPointError(
-                    f"train: the state at step {done} is not finite; refusing to write it over "
-                    f"the checkpoint {str(self.path)!r}"
-                )
-            save(self.path, state, generator=self.generator)
+        if _dist.is_main():  # save refuses a state that is not finite, naming the leaf
+            save(self.path, state, generator=self.generator, metadata=self.metadata)
         _dist.barrier()
         self.last = done
 

@@ -1,12 +1,18 @@
 """Checkpoints: exact round trip, atomic writes, bit-exact resume (eager and compiled), and a
 clean stop on SIGINT / SIGTERM."""
 
+import errno
 import functools
+import hashlib
+import json
 import os
+import random
+import re
 import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -14,6 +20,7 @@ import torch
 
 import metafunc as mf
 from metafunc import _tree
+from metafunc import checkpoint as ckpt
 from metafunc.optim import AdamState
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -57,17 +64,28 @@ def test_round_trip_is_exact_and_restores_the_generator(tmp_path):
 def test_file_is_a_flat_dict_of_tensors_readable_without_pickled_classes(tmp_path):
     learner, opt, params, _ = setup()
     state = mf.init_state(learner, opt, params)
-    mf.save(tmp_path / "c.pt", state, generator=torch.Generator())
+    mf.save(tmp_path / "c.pt", state, generator=torch.Generator(), metadata={"seed": 3})
     flat = torch.load(tmp_path / "c.pt", weights_only=True)
     assert type(flat) is dict and all(type(v) is torch.Tensor for v in flat.values())
     assert set(flat) == {
         *(k for k, _ in _tree.named_leaves(state, "state")),
         "metafunc.format",
+        "metafunc.tree",
+        "metafunc.digest",
         "metafunc.generator",
+        "metafunc.metadata",
     }
     assert "state.meta['0.weight']" in flat and "state.opt_state.nu['4.bias']" in flat
-    assert int(flat["state.step"]) == 0 and int(flat["metafunc.format"]) == 1
+    assert int(flat["state.step"]) == 0 and int(flat["metafunc.format"]) == 2
     assert flat["metafunc.generator"].dtype == torch.uint8
+    assert json.loads(bytes(flat["metafunc.metadata"].tolist())) == {"seed": 3}
+    assert json.loads(bytes(flat["metafunc.tree"].tolist()))["fields"][2] == ["step", "state.step"]
+    digest = hashlib.sha256()
+    for key in sorted(set(flat) - {"metafunc.digest"}):
+        t = flat[key]
+        digest.update(f"{key}\0{t.dtype}\0{tuple(t.shape)}\0".encode())
+        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    assert bytes(flat["metafunc.digest"].tolist()) == digest.digest()
 
 
 def test_sgd_state_without_momentum_round_trips(tmp_path):
@@ -87,11 +105,11 @@ def test_a_failed_write_leaves_the_previous_checkpoint_whole(tmp_path, monkeypat
 
     def crash_mid_write(obj, f):
         f.write(b"half a checkpoint")
-        raise OSError("disk full")
+        raise RuntimeError("serialization failed")
 
     moved = state._replace(step=state.step + 1)
     monkeypatch.setattr(torch, "save", crash_mid_write)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(RuntimeError, match="serialization failed"):
         mf.save(path, moved)
     monkeypatch.undo()
     assert path.read_bytes() == before
@@ -380,3 +398,479 @@ def test_the_file_converts_to_safetensors_and_back(tmp_path):
     # and a file made from it loads like the original
     torch.save(back, tmp_path / "again.pt")
     assert_states_equal(mf.load(tmp_path / "again.pt", like=state), state)
+    assert_states_equal(mf.load(tmp_path / "again.pt").meta, state.meta)  # digest and tree kept
+
+
+# ---------------------------------------------------------------- load without a template
+
+
+def test_load_without_a_template_returns_the_saved_tree(tmp_path):
+    learner, opt, params, sampler = setup()
+    g = torch.Generator().manual_seed(1)
+    step = mf.make_step(learner, opt, compile=False)
+    state = mf.train(
+        step, mf.init_state(learner, opt, params), sampler, steps=2, generator=g, progress=False
+    )
+    fresh_g = torch.Generator()
+    tree = mf.load(mf.save(tmp_path / "c.pt", state, generator=g), generator=fresh_g)
+    assert isinstance(tree, mf.TrainState) and type(tree.meta) is dict
+    assert list(tree.meta) == sorted(state.meta)  # every key, in optree's order
+    assert type(tree.opt_state) is dict and tuple(tree.opt_state) == state.opt_state._fields
+    for name, got in (("meta", tree.meta), ("opt_state", tuple(tree.opt_state.values()))):
+        want = getattr(state, name)
+        assert_states_equal(got, want if name == "meta" else tuple(want))
+    assert torch.equal(tree.step, state.step) and tree.step.dtype == torch.int64
+    assert torch.equal(fresh_g.get_state(), g.get_state())
+    # the loaded meta-parameters predict as the trained ones do
+    x = torch.linspace(-1, 1, 5).unsqueeze(-1)
+    net = mf.models.blog_sine_net(torch.Generator(), hidden=4)
+    predict = lambda meta: torch.func.functional_call(net, meta, (x,))  # noqa: E731
+    assert torch.equal(predict(tree.meta), predict(state.meta))
+
+    sgd_state = mf.init_state(learner, mf.optim.sgd(0.1), params)
+    assert all(field is None for field in sgd_state.opt_state)  # no tensor in it
+    tree = mf.load(mf.save(tmp_path / "sgd.pt", sgd_state))
+    assert tree.opt_state == dict.fromkeys(sgd_state.opt_state._fields)  # the Nones kept
+
+
+def test_any_pytree_round_trips_without_a_template(tmp_path):
+    _, _, params, _ = setup()
+    tree = {
+        "params": params,
+        "list": [torch.arange(3), (torch.ones(2, dtype=torch.bfloat16), None)],
+        7: torch.tensor(True),
+        "empty": {},
+        "point": mf.Tasks(torch.zeros(1, dtype=torch.complex64), torch.tensor(2.5)),
+    }
+    back = mf.load(mf.save(tmp_path / "t.pt", tree))
+    assert back.keys() == tree.keys() and back["empty"] == {}
+    assert back["point"].keys() == {"support", "query"}  # a named tuple comes back as a dict
+    back["point"] = mf.Tasks(**back["point"])
+    assert type(back["list"]) is list and type(back["list"][1]) is tuple
+    assert back["list"][1][1] is None
+    assert_states_equal(back, tree)
+    assert_states_equal(mf.load(tmp_path / "t.pt", like=tree), tree)  # and with a template
+    assert_states_equal(mf.load(mf.save(tmp_path / "p.pt", params)), params)
+    # views: a stepped slice, and one element whose stride is not 1
+    views = {"every-3rd": torch.arange(30.0)[::3], "one": torch.arange(30.0)[::29][:1]}
+    assert views["one"].stride() == (29,)
+    assert_states_equal(mf.load(mf.save(tmp_path / "v.pt", views)), views)
+
+
+def test_format_1_files_load_with_a_template_only(tmp_path):
+    learner, opt, params, _ = setup()
+    state = mf.init_state(learner, opt, params)
+    g = torch.Generator().manual_seed(5)
+    flat = {k: v for k, v in _tree.named_leaves(state, "state")}
+    flat |= {"metafunc.format": torch.tensor(1), "metafunc.generator": g.get_state()}
+    torch.save(flat, tmp_path / "v1.pt")
+    fresh_g = torch.Generator()
+    assert_states_equal(mf.load(tmp_path / "v1.pt", like=state, generator=fresh_g), state)
+    assert torch.equal(fresh_g.get_state(), g.get_state())
+    assert ckpt.read_metadata(tmp_path / "v1.pt") is None
+    with pytest.raises(ValueError) as info:
+        mf.load(tmp_path / "v1.pt")
+    assert str(info.value) == (
+        f"load: {str(tmp_path / 'v1.pt')!r} has checkpoint format 1, which stores no tree "
+        "structure; pass like= (a state of the same model and optimizer, e.g. from init_state) "
+        "to load it"
+    )
+    # damage is still found, by the zip's CRCs
+    data = bytearray((tmp_path / "v1.pt").read_bytes())
+    data[data.find(state.meta["2.weight"].numpy().tobytes()) + 3] ^= 1
+    (tmp_path / "v1.pt").write_bytes(data)
+    with pytest.raises(ValueError, match=r"is damaged and cannot be used: its entry .* fails"):
+        mf.load(tmp_path / "v1.pt", like=state)
+
+
+# ---------------------------------------------------------------- integrity
+
+
+def saved_state(tmp_path, name="c.pt"):
+    learner, opt, params, _ = setup()
+    state = mf.init_state(learner, opt, params)
+    g = torch.Generator().manual_seed(2)
+    path = mf.save(tmp_path / name, state, generator=g, metadata={"seed": 2})
+    return state, g, path
+
+
+@pytest.fixture(params=[True, False], ids=["crc", "no-crc"])
+def crc32(request):
+    """Files written with and without the zip CRCs (torch.serialization.set_crc32_options):
+    without them, only the stored digest can find damage."""
+    before = torch.serialization.get_crc32_options()
+    torch.serialization.set_crc32_options(request.param)
+    yield request.param
+    torch.serialization.set_crc32_options(before)
+
+
+def test_one_flipped_bit_in_a_weight_is_refused_naming_the_file(tmp_path, crc32):
+    state, _, path = saved_state(tmp_path)
+    data = bytearray(path.read_bytes())
+    at = data.find(state.meta["2.weight"].numpy().tobytes())
+    assert at > 0
+    data[at + 5] ^= 1 << 3
+    path.write_bytes(data)
+    with pytest.raises(ValueError) as info:
+        mf.load(path, like=state)
+    if crc32:
+        assert re.fullmatch(
+            rf"load: {re.escape(repr(str(path)))} is damaged and cannot be used: its entry "
+            r"'archive/data/\d+' fails the zip integrity check \(BadZipFile: Bad CRC-32 for "
+            r"file 'archive/data/\d+'\)",
+            str(info.value),
+        )
+    else:
+        assert str(info.value) == (
+            f"load: {str(path)!r} is damaged and cannot be used: its content does not match "
+            "the SHA-256 digest stored when it was saved"
+        )
+    for read in (mf.load, ckpt.read_metadata):
+        with pytest.raises(ValueError, match="is damaged and cannot be used"):
+            read(path)
+
+
+def test_no_single_flipped_bit_loads_a_different_state(tmp_path, crc32):
+    """Flip one bit at a spread of positions and all through the zip directory at the end:
+    each load fails with a ValueError or returns exactly what was saved (a flip in zip padding
+    or a timestamp changes nothing)."""
+    state, g, path = saved_state(tmp_path)
+    good = path.read_bytes()
+    rng = random.Random(0)
+    positions = sorted({*range(0, len(good), 61), *range(len(good) - 400, len(good), 3)})
+    outcomes = {"refused": 0, "same": 0}
+    for at in positions:
+        data = bytearray(good)
+        data[at] ^= 1 << rng.randrange(8)
+        path.write_bytes(data)
+        for like in (state, None):
+            fresh_g = torch.Generator()
+            try:
+                loaded = mf.load(path, like=like, generator=fresh_g)
+            except ValueError:
+                outcomes["refused"] += 1
+                continue
+            if like is None:
+                loaded = loaded._replace(opt_state=type(state.opt_state)(**loaded.opt_state))
+            assert_states_equal(loaded, state)
+            assert torch.equal(fresh_g.get_state(), g.get_state())
+            assert ckpt.read_metadata(path) == {"seed": 2}
+            outcomes["same"] += 1
+    assert outcomes["refused"] > len(positions)  # most flips land in data or headers
+
+
+def test_a_file_whose_tensors_do_not_match_its_digest_is_refused(tmp_path):
+    """The digest covers what the zip CRCs cannot: a file rewritten with other values."""
+    state, _, path = saved_state(tmp_path)
+    flat = torch.load(path, weights_only=True)
+    flat["state.step"] = torch.tensor(7)
+    torch.save(flat, path)
+    with pytest.raises(ValueError, match="its content does not match the SHA-256 digest"):
+        mf.load(path, like=state)
+
+
+def _damage(path, how, state):
+    good = path.read_bytes()
+    if how == "empty":
+        path.write_bytes(b"")
+    elif how == "truncated":
+        path.write_bytes(good[: len(good) // 2])
+    elif how == "truncated-tail":
+        path.write_bytes(good[:-10])
+    elif how == "random-bytes":
+        path.write_bytes(random.Random(0).randbytes(len(good)))
+    elif how == "a-folder":
+        path.unlink()
+        path.mkdir()
+    elif how == "a-state-dict":
+        torch.save(state.meta, path)
+    elif how == "a-tensor":
+        torch.save(torch.ones(3), path)
+    elif how == "generator-entry":
+        flat = torch.load(path, weights_only=True)
+        flat["metafunc.generator"] = flat["metafunc.generator"][:100]
+        flat["metafunc.digest"] = ckpt._digest(flat)  # a consistent file, made elsewhere
+        torch.save(flat, path)
+
+
+DAMAGED = {
+    "empty": r"is empty \(0 bytes\), not a checkpoint; it cannot be used",
+    "truncated": r"is truncated, damaged or not a checkpoint, and cannot be used: it is not a "
+    r"zip archive as torch\.save writes \(BadZipFile: File is not a zip file\)",
+    "truncated-tail": r"is truncated, damaged or not a checkpoint, and cannot be used",
+    "random-bytes": r"is truncated, damaged or not a checkpoint, and cannot be used",
+    "a-folder": r"^load: path must be a checkpoint file \(got '.*', a folder\)$",
+    "a-state-dict": r"is not a metafunc checkpoint \(no 'metafunc\.format' entry\)$",
+    "a-tensor": r"is not a metafunc checkpoint \(no 'metafunc\.format' entry\)$",
+    "generator-entry": r"^load: the generator state in '.*' must fit the cpu generator given, a "
+    r"torch\.uint8 of shape \(5056,\) \(got torch\.uint8 of shape \(100,\): damaged, or saved "
+    r"from another kind of generator\)$",
+}
+
+
+@pytest.mark.parametrize("how", list(DAMAGED))
+def test_a_damaged_file_gives_one_clear_error_naming_it(tmp_path, how):
+    state, _, path = saved_state(tmp_path)
+    _damage(path, how, state)
+    fresh_g = torch.Generator().manual_seed(9)
+    before = fresh_g.get_state()
+    for like in (state, None):
+        with pytest.raises(ValueError, match=DAMAGED[how]) as info:
+            mf.load(path, like=like, generator=fresh_g)
+        assert repr(str(path)) in str(info.value)
+    assert torch.equal(fresh_g.get_state(), before)  # a failed load changes no generator
+
+
+# ---------------------------------------------------------------- writing
+
+
+def test_save_refuses_a_non_finite_state_and_keeps_the_checkpoint(tmp_path):
+    state, _, path = saved_state(tmp_path)
+    before = path.read_bytes()
+    meta = dict(state.meta)
+    meta["2.weight"] = meta["2.weight"].clone()
+    meta["2.weight"][1, 2] = float("nan")
+    mu = dict(state.opt_state.mu)
+    mu["0.bias"] = torch.full_like(mu["0.bias"], float("inf"))
+    for bad, key in (
+        (state._replace(meta=meta), "state.meta['2.weight']"),
+        (state._replace(opt_state=state.opt_state._replace(mu=mu)), "state.opt_state.mu['0.bias']"),
+    ):
+        with pytest.raises(FloatingPointError) as info:
+            mf.save(path, bad)
+        assert str(info.value) == (
+            f"save: {key} is not finite (it holds NaN or infinity); refusing to write it, so "
+            f"{str(path)!r} keeps what it holds"
+        )
+    assert path.read_bytes() == before
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64, torch.complex64])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+def test_save_finds_any_non_finite_element(tmp_path, dtype, bad):
+    x = torch.zeros(7, dtype=dtype)
+    tree = {"a": torch.ones(2), "b": [torch.arange(3), torch.zeros(0), x]}
+    mf.save(tmp_path / "c.pt", tree)  # finite: written
+    x[4] = bad
+    with pytest.raises(FloatingPointError, match=r"^save: state\['b'\]\[2\] is not finite"):
+        mf.save(tmp_path / "c.pt", tree)
+
+
+def test_a_kill_mid_write_leaves_the_old_file_whole_and_one_temporary_file_at_most(tmp_path):
+    """SIGKILL a process that saves in a loop, three times: the checkpoint always loads, at
+    most one temporary file is beside it, and the next save removes it."""
+    path = tmp_path / "c.pt"
+    code = textwrap.dedent(
+        """
+        import sys, torch, metafunc as mf
+        big = {"w": torch.zeros(2_000_000)}
+        i = 0
+        while True:
+            big["w"][0] = i
+            mf.save(sys.argv[1], big)
+            i += 1
+            print(i, flush=True)
+        """
+    )
+    rng = random.Random(0)
+    for _ in range(3):
+        child = subprocess.Popen(
+            [sys.executable, "-c", code, str(path)],
+            stdout=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+        )
+        child.stdout.readline()  # one save done: the next ones are under way
+        time.sleep(rng.uniform(0, 0.05))
+        child.kill()
+        child.wait()
+        child.stdout.close()
+        names = sorted(p.name for p in tmp_path.iterdir())
+        assert names in (["c.pt"], [".c.pt.tmp", "c.pt"]), names
+        assert mf.load(path)["w"].shape == (2_000_000,)
+    mf.save(path, {"w": torch.ones(2)})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.pt"]
+
+
+def test_a_temporary_file_left_by_a_kill_is_replaced_by_the_next_save(tmp_path):
+    state, _, path = saved_state(tmp_path)
+    (tmp_path / ".c.pt.tmp").write_bytes(b"the start of a checkpoint, then SIGKILL")
+    mf.save(path, state)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.pt"]
+    assert_states_equal(mf.load(path, like=state), state)
+
+
+def test_save_keeps_the_permissions_of_the_file_it_replaces(tmp_path):
+    state, _, path = saved_state(tmp_path)
+    path.chmod(0o640)
+    mf.save(path, state._replace(step=state.step + 1))
+    assert path.stat().st_mode & 0o777 == 0o640 and int(mf.load(path, like=state).step) == 1
+
+
+@pytest.mark.parametrize("length", [245, 255])
+def test_a_long_legal_file_name_is_saved(tmp_path, length):
+    state, _, _ = saved_state(tmp_path)
+    path = tmp_path / ("é" * 5 + "c" * (length - 13) + ".pt")  # é is 2 bytes
+    assert len(os.fsencode(path.name)) == length
+    mf.save(path, state)
+    assert_states_equal(mf.load(path, like=state), state)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["c.pt", path.name])
+    tmp = ckpt._temporary_name(path.name)
+    assert len(os.fsencode(tmp)) <= 255 and tmp.startswith(".éé") and tmp.endswith(".tmp")
+    assert tmp != ckpt._temporary_name(path.name[:-4] + ".pq")  # one per checkpoint name
+    with pytest.raises(ValueError) as info:
+        mf.save(tmp_path / ("c" * 253 + ".pt"), state)
+    assert str(info.value) == (
+        "save: the checkpoint's file name is 256 bytes; file systems allow 255 "
+        f"(got {str(tmp_path / ('c' * 253 + '.pt'))!r})"
+    )
+
+
+def test_saving_through_a_symlink_writes_the_target_and_keeps_the_link(tmp_path):
+    state, _, _ = saved_state(tmp_path)
+    (tmp_path / "runs").mkdir()
+    target = tmp_path / "runs" / "run7.pt"
+    mf.save(target, state)
+    link = tmp_path / "latest.pt"
+    link.symlink_to(Path("runs") / "run7.pt")
+    moved = state._replace(step=state.step + 5)
+    assert mf.save(link, moved) == link
+    assert link.is_symlink() and os.readlink(link) == str(Path("runs") / "run7.pt")
+    assert int(mf.load(target, like=state).step) == 5
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["run7.pt"]
+    # a link to a file not yet written creates it
+    (tmp_path / "next.pt").symlink_to(tmp_path / "runs" / "run8.pt")
+    mf.save(tmp_path / "next.pt", state)
+    assert int(mf.load(tmp_path / "runs" / "run8.pt", like=state).step) == 0
+
+
+def test_a_full_disk_names_the_file_and_keeps_the_old_one(tmp_path, monkeypatch):
+    state, _, path = saved_state(tmp_path)
+    before = path.read_bytes()
+    real_write = os.write
+
+    def disk_fills_up(fd, data):
+        if os.readlink(f"/proc/self/fd/{fd}").startswith(str(tmp_path)):
+            real_write(fd, memoryview(data)[:100])
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_write(fd, data)
+
+    monkeypatch.setattr(os, "write", disk_fills_up)
+    with pytest.raises(OSError) as info:
+        mf.save(path, state._replace(step=state.step + 1))
+    monkeypatch.undo()
+    assert str(info.value) == (
+        f"save: could not write the checkpoint {str(path)!r} (No space left on device); the "
+        "disk (or the user's quota) may be full; the file keeps what it held before"
+    )
+    assert info.value.__cause__.errno == errno.ENOSPC
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.pt"]
+
+
+FILE_SIZE_CHILD = """
+import resource, signal, sys, torch, metafunc as mf
+path = sys.argv[1]
+mf.save(path, {"w": torch.ones(10)})
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # the kernel then fails the write with EFBIG
+resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, resource.RLIM_INFINITY))
+try:
+    mf.save(path, {"w": torch.zeros(100_000)})
+except OSError as e:
+    print(e)
+"""
+
+
+def test_a_write_the_kernel_refuses_names_the_file(tmp_path):
+    """A real short write (a file size limit), which torch.save alone reports as
+    'RuntimeError: [enforce fail at inline_container.cc] unexpected pos'."""
+    path = tmp_path / "c.pt"
+    out = subprocess.run(
+        [sys.executable, "-c", FILE_SIZE_CHILD, str(path)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    assert out.stdout.strip() == (
+        f"save: could not write the checkpoint {str(path)!r} (File too large); the disk (or the "
+        "user's quota) may be full; the file keeps what it held before"
+    ), out.stderr
+    assert torch.equal(mf.load(path)["w"], torch.ones(10))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.pt"]
+
+
+def test_check_writable_refuses_at_once(tmp_path, monkeypatch):
+    assert ckpt.check_writable(tmp_path / "c.pt", "train") == tmp_path / "c.pt"
+    with pytest.raises(ValueError) as info:
+        ckpt.check_writable(tmp_path, "train")
+    assert str(info.value) == (
+        f"train: the checkpoint path must be a file, not a folder (got {str(tmp_path)!r}, a "
+        f"folder); e.g. {str(tmp_path / 'checkpoint.pt')!r}"
+    )
+    with pytest.raises(FileNotFoundError) as info:
+        ckpt.check_writable(tmp_path / "no" / "c.pt", "train")
+    assert str(info.value) == (
+        f"train: the folder of the checkpoint must exist (got {str(tmp_path / 'no' / 'c.pt')!r}, "
+        f"whose folder {str(tmp_path / 'no')!r} does not exist); create it first"
+    )
+    (tmp_path / "dangling.pt").symlink_to(tmp_path / "no" / "c.pt")
+    with pytest.raises(FileNotFoundError, match=r"\(a link to '.*no/c\.pt'\), whose folder"):
+        ckpt.check_writable(tmp_path / "dangling.pt", "train")
+    with pytest.raises(ValueError, match="must be a regular file"):
+        ckpt.check_writable("/dev/null", "train")
+    # This suite may run as root, for whom every folder is writable: os.access is what decides.
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode: p != tmp_path and real_access(p, mode))
+    with pytest.raises(PermissionError) as info:
+        ckpt.check_writable(tmp_path / "c.pt", "train")
+    assert str(info.value) == (
+        f"train: the folder of the checkpoint must be writable (got {str(tmp_path / 'c.pt')!r}, "
+        f"whose folder {str(tmp_path)!r} this user cannot write to)"
+    )
+    with pytest.raises(PermissionError):  # save checks first, before any work
+        mf.save(tmp_path / "c.pt", {"w": torch.ones(1)})
+    assert list(tmp_path.iterdir()) == [tmp_path / "dangling.pt"]
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root may write into any folder")
+def test_check_writable_refuses_a_read_only_folder(tmp_path):
+    (tmp_path / "ro").mkdir(mode=0o555)
+    with pytest.raises(PermissionError, match="this user cannot write to"):
+        ckpt.check_writable(tmp_path / "ro" / "c.pt", "train")
+
+
+# ---------------------------------------------------------------- metadata
+
+
+def test_metadata_is_stored_as_strict_json_and_read_back(tmp_path):
+    state, _, path = saved_state(tmp_path)
+    options = {"algo": "maml", "seed": 2, "lr": 0.01, "sizes": [40, 40], "note": None, "x": True}
+    mf.save(path, state, metadata=options)
+    assert ckpt.read_metadata(path) == options
+    mf.save(path, state)
+    assert ckpt.read_metadata(path) is None
+    bad = [
+        (
+            {"lr": float("nan")},
+            ValueError,
+            r"save: metadata\['lr'\] must be finite; strict JSON has no nan \(got nan\)",
+        ),
+        ({"a": [1, float("inf")]}, ValueError, r"save: metadata\['a'\]\[1\] must be finite"),
+        (
+            {"sizes": (40, 40)},
+            TypeError,
+            r"save: metadata\['sizes'\] must be a str, int, float, bool, None, list or dict, which JSON reads back as written \(got tuple: \(40, 40\)\)",
+        ),
+        ({1: "a"}, TypeError, r"save: metadata must have str keys, as JSON objects do \(got 1\)"),
+        (
+            {"out": Path("run")},
+            TypeError,
+            r"save: metadata\['out'\] must be a str, .* \(got PosixPath",
+        ),
+        (["seed"], TypeError, r"save: metadata must be a dict or None \(got list\)"),
+    ]
+    before = path.read_bytes()
+    for metadata, exc, pattern in bad:
+        with pytest.raises(exc, match=f"^{pattern}"):
+            mf.save(path, state, metadata=metadata)
+    assert path.read_bytes() == before

@@ -188,3 +188,38 @@ def test_results_are_strict_json_with_null_for_non_finite_numbers(tmp_path):
     path = _write_json(tmp_path / "r.json", {"mse": float("nan"), "rows": [{"x": float("inf")}]})
     assert json.loads(path.read_text()) == {"mse": None, "rows": [{"x": None}]}
     assert "NaN" not in path.read_text() and "Infinity" not in path.read_text()
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (["--meta-batch", "4"], "was trained with --meta-batch 2 but this run has 4"),
+        (["--seed", "1"], "was trained with --seed 0 but this run has 1"),
+        (["--algo", "fomaml"], "was trained with --algo maml but this run has fomaml"),
+        (["--task", "fewshot"], "was trained with --task sine but this run has fewshot"),
+    ],
+)
+def test_resume_with_other_options_is_refused_naming_the_option(tmp_path, capsys, change, message):
+    assert main([*SHORT, "--steps", "2", "--out", str(tmp_path)]) == 0
+    args = [*SHORT, "--steps", "4", "--resume", "--out", str(tmp_path)]
+    if "--task" in change:  # the sine-only option would be refused first
+        i = args.index("--eval-draws")
+        del args[i : i + 2]
+    assert main([*args, *change]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("metafunc train: cannot resume: ") and message in err, err
+    assert err.endswith(
+        "resume with the options it was started with, or give a new run another --out\n"
+    )
+
+
+def test_resume_from_a_damaged_checkpoint_says_so_in_one_line(tmp_path, capsys):
+    assert main([*SHORT, "--steps", "2", "--out", str(tmp_path)]) == 0
+    path = tmp_path / "checkpoint.pt"
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x10
+    path.write_bytes(bytes(data))
+    assert main([*SHORT, "--steps", "4", "--resume", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("metafunc train: cannot resume: ") and "damaged" in err, err
+    assert err.count("\n") == 1

@@ -115,7 +115,7 @@ def test_metafunc_train_under_torchrun_equals_one_process(tmp_path):
     two = torch.load(tmp_path / "two" / "checkpoint.pt")
     one = torch.load(tmp_path / "one" / "checkpoint.pt")
     assert two.keys() == one.keys()
-    for key in one:
+    for key in one.keys() - {"metafunc.digest"}:  # a hash of values equal only to rounding
         torch.testing.assert_close(two[key], one[key], rtol=1e-5, atol=1e-6, msg=key)
     assert int(two["state.step"]) == 3
     # the meta-batch must split evenly over the processes

@@ -674,17 +674,17 @@ CASES = [
     ),
     # --- checkpoints --------------------------------------------------------------------------
     (
-        "save-state-not-TrainState",
-        lambda: mf.save("c.pt", PARAMS),
+        "save-leaf-not-a-tensor",
+        lambda: mf.save("c.pt", {"w": PARAMS["0.bias"], "lr": 0.1}),
         TypeError,
-        r"^save: state must be a metafunc\.TrainState \(got dict\)$",
+        r"^save: state\['lr'\] must be a tensor \(got float\)$",
     ),
     (
         "save-directory-missing",
         lambda: mf.save("/nonexistent-dir/c.pt", _state()),
         FileNotFoundError,
-        r"^save: the directory of path must exist \(got '/nonexistent-dir/c\.pt', whose "
-        r"directory '/nonexistent-dir' does not exist\)$",
+        r"^save: the folder of the checkpoint must exist \(got '/nonexistent-dir/c\.pt', whose "
+        r"folder '/nonexistent-dir' does not exist\); create it first$",
     ),
     (
         "save-generator-not-a-Generator",
@@ -693,11 +693,11 @@ CASES = [
         r"^save: generator must be a torch\.Generator or None \(got int\)$",
     ),
     (
-        "load-like-not-TrainState",
-        lambda: mf.load("c.pt", like=PARAMS),
+        "load-like-not-a-tree-of-tensors",
+        lambda: mf.load("c.pt", like=[PARAMS, 0.1]),
         TypeError,
-        r"^load: like must be a metafunc\.TrainState to load into, e\.g\. from init_state "
-        r"\(got dict\)$",
+        r"^load: like must be a tree of tensors to load into, e\.g\. a state from init_state, "
+        r"or None to load the saved tree as it is \(got float at like\[1\]\)$",
     ),
     (
         "load-missing-file",
@@ -715,13 +715,15 @@ CASES = [
         "load-pickled-python-object",
         lambda: _load_after_saving(None, _state(), raw={"path": Path("x")}),
         ValueError,
-        r"^load: '.*c\.pt' is not a readable metafunc checkpoint \(Weights only load failed",
+        r"^load: '.*c\.pt' is not a metafunc checkpoint and cannot be used: it holds Python "
+        r"objects other than tensors, which load does not unpickle \(Unsupported global: GLOBAL "
+        r"pathlib\.PosixPath was not an allowed global by default\)$",
     ),
     (
         "load-another-format-version",
-        lambda: _load_after_saving(None, _state(), raw={"metafunc.format": torch.tensor(2)}),
+        lambda: _load_after_saving(None, _state(), raw={"metafunc.format": torch.tensor(3)}),
         ValueError,
-        r"^load: '.*c\.pt' has checkpoint format 2; this metafunc reads format 1$",
+        r"^load: '.*c\.pt' has checkpoint format 3; this metafunc reads formats 1 and 2$",
     ),
     (
         "load-shape-mismatch",

@@ -2,6 +2,8 @@
 sampler's invariants, the synthetic glyphs, every algorithm on the conv net, and learning."""
 
 import json
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -112,6 +114,52 @@ def test_omniglot_bad_folders_say_what_is_expected(tmp_path):
         r"\(Omniglot has 20\); .* has characters with \[3, 4\]",
     ):
         mf.tasks.omniglot(tmp_path, split="train", train_classes=5)
+
+
+def test_omniglot_a_folder_one_level_too_deep_says_where_the_drawings_are(tmp_path):
+    """Unzipping into a folder of the same name nests each part once more; the loader must
+    say what it found, not blame train_classes."""
+    write_omniglot(tmp_path / "nested")
+    for part in ALPHABETS:
+        (tmp_path / part).mkdir()
+        (tmp_path / "nested" / part).rename(tmp_path / part / part)
+    with pytest.raises(ValueError) as info:
+        mf.tasks.omniglot(tmp_path, split="train", train_classes=4, image_size=12)
+    assert str(info.value) == (
+        "omniglot: found no <alphabet>/<character>/ folders of .png drawings under "
+        f"{tmp_path / 'images_background'}; the first drawing found, "
+        "images_background/Greek/character01/0002_01.png, is 3 folder(s) deep where 2 are "
+        "expected"
+    )
+    # a part without any drawing says what it holds
+    for part in ALPHABETS:
+        for png in (tmp_path / part).rglob("*.png"):
+            png.unlink()
+    (tmp_path / "images_background" / "README").write_text("")
+    with pytest.raises(ValueError) as info:
+        mf.tasks.omniglot(tmp_path, split="train", train_classes=4, image_size=12)
+    assert str(info.value).endswith(
+        "images_background; it holds no .png file at any depth (it holds: README, "
+        "images_background/)"
+    )
+
+
+def test_omniglot_a_truncated_drawing_is_named(tmp_path):
+    write_omniglot(tmp_path, side=40)
+    load = lambda: mf.tasks.omniglot(tmp_path, split="test", train_classes=5, rotations=False)  # noqa: E731
+    png = sorted((tmp_path / load().names[0]).glob("*.png"))[1]
+    png.write_bytes(png.read_bytes()[:-30])
+    with pytest.raises(ValueError) as info:
+        load()
+    assert str(info.value).startswith(f"omniglot: cannot read the drawing {png} (OSError: ")
+    assert str(info.value).endswith("replace it with a good copy from the Omniglot zip files")
+    assert "truncated" in str(info.value)
+
+
+def test_import_metafunc_loads_no_pil():
+    code = "import sys, metafunc; print(sorted(m for m in sys.modules if m.split('.')[0] == 'PIL'))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stderr
 
 
 # ---------------------------------------------------------------- sampler

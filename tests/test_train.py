@@ -128,3 +128,27 @@ def test_on_log_gets_the_state_of_that_step_and_the_run_timing():
     assert all(log.first_call_s == logs[0].first_call_s > 0 for log in logs)
     assert [log.steady_steps for log in logs] == [1, 3, 4]
     assert 0 < logs[0].steady_s < logs[1].steady_s < logs[2].steady_s
+
+
+def test_a_checkpoint_path_that_cannot_be_written_fails_before_the_first_step(tmp_path):
+    step, state, sampler = setup()
+    calls = []
+
+    def counting(g):
+        calls.append(1)
+        return sampler(g)
+
+    with pytest.raises(FileNotFoundError, match=r"^train: "):
+        mf.train(
+            step, state, counting, steps=3, checkpoint=tmp_path / "no" / "c.pt", progress=False
+        )
+    with pytest.raises(ValueError, match=r"^train: "):
+        mf.train(step, state, counting, steps=3, checkpoint=tmp_path, progress=False)  # a folder
+    assert calls == []
+
+
+def test_metadata_is_stored_with_every_checkpoint(tmp_path):
+    step, state, sampler = setup()
+    path = tmp_path / "c.pt"
+    mf.train(step, state, sampler, steps=2, checkpoint=path, metadata={"seed": 3}, progress=False)
+    assert mf.checkpoint.read_metadata(path) == {"seed": 3}

@@ -19,7 +19,7 @@ import torch
 import metafunc as mf
 from metafunc.evaluation import fewshot_accuracy
 
-from ._history import History
+from ._runs import History, identity
 from .algorithms import build_learner
 
 
@@ -122,6 +122,7 @@ def run(config: FewshotConfig, *, on_log: Callable[[mf.Log], Any] | None = None)
         checkpoint_every=config.checkpoint_every,
         resume=config.resume,
         on_nonfinite=config.on_nonfinite,
+        metadata=identity(config),
     )
     start = torch.Generator().manual_seed(config.seed + 1)
     clock = time.perf_counter()

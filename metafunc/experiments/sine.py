@@ -21,7 +21,7 @@ import torch
 import metafunc as mf
 from metafunc.evaluation import SineEval, daml_grid_error, grid_error, sine_grid_error
 
-from ._history import History
+from ._runs import History, identity
 from .algorithms import build_learner
 
 
@@ -137,6 +137,7 @@ def run(config: SineConfig, *, on_log: Callable[[mf.Log], Any] | None = None) ->
         checkpoint_every=config.checkpoint_every,
         resume=config.resume,
         on_nonfinite=config.on_nonfinite,
+        metadata=identity(config),
     )
     eval_gen = torch.Generator().manual_seed(config.seed + 1)
     params = learner.params(state.meta)

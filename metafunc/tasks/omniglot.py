@@ -9,7 +9,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from PIL import Image
 
 from .. import _checks
 from .fewshot import ImageClasses
@@ -58,7 +57,7 @@ def omniglot(
             f"https://github.com/brendenlake/omniglot into it); {root} has no "
             f"{' or '.join(f'{p}/' for p in missing)}"
         )
-    characters = sorted(d for p in PARTS for d in (root / p).glob("*/*") if d.is_dir())
+    characters = sorted(d for p in PARTS for d in _characters(root / p))
     if len(characters) <= train_classes:
         raise ValueError(
             f"{where}: train_classes must leave some characters for the test split; {root} "
@@ -82,7 +81,30 @@ def omniglot(
     return ImageClasses(images.contiguous(), tuple(names))
 
 
+def _characters(part: Path) -> list[Path]:
+    """The ``<alphabet>/<character>/`` folders of ``part``, refused if none holds a drawing."""
+    found = [d for d in part.glob("*/*") if d.is_dir()]
+    if any(next(d.glob("*.png"), None) for d in found):
+        return found
+    first = min(part.rglob("*.png"), default=None)
+    if first is None:
+        inside = sorted(f"{c.name}/" if c.is_dir() else c.name for c in part.iterdir())
+        listing = ", ".join(inside[:5]) + (", ..." if len(inside) > 5 else "")
+        what = f"it holds no .png file at any depth (it holds: {listing or 'nothing'})"
+    else:
+        rel = first.relative_to(part)
+        what = (
+            f"the first drawing found, {rel.as_posix()}, is {len(rel.parts) - 1} folder(s) deep "
+            "where 2 are expected"
+        )
+    raise ValueError(
+        f"omniglot: found no <alphabet>/<character>/ folders of .png drawings under {part}; {what}"
+    )
+
+
 def _load_character(folder: Path, size: int) -> torch.Tensor:
+    from PIL import Image  # here, not at the top: import metafunc must not load PIL
+
     files = sorted(folder.glob("*.png"))
     if not files:
         raise ValueError(
@@ -90,8 +112,14 @@ def _load_character(folder: Path, size: int) -> torch.Tensor:
         )
     drawings = []
     for f in files:
-        with Image.open(f) as im:
-            im = im.convert("L").resize((size, size), Image.Resampling.LANCZOS)
-            pixels = torch.frombuffer(bytearray(im.tobytes()), dtype=torch.uint8)
+        try:
+            with Image.open(f) as im:
+                im = im.convert("L").resize((size, size), Image.Resampling.LANCZOS)
+                pixels = torch.frombuffer(bytearray(im.tobytes()), dtype=torch.uint8)
+        except Exception as e:  # PIL raises OSError, SyntaxError, ValueError... for bad files
+            raise ValueError(
+                f"omniglot: cannot read the drawing {f} ({type(e).__name__}: {e}); replace it "
+                "with a good copy from the Omniglot zip files"
+            ) from e
         drawings.append(255 - pixels.reshape(1, size, size))
     return torch.stack(drawings)

@@ -1,11 +1,43 @@
-"""A ``train`` hook that keeps what the applications report of a run."""
+"""What the applications keep of a run: its loss curve and timing (a ``train`` hook), and the
+options that define it (stored with its checkpoints, compared on resume)."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import metafunc as mf
+
+# Options that change how a run is carried out or reported, not what it computes: a run may
+# resume with other values of these.
+_NOT_IDENTITY = frozenset(
+    {
+        "steps",
+        "progress",
+        "checkpoint",
+        "checkpoint_every",
+        "resume",
+        "on_nonfinite",
+        "device",
+        "compile",
+        "log_every",
+        "eval_draws",
+        "eval_tasks",
+    }
+)
+
+
+def identity(config: Any) -> dict[str, Any]:
+    """The options of ``config`` (a frozen dataclass) that define the run it trains, as JSON-able
+    values: a checkpoint holds them, and a resume with other ones is refused."""
+    return {
+        f.name: str(v) if isinstance(v, Path) else v
+        for f in dataclasses.fields(config)
+        if f.name not in _NOT_IDENTITY
+        for v in [getattr(config, f.name)]
+    } | {"experiment": type(config).__name__.removesuffix("Config").lower()}
 
 
 class History:
