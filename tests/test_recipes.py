@@ -56,7 +56,6 @@ def test_recipe_runs(title, code, tmp_path, monkeypatch):
     assert int(scope["state"].step) == 3
     if code is PRELUDE:
         return
-    scope.pop("state")
     exec(compile(shortened(code), f"README.md (Recipes: {title})", "exec"), scope)
     if "prediction" in scope:
         assert scope["prediction"].shape == (16, 10, 1)
