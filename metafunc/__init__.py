@@ -12,6 +12,7 @@ from . import optim as optim
 from . import tasks as tasks
 from ._inner import inner_loop as inner_loop
 from ._learner import Learner as Learner
+from ._model import eval_mode as eval_mode
 from ._model import pure as pure
 from ._types import Tasks as Tasks
 from ._types import TrainState as TrainState
@@ -39,6 +40,7 @@ __all__ = [
     "anil",
     "daml",
     "distributed",
+    "eval_mode",
     "fomaml",
     "init_state",
     "inner_loop",

@@ -114,6 +114,11 @@ def learning_rate_like(where: str, name: str, lr: Any, params: Any, params_name:
 
 def params_tree(where: str, name: str, params: Any) -> None:
     """A non-empty pytree of floating-point tensors on one device with one dtype."""
+    if isinstance(params, torch.nn.Module):
+        raise TypeError(
+            f"{where}: {name} must be a pytree of tensors, not a module (got "
+            f"{type(params).__name__}); split the module first: fn, params = mf.pure(module)"
+        )
     # Runs before every step: leaves only, and key paths (slow to build) only for a message.
     leaves = _tree.leaves(params)
     if not leaves:
@@ -249,10 +254,13 @@ def _rank_message(where: str, path: str, t: torch.Tensor, floating: bool) -> str
             f"{where}: {path} must have shape (tasks, examples, ...) (got shape {shape}); "
             "one task needs a leading task dimension of 1: x[None]"
         )
+    labels = (
+        "; class labels are integers and need no feature dimension: y.long()" if t.ndim == 2 else ""
+    )
     return (
         f"{where}: {path} must have shape (tasks, examples, features...) (got shape {shape}); "
         "floating-point task data needs all three: one task without its task dimension takes "
-        "x[None], scalar features take x[..., None]"
+        f"x[None], scalar features take x[..., None]{labels}"
     )
 
 

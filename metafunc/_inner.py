@@ -107,9 +107,19 @@ def inner_update(
             f"(got {lr_name}={lr!r} and {opt_name})"
         )
     if not isinstance(opt, Optimizer):
+        got = f"the class {opt.__name__}" if isinstance(opt, type) else type(opt).__name__
+        torch_optim = isinstance(opt, torch.optim.Optimizer) or (
+            isinstance(opt, type) and issubclass(opt, torch.optim.Optimizer)
+        )
+        hint = (
+            "; torch.optim optimizers update tensors in place, which cannot be differentiated "
+            "through"
+            if torch_optim
+            else ""
+        )
         raise TypeError(
             f"{where}: {opt_name} must be a metafunc.optim.Optimizer, e.g. "
-            f"mf.optim.sgd(0.01, momentum=0.9) (got {type(opt).__name__})"
+            f"mf.optim.sgd(0.01, momentum=0.9) (got {got}){hint}"
         )
     return opt
 

@@ -38,6 +38,9 @@ class Learner(NamedTuple):
         check: ``check(where, meta, tasks, meta_name="meta")`` validates the meta-parameters
             and a meta-batch eagerly, naming ``where`` and ``meta_name`` in its messages; a
             signature (structure, shapes, dtypes, devices) it has passed is not checked again.
+        randomness: what random operations in the model do under ``vmap`` over tasks (see
+            :func:`check_randomness`): ``"error"`` refuses them; ``"different"`` and ``"same"`` draw
+            them from torch's generator (``make_step`` seeds it from ``TrainState.rng``).
     """
 
     name: str
@@ -47,6 +50,7 @@ class Learner(NamedTuple):
     meta_grad: MetaGrad
     params: Callable[[Any], Any]
     check: Callable[..., None]
+    randomness: str = "error"
 
 
 def exact(per_task: PerTask) -> MetaGrad:
@@ -71,6 +75,7 @@ def build(
     gradient: Callable[[PerTask], MetaGrad] = exact,
     paired: bool = True,
     check_meta: Callable[[str, str, Any], None] | None = None,
+    randomness: str = "error",
 ) -> Learner:
     """Build a :class:`Learner` from one task's pure ``adapt`` and query ``loss``.
 
@@ -84,15 +89,17 @@ def build(
             unlabeled support is not paired with its labeled query.
         check_meta: ``check_meta(where, meta_name, meta)`` checks the algorithm's own layout
             of the meta-parameters (e.g. Meta-SGD's ``{"params", "lr"}``).
+        randomness: ``vmap``'s randomness over tasks, checked by :func:`check_randomness`.
     """
 
     def task(meta: Any, support: Any, query: Any) -> tuple[Any, torch.Tensor, torch.Tensor]:
         adapted = adapt(meta, support)
         return adapted, loss(adapted, query), loss(params(meta), query)
 
-    per_task = vmap(task, in_dims=(None, 0, 0), chunk_size=chunk_size)
+    batched = {"chunk_size": chunk_size, "randomness": randomness}
+    per_task = vmap(task, in_dims=(None, 0, 0), **batched)
     raw_grad = gradient(per_task)
-    adapt_all = vmap(adapt, in_dims=(None, 0), chunk_size=chunk_size)
+    adapt_all = vmap(adapt, in_dims=(None, 0), **batched)
 
     def check_params(where: str, meta: Any, meta_name: str) -> None:
         _checks.params_tree(where, meta_name, meta)
@@ -110,19 +117,57 @@ def build(
         _checks.batch(where, {"support": support}, like=meta)
 
     def meta_loss(meta: Any, tasks: Tasks) -> torch.Tensor:
-        if not torch.compiler.is_compiling():
-            check(name, meta, tasks)
-        _, after, _ = per_task(meta, tasks.support, tasks.query)
-        return after.mean()
+        return eager_checked(
+            name, check, lambda: per_task(meta, tasks.support, tasks.query)[1].mean(), meta, tasks
+        )
 
     def meta_grad(meta: Any, tasks: Tasks) -> tuple[Any, Metrics]:
-        if not torch.compiler.is_compiling():
-            check(name, meta, tasks)
-        return raw_grad(meta, tasks)
+        return eager_checked(name, check, lambda: raw_grad(meta, tasks), meta, tasks)
 
     def adapt_tasks(meta: Any, support: Any) -> Any:
-        if not torch.compiler.is_compiling():
-            check_support(f"{name}.adapt", meta, support)
-        return adapt_all(meta, support)
+        where = f"{name}.adapt"
+        return eager_checked(where, check_support, lambda: adapt_all(meta, support), meta, support)
 
-    return Learner(name, init, adapt_tasks, meta_loss, meta_grad, params, check)
+    return Learner(name, init, adapt_tasks, meta_loss, meta_grad, params, check, randomness)
+
+
+def eager_checked(
+    where: str, check: Callable[..., None], run: Callable[[], Any], *args: Any
+) -> Any:
+    """``run()``, after ``check(where, *args)`` when not compiling (compiled code is checked by
+    its eager caller); torch's vmap error for a random operation is said in metafunc's terms."""
+    if torch.compiler.is_compiling():
+        return run()
+    check(where, *args)
+    try:
+        return run()
+    except RuntimeError as e:
+        if "randomness error mode" not in str(e):
+            raise
+        raise RuntimeError(
+            f"{where}: the model draws random numbers (dropout or another random operation), "
+            "which a learner refuses by default; say so with randomness='different' (each "
+            "task its own draws) when building the learner, and give mf.init_state a seed for "
+            "the run's random stream, e.g. mf.maml(loss, randomness='different') and "
+            "mf.init_state(learner, opt, params, seed=0); score with mf.eval_mode(fn), which "
+            "turns dropout off"
+        ) from e
+
+
+def check_randomness(where: str, value: Any) -> str:
+    """A learner's ``randomness``, checked: what random operations in the model (dropout) do
+    when the tasks of a batch are ``vmap``-ed.
+
+    ``"error"`` (the default) refuses them with torch's vmap error; ``"different"`` gives every
+    task its own draws (its own dropout masks); ``"same"`` gives all tasks the same draws.
+    The draws come from torch's default generator: inside a step from :func:`metafunc.make_step`
+    it is seeded for the step from the run's seed in ``TrainState.rng`` (and put back after),
+    so a run is reproducible and resumes bit-exactly; called directly, ``meta_grad`` and
+    ``adapt`` draw from it as any torch module in training mode does.
+    """
+    if value not in ("error", "different", "same"):
+        raise ValueError(
+            f"{where}: randomness must be 'error', 'different' or 'same' (got {value!r}); "
+            "'different' gives each task its own random draws (dropout masks)"
+        )
+    return value

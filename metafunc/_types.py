@@ -26,8 +26,13 @@ class TrainState(NamedTuple):
         opt_state: the outer optimizer's state.
         step: int64 scalar tensor, outer steps taken (a tensor, so the compiled step never
             recompiles as it counts).
+        rng: the random stream of the model's random operations (dropout), for a learner
+            built with ``randomness="different"``: an int64 CPU tensor ``(seed, steps drawn)``
+            from ``init_state(..., seed=...)``; each step seeds torch's generator from it (see
+            :func:`metafunc.make_step`). ``None`` for a model without random operations.
     """
 
     meta: Any
     opt_state: Any
     step: torch.Tensor
+    rng: torch.Tensor | None = None

@@ -33,7 +33,13 @@ def l1(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 
 def cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Mean cross-entropy of ``logits`` (n, classes) against integer ``labels`` (n,)."""
+    """Mean cross-entropy of ``logits`` (n, classes) against int64 class indices ``labels`` (n,)."""
+    _tensors("cross_entropy", logits, labels, "logits", "labels")
+    if labels.dtype != torch.int64:
+        raise TypeError(
+            f"cross_entropy: labels must be int64 class indices in 0..classes-1 (got "
+            f"{labels.dtype}); convert them with labels.long()"
+        )
     if logits.ndim != 2 or labels.shape != logits.shape[:1]:
         raise ValueError(
             f"cross_entropy: expected logits (n, classes) and labels (n,) "
@@ -54,12 +60,27 @@ def supervised(
 
     def loss(params: Any, data: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         x, y = data
-        return criterion(fn(params, x), y)
+        pred = fn(params, x)
+        if not isinstance(pred, torch.Tensor):
+            raise TypeError(
+                "supervised: fn(params, x) must return one tensor, the prediction the "
+                f"criterion compares with y (got {type(pred).__name__}); for a model that "
+                "returns more, write the loss yourself, e.g. "
+                "loss = lambda params, data: criterion(fn(params, data[0])[0], data[1])"
+            )
+        return criterion(pred, y)
 
     return loss
 
 
+def _tensors(name: str, a: Any, b: Any, a_name: str, b_name: str) -> None:
+    for value, what in ((a, a_name), (b, b_name)):
+        if not isinstance(value, torch.Tensor):
+            raise TypeError(f"{name}: {what} must be a tensor (got {type(value).__name__})")
+
+
 def _same_shape(name: str, pred: torch.Tensor, target: torch.Tensor) -> None:
+    _tensors(name, pred, target, "prediction", "target")
     if pred.shape != target.shape:
         raise ValueError(
             f"{name}: prediction and target must have the same shape "

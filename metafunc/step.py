@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -18,16 +19,42 @@ Step = Callable[[TrainState, Tasks], tuple[TrainState, Metrics]]
 _CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")
 
 
-def init_state(learner: Learner, optimizer: Optimizer, params: Any) -> TrainState:
-    """The state before the first step: meta-parameters, optimizer state, step 0.
+def init_state(
+    learner: Learner, optimizer: Optimizer, params: Any, *, seed: int | None = None
+) -> TrainState:
+    """The state before the first step: meta-parameters, optimizer state, step 0, and with
+    ``seed`` the random stream of the model's random operations.
+
+    Args:
+        learner: e.g. ``mf.maml(loss)``.
+        optimizer: e.g. ``mf.optim.adam(1e-3)``.
+        params: the model parameters to start from, e.g. from :func:`metafunc.pure`.
+        seed: the seed of the model's random operations (dropout), an integer in [0, 2**63);
+            needed, and only used, when the learner was built with ``randomness="different"``
+            or ``"same"``. It becomes ``TrainState.rng``, saved with the checkpoints.
+
+    Raises:
+        ValueError: a learner with random operations and no ``seed``.
 
     Example:
         >>> state = mf.init_state(mf.maml(loss), mf.optim.adam(1e-3), params)
+        >>> state = mf.init_state(mf.maml(loss, randomness="different"), opt, params, seed=0)
     """
     _check_types("init_state", learner, optimizer)
+    if seed is not None:
+        seed = _checks.integer("init_state", "seed", seed, minimum=0)
+        if seed >= 2**63:
+            raise ValueError(f"init_state: seed must be an integer < 2**63 (got {seed})")
+    elif learner.randomness != "error":
+        raise ValueError(
+            f"init_state: the learner draws random numbers (randomness={learner.randomness!r}), "
+            "so the run needs a seed for them, e.g. mf.init_state(learner, opt, params, seed=0)"
+        )
     meta = learner.init(params)
     device = _tree.leaves(meta)[0].device
-    return TrainState(meta, optimizer.init(meta), torch.zeros((), dtype=torch.int64, device=device))
+    step = torch.zeros((), dtype=torch.int64, device=device)
+    rng = None if seed is None else torch.tensor([seed, 0], dtype=torch.int64)
+    return TrainState(meta, optimizer.init(meta), step, rng)
 
 
 def make_step(
@@ -65,6 +92,16 @@ def make_step(
     With a CUDA-graph ``mode`` (``"reduce-overhead"``, ``"max-autotune"``) each call marks the
     start of a step for the graph trees and returns copies of the outputs, which the next replay
     would otherwise overwrite.
+
+    Random operations in the model (dropout; a learner built with ``randomness="different"``)
+    draw from torch's default generators of the CPU and of the parameters' device, which the
+    step forks: it seeds them with a hash of ``state.rng``'s seed, its count of steps drawn
+    and the process's rank, and puts the caller's generator states back afterwards. Each step
+    thus draws a stream of its own that depends only on the seed and the step (not on what
+    ran before or after, or on the global RNG), a resumed run draws exactly what the
+    uninterrupted one did, and the new state's ``rng`` counts one more step. Compiled with
+    Inductor, such a step uses torch's own random kernels (``fallback_random``), so it draws
+    what the eager step draws.
 
     Args:
         learner: e.g. ``mf.maml(...)`` (or ``mf.distributed.data_parallel(mf.maml(...))``).
@@ -108,9 +145,16 @@ def make_step(
     # private copy of the code object gives each step its own cache.
     step.__code__ = step.__code__.replace()
     run = step
-    if compile:
-        run = torch.compile(step, fullgraph=True, dynamic=False, mode=mode, backend=backend)
     cuda_graphs = compile and mode in _CUDA_GRAPH_MODES
+    if compile:
+        options = None
+        if learner.randomness != "error" and backend == "inductor":
+            # Inductor's own random kernels draw other numbers than eager torch's do.
+            modes = torch._inductor.list_mode_options(mode) if mode is not None else {}
+            options, mode = {**modes, "fallback_random": True}, None
+        run = torch.compile(
+            step, fullgraph=True, dynamic=False, mode=mode, backend=backend, options=options
+        )
 
     @_checks.once_per_signature
     def check(state: TrainState, tasks: Tasks) -> None:
@@ -129,6 +173,7 @@ def make_step(
                 else type(counter).__name__
             )
             raise TypeError(f"step: state.step must be an int64 scalar tensor (got {got})")
+        _check_rng(state.rng, learner.randomness)
         _tree.check_same_structure(
             optimizer.init(state.meta),
             state.opt_state,
@@ -136,30 +181,113 @@ def make_step(
             expected_name="optimizer.init(state.meta)",
             got_name="state.opt_state",
         )
-        _probe(step, state, tasks)
+        with _random_stream(state):  # the probe draws too: never from the caller's RNG
+            _probe(step, state, tasks)
 
     def checked(state: TrainState, tasks: Tasks) -> tuple[TrainState, Metrics]:
         check(state, tasks)
+        rng = state.rng
+        if rng is not None:
+            # The stream lives on the CPU, outside the compiled function.
+            state = state._replace(rng=None)
         try:
-            with torch.no_grad():
+            with torch.no_grad(), _random_stream(state, rng):
                 if not compile:
-                    return step(state, tasks)
-                if cuda_graphs:
-                    torch.compiler.cudagraph_mark_step_begin()
-                try:
-                    out = run(state, tasks)
-                except torch._dynamo.exc.TorchDynamoException:
-                    # Tracing turns errors raised by user code (a bad loss, a refused model)
-                    # into compiler messages; the eager step raises the original, readable one.
-                    step(state, tasks)
-                    raise
+                    out = step(state, tasks)
+                else:
+                    if cuda_graphs:
+                        torch.compiler.cudagraph_mark_step_begin()
+                    try:
+                        out = run(state, tasks)
+                    except torch._dynamo.exc.TorchDynamoException:
+                        # Tracing turns errors raised by user code (a bad loss, a refused
+                        # model) into compiler messages; the eager step raises the original.
+                        step(state, tasks)
+                        raise
         except (torch.OutOfMemoryError, RuntimeError) as e:
             if isinstance(e, torch.OutOfMemoryError) or "can't allocate memory" in str(e):
                 raise _out_of_memory(e, tasks) from e
             raise
-        return _tree.map(torch.clone, out) if cuda_graphs else out
+        if cuda_graphs:
+            out = _tree.map(torch.clone, out)
+        if rng is not None:
+            out = (out[0]._replace(rng=rng + _ONE_STEP), out[1])
+        return out
 
     return checked
+
+
+_ONE_STEP = torch.tensor([0, 1])
+
+
+@contextmanager
+def _random_stream(state: TrainState, rng: torch.Tensor | None = None) -> Iterator[None]:
+    """torch's default generators of the CPU and of the parameters' device seeded for this
+    step of the stream ``rng`` (default ``state.rng``; none: nothing to do) and this rank's
+    share of the tasks, their states put back on exit."""
+    rng = state.rng if rng is None else rng
+    if rng is None:
+        yield
+        return
+    seed, drawn = rng.tolist()
+    seed = stream_seed(seed, drawn, _dist.rank())
+    device = _tree.leaves(state.meta)[0].device
+    if device.type == "cpu":
+        with torch.random.fork_rng(devices=[]):
+            torch.default_generator.manual_seed(seed)
+            yield
+        return
+    module = torch.get_device_module(device.type)
+    index = module.current_device() if device.index is None else device.index
+    with torch.random.fork_rng(devices=[index], device_type=device.type):
+        torch.default_generator.manual_seed(seed)
+        with module.device(index):
+            module.manual_seed(seed)
+        yield
+
+
+def stream_seed(*values: int) -> int:
+    """A seed in [0, 2**63) mixed from ``values`` (splitmix64 over each in turn), so that
+    neighbouring steps and seeds get unrelated generator seeds. torch's CPU generator keeps 32
+    bits of it (CUDA's all 64), so two steps of a long run may share a stream by chance."""
+    h = 0
+    for v in values:
+        h = (h ^ v) & _MASK64
+        h = (h + 0x9E3779B97F4A7C15) & _MASK64
+        h = ((h ^ (h >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+        h = ((h ^ (h >> 27)) * 0x94D049BB133111EB) & _MASK64
+        h ^= h >> 31
+    return h >> 1
+
+
+_MASK64 = 2**64 - 1
+
+
+def _check_rng(rng: Any, randomness: str) -> None:
+    if rng is None:
+        if randomness != "error":
+            raise ValueError(
+                f"step: the learner draws random numbers (randomness={randomness!r}), so "
+                "state.rng must hold the run's random stream: build the state with "
+                "mf.init_state(learner, opt, params, seed=0) (got state.rng=None)"
+            )
+        return
+    ok = (
+        isinstance(rng, torch.Tensor)
+        and rng.dtype == torch.int64
+        and rng.shape == (2,)
+        and rng.device.type == "cpu"
+    )
+    if not ok:
+        got = (
+            f"{rng.dtype} of shape {tuple(rng.shape)} on {rng.device}"
+            if isinstance(rng, torch.Tensor)
+            else type(rng).__name__
+        )
+        raise TypeError(
+            "step: state.rng must be None or an int64 CPU tensor (seed, steps drawn) from "
+            f"mf.init_state(..., seed=...) (got {got})"
+        )
 
 
 def _probe(step: Step, state: TrainState, tasks: Tasks) -> None:

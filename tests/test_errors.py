@@ -119,6 +119,21 @@ def _bn_meta_grad():
     return learner.meta_grad(learner.init(params), TASKS)
 
 
+DROPOUT_FN, DROPOUT_PARAMS = mf.pure(
+    nn.Sequential(nn.Linear(1, 4), nn.Dropout(0.5), nn.Linear(4, 1)).double()
+)
+
+
+def _dropout_learner(randomness="different"):
+    return mf.maml(mf.supervised(DROPOUT_FN, mf.losses.mse), randomness=randomness)
+
+
+def _dropout_step(change):
+    learner, opt = _dropout_learner(), mf.optim.sgd(0.1)
+    state = mf.init_state(learner, opt, DROPOUT_PARAMS, seed=0)
+    return mf.make_step(learner, opt, compile=False)(change(state), TASKS)
+
+
 META_DEVICE = _tasks(sx=SX.to("meta"), sy=SY.to("meta"), qx=QX.to("meta"), qy=QY.to("meta"))
 EMPTY = _tasks(sx=SX[:0], sy=SY[:0], qx=QX[:0], qy=QY[:0])
 PARAMS_F32 = {k: v.float() for k, v in PARAMS.items()}
@@ -380,7 +395,8 @@ CASES = [
         ValueError,
         r"^maml: tasks\.support\[0\] must have shape \(tasks, examples, features\.\.\.\) "
         r"\(got shape \(4, 1\)\); floating-point task data needs all three: one task without "
-        r"its task dimension takes x\[None\], scalar features take x\[\.\.\., None\]$",
+        r"its task dimension takes x\[None\], scalar features take x\[\.\.\., None\]; class "
+        r"labels are integers and need no feature dimension: y\.long\(\)$",
     ),
     (
         "meta_grad-labels-of-one-task-without-its-task-dimension",
@@ -650,6 +666,176 @@ CASES = [
         r"which are refused under vmap and grad: with running statistics every task would write "
         r"the same buffers, and without them torch gives wrong second-order gradients under vmap\. "
         r"Use mf\.models\.BatchNorm \(per-batch statistics in plain ops",
+    ),
+    # --- inner optimizers, random operations, modules and labels (issue 15) ------------------
+    (
+        "maml-inner_lr-and-inner_opt",
+        lambda: mf.maml(LOSS, inner_lr=0.1, inner_opt=mf.optim.sgd(0.1, momentum=0.9)),
+        ValueError,
+        r"^maml: give inner_lr \(plain SGD\) or inner_opt \(any optimizer\), not both "
+        r"\(got inner_lr=0\.1 and inner_opt\)$",
+    ),
+    (
+        "reptile-inner_lr-and-inner_opt",
+        lambda: mf.reptile(LOSS, inner_lr=0.1, inner_opt=mf.optim.adam(0.1)),
+        ValueError,
+        r"^reptile: give inner_lr \(plain SGD\) or inner_opt \(any optimizer\), not both",
+    ),
+    (
+        "maml-inner_opt-a-number",
+        lambda: mf.maml(LOSS, inner_opt=0.01),
+        TypeError,
+        r"^maml: inner_opt must be a metafunc\.optim\.Optimizer, e\.g\. "
+        r"mf\.optim\.sgd\(0\.01, momentum=0\.9\) \(got float\)$",
+    ),
+    (
+        "anil-inner_opt-a-torch-optimizer-class",
+        lambda: mf.anil(LOSS, head="2", inner_opt=torch.optim.Adam),
+        TypeError,
+        r"^anil: inner_opt must be a metafunc\.optim\.Optimizer, e\.g\. "
+        r"mf\.optim\.sgd\(0\.01, momentum=0\.9\) \(got the class Adam\); torch\.optim optimizers "
+        r"update tensors in place, which cannot be differentiated through$",
+    ),
+    (
+        "daml-inner_opt-a-chain-as-list",
+        lambda: mf.daml(
+            lambda p, x: (x, ()),
+            lambda q, y, f: y.sum(),
+            {"w": torch.ones(1, dtype=F64)},
+            mf.losses.mse,
+            inner_opt=[mf.optim.sgd(0.1)],
+        ),
+        TypeError,
+        r"^daml: inner_opt must be a metafunc\.optim\.Optimizer, e\.g\. "
+        r"mf\.optim\.sgd\(0\.01, momentum=0\.9\) \(got list\)$",
+    ),
+    (
+        "maml-randomness-unknown",
+        lambda: mf.maml(LOSS, randomness=True),
+        ValueError,
+        r"^maml: randomness must be 'error', 'different' or 'same' \(got True\); 'different' "
+        r"gives each task its own random draws \(dropout masks\)$",
+    ),
+    (
+        "meta_grad-dropout-without-randomness",
+        lambda: _dropout_learner("error").meta_grad(DROPOUT_PARAMS, TASKS),
+        RuntimeError,
+        r"^maml: the model draws random numbers \(dropout or another random operation\), which "
+        r"a learner refuses by default; say so with randomness='different' \(each task its own "
+        r"draws\) when building the learner, and give mf\.init_state a seed",
+    ),
+    (
+        "adapt-dropout-without-randomness",
+        lambda: _dropout_learner("error").adapt(DROPOUT_PARAMS, TASKS.support),
+        RuntimeError,
+        r"^maml\.adapt: the model draws random numbers",
+    ),
+    (
+        "init_state-dropout-without-seed",
+        lambda: mf.init_state(_dropout_learner(), mf.optim.sgd(0.1), DROPOUT_PARAMS),
+        ValueError,
+        r"^init_state: the learner draws random numbers \(randomness='different'\), so the run "
+        r"needs a seed for them, e\.g\. mf\.init_state\(learner, opt, params, seed=0\)$",
+    ),
+    (
+        "init_state-seed-negative",
+        lambda: mf.init_state(_dropout_learner(), mf.optim.sgd(0.1), DROPOUT_PARAMS, seed=-1),
+        ValueError,
+        r"^init_state: seed must be an integer >= 0 \(got -1\)$",
+    ),
+    (
+        "init_state-seed-too-large",
+        lambda: mf.init_state(mf.maml(LOSS), mf.optim.sgd(0.1), PARAMS, seed=2**63),
+        ValueError,
+        r"^init_state: seed must be an integer < 2\*\*63 \(got 9223372036854775808\)$",
+    ),
+    (
+        "init_state-seed-a-generator",
+        lambda: mf.init_state(mf.maml(LOSS), mf.optim.sgd(0.1), PARAMS, seed=torch.Generator()),
+        TypeError,
+        r"^init_state: seed must be an integer \(got <torch\._C\.Generator object at .*> of "
+        r"type Generator\)$",
+    ),
+    (
+        "step-dropout-state-without-rng",
+        lambda: _dropout_step(lambda s: s._replace(rng=None)),
+        ValueError,
+        r"^step: the learner draws random numbers \(randomness='different'\), so state\.rng "
+        r"must hold the run's random stream: build the state with "
+        r"mf\.init_state\(learner, opt, params, seed=0\) \(got state\.rng=None\)$",
+    ),
+    (
+        "step-rng-on-the-wrong-dtype",
+        lambda: _dropout_step(lambda s: s._replace(rng=s.rng.float())),
+        TypeError,
+        r"^step: state\.rng must be None or an int64 CPU tensor \(seed, steps drawn\) from "
+        r"mf\.init_state\(\.\.\., seed=\.\.\.\) \(got torch\.float32 of shape \(2,\) on cpu\)$",
+    ),
+    (
+        "step-rng-an-int",
+        lambda: _dropout_step(lambda s: s._replace(rng=7)),
+        TypeError,
+        r"^step: state\.rng must be None or an int64 CPU tensor .* \(got int\)$",
+    ),
+    (
+        "eval_mode-not-from-pure",
+        lambda: mf.eval_mode(_net()),
+        TypeError,
+        r"^eval_mode: fn must be a function from mf\.pure\(module\) \(got Sequential\)$",
+    ),
+    (
+        "pure-every-parameter-frozen",
+        lambda: mf.pure(_net().requires_grad_(False)),
+        ValueError,
+        r"^pure: module Sequential has no parameters to learn \(all 4 have "
+        r"requires_grad=False\)$",
+    ),
+    (
+        "maml-init-given-the-module",
+        lambda: mf.maml(LOSS).init(_net()),
+        TypeError,
+        r"^maml: params must be a pytree of tensors, not a module \(got Sequential\); split "
+        r"the module first: fn, params = mf\.pure\(module\)$",
+    ),
+    (
+        "init_state-given-the-module",
+        lambda: mf.init_state(mf.maml(LOSS), mf.optim.adam(1e-3), _net()),
+        TypeError,
+        r"^maml: params must be a pytree of tensors, not a module \(got Sequential\)",
+    ),
+    (
+        "meta_grad-given-the-module",
+        lambda: mf.maml(LOSS).meta_grad(_net(), TASKS),
+        TypeError,
+        r"^maml: meta must be a pytree of tensors, not a module \(got Sequential\)",
+    ),
+    (
+        "supervised-model-returns-a-tuple",
+        lambda: mf.supervised(lambda p, x: (x, x), mf.losses.mse)(PARAMS, (SX[0], SY[0])),
+        TypeError,
+        r"^supervised: fn\(params, x\) must return one tensor, the prediction the criterion "
+        r"compares with y \(got tuple\); for a model that returns more, write the loss "
+        r"yourself, e\.g\. loss = lambda params, data: criterion\(fn\(params, data\[0\]\)\[0\], "
+        r"data\[1\]\)$",
+    ),
+    (
+        "mse-prediction-a-tuple",
+        lambda: mf.losses.mse((SY[0],), SY[0]),
+        TypeError,
+        r"^mse: prediction must be a tensor \(got tuple\)$",
+    ),
+    (
+        "cross_entropy-float-labels",
+        lambda: mf.losses.cross_entropy(torch.zeros(4, 3), torch.tensor([0.0, 1.0, 2.0, 1.0])),
+        TypeError,
+        r"^cross_entropy: labels must be int64 class indices in 0\.\.classes-1 \(got "
+        r"torch\.float32\); convert them with labels\.long\(\)$",
+    ),
+    (
+        "cross_entropy-int32-labels",
+        lambda: mf.losses.cross_entropy(torch.zeros(2, 3), torch.tensor([0, 1], dtype=torch.int32)),
+        TypeError,
+        r"^cross_entropy: labels must be int64 class indices .* \(got torch\.int32\)",
     ),
     # --- the step's state ---------------------------------------------------------------------
     (

@@ -7,6 +7,8 @@ import math
 
 import pytest
 import torch
+from conftest import sine_tasks
+from test_maml_reference import reference_meta_grad
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
@@ -330,3 +332,68 @@ def test_a_generator_draws_exactly_pytorchs_default_initialisation(seeded, drawn
     assert got.keys() == want.keys()
     for k in want:
         assert torch.equal(got[k], want[k]), k
+
+
+# --- frozen parameters ------------------------------------------------------------------------
+
+
+def frozen_body_net(seed: int = 0) -> nn.Module:
+    """A tanh net whose first layer is frozen, as a pretrained body would be."""
+    torch.manual_seed(seed)
+    module = nn.Sequential(nn.Linear(1, 5), nn.Tanh(), nn.Linear(5, 1)).double()
+    module[0].requires_grad_(False)
+    return module
+
+
+def test_frozen_parameters_are_constants_of_fn_not_params():
+    module = frozen_body_net()
+    fn, params = mf.pure(module)
+    assert sorted(params) == ["2.bias", "2.weight"]
+    x = inputs(6, 1)
+    assert torch.equal(fn(params, x), module(x))
+    # the frozen weights are copies: changing the module later does not reach fn
+    with torch.no_grad():
+        module[0].weight.add_(1.0)
+    assert not torch.equal(fn(params, x), module(x))
+
+
+def test_frozen_parameters_are_not_adapted_meta_learned_or_in_the_optimizer_state():
+    module = frozen_body_net()
+    fn, params = mf.pure(module)
+    learner = mf.maml(mf.supervised(fn, mf.losses.mse), inner_lr=0.1, inner_steps=2)
+    tasks = sine_tasks()
+    # the meta-gradient of the head with the body held constant: the hand-written loop, given
+    # only the head, runs the module's own (frozen) body
+    grads, _ = learner.meta_grad(params, tasks)
+    want = reference_meta_grad(module, params, tasks, lr=0.1, steps=2, first_order=False)
+    assert sorted(grads) == sorted(want) == ["2.bias", "2.weight"]
+    for k in want:
+        torch.testing.assert_close(grads[k], want[k], rtol=1e-10, atol=1e-12)
+    assert sorted(learner.adapt(params, tasks.support)) == ["2.bias", "2.weight"]
+    opt = mf.optim.adam(1e-2)
+    state = mf.init_state(learner, opt, params)
+    assert sorted(state.opt_state.mu) == ["2.bias", "2.weight"]
+    before = snapshot(module)
+    state, _ = mf.make_step(learner, opt, compile=False)(state, tasks)
+    assert not torch.equal(state.meta["2.weight"], params["2.weight"])
+    assert sorted(state.meta) == ["2.bias", "2.weight"]
+    assert_unchanged(module, before)
+    # the frozen body still shapes the prediction: another body gives another loss
+    other, _ = mf.pure(frozen_body_net(seed=1))
+    assert not torch.equal(fn(state.meta, tasks.query[0][0]), other(state.meta, tasks.query[0][0]))
+
+
+def test_eval_mode_keeps_the_frozen_parameters_and_buffers():
+    module = nn.Sequential(nn.Linear(1, 3), nn.BatchNorm1d(3), nn.Linear(3, 1)).double()
+    module[0].requires_grad_(False)
+    with torch.no_grad():
+        module[1].running_mean.fill_(0.5)
+    fn, params = mf.pure(module)
+    x = inputs(4, 1)
+    predict = mf.eval_mode(fn)
+    assert torch.equal(predict(params, x), module.eval()(x))
+    # stored statistics are constants: allowed under vmap, where fn's training mode is refused
+    batched = vmap(predict, in_dims=(None, 0))(params, x[:, None])
+    torch.testing.assert_close(batched[:, 0], module(x), rtol=0, atol=1e-15)
+    with pytest.raises(ValueError, match=REFUSED):
+        vmap(fn, in_dims=(None, 0))(params, x[:, None])

@@ -26,6 +26,7 @@ def anil(
     inner_steps: int = 1,
     first_order: bool = False,
     chunk_size: int | None = None,
+    randomness: str = "error",
 ) -> Learner:
     """ANIL (Raghu et al., 2019): MAML where only the ``head`` parameters adapt.
 
@@ -40,6 +41,10 @@ def anil(
         inner_steps: inner steps per task.
         first_order: detach the inner gradients.
         chunk_size: vmap the tasks this many at a time; ``None`` for all at once.
+        randomness: what random operations in the model (dropout) do across the tasks of a
+            batch: ``"error"`` refuses them, ``"different"`` gives each task its own draws,
+            ``"same"`` the same draws; a step seeds them from ``TrainState.rng`` (see
+            :func:`metafunc.init_state`).
 
     Returns:
         a :class:`metafunc.Learner` whose meta-parameters are all the parameters.
@@ -54,5 +59,14 @@ def anil(
             "or a tree of bools (got None); mf.maml adapts every parameter"
         )
     return learner(
-        "anil", loss, inner_lr, inner_opt, inner_steps, first_order, head, chunk_size, "head"
+        "anil",
+        loss,
+        inner_lr,
+        inner_opt,
+        inner_steps,
+        first_order,
+        head,
+        chunk_size,
+        randomness,
+        "head",
     )

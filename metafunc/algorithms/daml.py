@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from .. import _checks, _inner, _tree
-from .._learner import Learner, build
+from .._learner import Learner, build, check_randomness
 from ..optim import Optimizer
 
 
@@ -33,6 +33,7 @@ def daml(
     inner_steps: int = 1,
     first_order: bool = False,
     chunk_size: int | None = None,
+    randomness: str = "error",
 ) -> Learner:
     """Domain-adaptive meta-learning with a learned adaptation loss.
 
@@ -55,6 +56,10 @@ def daml(
         inner_steps: SGD steps per task.
         first_order: must be ``False`` (φ would get no gradient).
         chunk_size: vmap the tasks this many at a time; ``None`` for all at once.
+        randomness: what random operations in the model (dropout) do across the tasks of a
+            batch: ``"error"`` refuses them, ``"different"`` gives each task its own draws,
+            ``"same"`` the same draws; a step seeds them from ``TrainState.rng`` (see
+            :func:`metafunc.init_state`).
 
     Returns:
         a :class:`metafunc.Learner` whose meta-parameters are ``{"params": θ0, "loss": φ}``.
@@ -79,6 +84,7 @@ def daml(
             "learned loss untrained (got first_order=True)"
         )
     chunk_size = _checks.chunk_size(name, chunk_size)
+    randomness = check_randomness(name, randomness)
 
     def init(params: Any) -> Any:
         _inner.check_params(name, params, inner)
@@ -113,4 +119,5 @@ def daml(
         chunk_size=chunk_size,
         paired=False,
         check_meta=check_meta,
+        randomness=randomness,
     )

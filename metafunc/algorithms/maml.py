@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from .. import _checks, _inner, _tree
-from .._learner import Learner, build
+from .._learner import Learner, build, check_randomness
 from ..optim import Optimizer
 
 Loss = Callable[[Any, Any], torch.Tensor]
@@ -30,6 +30,7 @@ def maml(
     first_order: bool = False,
     mask: _tree.Selector = None,
     chunk_size: int | None = None,
+    randomness: str = "error",
 ) -> Learner:
     """Model-Agnostic Meta-Learning (Finn et al., 2017).
 
@@ -47,6 +48,10 @@ def maml(
             a list of names, a predicate on dotted names, or a tree of bools; ``None`` for all.
             The others are still meta-learned, through the adapted ones.
         chunk_size: vmap the tasks this many at a time (less memory); ``None`` for all at once.
+        randomness: what random operations in the model (dropout) do across the tasks of a
+            batch: ``"error"`` refuses them, ``"different"`` gives each task its own draws,
+            ``"same"`` the same draws; a step seeds them from ``TrainState.rng`` (see
+            :func:`metafunc.init_state`).
 
     Returns:
         a :class:`metafunc.Learner` whose meta-parameters are the initial parameters.
@@ -58,7 +63,9 @@ def maml(
     """
     first_order = _checks.boolean("maml", "first_order", first_order)
     name = "fomaml" if first_order else "maml"
-    return learner(name, loss, inner_lr, inner_opt, inner_steps, first_order, mask, chunk_size)
+    return learner(
+        name, loss, inner_lr, inner_opt, inner_steps, first_order, mask, chunk_size, randomness
+    )
 
 
 def fomaml(
@@ -69,13 +76,16 @@ def fomaml(
     inner_steps: int = 1,
     mask: _tree.Selector = None,
     chunk_size: int | None = None,
+    randomness: str = "error",
 ) -> Learner:
     """First-order MAML (Finn et al., 2017, section 5.2): :func:`maml` with ``first_order=True``.
 
     The meta-gradient is the query gradient at the adapted parameters, ``∇L_q(θ')``: no
     Hessian terms, about a third less compute.
     """
-    return learner("fomaml", loss, inner_lr, inner_opt, inner_steps, True, mask, chunk_size)
+    return learner(
+        "fomaml", loss, inner_lr, inner_opt, inner_steps, True, mask, chunk_size, randomness
+    )
 
 
 def learner(
@@ -87,6 +97,7 @@ def learner(
     first_order: bool,
     mask: _tree.Selector,
     chunk_size: int | None,
+    randomness: str,
     mask_name: str = "mask",
 ) -> Learner:
     """The MAML family's learner, named ``name`` in its messages (MAML, FO-MAML, ANIL)."""
@@ -95,6 +106,7 @@ def learner(
     inner_steps = _checks.integer(name, "inner_steps", inner_steps, minimum=0)
     first_order = _checks.boolean(name, "first_order", first_order)
     chunk_size = _checks.chunk_size(name, chunk_size)
+    randomness = check_randomness(name, randomness)
     pick = _tree.picker(mask, where=name, name=mask_name)
 
     def init(params: Any) -> Any:
@@ -113,5 +125,11 @@ def learner(
             _tree.picked(meta, mask, where=where, name=mask_name)
 
     return build(
-        name, init=init, adapt=adapt, loss=loss, chunk_size=chunk_size, check_meta=check_meta
+        name,
+        init=init,
+        adapt=adapt,
+        loss=loss,
+        chunk_size=chunk_size,
+        check_meta=check_meta,
+        randomness=randomness,
     )

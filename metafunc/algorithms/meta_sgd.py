@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from .. import _checks, _inner, _tree
-from .._learner import Learner, build
+from .._learner import Learner, build, check_randomness
 from .maml import Loss
 
 
@@ -24,6 +24,7 @@ def meta_sgd(
     inner_steps: int = 1,
     first_order: bool = False,
     chunk_size: int | None = None,
+    randomness: str = "error",
 ) -> Learner:
     """Meta-SGD (Li et al., 2017): MAML with a learned learning rate per parameter entry.
 
@@ -36,6 +37,10 @@ def meta_sgd(
         first_order: detach the inner gradients; the rates still get the gradient
             ``−∇L_support(θ) ⊙ ∇L_query(θ')`` since they multiply the detached gradient.
         chunk_size: vmap the tasks this many at a time; ``None`` for all at once.
+        randomness: what random operations in the model (dropout) do across the tasks of a
+            batch: ``"error"`` refuses them, ``"different"`` gives each task its own draws,
+            ``"same"`` the same draws; a step seeds them from ``TrainState.rng`` (see
+            :func:`metafunc.init_state`).
 
     Returns:
         a :class:`metafunc.Learner` whose meta-parameters are ``{"params": θ0, "lr": α}``.
@@ -50,6 +55,7 @@ def meta_sgd(
     inner_steps = _checks.integer(name, "inner_steps", inner_steps, minimum=1)
     first_order = _checks.boolean(name, "first_order", first_order)
     chunk_size = _checks.chunk_size(name, chunk_size)
+    randomness = check_randomness(name, randomness)
 
     def init(params: Any) -> Any:
         _inner.check_params(name, params, inner_lr)
@@ -83,4 +89,5 @@ def meta_sgd(
         params=lambda meta: meta["params"],
         chunk_size=chunk_size,
         check_meta=check_meta,
+        randomness=randomness,
     )

@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from .. import _checks, _inner, _tree
-from .._learner import Learner, MetaGrad, PerTask, build
+from .._learner import Learner, MetaGrad, PerTask, build, check_randomness
 from .._types import Tasks
 from ..optim import Optimizer
 from .maml import Loss
@@ -25,6 +25,7 @@ def reptile(
     inner_opt: Optimizer | None = None,
     inner_steps: int = 5,
     chunk_size: int | None = None,
+    randomness: str = "error",
 ) -> Learner:
     """Reptile (Nichol et al., 2018).
 
@@ -37,6 +38,10 @@ def reptile(
         inner_steps: inner steps per task; with one SGD step the pseudo-gradient is
             ``inner_lr · ∇L_support(θ0)``, i.e. plain multi-task training.
         chunk_size: vmap the tasks this many at a time; ``None`` for all at once.
+        randomness: what random operations in the model (dropout) do across the tasks of a
+            batch: ``"error"`` refuses them, ``"different"`` gives each task its own draws,
+            ``"same"`` the same draws; a step seeds them from ``TrainState.rng`` (see
+            :func:`metafunc.init_state`).
 
     Returns:
         a :class:`metafunc.Learner` whose meta-parameters are the initial parameters and whose
@@ -51,6 +56,7 @@ def reptile(
     inner = _inner.inner_update(name, inner_lr, inner_opt)
     inner_steps = _checks.integer(name, "inner_steps", inner_steps, minimum=1)
     chunk_size = _checks.chunk_size(name, chunk_size)
+    randomness = check_randomness(name, randomness)
 
     def init(params: Any) -> Any:
         _inner.check_params(name, params, inner)
@@ -62,7 +68,13 @@ def reptile(
         return _inner.adapt(meta, support, loss=loss, steps=inner_steps, opt=opt, first_order=True)
 
     return build(
-        name, init=init, adapt=adapt, loss=loss, chunk_size=chunk_size, gradient=pseudo_gradient
+        name,
+        init=init,
+        adapt=adapt,
+        loss=loss,
+        chunk_size=chunk_size,
+        gradient=pseudo_gradient,
+        randomness=randomness,
     )
 
 
