@@ -22,6 +22,12 @@ import torch
 import torch.distributed as dist
 import torch.distributed._functional_collectives as funcol
 
+# Imported before any process group exists: this module evaluates group.WORLD into its
+# functions' default arguments when first imported, and the functional collectives (through
+# FSDP) and Dynamo import it lazily. Imported after init, it would keep the group, and gloo's
+# worker threads, alive past destroy_process_group into interpreter shutdown.
+import torch.distributed.nn.functional
+
 from . import _checks, _tree
 from ._learner import Learner, Metrics
 from ._types import Tasks
@@ -103,13 +109,16 @@ def data_parallel(learner: Learner) -> Learner:
         )
     if not active():
         return learner
+    # A name, not the process group: a compiled graph that read dist.group.WORLD would keep the
+    # group (and gloo's worker threads) alive past destroy_process_group, into shutdown.
+    group = dist.group.WORLD.group_name
 
     def meta_grad(meta: Any, tasks: Tasks) -> tuple[Any, Metrics]:
         # the rank is a constant of the compiled graph; the all-reduce is traced into it
-        return all_reduce_mean(learner.meta_grad(meta, shard(tasks)))
+        return all_reduce_mean(learner.meta_grad(meta, shard(tasks)), group)
 
     def meta_loss(meta: Any, tasks: Tasks) -> torch.Tensor:
-        return all_reduce_mean(learner.meta_loss(meta, shard(tasks)))
+        return all_reduce_mean(learner.meta_loss(meta, shard(tasks)), group)
 
     @_checks.once_per_signature
     def check(where: str, meta: Any, tasks: Tasks, meta_name: str = "meta") -> None:
@@ -138,16 +147,20 @@ def shard(tasks: Tasks, where: str = "step") -> Tasks:
     return _tree.map(lambda t: t[r * k : (r + 1) * k], tasks)
 
 
-def all_reduce_mean(tree: Any) -> Any:
+def all_reduce_mean(tree: Any, group: str) -> Any:
     """The mean over ranks of every (floating-point) tensor of ``tree``, one ``all_reduce`` per
-    dtype; functional (no in-place op), so ``torch.compile`` traces it into the caller's graph."""
+    dtype; functional (no in-place op), so ``torch.compile`` traces it into the caller's graph.
+
+    ``group`` is the process group's name (``dist.group.WORLD.group_name``), read before
+    compiling: the graph then holds a string, not the process group, and
+    ``destroy_process_group`` can join gloo's worker threads before the interpreter exits."""
     leaves = _tree.leaves(tree)
     out: list[Any] = list(leaves)
     world = world_size()
     for dtype in dict.fromkeys(t.dtype for t in leaves):
         idx = [i for i, t in enumerate(leaves) if t.dtype == dtype]
         flat = torch.cat([leaves[i].reshape(-1) for i in idx])
-        flat = funcol.all_reduce(flat, "sum", dist.group.WORLD) / world
+        flat = funcol.all_reduce(flat, "sum", group) / world
         for i, piece in zip(idx, flat.split([leaves[i].numel() for i in idx]), strict=True):
             out[i] = piece.reshape(leaves[i].shape)
     return _tree.unflatten(tree, out)

@@ -14,7 +14,6 @@ from pathlib import Path
 import torch
 from conftest import TanhFeatures
 from torch import nn
-from torch._dynamo.testing import CompileCounterWithBackend
 
 import metafunc as mf
 
@@ -67,6 +66,12 @@ def run(name, *, compile=False, backend="inductor", steps=STEPS):
     return state, metrics
 
 
+def native_threads():
+    """The names of this process's threads, native ones included (gloo's are named ``gloo_*``
+    and ``pt_gloo_*``); Linux only."""
+    return sorted((t / "comm").read_text().strip() for t in Path("/proc/self/task").iterdir())
+
+
 def main(mode, out):
     mf.distributed.init(timeout=10)
     rank = mf.distributed.rank()
@@ -75,6 +80,11 @@ def main(mode, out):
         for name in ALGORITHMS:
             state, metrics = run(name)
             results[name] = (state, metrics["loss"])
+        # Dynamo imported after init, as in a script that compiles on demand: it imports
+        # torch.distributed.nn.functional, which would keep the process group alive if that
+        # module first loaded now (metafunc imports it before any group exists)
+        from torch._dynamo.testing import CompileCounterWithBackend
+
         counter = CompileCounterWithBackend("aot_eager")
         state, metrics = run("maml", compile=True, backend=counter)
         results["maml_compiled"] = (state, metrics["loss"])
@@ -140,6 +150,7 @@ def main(mode, out):
                 messages.append(str(e))
         (out / f"messages{rank}.json").write_text(json.dumps(messages))
     torch.distributed.destroy_process_group()
+    (out / f"threads{rank}.json").write_text(json.dumps(native_threads()))
 
 
 if __name__ == "__main__":

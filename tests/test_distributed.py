@@ -1,6 +1,7 @@
 """Data parallel over tasks: 2 gloo processes launched by torchrun against one process over the
 whole meta-batch, and jobs that must fail fast with a clear error."""
 
+import json
 import os
 import subprocess
 import sys
@@ -31,6 +32,12 @@ def torchrun(*args, timeout=240):
 def test_two_ranks_equal_one_process_over_the_whole_meta_batch(tmp_path):
     code, output, _ = torchrun(WORKER, "equal", tmp_path)
     assert code == 0, output
+    # destroy_process_group destroyed the gloo backend and joined its worker threads, also after
+    # a compiled step: one left running into interpreter shutdown aborts the rank ("terminate
+    # called without an active exception") if it frees a tensor then, which takes the GIL
+    for r in (0, 1):
+        threads = json.loads((tmp_path / f"threads{r}.json").read_text())
+        assert not [t for t in threads if "gloo" in t], threads
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1)]
     # the compiled step, collective included, is one graph compiled once over 3 steps
     assert [(tmp_path / f"frames{r}.json").read_text() for r in (0, 1)] == ["1", "1"]
