@@ -49,7 +49,12 @@ def main(argv: list[str] | None = None) -> int:
         "run is --channels 64 --meta-batch 32 --queries 1 --steps 60000",
     )
     t.add_argument("--algo", choices=ALGORITHMS, default="maml")
-    t.add_argument("--steps", type=_positive_int, help="outer steps (default 50000; fewshot 300)")
+    t.add_argument(
+        "--steps",
+        type=_positive_int,
+        help="outer steps (default 80000 for maml, 50000 for the other sine algorithms; "
+        "fewshot 300)",
+    )
     t.add_argument(
         "--meta-batch", type=_positive_int, help="tasks per outer step (default 32; fewshot 8)"
     )
@@ -58,7 +63,8 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument(
         "--outer-lr",
         type=float,
-        help="outer step size (default 1e-2, SGD; fewshot 1e-3, Adam as in the MAML paper)",
+        help="outer step size (default SGD 3e-2 for maml, the blog's 1e-2 for the other sine "
+        "algorithms; fewshot Adam 1e-3 as in the MAML paper)",
     )
     t.add_argument("--seed", type=int, default=0)
     t.add_argument(
@@ -185,6 +191,12 @@ def main(argv: list[str] | None = None) -> int:
             "log_every": 25,
         },
     }[args.task]
+    if args.task == "sine" and args.algo == "maml":
+        # With the blog's 1e-2 the demo's grid MSE is 0.035 / 0.052 after 50k steps and
+        # 0.022 / 0.023 after 80k; 3x the rate for 80k steps (about two minutes of compiled
+        # steps) reaches 0.008-0.017 in both phases for seeds 0-4. The other algorithms keep
+        # the settings they were measured with.
+        defaults.update(steps=80_000, outer_lr=3e-2)
     for name, value in defaults.items():
         if getattr(args, name) is None:
             setattr(args, name, value)
