@@ -36,6 +36,7 @@ def test_train_writes_figures_and_results(tmp_path, capsys):
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     results = json.loads((out / "results.json").read_text())
     assert results["steps"] == 20 and results["compiled"] is False
+    assert results["outer_lr"] == 3e-2  # the demo's default, not the blog's 1e-2
     assert results["history"]["step"] == [5, 10, 15, 20]
     for phase in ("0", "pi"):
         assert results["grid_mse"][phase]["draws"] == 8 and results["grid_mse"][phase]["mean"] > 0
@@ -118,7 +119,9 @@ def test_train_runs_every_algorithm(tmp_path, capsys, algo, figure):
     assert "b = pi" in printed
     assert ("1 unlabeled source input" in printed) == (algo == "daml")
     assert (out / figure).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert json.loads((out / "results.json").read_text())["algo"] == algo
+    results = json.loads((out / "results.json").read_text())
+    assert results["algo"] == algo
+    assert results["outer_lr"] == 1e-2  # only maml's default departs from the blog's rate
 
 
 def test_table_writes_rows_and_resumes_where_it_stopped(tmp_path, capsys):

@@ -17,9 +17,9 @@ def test_readme_opens_with_the_two_commands_and_ci_runs_the_test_one():
 
 def test_readme_example_runs():
     code = re.search(r"```python\n(.*?)```", README, re.S).group(1)
-    # the same code with a short eager run instead of 50,000 compiled steps
-    assert "steps=50_000" in code and "compile=True" in code
-    code = code.replace("steps=50_000", "steps=3").replace("compile=True", "compile=False")
+    # the same code with a short eager run instead of 80,000 compiled steps
+    assert "steps=80_000" in code and "compile=True" in code
+    code = code.replace("steps=80_000", "steps=3").replace("compile=True", "compile=False")
     scope: dict = {}
     exec(compile(code, "README.md", "exec"), scope)
     assert int(scope["state"].step) == 3
