@@ -144,17 +144,14 @@ def make_step(
     # shares: after 8 steps (learners, shapes) one process would hit its recompile limit. A
     # private copy of the code object gives each step its own cache.
     step.__code__ = step.__code__.replace()
-    run = step
     cuda_graphs = compile and mode in _CUDA_GRAPH_MODES
-    if compile:
-        options = None
-        if learner.randomness != "error" and backend == "inductor":
-            # Inductor's own random kernels draw other numbers than eager torch's do.
-            modes = torch._inductor.list_mode_options(mode) if mode is not None else {}
-            options, mode = {**modes, "fallback_random": True}, None
-        run = torch.compile(
-            step, fullgraph=True, dynamic=False, mode=mode, backend=backend, options=options
-        )
+    compiled: dict[str, Step] = {}  # per device type, compiled on its first call
+
+    def run(state: TrainState, tasks: Tasks) -> tuple[TrainState, Metrics]:
+        kind = _tree.leaves(state.meta)[0].device.type
+        if kind not in compiled:
+            compiled[kind] = _compile(step, kind, mode, backend, learner.randomness != "error")
+        return compiled[kind](state, tasks)
 
     @_checks.once_per_signature
     def check(state: TrainState, tasks: Tasks) -> None:
@@ -218,6 +215,27 @@ def make_step(
 
 
 _ONE_STEP = torch.tensor([0, 1])
+
+
+def _compile(step: Step, device: str, mode: str | None, backend: Any, random: bool) -> Step:
+    """``torch.compile`` of the whole step: one graph, static shapes. With Inductor on the CPU
+    the graph's wrapper is C++ (``cpp_wrapper``): the Python wrapper's per-kernel calls were a
+    seventh of a small step's time (``benchmarks/README.md``). A step with random operations
+    uses torch's own random kernels (``fallback_random``): Inductor's draw other numbers than
+    the eager step does."""
+    options: dict[str, Any] = {}
+    if backend == "inductor":
+        if mode is not None:
+            options = dict(torch._inductor.list_mode_options(mode))
+        if random:
+            options["fallback_random"] = True
+        if device == "cpu":
+            options["cpp_wrapper"] = True
+    if options:  # torch.compile takes a mode or options, not both
+        mode = None
+    return torch.compile(
+        step, fullgraph=True, dynamic=False, mode=mode, backend=backend, options=options or None
+    )
 
 
 @contextmanager
