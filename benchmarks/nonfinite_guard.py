@@ -6,20 +6,31 @@
   +read    the guarded step, reading its finite flag on the host after every step (what
            train(on_nonfinite="raise") does)
 
-Runs are interleaved and repeated because shared machines are noisy; medians are reported.
-Usage: python benchmarks/nonfinite_guard.py [threads]
+Runs are interleaved and repeated because shared machines are noisy; medians are reported,
+with the machine's load average at the start and the end. With ``--out`` the numbers are also
+written as JSON (the README quotes benchmarks/results/nonfinite-guard-cpu.json).
+Usage: python benchmarks/nonfinite_guard.py [threads] [--out PATH]
 """
 
+import argparse
+import json
+import os
 import statistics
 import sys
 import time
+from pathlib import Path
 
 import torch
 
 import metafunc as mf
 
-if len(sys.argv) > 1:
-    torch.set_num_threads(int(sys.argv[1]))
+cli = argparse.ArgumentParser(description="the non-finite guard's cost per step")
+cli.add_argument("threads", nargs="?", type=int, help="torch threads (default: torch's)")
+cli.add_argument("--out", type=Path, help="also write the results to this JSON file")
+args = cli.parse_args()
+if args.threads is not None:
+    torch.set_num_threads(args.threads)
+load_start = os.getloadavg()
 g = torch.Generator().manual_seed(0)
 fn, params = mf.pure(mf.models.blog_sine_net(g))
 learner = mf.maml(mf.supervised(fn, mf.losses.l1), inner_lr=3e-2, inner_steps=5)
@@ -49,6 +60,24 @@ times = {k: [] for k in plan}
 for _ in range(11):
     for k, (name, read) in plan.items():
         times[k].append(run(name, read))
+load_end = os.getloadavg()
 for k, v in times.items():
     print(f"{k:7s} median {statistics.median(v):.3f} ms/step  (min {min(v):.3f}, 11 x 200 steps)")
 print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s)")
+print(f"load average {load_start[0]:.1f} at the start, {load_end[0]:.1f} at the end")
+if args.out is not None:
+    record = {
+        "what": "ms per compiled step of the demo's MAML step: plain, guarded, guarded + flag read",
+        "command": " ".join(["python", *sys.argv]),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "steps_per_run": len(batches),
+        "repeats": len(times["plain"]),
+        "load_average": {"start": list(load_start), "end": list(load_end)},
+        "median_ms": {k: statistics.median(v) for k, v in times.items()},
+        "min_ms": {k: min(v) for k, v in times.items()},
+        "runs_ms": times,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(record, indent=2) + "\n")
+    print(f"wrote {args.out}")

@@ -24,6 +24,9 @@ from .algorithms import meta_sgd as meta_sgd
 from .algorithms import reptile as reptile
 from .checkpoint import load as load
 from .checkpoint import save as save
+from .evaluation import Evaluation as Evaluation
+from .evaluation import Score as Score
+from .evaluation import evaluate as evaluate
 from .losses import supervised as supervised
 from .step import init_state as init_state
 from .step import make_step as make_step
@@ -33,14 +36,17 @@ from .train import train as train
 __version__ = "0.1.0"
 
 __all__ = [
+    "Evaluation",
     "Learner",
     "Log",
+    "Score",
     "Tasks",
     "TrainState",
     "anil",
     "daml",
     "distributed",
     "eval_mode",
+    "evaluate",
     "fomaml",
     "init_state",
     "inner_loop",

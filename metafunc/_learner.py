@@ -14,6 +14,7 @@ from ._types import Tasks
 Metrics = dict[str, torch.Tensor]
 # per_task(meta, support, query) -> (adapted, query loss after, query loss before), vmapped
 PerTask = Callable[[Any, Any, Any], tuple[Any, torch.Tensor, torch.Tensor]]
+Scores = Callable[[Any, Tasks], tuple[Any, torch.Tensor, torch.Tensor]]
 MetaGrad = Callable[[Any, Tasks], tuple[Any, Metrics]]
 
 
@@ -38,6 +39,10 @@ class Learner(NamedTuple):
         check: ``check(where, meta, tasks, meta_name="meta")`` validates the meta-parameters
             and a meta-batch eagerly, naming ``where`` and ``meta_name`` in its messages; a
             signature (structure, shapes, dtypes, devices) it has passed is not checked again.
+        per_task: ``per_task(meta, tasks) -> (adapted, loss, loss_before)``, task by task (a
+            leading task dimension on each): the parameters adapted on each support set, and
+            the query loss after adapting and at ``params(meta)``, the learner's own loss;
+            ``meta_loss`` is the mean of ``loss`` (:func:`metafunc.evaluate` scores with it).
         randomness: what random operations in the model do under ``vmap`` over tasks (see
             :func:`check_randomness`): ``"error"`` refuses them; ``"different"`` and ``"same"`` draw
             them from torch's generator (``make_step`` seeds it from ``TrainState.rng``).
@@ -50,6 +55,7 @@ class Learner(NamedTuple):
     meta_grad: MetaGrad
     params: Callable[[Any], Any]
     check: Callable[..., None]
+    per_task: Scores
     randomness: str = "error"
 
 
@@ -116,10 +122,13 @@ def build(
         check_params(where, meta, "meta")
         _checks.batch(where, {"support": support}, like=meta)
 
-    def meta_loss(meta: Any, tasks: Tasks) -> torch.Tensor:
+    def scores(meta: Any, tasks: Tasks) -> tuple[Any, torch.Tensor, torch.Tensor]:
         return eager_checked(
-            name, check, lambda: per_task(meta, tasks.support, tasks.query)[1].mean(), meta, tasks
+            name, check, lambda: per_task(meta, tasks.support, tasks.query), meta, tasks
         )
+
+    def meta_loss(meta: Any, tasks: Tasks) -> torch.Tensor:
+        return scores(meta, tasks)[1].mean()
 
     def meta_grad(meta: Any, tasks: Tasks) -> tuple[Any, Metrics]:
         return eager_checked(name, check, lambda: raw_grad(meta, tasks), meta, tasks)
@@ -128,7 +137,7 @@ def build(
         where = f"{name}.adapt"
         return eager_checked(where, check_support, lambda: adapt_all(meta, support), meta, support)
 
-    return Learner(name, init, adapt_tasks, meta_loss, meta_grad, params, check, randomness)
+    return Learner(name, init, adapt_tasks, meta_loss, meta_grad, params, check, scores, randomness)
 
 
 def eager_checked(

@@ -104,12 +104,12 @@ def _train(args: argparse.Namespace) -> int:
         problem = _resume_problem(config)
         if problem:
             return _fail(f"cannot resume: {problem}")
-    start = time.perf_counter()
+    start, load = time.perf_counter(), os.getloadavg()
     result = (fewshot if task == "fewshot" else sine).run(config)
     if not main:
         return 0
     report = _report_fewshot if task == "fewshot" else _report_sine
-    return report(config, result, args.out, time.perf_counter() - start)
+    return report(config, result, args.out, time.perf_counter() - start, load)
 
 
 _CONFIGS = {"sine": sine.SineConfig, "fewshot": fewshot.FewshotConfig}
@@ -139,7 +139,13 @@ def _resume_problem(config: Any) -> str | None:
     return None
 
 
-def _report_sine(config: sine.SineConfig, result: sine.SineResult, out: Path, wall: float) -> int:
+def _report_sine(
+    config: sine.SineConfig,
+    result: sine.SineResult,
+    out: Path,
+    wall: float,
+    load: tuple[float, float, float],
+) -> int:
     from . import plotting
 
     task = "DAML sine" if config.algo == "daml" else "sine"
@@ -169,6 +175,7 @@ def _report_sine(config: sine.SineConfig, result: sine.SineResult, out: Path, wa
         "first_call_s": result.first_call_s,
         "step_ms": result.step_ms,
         "wall_s": wall,
+        "load_average": _load_average(load),
         "history": result.history,
         "grid_mse": {},
     }
@@ -194,7 +201,11 @@ def _report_sine(config: sine.SineConfig, result: sine.SineResult, out: Path, wa
 
 
 def _report_fewshot(
-    config: fewshot.FewshotConfig, result: fewshot.FewshotResult, out: Path, wall: float
+    config: fewshot.FewshotConfig,
+    result: fewshot.FewshotResult,
+    out: Path,
+    wall: float,
+    load: tuple[float, float, float],
 ) -> int:
     from . import plotting
 
@@ -234,6 +245,7 @@ def _report_fewshot(
         "tasks_per_s": 1e3 * config.meta_batch / result.step_ms,
         "eval_s": result.eval_s,
         "wall_s": wall,
+        "load_average": _load_average(load),
         "history": result.history,
         "test_accuracy": {"mean": mean, "ci95": half, "tasks": result.accuracy.numel()},
     }
@@ -270,6 +282,7 @@ def _table(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
     )
     settings = {k: v for k, v in _options(config).items() if k not in ("algos", "shots")}
+    load = os.getloadavg()
     done = _finished_cells(args.out, settings)
     for r in done:
         print(f"{r['algo']}, {r['shots']}-shot: done in {args.out}, kept")
@@ -286,6 +299,7 @@ def _table(args: argparse.Namespace) -> int:
                 "config": settings,
                 "torch": torch.__version__,
                 "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+                "load_average": _load_average(load),
                 "rows": rows,
             },
         )
@@ -302,6 +316,12 @@ def _finished_cells(path: Path, settings: dict[str, Any]) -> list[dict[str, Any]
         return []
     earlier = json.loads(path.read_text())
     return earlier["rows"] if earlier.get("config") == settings else []
+
+
+def _load_average(start: tuple[float, float, float]) -> dict[str, list[float]]:
+    """The machine's 1-, 5- and 15-minute load averages when the run started and now: how
+    shared the cores were while the timings in the results were taken."""
+    return {"start": list(start), "end": list(os.getloadavg())}
 
 
 def _options(config: Any) -> dict[str, Any]:

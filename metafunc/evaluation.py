@@ -1,9 +1,16 @@
-"""Evaluation after adaptation: adapt on fresh tasks, score on a dense grid."""
+"""Evaluation after adaptation: adapt on new tasks' support sets, score their query sets.
+
+:func:`evaluate` scores a batch of tasks with the learner's own loss (before and after adapting)
+and, given the model's ``predict``, accuracy or squared error, each per task with a mean and a
+95% interval; the helpers below draw the tasks of the project's experiments and score them
+with it (or on a dense grid, for the sine figures).
+"""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from statistics import NormalDist
 from typing import Any, NamedTuple
 
 import torch
@@ -11,7 +18,122 @@ from torch.func import vmap
 
 from . import _checks, _tree
 from ._learner import Learner
+from ._types import Tasks
 from .tasks import ImageClasses, daml_sine, fewshot, sine, sinusoid
+
+# The two-sided 95% quantile of the standard normal distribution, 1.959963984540054.
+_Z95 = NormalDist().inv_cdf(0.975)
+_INTEGER = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
+
+
+class Score(NamedTuple):
+    """One score of a batch of tasks: a value per task, their mean and its 95% interval."""
+
+    values: torch.Tensor  # (tasks,)
+    mean: float
+    ci95: float  # half-width of the normal-approximation interval; NaN for a single task
+
+
+class Evaluation(NamedTuple):
+    """What :func:`evaluate` returns; each field a :class:`Score` over the tasks."""
+
+    loss: Score  # the learner's query loss after adapting on the support
+    loss_before: Score  # the same loss at the meta-learned parameters, not adapted
+    accuracy: Score | None  # with predict and integer labels: share of query labels predicted
+    mse: Score | None  # with predict and floating-point targets: mean squared error
+
+
+def evaluate(
+    learner: Learner,
+    meta: Any,
+    tasks: Tasks,
+    *,
+    predict: Callable[[Any, torch.Tensor], torch.Tensor] | None = None,
+) -> Evaluation:
+    """Adapt on each task's support set and score its query set.
+
+    Every score is per task, with the mean over the tasks and a 95% interval for it. The loss
+    is the learner's own (the one it adapts and meta-learns with), after adapting and at
+    ``learner.params(meta)``. With ``predict(params, x)``, the query set must be a pair
+    ``(x, y)``: integer labels ``y`` ``(tasks, examples)`` give the accuracy of the arg-max of
+    ``predict``'s logits ``(examples, classes)``; floating-point targets give the mean squared
+    error of ``predict(params, x)`` against ``y`` (same shape). All query examples of a task
+    are predicted together (a network with batch normalisation uses their statistics). Nothing
+    is differentiated: the scores are data.
+
+    Args:
+        learner: any :class:`metafunc.Learner`, e.g. ``mf.maml(loss, inner_lr=0.01)``.
+        meta: its meta-parameters, e.g. ``state.meta``.
+        tasks: new tasks, ``Tasks(support, query)`` with a leading task dimension.
+        predict: ``predict(params, x) -> logits or prediction``, the model (e.g. ``fn`` from
+            :func:`metafunc.pure`), for accuracy or squared error.
+
+    Returns:
+        an :class:`Evaluation` of :class:`Score` s (``accuracy`` and ``mse`` are ``None``
+        unless ``predict`` gives them).
+
+    Raises:
+        TypeError: a learner that is not a ``Learner``, ``predict`` not callable, labels that
+            are neither integer nor floating point.
+        ValueError: bad tasks (as the learner refuses them), a query set that is not ``(x,
+            y)`` or a prediction whose shape does not fit the targets.
+
+    Example:
+        >>> new = mf.tasks.sinusoid(torch.Generator().manual_seed(1), tasks=100)
+        >>> scores = mf.evaluate(learner, state.meta, new, predict=fn)
+        >>> scores.loss.mean, scores.loss.ci95, scores.loss_before.mean, scores.mse.values
+    """
+    where = "evaluate"
+    if not isinstance(learner, Learner):
+        raise TypeError(
+            f"{where}: learner must be a metafunc.Learner, e.g. mf.maml(loss) (got "
+            f"{type(learner).__name__})"
+        )
+    if not isinstance(tasks, Tasks):
+        raise TypeError(
+            f"{where}: tasks must be a metafunc.Tasks(support, query) (got {type(tasks).__name__})"
+        )
+    if predict is not None:
+        _checks.function(where, "predict", predict, "predict(params, x)")
+        query = tasks.query
+        if not (isinstance(query, tuple | list) and len(query) == 2):
+            raise ValueError(
+                f"{where}: with predict, tasks.query must be a pair (x, y) of inputs and "
+                f"targets (got {type(query).__name__}"
+                f"{f' of {len(query)}' if isinstance(query, tuple | list) else ''})"
+            )
+    with torch.no_grad():
+        adapted, after, before = learner.per_task(meta, tasks)
+        accuracy = mse = None
+        if predict is not None:
+            x, y = tasks.query
+            out = vmap(predict)(adapted, x)
+            if y.is_floating_point():
+                if out.shape != y.shape:
+                    raise ValueError(
+                        f"{where}: predict(params, x) must have the targets' shape per task, "
+                        f"{tuple(y.shape[1:])} (got {tuple(out.shape[1:])})"
+                    )
+                mse = score(((out - y) ** 2).flatten(1).mean(dim=1))
+            elif y.dtype in _INTEGER:
+                if out.shape[:-1] != y.shape:
+                    raise ValueError(
+                        f"{where}: predict(params, x) must give logits (examples, classes) per "
+                        f"task for labels {tuple(y.shape[1:])} (got {tuple(out.shape[1:])})"
+                    )
+                hits = (out.argmax(dim=-1) == y).flatten(1)
+                accuracy = score(hits.double().mean(dim=1))
+            else:
+                raise TypeError(
+                    f"{where}: tasks.query[1] must hold integer labels or floating-point "
+                    f"targets (got {y.dtype})"
+                )
+    return Evaluation(score(after), score(before), accuracy, mse)
+
+
+def score(values: torch.Tensor) -> Score:
+    """A :class:`Score` of per-task ``values``: they, their mean and its 95% half-width."""
+    return Score(values, *mean_ci95(values))
 
 
 class SineEval(NamedTuple):
@@ -70,9 +192,7 @@ def sine_grid_error(
         dtype=ref.dtype,
         device=ref.device,
     )
-    with torch.no_grad():
-        adapted = learner.adapt(meta, tasks.support)
-    return grid_error(fn, adapted, phase=phase, support=tasks.support, step=step)
+    return _adapted_grid_error(learner, fn, meta, tasks.support, phase=phase, step=step)
 
 
 def daml_grid_error(
@@ -99,9 +219,16 @@ def daml_grid_error(
         dtype=ref.dtype,
         device=ref.device,
     )
+    return _adapted_grid_error(learner, predict, meta, tasks.support, phase=phase, step=step)
+
+
+def _adapted_grid_error(
+    learner: Learner, predict: Callable[..., torch.Tensor], meta: Any, support: Any, **grid: Any
+) -> SineEval:
+    """Adapt on each of a batch of ``support`` sets, score on the grid (:func:`grid_error`)."""
     with torch.no_grad():
-        adapted = learner.adapt(meta, tasks.support)
-    return grid_error(predict, adapted, phase=phase, support=tasks.support, step=step)
+        adapted = learner.adapt(meta, support)
+    return grid_error(predict, adapted, support=support, **grid)
 
 
 def sinusoid_error(
@@ -121,11 +248,7 @@ def sinusoid_error(
     batch = sinusoid(
         generator, tasks=tasks, shots=shots, queries=points, dtype=ref.dtype, device=ref.device
     )
-    (xq, yq) = batch.query
-    with torch.no_grad():
-        adapted = learner.adapt(meta, batch.support)
-        pred = vmap(predict)(adapted, xq)
-    return ((pred - yq) ** 2).mean(dim=(1, 2))
+    return evaluate(learner, meta, batch, predict=predict).mse.values
 
 
 def fewshot_accuracy(
@@ -164,17 +287,15 @@ def fewshot_accuracy(
             dtype=ref.dtype,
             device=ref.device,
         )
-        xq, yq = draw.query
-        with torch.no_grad():
-            adapted = learner.adapt(meta, draw.support)
-            logits = vmap(predict)(adapted, xq)
-        scores.append((logits.argmax(dim=-1) == yq).double().mean(dim=1).cpu())
+        scores.append(evaluate(learner, meta, draw, predict=predict).accuracy.values.cpu())
     return torch.cat(scores)
 
 
 def mean_ci95(values: torch.Tensor) -> tuple[float, float]:
-    """Mean and the half-width of its normal-approximation 95% confidence interval."""
-    values = values.double()
+    """The mean of ``values`` and the half-width of its normal-approximation 95% confidence
+    interval, ``z · s / √n`` with ``s`` the sample standard deviation (``n − 1``) and ``z`` the
+    normal quantile 1.95996...; the half-width is NaN for a single value."""
+    values = values.double().flatten()
     n = values.numel()
-    half = 1.96 * values.std().item() / math.sqrt(n) if n > 1 else float("nan")
+    half = _Z95 * values.std().item() / math.sqrt(n) if n > 1 else float("nan")
     return values.mean().item(), half

@@ -1,12 +1,16 @@
 """The demo command end to end, in a short eager run."""
 
 import json
+import math
 import subprocess
 import sys
+from statistics import NormalDist
 
 import pytest
 import torch
+from torch.func import functional_call
 
+import metafunc as mf
 from metafunc.cli import main
 
 
@@ -38,8 +42,48 @@ def test_train_writes_figures_and_results(tmp_path, capsys):
     assert results["steps"] == 20 and results["compiled"] is False
     assert results["outer_lr"] == 3e-2  # the demo's default, not the blog's 1e-2
     assert results["history"]["step"] == [5, 10, 15, 20]
-    for phase in ("0", "pi"):
-        assert results["grid_mse"][phase]["draws"] == 8 and results["grid_mse"][phase]["mean"] > 0
+    # The reported scores, recomputed from the checkpoint by hand: 8 fresh draws per phase from
+    # the evaluation seed (seed + 1), 5 SGD steps on L1 with torch.autograd, MSE on the grid.
+    net = mf.models.blog_sine_net(torch.Generator())  # the architecture; weights from the file
+    meta = mf.load(out / "checkpoint.pt").meta
+    g = torch.Generator().manual_seed(1)
+    for phase, label in ((0.0, "0"), (math.pi, "pi")):
+        draws = mf.tasks.sine(g, tasks=8, shots=4, queries=1, phase=phase)
+        errors = []
+        for t in range(8):
+            theta = adapt_by_hand(net, meta, draws.support[0][t], draws.support[1][t])
+            errors.append(grid_mse_by_hand(net, theta, phase))
+        reported = results["grid_mse"][label]
+        assert reported["draws"] == 8
+        assert reported["mean"] == pytest.approx(sum(errors) / 8, rel=1e-5)
+        assert reported["ci95"] == pytest.approx(ci95_by_hand(errors), rel=1e-4)
+
+
+def adapt_by_hand(net, meta, x, y, *, steps=5, lr=3e-2):
+    """The demo's inner loop on one task: SGD on the L1 loss, with torch.autograd."""
+    theta = {k: v.clone().requires_grad_() for k, v in meta.items()}
+    for _ in range(steps):
+        loss = (functional_call(net, theta, (x,)) - y).abs().mean()
+        grads = torch.autograd.grad(loss, list(theta.values()))
+        theta = {
+            k: (v - lr * d).detach().requires_grad_()
+            for (k, v), d in zip(theta.items(), grads, strict=True)
+        }
+    return theta
+
+
+def grid_mse_by_hand(net, theta, phase, step=0.01):
+    n = math.ceil(4 * math.pi / step)
+    grid = torch.tensor([[-2 * math.pi + k * step] for k in range(n)])
+    with torch.no_grad():
+        return ((functional_call(net, theta, (grid,)) - torch.sin(grid + phase)) ** 2).mean().item()
+
+
+def ci95_by_hand(values):
+    n = len(values)
+    mean = sum(values) / n
+    deviation = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
+    return NormalDist().inv_cdf(0.975) * deviation / math.sqrt(n)
 
 
 SHORT = [
@@ -131,7 +175,10 @@ def test_table_writes_rows_and_resumes_where_it_stopped(tmp_path, capsys):
     assert main([*args, "--algos", "maml"]) == 0
     first = json.loads(out.read_text())["rows"]
     assert [(r["algo"], r["shots"]) for r in first] == [("maml", 5)]
-    assert first[0]["paper"] == 1.13 and first[0]["mse"] > 0 and first[0]["ci95"] > 0
+    assert first[0]["paper"] == 1.13
+    mse, ci95 = table_cell_by_hand(steps=2, shots=5, eval_tasks=5)
+    assert first[0]["mse"] == pytest.approx(mse, rel=1e-4)
+    assert first[0]["ci95"] == pytest.approx(ci95, rel=1e-3)
     # A second run with more algorithms keeps the finished cell and adds the new one.
     assert main([*args, "--algos", "maml", "reptile"]) == 0
     rows = json.loads(out.read_text())["rows"]
@@ -226,3 +273,35 @@ def test_resume_from_a_damaged_checkpoint_says_so_in_one_line(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith("metafunc train: cannot resume: ") and "damaged" in err, err
     assert err.count("\n") == 1
+
+
+def table_cell_by_hand(*, steps, shots, eval_tasks):
+    """A MAML cell of the table, written out: the 1-40-40-1 net from seed 0, ``steps`` outer
+    Adam steps (1e-3) on 25 sinusoid tasks of ``shots`` + ``shots`` points drawn from seed 0,
+    one second-order inner SGD step at 0.01 on MSE (torch.autograd, torch.optim.Adam); then
+    ``eval_tasks`` new tasks from seed 1, adapted on ``shots`` points, MSE on 100 fresh ones."""
+    net = mf.models.mlp([1, 40, 40, 1], generator=torch.Generator().manual_seed(0))
+    theta0 = {k: v.detach().clone().requires_grad_() for k, v in net.named_parameters()}
+    mse = lambda theta, x, y: ((functional_call(net, theta, (x,)) - y) ** 2).mean()  # noqa: E731
+
+    def adapted(theta, x, y, create_graph):
+        grads = torch.autograd.grad(
+            mse(theta, x, y), list(theta.values()), create_graph=create_graph
+        )
+        return {k: v - 0.01 * d for (k, v), d in zip(theta.items(), grads, strict=True)}
+
+    adam = torch.optim.Adam(theta0.values(), lr=1e-3)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(steps):
+        (xs, ys), (xq, yq) = mf.tasks.sinusoid(g, tasks=25, shots=shots, queries=shots)
+        loss = sum(mse(adapted(theta0, xs[t], ys[t], True), xq[t], yq[t]) for t in range(25)) / 25
+        adam.zero_grad()
+        loss.backward()
+        adam.step()
+    (xs, ys), (xq, yq) = mf.tasks.sinusoid(
+        torch.Generator().manual_seed(1), tasks=eval_tasks, shots=shots, queries=100
+    )
+    errors = [
+        mse(adapted(theta0, xs[t], ys[t], False), xq[t], yq[t]).item() for t in range(eval_tasks)
+    ]
+    return sum(errors) / eval_tasks, ci95_by_hand(errors)

@@ -2,14 +2,17 @@
 sampler's invariants, the synthetic glyphs, every algorithm on the conv net, and learning."""
 
 import json
+import math
 import subprocess
 import sys
+from statistics import NormalDist
 
 import pytest
 import torch
 from PIL import Image
 from test_maml_reference import assert_trees_close
 from torch._dynamo.testing import CompileCounterWithBackend
+from torch.func import functional_call
 
 import metafunc as mf
 from metafunc.cli import main
@@ -400,7 +403,30 @@ def test_train_fewshot_command_writes_figures_and_results(tmp_path, capsys):
     assert results["task"] == "fewshot" and results["data"] == "synthetic glyphs"
     assert (results["train_classes"], results["test_classes"]) == (10, 5)
     assert results["history"]["step"] == [1, 2, 3] and results["test_accuracy"]["tasks"] == 5
-    assert 0 <= results["test_accuracy"]["mean"] <= 1
+    # The reported accuracy, recounted from the checkpoint: the test classes of the same seed
+    # (the last third of 15 glyph classes), 5 new tasks from the evaluation seed (seed + 1),
+    # ANIL's one SGD step at 0.4 on the head with torch.autograd, arg-max predictions counted.
+    net = mf.models.conv_net(5, channels=4)  # the architecture; the weights come from the file
+    meta = mf.load(out / "checkpoint.pt").meta
+    glyphs = mf.tasks.synthetic_glyphs(torch.Generator().manual_seed(0), classes=15)
+    test = mf.tasks.ImageClasses(glyphs.images[10:], glyphs.names[10:])
+    tasks = mf.tasks.fewshot(torch.Generator().manual_seed(1), test, tasks=5, queries=5)
+    head = [k for k in meta if k.startswith(f"{len(net) - 1}.")]
+    right = []
+    for t in range(5):
+        theta = {k: v.clone().requires_grad_(k in head) for k, v in meta.items()}
+        logits = functional_call(net, theta, (tasks.support[0][t],))
+        loss = torch.nn.functional.cross_entropy(logits, tasks.support[1][t])
+        grads = torch.autograd.grad(loss, [theta[k] for k in head])
+        theta.update({k: theta[k] - 0.4 * d for k, d in zip(head, grads, strict=True)})
+        with torch.no_grad():
+            predicted = functional_call(net, theta, (tasks.query[0][t],)).argmax(dim=-1)
+        right.append((predicted == tasks.query[1][t]).sum().item() / 25)
+    assert results["test_accuracy"]["mean"] == pytest.approx(sum(right) / 5, abs=1e-12)
+    n, mean = 5, sum(right) / 5
+    deviation = math.sqrt(sum((r - mean) ** 2 for r in right) / (n - 1))
+    half = NormalDist().inv_cdf(0.975) * deviation / math.sqrt(n)
+    assert results["test_accuracy"]["ci95"] == pytest.approx(half, rel=1e-9)
 
 
 def test_train_fewshot_refuses_daml_and_a_folder_without_omniglot(tmp_path, capsys):

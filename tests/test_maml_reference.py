@@ -16,9 +16,13 @@ from metafunc import _tree
 ALPHA = 0.1
 
 
-def reference_meta_grad(net, params, tasks, *, lr, steps, first_order, criterion=None):
+def reference_meta_grad(
+    net, params, tasks, *, lr, steps, first_order, criterion=None, with_losses=False
+):
     """Per task: inner SGD with autograd.grad(create_graph=True), then the query loss; the
-    mean over tasks is differentiated with autograd.grad. The default criterion is MSE."""
+    mean over tasks is differentiated with autograd.grad. The default criterion is MSE.
+    ``with_losses`` also returns the mean query loss after and before adapting, as the step's
+    metrics ``{"loss", "loss_before"}``."""
     names = sorted(params)
     theta0 = [params[k].clone().requires_grad_() for k in names]
 
@@ -27,19 +31,28 @@ def reference_meta_grad(net, params, tasks, *, lr, steps, first_order, criterion
         pred = functional_call(net, dict(zip(names, theta, strict=True)), (x,))
         return ((pred - y) ** 2).mean() if criterion is None else criterion(pred, y)
 
-    total = 0.0
+    total, before = 0.0, 0.0
     n = tasks.support[0].shape[0]
     for i in range(n):
         support = tuple(t[i] for t in tasks.support)
         query = tuple(t[i] for t in tasks.query)
+        before += loss(theta0, query).item() / n
         theta = theta0
         for _ in range(steps):
             grads = torch.autograd.grad(loss(theta, support), theta, create_graph=not first_order)
             rates = [lr[k] for k in names] if isinstance(lr, dict) else [lr] * len(names)
             theta = [p - a * g for p, a, g in zip(theta, rates, grads, strict=True)]
         total = total + loss(theta, query)
-    grads = torch.autograd.grad(total / n, theta0)
-    return dict(zip(names, grads, strict=True))
+    grads = dict(zip(names, torch.autograd.grad(total / n, theta0), strict=True))
+    if not with_losses:
+        return grads
+    return grads, {"loss": total.item() / n, "loss_before": before}
+
+
+def assert_metrics_equal(metrics, want):
+    """The step's loss metrics against the reference's, both after and before adapting."""
+    for key in ("loss", "loss_before"):
+        assert metrics[key].item() == pytest.approx(want[key], rel=1e-10), key
 
 
 def assert_trees_close(a, b, **kw):
@@ -66,18 +79,25 @@ def test_maml_equals_autograd_loop(steps):
     net, params, learner = setup(steps)
     tasks = sine_tasks()
     got, metrics = learner.meta_grad(learner.init(params), tasks)
-    want = reference_meta_grad(net, params, tasks, lr=ALPHA, steps=steps, first_order=False)
+    want, losses = reference_meta_grad(
+        net, params, tasks, lr=ALPHA, steps=steps, first_order=False, with_losses=True
+    )
     assert_trees_close(got, want, rtol=1e-10, atol=1e-12)
     assert metrics["loss"].dtype == torch.float64
+    assert_metrics_equal(metrics, losses)  # loss_before at θ0, not after adapting
+    assert abs(losses["loss"] - losses["loss_before"]) > 1e-3
 
 
 @pytest.mark.parametrize("steps", [1, 3])
 def test_fomaml_equals_detached_loop_and_differs_from_maml(steps):
     net, params, fo = setup(steps, first_order=True)
     tasks = sine_tasks()
-    got, _ = fo.meta_grad(fo.init(params), tasks)
-    want = reference_meta_grad(net, params, tasks, lr=ALPHA, steps=steps, first_order=True)
+    got, metrics = fo.meta_grad(fo.init(params), tasks)
+    want, losses = reference_meta_grad(
+        net, params, tasks, lr=ALPHA, steps=steps, first_order=True, with_losses=True
+    )
     assert_trees_close(got, want, rtol=1e-10, atol=1e-12)
+    assert_metrics_equal(metrics, losses)
     # mf.fomaml is the same algorithm
     fo2 = mf.fomaml(
         mf.supervised(mf.pure(net)[0], mf.losses.mse), inner_lr=ALPHA, inner_steps=steps
@@ -104,7 +124,10 @@ def test_zero_inner_steps_is_the_plain_query_gradient(first_order):
     ]
     want = _tree.map(lambda *g: torch.stack(g).mean(0), *per_task)
     assert_trees_close(got, want, rtol=1e-10, atol=1e-12)
-    torch.testing.assert_close(metrics["loss"], metrics["loss_before"])
+    # both metrics are the query loss at θ (nothing adapts), computed here by hand
+    with torch.no_grad():
+        query_loss = ((net(tasks.query[0]) - tasks.query[1]) ** 2).mean().item()
+    assert_metrics_equal(metrics, {"loss": query_loss, "loss_before": query_loss})
 
 
 def test_learning_rate_pytree_matches_loop():
@@ -179,19 +202,28 @@ def test_one_step_closed_form_on_linear_model(first_order):
 
 
 def test_vmap_equals_loop_over_tasks():
-    _, params, learner = setup(2)
+    """The batched meta-gradient and metrics are the mean of each task's own, each computed by
+    the hand-written autograd loop on that task alone."""
+    net, params, learner = setup(2)
     tasks = sine_tasks(n=4)
     batched_grad, batched_metrics = learner.meta_grad(params, tasks)
     singles = [
-        learner.meta_grad(
-            params, mf.Tasks(*(_tree.map(lambda t, i=i: t[i : i + 1], part) for part in tasks))
+        reference_meta_grad(
+            net,
+            params,
+            mf.Tasks(*(_tree.map(lambda t, i=i: t[i : i + 1], part) for part in tasks)),
+            lr=ALPHA,
+            steps=2,
+            first_order=False,
+            with_losses=True,
         )
         for i in range(4)
     ]
-    want = _tree.map(lambda *g: torch.stack(g).mean(0), *[s[0] for s in singles])
+    want = _tree.map(lambda *g: torch.stack(g).mean(0), *[grads for grads, _ in singles])
     assert_trees_close(batched_grad, want, rtol=1e-10, atol=1e-12)
-    torch.testing.assert_close(
-        batched_metrics["loss"], torch.stack([s[1]["loss"] for s in singles]).mean()
+    mean = lambda key: sum(losses[key] for _, losses in singles) / 4  # noqa: E731
+    assert_metrics_equal(
+        batched_metrics, {"loss": mean("loss"), "loss_before": mean("loss_before")}
     )
 
 

@@ -70,6 +70,20 @@ def images(nb: nbformat.NotebookNode) -> int:
     return sum("image/png" in o.get("data", {}) for o in outputs(nb, "display_data"))
 
 
+# The checks each notebook prints, which must run and hold in fast mode too: notebook 01's
+# compiled step is compiled (with aot_eager) and its loop is written with torch.autograd.
+CHECKS = {
+    "01_maml_sine": [
+        "inner_loop() equals the hand-written step: True",
+        "vmapped meta-gradient equals the autograd loop over tasks: True",
+        "first call (compiles, aot_eager)",
+        "compiled step equals eager step: True",
+    ],
+    "02_daml_sine": [],
+    "03_algorithms": [],
+}
+
+
 @pytest.mark.parametrize(
     ("name", "figures"), [("01_maml_sine", 4), ("02_daml_sine", 4), ("03_algorithms", 2)]
 )
@@ -79,6 +93,8 @@ def test_notebook_runs_in_fast_mode(name: str, figures: int, kernel: str) -> Non
     assert "fast mode" in text
     assert images(nb) == figures
     assert "False" not in text, text  # the notebooks print their own checks as True/False
+    for check in CHECKS[name]:
+        assert check in text, (check, text)
 
 
 def test_speed_notebook_reads_the_committed_results(kernel: str) -> None:

@@ -1,0 +1,172 @@
+"""Every measured number the README quotes is read here from the result file the measuring
+command wrote, so a rerun that changes a file and not the README (or the other way) fails.
+
+Numbers with no such file are not in the README: the sections below say where each comes from.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+README = (ROOT / "README.md").read_text()
+
+
+def results(path: str) -> dict:
+    return json.loads((ROOT / path).read_text())
+
+
+def ms(value: float) -> str:
+    """Milliseconds as benchmarks/report.py writes them."""
+    return f"{value:.3g}" if value < 100 else f"{value:.0f}"
+
+
+def quoted(text: str) -> None:
+    assert text in README, f"the README does not quote {text!r} (from its result file)"
+
+
+def test_the_demo_numbers_are_docs_maml_sine_results():
+    """``make demo`` (``metafunc train``) writes docs/maml-sine-results.json's fields."""
+    r = results("docs/maml-sine-results.json")
+    quoted(f"| the demo itself (`metafunc train`) | {r['wall_s']:.0f} s |")
+    quoted(f"| first call of the compiled step (compile) | {r['first_call_s']:.1f} s |")
+    quoted(f"inner steps + SGD), compiled | {r['step_ms']:.2f} ms |")
+    for label, phase in (("0", "0"), ("π", "pi")):
+        got = r["grid_mse"][phase]
+        quoted(
+            f"| dense-grid MSE after adapting on 4 points, b = {label} | "
+            f"{got['mean']:.3f} ± {got['ci95']:.3f} |"
+        )
+        assert got["draws"] == 1000 and "averaged over\n1000 draws" in README
+    assert (r["steps"], r["meta_batch"]) == (80_000, 32)
+
+
+def test_the_daml_demo_numbers_are_docs_daml_sine_results():
+    r = results("docs/daml-sine-results.json")
+    zero, pi = r["grid_mse"]["0"], r["grid_mse"]["pi"]
+    quoted(
+        f"**b = 0: MSE {zero['mean']:.4f} ± {zero['ci95']:.4f}, "
+        f"b = π: {pi['mean']:.4f} ± {pi['ci95']:.4f}**"
+    )
+    quoted(
+        f"The run took {r['wall_s']:.0f} s (compile {r['first_call_s']:.0f} s\nwith a warm "
+        f"cache, then {r['step_ms']:.1f} ms per compiled step)"
+    )
+    assert zero["draws"] == pi["draws"] == 1000
+
+
+NAMES = {
+    "maml": "MAML",
+    "meta-sgd": "Meta-SGD",
+    "fomaml": "FO-MAML",
+    "reptile": "Reptile (5 inner steps)",
+}
+
+
+def test_the_table_is_docs_sinusoid_table_and_its_claims_hold():
+    t = results("docs/sinusoid-table.json")
+    cells = {(r["algo"], r["shots"]): r for r in t["rows"]}
+    shots = t["config"]["shots"]
+    for algo, name in NAMES.items():
+        row = [f"| {name} |"]
+        for k in shots:
+            r = cells[algo, k]
+            paper = "–" if r["paper"] is None else f"{r['paper']:.2f}"
+            row.append(f" {r['mse']:.2f} ± {r['ci95']:.2f} | {paper} |")
+        quoted("".join(row))
+    # the claims made of the table
+    for k in shots:
+        for algo in ("maml", "meta-sgd"):
+            r = cells[algo, k]
+            assert r["mse"] + r["ci95"] < r["paper"], (algo, k)  # beaten, outside our interval
+        assert cells["meta-sgd", k]["mse"] < cells["maml", k]["mse"], k
+    minutes = [r["train_s"] / 60 for r in t["rows"]]
+    quoted(
+        f"{min(minutes):.1f}–{max(minutes):.1f} min\nper cell, {sum(minutes):.0f} min of "
+        "training in all"
+    )
+    assert t["config"]["steps"] == 70_000 and "**70,000 outer steps**" in README
+    assert t["config"]["eval_tasks"] == 4000 and "scored on 4000 new tasks" in README
+
+
+def test_the_fewshot_numbers_are_docs_fewshot_synthetic_results():
+    r = results("docs/fewshot-synthetic/results.json")
+    acc = r["test_accuracy"]
+    quoted(f"**{100 * acc['mean']:.2f} ± {100 * acc['ci95']:.2f}%**")
+    assert acc["tasks"] == 600 and "over 600 new tasks" in README
+    quoted(
+        f"| one outer step (8 tasks, second order), compiled; tasks per second | "
+        f"{r['step_ms'] / 1000:.2f} s; {r['tasks_per_s']:.1f} |"
+    )
+    quoted(f"| first call of the compiled step (warm compile cache) | {r['first_call_s']:.1f} s |")
+    quoted(
+        f"| the whole run (data, compile, 300 steps, 600 test tasks, figures) | {r['wall_s']:.0f} s |"
+    )
+
+
+def test_the_throughput_is_benchmarks_results_distributed_cpu():
+    r = results("benchmarks/results/distributed-cpu.json")
+    text = []
+    for p, unit in ((1, "process"), (2, "processes")):
+        runs = [x["tasks_per_s"] for x in r["runs"] if x["processes"] == p]
+        text.append(
+            f"{r['median_tasks_per_s'][str(p)]:.0f} tasks/s with {p} {unit} "
+            f"({min(runs):.0f}–{max(runs):.0f})"
+        )
+    quoted("median " + " and ".join(text))
+
+
+def test_the_benchmark_numbers_are_benchmarks_results_bench_cpu_baseline():
+    b = results("benchmarks/results/bench-cpu-baseline.json")
+    five = {r["impl"]: r["median_ms"] for r in b["workloads"]["sine-5step"]["rows"]}
+    one = {r["impl"]: r["median_ms"] for r in b["workloads"]["sine-1step"]["rows"]}
+    first = b["workloads"]["sine-5step"]["first_calls"]
+    speedup = five["blog loop"] / five["metafunc compiled"]
+    quoted(
+        f"compiled metafunc {ms(five['metafunc compiled'])} ms per step, {speedup:.0f}×\nfaster "
+        f"than the blog loop ({ms(five['blog loop'])} ms)"
+    )
+    quoted(
+        f"`jax.jit` {ms(five['jax jit'])} ms and the same step hand-written with `torch.func` and "
+        f"compiled {ms(five['torch.func compiled'])} ms"
+    )
+    quoted(
+        f"with one inner step {ms(one['metafunc compiled'])} ms against\nJAX's "
+        f"{ms(one['jax jit'])} ms"
+    )
+    mf_first, jax_first = first["metafunc compiled"], first["jax jit"]
+    quoted(
+        f"{mf_first['cold_s']:.0f} s cold and {mf_first['warm_s']:.0f} s from the cache in a "
+        f"fresh\nprocess (JAX: {jax_first['cold_s']:.0f} s)"
+    )
+    load = b["environment"]["load_average"][0], b["environment"]["load_average_end"][0]
+    quoted(f"load average {load[0]:.1f} at the start and {load[1]:.1f} at the end")
+
+
+def test_the_guard_cost_is_quoted_only_from_its_result_file():
+    """``python benchmarks/nonfinite_guard.py 1 --out benchmarks/results/nonfinite-guard-cpu.json``
+    writes the guard's cost; until that file is committed the README quotes no timing of it."""
+    path = ROOT / "benchmarks/results/nonfinite-guard-cpu.json"
+    section = README[README.index("What the guard costs") :][:1200]
+    if not path.exists():
+        assert not re.search(r"\d ms\b", section), section
+        return
+    r = json.loads(path.read_text())["median_ms"]
+    for key in ("plain", "guard", "+read"):
+        quoted(f"{r[key]:.2f} ms")
+
+
+@pytest.mark.parametrize(
+    "stale",
+    [
+        r"\d+ passed",  # the suite's count changes with every test
+        r"took \d+ min \d+ s",  # make test / make demo wall times: no result file
+        r"The four took \d+ s",  # the notebooks' runtime: no result file
+    ],
+)
+def test_no_number_without_a_result_file(stale):
+    assert not re.search(stale, README), re.search(stale, README)
