@@ -64,6 +64,7 @@ def make_step(
     compile: bool = True,
     mode: str | None = None,
     backend: Any = "inductor",
+    options: dict[str, Any] | None = None,
 ) -> Step:
     """The outer step ``step(state, tasks) -> (state, metrics)``, compiled once.
 
@@ -109,6 +110,10 @@ def make_step(
         compile: compile with ``torch.compile``; ``False`` runs eagerly.
         mode: ``torch.compile`` mode, e.g. ``"reduce-overhead"`` for CUDA graphs.
         backend: ``torch.compile`` backend.
+        options: ``torch.compile`` options for Inductor, over metafunc's own: with Inductor on
+            the CPU the step's wrapper is C++ (``cpp_wrapper``; ``{"cpp_wrapper": False}``
+            gives the Python one back), and a step with random operations uses torch's own
+            random kernels (``fallback_random``).
 
     Example:
         >>> step = mf.make_step(learner, mf.optim.adam(1e-3))
@@ -116,6 +121,11 @@ def make_step(
     """
     _check_types("make_step", learner, optimizer)
     _checks.boolean("make_step", "compile", compile)
+    if options is not None and not isinstance(options, dict):
+        raise TypeError(
+            f"make_step: options must be a dict of torch.compile options, e.g. "
+            f"{{'cpp_wrapper': False}} (got {type(options).__name__})"
+        )
 
     def step(state: TrainState, tasks: Tasks) -> tuple[TrainState, Metrics]:
         grads, metrics = learner.meta_grad(state.meta, tasks)
@@ -150,7 +160,9 @@ def make_step(
     def run(state: TrainState, tasks: Tasks) -> tuple[TrainState, Metrics]:
         kind = _tree.leaves(state.meta)[0].device.type
         if kind not in compiled:
-            compiled[kind] = _compile(step, kind, mode, backend, learner.randomness != "error")
+            compiled[kind] = _compile(
+                step, kind, mode, backend, learner.randomness != "error", options or {}
+            )
         return compiled[kind](state, tasks)
 
     @_checks.once_per_signature
@@ -217,12 +229,14 @@ def make_step(
 _ONE_STEP = torch.tensor([0, 1])
 
 
-def _compile(step: Step, device: str, mode: str | None, backend: Any, random: bool) -> Step:
+def _compile(
+    step: Step, device: str, mode: str | None, backend: Any, random: bool, given: dict[str, Any]
+) -> Step:
     """``torch.compile`` of the whole step: one graph, static shapes. With Inductor on the CPU
-    the graph's wrapper is C++ (``cpp_wrapper``): the Python wrapper's per-kernel calls were a
-    seventh of a small step's time (``benchmarks/README.md``). A step with random operations
-    uses torch's own random kernels (``fallback_random``): Inductor's draw other numbers than
-    the eager step does."""
+    the graph's wrapper is C++ (``cpp_wrapper``): calling each kernel from Python costs the
+    small steps up to a third of their time (``python -m benchmarks.step_variants``). A step
+    with random operations uses torch's own random kernels (``fallback_random``): Inductor's
+    draw other numbers than the eager step does. ``given`` (the caller's options) wins."""
     options: dict[str, Any] = {}
     if backend == "inductor":
         if mode is not None:
@@ -231,6 +245,7 @@ def _compile(step: Step, device: str, mode: str | None, backend: Any, random: bo
             options["fallback_random"] = True
         if device == "cpu":
             options["cpp_wrapper"] = True
+    options.update(given)
     if options:  # torch.compile takes a mode or options, not both
         mode = None
     return torch.compile(

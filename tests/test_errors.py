@@ -473,6 +473,13 @@ CASES = [
         r"^make_step: compile must be True or False \(got 'no'\)$",
     ),
     (
+        "make_step-options-not-a-dict",
+        lambda: mf.make_step(mf.maml(LOSS), mf.optim.sgd(0.1), options=["cpp_wrapper"]),
+        TypeError,
+        r"^make_step: options must be a dict of torch\.compile options, e\.g\. "
+        r"\{'cpp_wrapper': False\} \(got list\)$",
+    ),
+    (
         "init_state-not-an-Optimizer",
         lambda: mf.init_state(mf.maml(LOSS), "adam", PARAMS),
         TypeError,
