@@ -79,6 +79,12 @@ def _train(args: argparse.Namespace) -> int:
             return _fail(f"--out {str(args.out)!r} cannot be created: {e.strerror}")
         if not os.access(args.out, os.W_OK):
             return _fail(f"--out {str(args.out)!r} is not writable")
+        checkpoint = args.out / "checkpoint.pt"
+        if checkpoint.exists() and not checkpoint.is_file():
+            return _fail(
+                f"{str(checkpoint)!r}, where the checkpoint is written, is not a file; move it "
+                "away or give another --out"
+            )
     mf.distributed.barrier()
     common = {
         "algo": args.algo,
