@@ -111,7 +111,12 @@ def _train(args: argparse.Namespace) -> int:
         if problem:
             return _fail(f"cannot resume: {problem}")
     start, load = time.perf_counter(), os.getloadavg()
-    result = (fewshot if task == "fewshot" else sine).run(config)
+    try:
+        result = (fewshot if task == "fewshot" else sine).run(config)
+    except (OSError, ValueError) as e:
+        if task == "fewshot" and args.data_dir is not None and str(e).startswith("omniglot: "):
+            return _fail(f"--data-dir {str(args.data_dir)!r}: {e}")  # the data, not a bug
+        raise
     if not main:
         return 0
     report = _report_fewshot if task == "fewshot" else _report_sine
