@@ -79,6 +79,12 @@ def _train(args: argparse.Namespace) -> int:
             return _fail(f"--out {str(args.out)!r} cannot be created: {e.strerror}")
         if not os.access(args.out, os.W_OK):
             return _fail(f"--out {str(args.out)!r} is not writable")
+        checkpoint = args.out / "checkpoint.pt"
+        if checkpoint.exists() and not checkpoint.is_file():
+            return _fail(
+                f"{str(checkpoint)!r}, where the checkpoint is written, is not a file; move it "
+                "away or give another --out"
+            )
     mf.distributed.barrier()
     common = {
         "algo": args.algo,
@@ -105,7 +111,12 @@ def _train(args: argparse.Namespace) -> int:
         if problem:
             return _fail(f"cannot resume: {problem}")
     start, load = time.perf_counter(), os.getloadavg()
-    result = (fewshot if task == "fewshot" else sine).run(config)
+    try:
+        result = (fewshot if task == "fewshot" else sine).run(config)
+    except (OSError, ValueError) as e:
+        if task == "fewshot" and args.data_dir is not None and str(e).startswith("omniglot: "):
+            return _fail(f"--data-dir {str(args.data_dir)!r}: {e}")  # the data, not a bug
+        raise
     if not main:
         return 0
     report = _report_fewshot if task == "fewshot" else _report_sine

@@ -2,6 +2,8 @@
 
 import json
 import math
+import os
+import random
 import subprocess
 import sys
 from statistics import NormalDist
@@ -232,6 +234,28 @@ def test_an_out_that_is_a_file_is_refused_before_training(tmp_path, capsys):
     )
 
 
+def test_an_out_that_cannot_be_written_is_refused_before_training(tmp_path, capsys, monkeypatch):
+    # This suite may run as root, for whom every folder is writable: os.access is what decides.
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode: p != tmp_path and real_access(p, mode))
+    assert main([*SHORT, "--steps", "2", "--out", str(tmp_path)]) == 2
+    captured = capsys.readouterr()
+    assert captured.err == f"metafunc train: --out {str(tmp_path)!r} is not writable\n"
+    assert captured.out == "" and list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("resume", [[], ["--resume"]], ids=["new", "resume"])
+def test_a_checkpoint_path_that_is_a_folder_is_refused_before_training(tmp_path, capsys, resume):
+    (tmp_path / "checkpoint.pt").mkdir()
+    assert main([*SHORT, "--steps", "2", *resume, "--out", str(tmp_path)]) == 2
+    captured = capsys.readouterr()
+    assert captured.err == (
+        f"metafunc train: {str(tmp_path / 'checkpoint.pt')!r}, where the checkpoint is written, "
+        "is not a file; move it away or give another --out\n"
+    )
+    assert captured.out == "" and [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]
+
+
 def test_results_are_strict_json_with_null_for_non_finite_numbers(tmp_path):
     from metafunc.cli import _write_json
 
@@ -263,16 +287,36 @@ def test_resume_with_other_options_is_refused_naming_the_option(tmp_path, capsys
     )
 
 
-def test_resume_from_a_damaged_checkpoint_says_so_in_one_line(tmp_path, capsys):
+def _flip_a_bit(data):
+    data = bytearray(data)
+    data[len(data) // 2] ^= 0x10
+    return bytes(data)
+
+
+DAMAGE = {
+    "a-flipped-bit": (_flip_a_bit, "is damaged and cannot be used"),
+    "empty": (lambda data: b"", "is empty (0 bytes), not a checkpoint"),
+    "truncated": (lambda data: data[: len(data) // 2], "is truncated, damaged or not a checkpoint"),
+    "random-bytes": (
+        lambda data: random.Random(0).randbytes(len(data)),
+        "is truncated, damaged or not a checkpoint",
+    ),
+}
+
+
+@pytest.mark.parametrize("how", list(DAMAGE))
+def test_resume_from_a_damaged_checkpoint_says_so_in_one_line(tmp_path, capsys, how):
     assert main([*SHORT, "--steps", "2", "--out", str(tmp_path)]) == 0
     path = tmp_path / "checkpoint.pt"
-    data = bytearray(path.read_bytes())
-    data[len(data) // 2] ^= 0x10
-    path.write_bytes(bytes(data))
+    damage, message = DAMAGE[how]
+    path.write_bytes(damage(path.read_bytes()))
+    capsys.readouterr()
     assert main([*SHORT, "--steps", "4", "--resume", "--out", str(tmp_path)]) == 2
-    err = capsys.readouterr().err
-    assert err.startswith("metafunc train: cannot resume: ") and "damaged" in err, err
-    assert err.count("\n") == 1
+    captured = capsys.readouterr()
+    assert captured.err.startswith(
+        f"metafunc train: cannot resume: load: {str(path)!r} {message}"
+    ), captured.err
+    assert captured.err.count("\n") == 1 and captured.out == ""
 
 
 def table_cell_by_hand(*, steps, shots, eval_tasks):

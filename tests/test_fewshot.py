@@ -432,8 +432,13 @@ def test_train_fewshot_command_writes_figures_and_results(tmp_path, capsys):
 def test_train_fewshot_refuses_daml_and_a_folder_without_omniglot(tmp_path, capsys):
     assert main(["train", "--task", "fewshot", "--algo", "daml"]) == 2
     assert "--algo daml runs on the DAML sine only" in capsys.readouterr().err
-    with pytest.raises(FileNotFoundError, match="omniglot: root must be a folder holding"):
-        main(["train", "--task", "fewshot", "--data-dir", str(tmp_path), "--no-progress"])
+    assert main(["train", "--task", "fewshot", "--data-dir", str(tmp_path), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1, err
+    assert err.startswith(
+        f"metafunc train: --data-dir {str(tmp_path)!r}: omniglot: root must be a folder holding "
+        "images_background/ and images_evaluation/"
+    )
 
 
 def test_train_fewshot_writes_checkpoints_and_resumes_bit_exact(tmp_path):
@@ -449,3 +454,34 @@ def test_train_fewshot_writes_checkpoints_and_resumes_bit_exact(tmp_path):
     for k in a:
         assert torch.equal(a[k], b[k]), k
     assert json.loads((split / "results.json").read_text())["resumed_from_step"] == 2
+
+
+def test_train_fewshot_on_nonfinite_raises_or_skips(tmp_path, capsys):
+    """An inner rate of 1e30 makes every step's meta-gradient non-finite."""
+    args = ["train", "--task", "fewshot", "--meta-batch", "2", "--channels", "4", "--steps", "2"]
+    args += ["--glyph-classes", "15", "--eval-tasks", "2", "--no-compile", "--no-progress"]
+    args += ["--inner-lr", "1e30", "--log-every", "1"]
+    with pytest.raises(FloatingPointError, match=r"^train: step 1 is not finite: "):
+        main([*args, "--out", str(tmp_path / "raise")])
+    assert not (tmp_path / "raise" / "checkpoint.pt").exists()
+    assert main([*args, "--on-nonfinite", "skip", "--out", str(tmp_path / "skip")]) == 0
+    assert "skipped 1 non-finite step(s)" in capsys.readouterr().out
+    saved = torch.load(tmp_path / "skip" / "checkpoint.pt", weights_only=True)
+    assert int(saved["state.step"]) == 2 and int(saved["state.opt_state.total_notfinite"]) == 2
+    text = (tmp_path / "skip" / "results.json").read_text()
+    results = json.loads(text)  # strict JSON: the NaN losses of the skipped steps are null
+    assert results["on_nonfinite"] == "skip" and results["history"]["loss"] == [None, None]
+    assert "NaN" not in text
+
+
+def test_train_fewshot_resume_with_other_options_is_refused_naming_the_option(tmp_path, capsys):
+    args = ["train", "--task", "fewshot", "--meta-batch", "2", "--glyph-classes", "15"]
+    args += ["--eval-tasks", "2", "--no-compile", "--no-progress", "--out", str(tmp_path)]
+    assert main([*args, "--channels", "4", "--steps", "1"]) == 0
+    capsys.readouterr()
+    assert main([*args, "--channels", "8", "--steps", "2", "--resume"]) == 2
+    assert capsys.readouterr().err == (
+        f"metafunc train: cannot resume: {str(tmp_path / 'checkpoint.pt')!r} was trained with "
+        "--channels 4 but this run has 8; resume with the options it was started with, or give "
+        "a new run another --out\n"
+    )

@@ -128,10 +128,15 @@ def test_a_loss_that_is_not_a_scalar_is_named():
         step(state, sine_tasks())
 
 
-def test_uint8_inputs_to_a_float_model_say_convert_them():
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.int64], ids=["uint8", "int64"])
+def test_integer_inputs_to_a_float_model_say_convert_them(dtype):
     step, state = step_for(loss=lambda fn: lambda p, data: fn(p, data[0]).mean())
-    x = torch.randint(0, 255, (3, 4, 1), dtype=torch.uint8)
-    with pytest.raises(RuntimeError, match=r"The data's dtype does not fit the model's: convert"):
+    x = torch.randint(0, 255, (3, 4, 1), dtype=dtype)
+    with pytest.raises(
+        RuntimeError,
+        match=rf"^step: .*tasks\.support\[0\] \(3, 4, 1\) {str(dtype)[6:]}, .*The data's dtype "
+        r"does not fit the model's: convert the inputs",
+    ):
         step(state, mf.Tasks((x,), (x,)))
 
 

@@ -2,6 +2,7 @@
 
 import functools
 import logging
+import os
 import signal
 
 import pytest
@@ -130,7 +131,9 @@ def test_on_log_gets_the_state_of_that_step_and_the_run_timing():
     assert 0 < logs[0].steady_s < logs[1].steady_s < logs[2].steady_s
 
 
-def test_a_checkpoint_path_that_cannot_be_written_fails_before_the_first_step(tmp_path):
+def test_a_checkpoint_path_that_cannot_be_written_fails_before_the_first_step(
+    tmp_path, monkeypatch
+):
     step, state, sampler = setup()
     calls = []
 
@@ -144,6 +147,11 @@ def test_a_checkpoint_path_that_cannot_be_written_fails_before_the_first_step(tm
         )
     with pytest.raises(ValueError, match=r"^train: "):
         mf.train(step, state, counting, steps=3, checkpoint=tmp_path, progress=False)  # a folder
+    # a read-only folder (this suite may run as root, who may write anywhere: os.access decides)
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode: p != tmp_path and real_access(p, mode))
+    with pytest.raises(PermissionError, match=r"^train: .* this user cannot write to\)$"):
+        mf.train(step, state, counting, steps=3, checkpoint=tmp_path / "c.pt", progress=False)
     assert calls == []
 
 
