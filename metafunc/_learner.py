@@ -92,6 +92,8 @@ def chunked(meta_grad: MetaGrad, size: int | None) -> MetaGrad:
 
         zeros = _tree.zeros_like(meta)
         if torch.compiler.is_compiling():
+            # contiguous: scan traces its body for contiguous slices (a strided task tensor,
+            # e.g. a sampler's slice, then fails a view inside the body)
             stacked = _tree.map(
                 lambda t: t[: full * size].reshape(full, size, *t.shape[1:]).contiguous(), tasks
             )
