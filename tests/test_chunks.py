@@ -7,6 +7,7 @@ import pytest
 import torch
 from conftest import peak_bytes, sine_tasks, tanh_net
 from test_maml_reference import assert_trees_close
+from test_stochastic import assert_equal_states, dropout_net
 from torch._dynamo.testing import CompileCounterWithBackend
 
 import metafunc as mf
@@ -91,3 +92,21 @@ def test_chunks_bound_the_memory(compiled):
     # measured: 1.24 MB for the 8 tasks at once, 0.31 MB in chunks of 2 (eager); 0.53 MB and
     # 0.14 MB compiled (aot_eager)
     assert chunks < whole / 2.5
+
+
+def test_compiled_chunked_step_with_dropout_equals_eager_with_one_graph():
+    """Random draws inside the compiled chunk loop (scan) are those of the eager chunk loop."""
+    fn, params = mf.pure(dropout_net(width=4, noise=0.1))
+    loss = mf.supervised(fn, mf.losses.mse)
+    learner = mf.maml(loss, inner_lr=0.1, inner_steps=2, chunk_size=2, randomness="different")
+    opt = mf.optim.adam(1e-2)
+    eager = mf.make_step(learner, opt, compile=False)
+    counter = CompileCounterWithBackend("aot_eager")
+    compiled = mf.make_step(learner, opt, backend=counter)
+    s_eager = s_comp = mf.init_state(learner, opt, params, seed=3)
+    for seed in range(2):
+        tasks = sine_tasks(n=5, seed=seed)
+        s_eager, _ = eager(s_eager, tasks)
+        s_comp, _ = compiled(s_comp, tasks)
+        assert_equal_states(s_comp, s_eager)
+    assert counter.frame_count == 1
