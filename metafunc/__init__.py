@@ -19,6 +19,7 @@ from ._types import TrainState as TrainState
 from .algorithms import anil as anil
 from .algorithms import daml as daml
 from .algorithms import fomaml as fomaml
+from .algorithms import imaml as imaml
 from .algorithms import maml as maml
 from .algorithms import meta_sgd as meta_sgd
 from .algorithms import reptile as reptile
@@ -48,6 +49,7 @@ __all__ = [
     "eval_mode",
     "evaluate",
     "fomaml",
+    "imaml",
     "init_state",
     "inner_loop",
     "load",

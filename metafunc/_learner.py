@@ -6,9 +6,10 @@ from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import torch
+from torch._higher_order_ops.scan import scan
 from torch.func import grad, vmap
 
-from . import _checks
+from . import _checks, _tree
 from ._types import Tasks
 
 Metrics = dict[str, torch.Tensor]
@@ -70,6 +71,59 @@ def exact(per_task: PerTask) -> MetaGrad:
     return grad(objective, has_aux=True)
 
 
+def chunked(meta_grad: MetaGrad, size: int | None) -> MetaGrad:
+    """``meta_grad`` over a meta-batch ``size`` tasks at a time, averaged over the tasks.
+
+    Each chunk's meta-gradient is computed, its intermediates freed, and added to the total
+    before the next chunk starts, so memory is bounded by one chunk whatever the meta-batch.
+    (``vmap``'s own ``chunk_size`` would not bound it under an outer ``grad``: the backward pass
+    starts after every chunk's forward pass.) Compiled, the full chunks are one ``scan``
+    (``torch._higher_order_ops``), which the compiler keeps as a loop: the graph holds one
+    chunk's computation however many chunks there are (a last, smaller chunk is a second
+    copy). Eager, a Python loop does the same arithmetic.
+    """
+    if size is None:
+        return meta_grad
+
+    def run(meta: Any, tasks: Tasks) -> tuple[Any, Metrics]:
+        n = _tree.leaves(tasks)[0].shape[0]
+        if n <= size:
+            return meta_grad(meta, tasks)
+        full, rest = divmod(n, size)
+        weight = size / n  # each chunk's meta-gradient is a mean over its tasks
+
+        def add(total: Any, chunk: Tasks) -> tuple[Any, Metrics]:
+            grads, metrics = meta_grad(meta, chunk)
+            return _tree.map(lambda t, g: t + weight * g, total, grads), metrics
+
+        zeros = _tree.zeros_like(meta)
+        if torch.compiler.is_compiling():
+            # contiguous: scan traces its body for contiguous slices (a strided task tensor,
+            # e.g. a sampler's slice, then fails a view inside the body)
+            stacked = _tree.map(
+                lambda t: t[: full * size].reshape(full, size, *t.shape[1:]).contiguous(), tasks
+            )
+            total, per_chunk = scan(add, zeros, stacked)
+        else:
+            total, each = zeros, []
+            for i in range(full):
+                total, metrics = add(total, _slice(tasks, i * size, (i + 1) * size))
+                each.append(metrics)
+            per_chunk = {k: torch.stack([m[k] for m in each]) for k in each[0]}
+        metrics = {k: (weight * v).sum() for k, v in per_chunk.items()}
+        if rest:
+            grads, last = meta_grad(meta, _slice(tasks, full * size, n))
+            total = _tree.map(lambda t, g: t + (rest / n) * g, total, grads)
+            metrics = {k: v + (rest / n) * last[k] for k, v in metrics.items()}
+        return total, metrics
+
+    return run
+
+
+def _slice(tasks: Tasks, start: int, stop: int) -> Tasks:
+    return _tree.map(lambda t: t[start:stop], tasks)
+
+
 def build(
     name: str,
     *,
@@ -102,9 +156,10 @@ def build(
         adapted = adapt(meta, support)
         return adapted, loss(adapted, query), loss(params(meta), query)
 
+    per_task = vmap(task, in_dims=(None, 0, 0), randomness=randomness)
+    raw_grad = chunked(gradient(per_task), chunk_size)
     batched = {"chunk_size": chunk_size, "randomness": randomness}
-    per_task = vmap(task, in_dims=(None, 0, 0), **batched)
-    raw_grad = gradient(per_task)
+    scored = vmap(task, in_dims=(None, 0, 0), **batched)
     adapt_all = vmap(adapt, in_dims=(None, 0), **batched)
 
     def check_params(where: str, meta: Any, meta_name: str) -> None:
@@ -124,7 +179,7 @@ def build(
 
     def scores(meta: Any, tasks: Tasks) -> tuple[Any, torch.Tensor, torch.Tensor]:
         return eager_checked(
-            name, check, lambda: per_task(meta, tasks.support, tasks.query), meta, tasks
+            name, check, lambda: scored(meta, tasks.support, tasks.query), meta, tasks
         )
 
     def meta_loss(meta: Any, tasks: Tasks) -> torch.Tensor:

@@ -38,6 +38,7 @@ __all__ = [
     "picked",
     "picker",
     "split",
+    "split_leaves",
     "structure",
     "unflatten",
     "zeros_like",
@@ -151,8 +152,21 @@ def split(
     order in ``tree_leaves``)."""
     with_path, spec = torch_pytree.tree_flatten_with_path(tree)
     flags = [pick(_dotted(path)) for path, _ in with_path]
-    values = [leaf for _, leaf in with_path]
+    return _split([leaf for _, leaf in with_path], flags, spec)
 
+
+def split_leaves(
+    tree: PyTree, keep: Callable[[Any], bool]
+) -> tuple[list[Any], Callable[[list[Any]], PyTree]]:
+    """``(leaves, merge)`` like :func:`split`, choosing leaves by value with ``keep`` (e.g. the
+    floating-point tensors of an optimizer state that also holds integer counters or ``None``)."""
+    values, spec = torch_pytree.tree_flatten(tree)
+    return _split(values, [keep(v) for v in values], spec)
+
+
+def _split(
+    values: list[Any], flags: list[bool], spec: torch_pytree.TreeSpec
+) -> tuple[list[Any], Callable[[list[Any]], PyTree]]:
     def merge(new: list[Any]) -> PyTree:
         it = iter(new)
         return torch_pytree.tree_unflatten(

@@ -33,3 +33,18 @@ def _fresh_dynamo():
     """Each test compiles from scratch: no cache entries or recompile counts leak between tests."""
     torch._dynamo.reset()
     yield
+
+
+def peak_bytes(fn) -> int:
+    """The most CPU memory ``fn()`` held at once above what was allocated before it, from the
+    allocator's events as torch.profiler records them (deterministic, unlike the RSS)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    events = [e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"]
+    live = peak = 0
+    for e in sorted(events, key=lambda e: e.start_ns()):
+        live += e.nbytes()
+        peak = max(peak, live)
+    return peak

@@ -2,9 +2,10 @@
 
 from .anil import anil as anil
 from .daml import daml as daml
+from .imaml import imaml as imaml
 from .maml import fomaml as fomaml
 from .maml import maml as maml
 from .meta_sgd import meta_sgd as meta_sgd
 from .reptile import reptile as reptile
 
-__all__ = ["anil", "daml", "fomaml", "maml", "meta_sgd", "reptile"]
+__all__ = ["anil", "daml", "fomaml", "imaml", "maml", "meta_sgd", "reptile"]

@@ -27,6 +27,7 @@ def anil(
     first_order: bool = False,
     chunk_size: int | None = None,
     randomness: str = "error",
+    remat: bool = False,
 ) -> Learner:
     """ANIL (Raghu et al., 2019): MAML where only the ``head`` parameters adapt.
 
@@ -40,7 +41,9 @@ def anil(
         inner_opt: any ``mf.optim`` optimizer for the inner steps instead.
         inner_steps: inner steps per task.
         first_order: detach the inner gradients.
-        chunk_size: vmap the tasks this many at a time; ``None`` for all at once.
+        chunk_size: compute the meta-gradient this many tasks at a time; ``None`` for all.
+        remat: recompute each inner step's activations in the backward pass instead of
+            keeping them (see :func:`metafunc.maml`).
         randomness: what random operations in the model (dropout) do across the tasks of a
             batch: ``"error"`` refuses them, ``"different"`` gives each task its own draws,
             ``"same"`` the same draws; a step seeds them from ``TrainState.rng`` (see
@@ -68,5 +71,6 @@ def anil(
         head,
         chunk_size,
         randomness,
+        remat,
         "head",
     )

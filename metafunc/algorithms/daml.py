@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from .. import _checks, _inner, _tree
-from .._learner import Learner, build, check_randomness
+from .._learner import Learner, build, check_randomness, exact
 from ..optim import Optimizer
 
 
@@ -34,6 +34,7 @@ def daml(
     first_order: bool = False,
     chunk_size: int | None = None,
     randomness: str = "error",
+    remat: bool = False,
 ) -> Learner:
     """Domain-adaptive meta-learning with a learned adaptation loss.
 
@@ -55,7 +56,9 @@ def daml(
         inner_opt: any ``mf.optim`` optimizer for the inner steps instead.
         inner_steps: SGD steps per task.
         first_order: must be ``False`` (φ would get no gradient).
-        chunk_size: vmap the tasks this many at a time; ``None`` for all at once.
+        chunk_size: compute the meta-gradient this many tasks at a time; ``None`` for all.
+        remat: recompute each inner step's activations in the backward pass instead of
+            keeping them (see :func:`metafunc.maml`).
         randomness: what random operations in the model (dropout) do across the tasks of a
             batch: ``"error"`` refuses them, ``"different"`` gives each task its own draws,
             ``"same"`` the same draws; a step seeds them from ``TrainState.rng`` (see
@@ -85,6 +88,7 @@ def daml(
         )
     chunk_size = _checks.chunk_size(name, chunk_size)
     randomness = check_randomness(name, randomness)
+    remat = _inner.check_remat(name, remat, randomness)
 
     def init(params: Any) -> Any:
         _inner.check_params(name, params, inner)
@@ -103,20 +107,23 @@ def daml(
         x, y = data
         return task_loss(model(params, x)[0], y)
 
-    def adapt(meta: Any, x_source: Any) -> Any:
+    def setup(meta: Any) -> tuple[Any, Callable[[Any, Any], torch.Tensor], Optimizer]:
         def inner_loss(params: Any, x: Any) -> torch.Tensor:
             return adaptation_loss(meta["loss"], *model(params, x))
 
-        opt = _inner.optimizer(inner, meta["params"])
-        return _inner.adapt(meta["params"], x_source, loss=inner_loss, steps=inner_steps, opt=opt)
+        return meta["params"], inner_loss, _inner.optimizer(inner, meta["params"])
+
+    loop = _inner.Loop(setup, inner_steps)
+    params = lambda meta: meta["params"]  # noqa: E731
 
     return build(
         name,
         init=init,
-        adapt=adapt,
+        adapt=lambda meta, x_source: _inner.run(loop, meta, x_source),
         loss=outer_loss,
-        params=lambda meta: meta["params"],
+        params=params,
         chunk_size=chunk_size,
+        gradient=_inner.remat_gradient(loop, outer_loss, params) if remat else exact,
         paired=False,
         check_meta=check_meta,
         randomness=randomness,

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from .. import _checks, _inner, _tree
-from .._learner import Learner, build, check_randomness
+from .._learner import Learner, build, check_randomness, exact
 from ..optim import Optimizer
 
 Loss = Callable[[Any, Any], torch.Tensor]
@@ -31,6 +31,7 @@ def maml(
     mask: _tree.Selector = None,
     chunk_size: int | None = None,
     randomness: str = "error",
+    remat: bool = False,
 ) -> Learner:
     """Model-Agnostic Meta-Learning (Finn et al., 2017).
 
@@ -47,7 +48,12 @@ def maml(
         mask: which parameters adapt: a name (``"4"`` picks ``"4.weight"`` and ``"4.bias"``),
             a list of names, a predicate on dotted names, or a tree of bools; ``None`` for all.
             The others are still meta-learned, through the adapted ones.
-        chunk_size: vmap the tasks this many at a time (less memory); ``None`` for all at once.
+        chunk_size: compute the meta-gradient this many tasks at a time (less memory: one
+            chunk's intermediates are alive at once; compiled, the chunks are a loop the
+            compiler keeps); ``None`` for all at once.
+        remat: rematerialise the inner steps: keep only the parameters (and inner optimizer
+            state) between steps and recompute each step's activations in the backward pass
+            (memory flat in ``inner_steps``, about one more forward pass of the inner loop).
         randomness: what random operations in the model (dropout) do across the tasks of a
             batch: ``"error"`` refuses them, ``"different"`` gives each task its own draws,
             ``"same"`` the same draws; a step seeds them from ``TrainState.rng`` (see
@@ -63,9 +69,8 @@ def maml(
     """
     first_order = _checks.boolean("maml", "first_order", first_order)
     name = "fomaml" if first_order else "maml"
-    return learner(
-        name, loss, inner_lr, inner_opt, inner_steps, first_order, mask, chunk_size, randomness
-    )
+    batching = (chunk_size, randomness, remat)
+    return learner(name, loss, inner_lr, inner_opt, inner_steps, first_order, mask, *batching)
 
 
 def fomaml(
@@ -77,15 +82,15 @@ def fomaml(
     mask: _tree.Selector = None,
     chunk_size: int | None = None,
     randomness: str = "error",
+    remat: bool = False,
 ) -> Learner:
     """First-order MAML (Finn et al., 2017, section 5.2): :func:`maml` with ``first_order=True``.
 
     The meta-gradient is the query gradient at the adapted parameters, ``∇L_q(θ')``: no
     Hessian terms, about a third less compute.
     """
-    return learner(
-        "fomaml", loss, inner_lr, inner_opt, inner_steps, True, mask, chunk_size, randomness
-    )
+    batching = (chunk_size, randomness, remat)
+    return learner("fomaml", loss, inner_lr, inner_opt, inner_steps, True, mask, *batching)
 
 
 def learner(
@@ -98,6 +103,7 @@ def learner(
     mask: _tree.Selector,
     chunk_size: int | None,
     randomness: str,
+    remat: bool,
     mask_name: str = "mask",
 ) -> Learner:
     """The MAML family's learner, named ``name`` in its messages (MAML, FO-MAML, ANIL)."""
@@ -107,6 +113,7 @@ def learner(
     first_order = _checks.boolean(name, "first_order", first_order)
     chunk_size = _checks.chunk_size(name, chunk_size)
     randomness = check_randomness(name, randomness)
+    remat = _inner.check_remat(name, remat, randomness)
     pick = _tree.picker(mask, where=name, name=mask_name)
 
     def init(params: Any) -> Any:
@@ -114,11 +121,10 @@ def learner(
         check_meta(name, "params", params)
         return _tree.copy(params)
 
-    def adapt(meta: Any, support: Any) -> Any:
-        opt = _inner.optimizer(inner, meta, pick)
-        return _inner.adapt(
-            meta, support, loss=loss, steps=inner_steps, opt=opt, first_order=first_order, pick=pick
-        )
+    def setup(meta: Any) -> tuple[Any, Loss, Optimizer]:
+        return meta, loss, _inner.optimizer(inner, meta, pick)
+
+    loop = _inner.Loop(setup, inner_steps, first_order, pick)
 
     def check_meta(where: str, meta_name: str, meta: Any) -> None:
         if mask is not None:
@@ -127,9 +133,10 @@ def learner(
     return build(
         name,
         init=init,
-        adapt=adapt,
+        adapt=lambda meta, support: _inner.run(loop, meta, support),
         loss=loss,
         chunk_size=chunk_size,
+        gradient=_inner.remat_gradient(loop, loss, lambda meta: meta) if remat else exact,
         check_meta=check_meta,
         randomness=randomness,
     )

@@ -13,7 +13,8 @@ from typing import Any
 import torch
 
 from .. import _checks, _inner, _tree
-from .._learner import Learner, build, check_randomness
+from .._learner import Learner, build, check_randomness, exact
+from ..optim import Optimizer
 from .maml import Loss
 
 
@@ -25,6 +26,7 @@ def meta_sgd(
     first_order: bool = False,
     chunk_size: int | None = None,
     randomness: str = "error",
+    remat: bool = False,
 ) -> Learner:
     """Meta-SGD (Li et al., 2017): MAML with a learned learning rate per parameter entry.
 
@@ -36,7 +38,9 @@ def meta_sgd(
         inner_steps: SGD steps per task (the paper uses one).
         first_order: detach the inner gradients; the rates still get the gradient
             ``−∇L_support(θ) ⊙ ∇L_query(θ')`` since they multiply the detached gradient.
-        chunk_size: vmap the tasks this many at a time; ``None`` for all at once.
+        chunk_size: compute the meta-gradient this many tasks at a time; ``None`` for all.
+        remat: recompute each inner step's activations in the backward pass instead of
+            keeping them (see :func:`metafunc.maml`).
         randomness: what random operations in the model (dropout) do across the tasks of a
             batch: ``"error"`` refuses them, ``"different"`` gives each task its own draws,
             ``"same"`` the same draws; a step seeds them from ``TrainState.rng`` (see
@@ -56,6 +60,7 @@ def meta_sgd(
     first_order = _checks.boolean(name, "first_order", first_order)
     chunk_size = _checks.chunk_size(name, chunk_size)
     randomness = check_randomness(name, randomness)
+    remat = _inner.check_remat(name, remat, randomness)
 
     def init(params: Any) -> Any:
         _inner.check_params(name, params, inner_lr)
@@ -65,11 +70,11 @@ def meta_sgd(
             lr = _tree.map(lambda r, p: r.expand_as(p).clone(), inner_lr, params)
         return {"params": _tree.copy(params), "lr": lr}
 
-    def adapt(meta: Any, support: Any) -> Any:
-        opt = _inner.optimizer(meta["lr"], meta["params"])
-        return _inner.adapt(
-            meta["params"], support, loss=loss, steps=inner_steps, opt=opt, first_order=first_order
-        )
+    def setup(meta: Any) -> tuple[Any, Loss, Optimizer]:
+        return meta["params"], loss, _inner.optimizer(meta["lr"], meta["params"])
+
+    loop = _inner.Loop(setup, inner_steps, first_order)
+    params = lambda meta: meta["params"]  # noqa: E731
 
     def check_meta(where: str, meta_name: str, meta: Any) -> None:
         _checks.keyed(where, meta_name, meta, ("params", "lr"), "from meta_sgd(...).init")
@@ -84,10 +89,11 @@ def meta_sgd(
     return build(
         name,
         init=init,
-        adapt=adapt,
+        adapt=lambda meta, support: _inner.run(loop, meta, support),
         loss=loss,
-        params=lambda meta: meta["params"],
+        params=params,
         chunk_size=chunk_size,
+        gradient=_inner.remat_gradient(loop, loss, params) if remat else exact,
         check_meta=check_meta,
         randomness=randomness,
     )

@@ -37,7 +37,7 @@ def reptile(
         inner_opt: any ``mf.optim`` optimizer for the inner steps instead (the paper uses Adam).
         inner_steps: inner steps per task; with one SGD step the pseudo-gradient is
             ``inner_lr · ∇L_support(θ0)``, i.e. plain multi-task training.
-        chunk_size: vmap the tasks this many at a time; ``None`` for all at once.
+        chunk_size: compute the pseudo-gradient this many tasks at a time; ``None`` for all.
         randomness: what random operations in the model (dropout) do across the tasks of a
             batch: ``"error"`` refuses them, ``"different"`` gives each task its own draws,
             ``"same"`` the same draws; a step seeds them from ``TrainState.rng`` (see

@@ -15,6 +15,7 @@ _SUPERVISED: dict[str, Callable[..., mf.Learner]] = {
     "reptile": lambda loss, head, **inner: mf.reptile(loss, **inner),
     "meta-sgd": lambda loss, head, **inner: mf.meta_sgd(loss, **inner),
     "anil": lambda loss, head, **inner: mf.anil(loss, head=head, **inner),
+    "imaml": lambda loss, head, **inner: mf.imaml(loss, **inner),
 }
 ALGORITHMS = (*_SUPERVISED, "daml")
 
