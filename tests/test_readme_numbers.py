@@ -120,31 +120,46 @@ def test_the_throughput_is_benchmarks_results_distributed_cpu():
     quoted("median " + " and ".join(text))
 
 
-def test_the_benchmark_numbers_are_benchmarks_results_bench_cpu_baseline():
-    b = results("benchmarks/results/bench-cpu-baseline.json")
-    five = {r["impl"]: r["median_ms"] for r in b["workloads"]["sine-5step"]["rows"]}
-    one = {r["impl"]: r["median_ms"] for r in b["workloads"]["sine-1step"]["rows"]}
+def test_the_benchmark_numbers_are_benchmarks_results_bench_cpu():
+    """``python -m benchmarks ... --name bench-cpu`` (the command in bench-cpu.md) wrote them."""
+    b = results("benchmarks/results/bench-cpu.json")
+    text = " ".join(README[README.index("## Benchmarks") :].split())  # line breaks aside
+
+    def rows(workload: str) -> dict[str, float]:
+        return {r["impl"]: r["median_ms"] for r in b["workloads"][workload]["rows"]}
+
+    def sweep(name: str, value: int) -> dict[str, float]:
+        point = next(p for p in b["sweeps"][name]["points"] if p["value"] == value)
+        return {r["impl"]: r["median_ms"] for r in point["rows"]}
+
+    def says(phrase: str) -> None:
+        assert phrase in text, f"the README's Benchmarks section does not say {phrase!r}"
+
+    mf, tf, jx = "metafunc compiled", "torch.func compiled", "jax jit"
+    five, one, fo = rows("sine-5step"), rows("sine-1step"), rows("sine-5step-fo")
+    one_task, many, wide = sweep("meta_batch", 1), sweep("meta_batch", 1024), sweep("hidden", 320)
+    says(
+        f"compiled metafunc {ms(five[mf])} ms per step, {five['blog loop'] / five[mf]:.0f}× "
+        f"faster than the blog loop ({ms(five['blog loop'])} ms) and faster than `jax.jit` "
+        f"({ms(five[jx])} ms)"
+    )
+    assert five[mf] < five[jx]
+    says(f"compiled takes {ms(five[tf])} ms")
+    says(
+        f"With one inner step: {ms(one[mf])} ms against JAX's {ms(one[jx])} ms (by hand {ms(one[tf])} ms)"
+    )
+    says(f"first order: {ms(fo[mf])} ms against {ms(fo[jx])} ms")
+    says(f"At 1024 tasks metafunc takes {ms(many[mf])} ms against JAX's {ms(many[jx])} ms")
+    says(f"JAX is faster with a single task ({ms(one_task[jx])} against {ms(one_task[mf])} ms)")
+    says(f"at width 320 ({ms(wide[jx])} against {ms(wide[mf])} ms)")
+    assert one_task[jx] < one_task[mf] and wide[jx] < wide[mf] and many[mf] < many[jx]
     first = b["workloads"]["sine-5step"]["first_calls"]
-    speedup = five["blog loop"] / five["metafunc compiled"]
-    quoted(
-        f"compiled metafunc {ms(five['metafunc compiled'])} ms per step, {speedup:.0f}×\nfaster "
-        f"than the blog loop ({ms(five['blog loop'])} ms)"
-    )
-    quoted(
-        f"`jax.jit` {ms(five['jax jit'])} ms and the same step hand-written with `torch.func` and "
-        f"compiled {ms(five['torch.func compiled'])} ms"
-    )
-    quoted(
-        f"with one inner step {ms(one['metafunc compiled'])} ms against\nJAX's "
-        f"{ms(one['jax jit'])} ms"
-    )
-    mf_first, jax_first = first["metafunc compiled"], first["jax jit"]
-    quoted(
-        f"{mf_first['cold_s']:.0f} s cold and {mf_first['warm_s']:.0f} s from the cache in a "
-        f"fresh\nprocess (JAX: {jax_first['cold_s']:.0f} s)"
+    says(
+        f"{first[mf]['cold_s']:.0f} s cold and {first[mf]['warm_s']:.0f} s from the cache in a "
+        f"fresh process (JAX: {first[jx]['cold_s']:.0f} s)"
     )
     load = b["environment"]["load_average"][0], b["environment"]["load_average_end"][0]
-    quoted(f"load average {load[0]:.1f} at the start and {load[1]:.1f} at the end")
+    says(f"load average {load[0]:.1f} at the start and {load[1]:.1f} at the end")
 
 
 def test_the_guard_cost_is_quoted_only_from_its_result_file():
