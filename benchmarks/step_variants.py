@@ -3,7 +3,8 @@
     python -m benchmarks.step_variants            # prints a table, writes results/step-variants-cpu.json
 
 Every variant is the same MAML step (``mf.make_step`` on the benchmark's workload and batch,
-Adam) compiled a different way, in **one** process (one framework: torch), timed in blocks
+Adam) compiled a different way (the default: C++ wrapper, Dynamo's identity checks of torch's
+and metafunc's own objects skipped; then each change taken back in turn), in **one** process (one framework: torch), timed in blocks
 interleaved round-robin so that the machine's load falls on all of them alike. Each block
 records the thread's CPU time per step (``time.thread_time``: one thread, so the step's own
 work, not the time spent waiting for a core on a shared machine) and the wall time.
@@ -33,11 +34,13 @@ RESULTS = Path(__file__).parent / "results"
 
 # name -> make_step options (None: the hand-written torch.func step of impls_torch)
 VARIANTS: dict[str, dict[str, Any] | None] = {
-    "metafunc (C++ wrapper, the default)": {},
-    "metafunc with the Python wrapper": {"cpp_wrapper": False},
-    "metafunc, tensor guards only (unsafe)": {
-        "guard_filter_fn": torch.compiler.keep_tensor_guards_unsafe
+    "metafunc (the default)": {},
+    "every guard evaluated": {"guard_filter_fn": lambda entries: [True] * len(entries)},
+    "every guard, Python wrapper": {
+        "guard_filter_fn": lambda entries: [True] * len(entries),
+        "cpp_wrapper": False,
     },
+    "tensor guards only (unsafe)": {"guard_filter_fn": torch.compiler.keep_tensor_guards_unsafe},
     "torch.func by hand": None,
 }
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from . import _checks, _tree
+from . import _checks, _guards, _tree
 from . import distributed as _dist
 from ._learner import Learner, Metrics
 from ._types import Tasks, TrainState
@@ -237,20 +237,18 @@ def _compile(
     small steps up to a third of their time (``python -m benchmarks.step_variants``). A step
     with random operations uses torch's own random kernels (``fallback_random``): Inductor's
     draw other numbers than the eager step does. ``given`` (the caller's options) wins."""
-    options: dict[str, Any] = {}
+    # identity checks of torch's and metafunc's own modules and functions are not repeated
+    # on every call (metafunc/_guards.py); everything user code can change stays guarded
+    options: dict[str, Any] = {"guard_filter_fn": _guards.keep}
     if backend == "inductor":
-        if mode is not None:
-            options = dict(torch._inductor.list_mode_options(mode))
         if random:
             options["fallback_random"] = True
         if device == "cpu":
             options["cpp_wrapper"] = True
     options.update(given)
-    if options:  # torch.compile takes a mode or options, not both
-        mode = None
-    return torch.compile(
-        step, fullgraph=True, dynamic=False, mode=mode, backend=backend, options=options or None
-    )
+    if mode is not None and backend == "inductor":
+        options = {**torch._inductor.list_mode_options(mode), **options}
+    return torch.compile(step, fullgraph=True, dynamic=False, backend=backend, options=options)
 
 
 @contextmanager

@@ -1,0 +1,100 @@
+"""The compiled step skips only Dynamo's identity checks of torch's and metafunc's own objects:
+whatever user code can change between two steps still makes it recompile."""
+
+import torch
+from conftest import sine_tasks
+from torch import nn
+from torch._dynamo.types import GuardFilterEntry
+
+import metafunc as mf
+from metafunc import _guards
+
+ACT = torch.relu  # a global the loss below reads; a test rebinds it
+
+
+def _net():
+    return nn.Sequential(nn.Linear(1, 4), nn.Tanh(), nn.Linear(4, 1)).double()
+
+
+def _steps(fn):
+    learner = mf.maml(mf.supervised(fn, mf.losses.mse), inner_lr=0.1)
+    opt = mf.optim.sgd(0.1)
+    compiled = mf.make_step(learner, opt, backend="aot_eager")
+    eager = mf.make_step(learner, opt, compile=False)
+    return learner, opt, compiled, eager
+
+
+def _same(a, b):
+    for x, y in zip(mf._tree.leaves(a), mf._tree.leaves(b), strict=True):
+        torch.testing.assert_close(x, y, rtol=1e-12, atol=1e-14)
+
+
+def test_a_global_the_loss_reads_rebound_between_steps_recompiles():
+    global ACT
+    fn, params = mf.pure(_net())
+    learner, opt, compiled, eager = _steps(lambda p, x: ACT(fn(p, x)))
+    state, tasks = mf.init_state(learner, opt, params), sine_tasks(n=2)
+    graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+    try:
+        _same(compiled(state, tasks), eager(state, tasks))
+        ACT = torch.tanh  # relu and tanh differ on the negative outputs of the net
+        _same(compiled(state, tasks), eager(state, tasks))
+    finally:
+        ACT = torch.relu
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] - graphs == 2
+
+
+class _Doubles(nn.Module):
+    """Doubles its input in training mode only."""
+
+    def forward(self, x):
+        return x * 2 if self.training else x
+
+
+def test_a_model_switched_to_eval_mode_recompiles():
+    # the user's own functional model around a module they keep (mf.pure holds a private copy)
+    net = nn.Sequential(nn.Linear(1, 4), _Doubles(), nn.Linear(4, 1)).double()
+    params = {k: v.detach().clone() for k, v in net.named_parameters()}
+    learner, opt, compiled, eager = _steps(lambda p, x: torch.func.functional_call(net, p, (x,)))
+    state, tasks = mf.init_state(learner, opt, params), sine_tasks(n=2)
+    trained = compiled(state, tasks)
+    _same(trained, eager(state, tasks))
+    net.eval()
+    evaluated = compiled(state, tasks)
+    _same(evaluated, eager(state, tasks))
+    assert not torch.equal(trained[1]["loss"], evaluated[1]["loss"])
+
+
+def _entry(name, value, guard_type="ID_MATCH"):
+    return GuardFilterEntry(
+        name=name,
+        has_value=True,
+        value=value,
+        guard_type=guard_type,
+        derived_guard_types=(),
+        is_global=name.startswith("G["),
+        orig_guard=None,
+    )
+
+
+def test_keep_drops_identity_checks_of_library_objects_only():
+    dropped = [
+        _entry("G['__import_torch'].relu", torch.relu, "BUILTIN_MATCH"),
+        _entry("G['__import_torch_dot_nn_dot_functional']", torch.nn.functional, "MODULE_MATCH"),
+        _entry("G['__builtins_dict___0']['len']", len, "BUILTIN_MATCH"),
+        _entry("G['TrainState']", mf.TrainState, "CLASS_MATCH"),
+        _entry("G['apply_updates'].__code__", mf.optim.apply_updates.__code__),
+    ]
+    kept = [
+        # a user module's global, even when it holds torch's function
+        _entry("G['__import___main__'].act", torch.relu, "BUILTIN_MATCH"),
+        _entry("G['__import_mypackage_dot_losses'].helper", torch.tanh, "BUILTIN_MATCH"),
+        # reached through the step's closures (the learner, the user's loss and model)
+        _entry("L['learner'].meta_grad.__closure__[0].cell_contents", torch.relu),
+        # not an identity check, or not a library object
+        _entry("G['__import_torch'].relu", torch.relu, "TENSOR_MATCH"),
+        _entry("G['__import_torch'].pi", 3.14, "EQUALS_MATCH"),
+        _entry("G['__import_torch'].thing", _Doubles, "CLASS_MATCH"),
+    ]
+    assert _guards.keep(dropped) == [False] * len(dropped)
+    assert _guards.keep(kept) == [True] * len(kept)
