@@ -2,13 +2,14 @@
 
 Before each call of a compiled function Dynamo checks its guards: the inputs' shapes, dtypes,
 strides and aliasing, the global state (grad mode, autocast), and the identity of every
-module, function and class the traced code looked up. For the step that is several hundred
-checks, a seventh of a small step's time. :func:`keep` drops only identity checks of objects
-that no run changes: modules, builtins, and functions, classes and code objects of torch,
-optree, the standard library and metafunc itself, looked up through those modules (or the
-step module's own globals). Everything reached through user code — a user module's globals,
-closures, the model's attributes and hooks — stays guarded, so rebinding a global the loss
-reads, or switching the model to eval mode, still recompiles as it would without the filter.
+module, function and class the traced code looked up. For the step that is about a thousand
+checks, up to a tenth of a small step's time (``python -m benchmarks.step_variants``).
+:func:`keep` drops only identity checks of objects that no run changes: modules, builtins,
+and functions, classes and code objects of torch, optree, the standard library and metafunc
+itself, looked up through those modules (or the step module's own globals). Everything
+reached through user code (a user module's globals, closures, the model's attributes and
+hooks) stays guarded, so rebinding a global the loss reads, or switching the model to eval
+mode, still recompiles as it would without the filter.
 """
 
 from __future__ import annotations
