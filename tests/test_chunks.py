@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 from conftest import peak_bytes, sine_tasks, tanh_net
-from test_maml_reference import assert_trees_close
+from test_maml_reference import assert_compiled_step_equals_eager, assert_trees_close
 from test_stochastic import assert_equal_states, dropout_net
 from torch._dynamo.testing import CompileCounterWithBackend
 
@@ -38,18 +38,7 @@ def test_chunked_meta_gradient_equals_the_whole_batch(name, size):
 @pytest.mark.parametrize("name", ["maml", "imaml"])
 def test_compiled_chunked_step_equals_eager_with_one_graph(name):
     learner = LEARNERS[name](chunk_size=2)
-    opt = mf.optim.adam(1e-2)
-    eager = mf.make_step(learner, opt, compile=False)
-    counter = CompileCounterWithBackend("aot_eager")
-    compiled = mf.make_step(learner, opt, backend=counter)
-    s_eager = s_comp = mf.init_state(learner, opt, PARAMS)
-    for seed in range(2):
-        tasks = sine_tasks(n=5, seed=seed)
-        s_eager, m_eager = eager(s_eager, tasks)
-        s_comp, m_comp = compiled(s_comp, tasks)
-        assert_trees_close(s_comp, s_eager, rtol=1e-12, atol=1e-14)
-        assert_trees_close(m_comp, m_eager, rtol=1e-12, atol=1e-14)
-    assert counter.frame_count == 1
+    assert_compiled_step_equals_eager(learner, PARAMS, tasks=5)
 
 
 def test_compiled_chunks_are_a_loop_not_one_copy_per_chunk():

@@ -12,8 +12,7 @@ import pytest
 import torch
 from conftest import peak_bytes, sine_tasks, tanh_net
 from test_algorithms import linear_net, linear_tasks
-from test_maml_reference import assert_trees_close
-from torch._dynamo.testing import CompileCounterWithBackend
+from test_maml_reference import assert_compiled_step_equals_eager, assert_trees_close
 from torch.func import grad, jacrev
 
 import metafunc as mf
@@ -115,18 +114,7 @@ def test_compiled_imaml_step_equals_eager_with_one_graph():
     learner = mf.imaml(
         mf.supervised(fn, mf.losses.mse), inner_lr=0.05, inner_steps=3, reg=1.0, cg_steps=3
     )
-    opt = mf.optim.adam(1e-2)
-    eager = mf.make_step(learner, opt, compile=False)
-    counter = CompileCounterWithBackend("aot_eager")
-    compiled = mf.make_step(learner, opt, backend=counter)
-    s_eager = s_comp = mf.init_state(learner, opt, params)
-    for seed in range(2):
-        tasks = sine_tasks(n=2, seed=seed)
-        s_eager, m_eager = eager(s_eager, tasks)
-        s_comp, m_comp = compiled(s_comp, tasks)
-        assert_trees_close(s_comp, s_eager, rtol=1e-12, atol=1e-14)
-        assert_trees_close(m_comp, m_eager, rtol=1e-12, atol=1e-14)
-    assert counter.frame_count == 1
+    assert_compiled_step_equals_eager(learner, params, tasks=2)
 
 
 @pytest.mark.parametrize(

@@ -10,8 +10,7 @@ import torch
 import torch.nn.functional as F
 from conftest import peak_bytes, sine_tasks, tanh_net
 from test_algorithms import daml_setup
-from test_maml_reference import assert_trees_close
-from torch._dynamo.testing import CompileCounterWithBackend
+from test_maml_reference import assert_compiled_step_equals_eager
 
 import metafunc as mf
 from metafunc import _tree
@@ -83,18 +82,7 @@ def test_remat_is_not_first_order():
 @pytest.mark.parametrize("name", ["maml-adam", "meta_sgd"])
 def test_compiled_remat_step_equals_eager_with_one_graph(name):
     _, learner, params, _ = _pairs()[name]
-    opt = mf.optim.adam(1e-2)
-    eager = mf.make_step(learner, opt, compile=False)
-    counter = CompileCounterWithBackend("aot_eager")
-    compiled = mf.make_step(learner, opt, backend=counter)
-    s_eager = s_comp = mf.init_state(learner, opt, params)
-    for seed in range(2):
-        tasks = sine_tasks(n=2, seed=seed)
-        s_eager, m_eager = eager(s_eager, tasks)
-        s_comp, m_comp = compiled(s_comp, tasks)
-        assert_trees_close(s_comp, s_eager, rtol=1e-12, atol=1e-14)
-        assert_trees_close(m_comp, m_eager, rtol=1e-12, atol=1e-14)
-    assert counter.frame_count == 1
+    assert_compiled_step_equals_eager(learner, params, tasks=2)
 
 
 def test_remat_memory_does_not_grow_with_the_inner_steps():
