@@ -37,12 +37,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
+
+if __package__ in (None, ""):  # run as a file (python benchmarks/memory.py): import the package
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import metafunc as mf
+from benchmarks import data, impls_torch, worker
+from benchmarks.workloads import OUTER_LR, WAYS, Workload
 
-OUTER_LR = 1e-3
-WAYS, SHOTS, QUERIES = 5, 1, 15
 STEPS_SWEEP = [5, 10, 20, 40, 100]
 COMPILED_STEPS_SWEEP = [5, 20]  # every inner step is traced: compile time grows with them
 CHUNKS = [None, 1, 4, 8]
@@ -52,14 +54,10 @@ CHUNKS = [None, 1, 4, 8]
 
 
 def conv_setup(tasks: int, channels: int) -> tuple[torch.nn.Module, mf.Tasks]:
-    """The few-shot conv workload: weights and a batch of random 28x28 images from fixed seeds."""
+    """The few-shot conv workload: the conv net with its own initialisation from a fixed seed,
+    and the benchmark harness's batch of random 28x28 images."""
     net = mf.models.conv_net(WAYS, channels=channels, generator=torch.Generator().manual_seed(0))
-    g = torch.Generator().manual_seed(1)
-    n = WAYS * (SHOTS + QUERIES)
-    images = torch.randn(tasks, n, 1, 28, 28, generator=g)
-    labels = torch.arange(WAYS).repeat(SHOTS + QUERIES).expand(tasks, n).contiguous()
-    k = WAYS * SHOTS
-    return net, mf.Tasks((images[:, :k], labels[:, :k]), (images[:, k:], labels[:, k:]))
+    return net, data.make_batch(Workload("conv", "conv", tasks, inner_steps=1, hidden=channels))
 
 
 # the inner-steps sweep: the conv net at a size where 100 steps fit a shared CPU
@@ -94,102 +92,29 @@ def metafunc_step(net, tasks, cfg):
     return run, first_moment
 
 
-def blog_loop(net, tasks, cfg):
-    """The blog's step: a Python loop over tasks with autograd.grad(create_graph=True), the
-    summed query losses differentiated once, torch.optim.Adam."""
-    net = copy.deepcopy(net)
-    names, params = [n for n, _ in net.named_parameters()], list(net.parameters())
-    opt = torch.optim.Adam(params, lr=OUTER_LR)
-    (xs, ys), (xq, yq) = tasks.support, tasks.query
+def _harness(factory):
+    """A loop of the benchmark harness (benchmarks/impls_torch.py) on this workload."""
 
-    def forward(weights, x):
-        return torch.func.functional_call(net, dict(zip(names, weights, strict=True)), (x,))
+    def make(net, tasks, cfg):
+        w = Workload(
+            "conv",
+            "conv",
+            tasks=cfg["tasks"],
+            inner_steps=cfg["inner_steps"],
+            hidden=cfg["channels"],
+            inner_lr=cfg["inner_lr"],
+        )
+        impl = factory(w, copy.deepcopy(net), tasks, torch.device("cpu"))
+        return impl.step, lambda: {k: torch.from_numpy(v) for k, v in impl.first_moment().items()}
 
-    def run() -> None:
-        opt.zero_grad()
-        total = 0.0
-        for i in range(xs.shape[0]):
-            fast = params
-            for _ in range(cfg["inner_steps"]):
-                loss = F.cross_entropy(forward(fast, xs[i]), ys[i])
-                grads = torch.autograd.grad(loss, fast, create_graph=True)
-                fast = [p - cfg["inner_lr"] * g for p, g in zip(fast, grads, strict=True)]
-            total = total + F.cross_entropy(forward(fast, xq[i]), yq[i])
-        (total / xs.shape[0]).backward()
-        opt.step()
-
-    def first_moment():
-        return {n: opt.state[p]["exp_avg"].double() for n, p in zip(names, params, strict=True)}
-
-    return run, first_moment
-
-
-def higher_loop(net, tasks, cfg):
-    """higher's MAML recipe: innerloop_ctx per task, a backward pass per task."""
-    import higher
-
-    net = copy.deepcopy(net)
-    names, params = [n for n, _ in net.named_parameters()], list(net.parameters())
-    opt = torch.optim.Adam(params, lr=OUTER_LR)
-    inner = torch.optim.SGD(params, lr=cfg["inner_lr"])
-    (xs, ys), (xq, yq) = tasks.support, tasks.query
-
-    def run() -> None:
-        opt.zero_grad()
-        for i in range(xs.shape[0]):
-            with higher.innerloop_ctx(net, inner, copy_initial_weights=False) as (fnet, diffopt):
-                for _ in range(cfg["inner_steps"]):
-                    diffopt.step(F.cross_entropy(fnet(xs[i]), ys[i]))
-                (F.cross_entropy(fnet(xq[i]), yq[i]) / xs.shape[0]).backward()
-        opt.step()
-
-    def first_moment():
-        return {n: opt.state[p]["exp_avg"].double() for n, p in zip(names, params, strict=True)}
-
-    return run, first_moment
-
-
-def torchopt_loop(net, tasks, cfg):
-    """TorchOpt's functional API: a loop over tasks, differentiable torchopt.sgd inner updates,
-    the summed query losses differentiated once, functional torchopt.adam."""
-    import torchopt
-
-    fn, params = mf.pure(copy.deepcopy(net))
-    params = {k: v.requires_grad_() for k, v in params.items()}
-    outer, inner = torchopt.adam(OUTER_LR), torchopt.sgd(cfg["inner_lr"])
-    held = [params, outer.init(params)]
-    (xs, ys), (xq, yq) = tasks.support, tasks.query
-
-    def run() -> None:
-        params, state = held
-        total = 0.0
-        for i in range(xs.shape[0]):
-            fast, inner_state = params, inner.init(params)
-            for _ in range(cfg["inner_steps"]):
-                loss = F.cross_entropy(fn(fast, xs[i]), ys[i])
-                grads = torch.autograd.grad(loss, tuple(fast.values()), create_graph=True)
-                updates, inner_state = inner.update(
-                    dict(zip(fast, grads, strict=True)), inner_state, inplace=False
-                )
-                fast = torchopt.apply_updates(fast, updates, inplace=False)
-            total = total + F.cross_entropy(fn(fast, xq[i]), yq[i])
-        grads = torch.autograd.grad(total / xs.shape[0], tuple(params.values()))
-        updates, state = outer.update(dict(zip(params, grads, strict=True)), state, inplace=False)
-        new = torchopt.apply_updates(params, updates, inplace=False)
-        held[:] = [{k: v.detach().requires_grad_() for k, v in new.items()}, state]
-
-    def first_moment():
-        (adam,) = [s for s in held[1] if hasattr(s, "mu")]
-        return {k: v.double() for k, v in zip(sorted(held[0]), adam.mu, strict=True)}
-
-    return run, first_moment
+    return make
 
 
 IMPLS = {
     "metafunc": metafunc_step,
-    "blog loop": blog_loop,
-    "higher": higher_loop,
-    "torchopt": torchopt_loop,
+    "blog loop": _harness(impls_torch.blog_loop),
+    "higher": _harness(impls_torch.higher_loop),
+    "torchopt": _harness(impls_torch.torchopt_loop),
 }
 
 
@@ -197,10 +122,11 @@ IMPLS = {
 
 
 def _status(field: str) -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError(f"no {field} in /proc/self/status")
+    """A ``/proc/self/status`` size in MB."""
+    kib = worker.status_field(field)
+    if kib is None:
+        raise RuntimeError(f"no {field} in /proc/self/status")
+    return kib / 1024
 
 
 def _load() -> float:
