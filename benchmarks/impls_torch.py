@@ -85,9 +85,11 @@ def metafunc_step(
     compile: bool,
     mode: str | None = None,
     backend: str | None = None,
+    options: dict[str, Any] | None = None,
 ) -> Impl:
     """``mf.make_step`` (vmap over tasks, grad of grad, ``mf.optim.adam``), eager or compiled
-    (``backend`` only where a run asks for another than torch's default)."""
+    (``backend`` only where a run asks for another than torch's default; ``options`` are
+    ``make_step``'s ``torch.compile`` options)."""
     fn, params = mf.pure(net)
     loss = mf.supervised(fn, mf.losses.mse if w.kind == "sinusoid" else mf.losses.cross_entropy)
     learner = mf.maml(
@@ -95,9 +97,9 @@ def metafunc_step(
     )
     opt = mf.optim.adam(OUTER_LR)
     held = [mf.init_state(learner, opt, params)]
-    options: dict[str, Any] = {} if backend is None else {"backend": backend}
+    chosen: dict[str, Any] = {} if backend is None else {"backend": backend}
     # with CUDA graphs (reduce-overhead) make_step marks each step and copies what it returns
-    step_fn = mf.make_step(learner, opt, compile=compile, mode=mode, **options)
+    step_fn = mf.make_step(learner, opt, compile=compile, mode=mode, options=options, **chosen)
 
     def step() -> None:
         held[0], _ = step_fn(held[0], tasks)

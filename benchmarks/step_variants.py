@@ -24,11 +24,9 @@ from typing import Any
 
 import torch
 
-import metafunc as mf
-
 from . import impls_torch
 from .data import make_batch, make_net
-from .workloads import OUTER_LR, WORKLOADS, Workload, sweep_point
+from .workloads import WORKLOADS, Workload, sweep_point
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -45,31 +43,16 @@ VARIANTS: dict[str, dict[str, Any] | None] = {
 }
 
 
-def _metafunc(w: Workload, options: dict[str, Any]) -> Callable[[], None]:
-    fn, params = mf.pure(make_net(w))
-    learner = mf.maml(
-        mf.supervised(fn, mf.losses.mse), inner_lr=w.inner_lr, inner_steps=w.inner_steps
-    )
-    opt = mf.optim.adam(OUTER_LR)
-    step = mf.make_step(learner, opt, options=options)
-    tasks = make_batch(w)
-    held = [mf.init_state(learner, opt, params)]
-
-    def run() -> None:
-        held[0], _ = step(held[0], tasks)
-
-    return run
-
-
 def measure(w: Workload, blocks: int, steps: int) -> dict[str, Any]:
     runs: dict[str, Callable[[], None]] = {}
     for name, options in VARIANTS.items():
+        cpu = torch.device("cpu")
         if options is None:
-            runs[name] = impls_torch.torch_func_compiled(
-                w, make_net(w), make_batch(w), torch.device("cpu")
-            ).step
+            runs[name] = impls_torch.torch_func_compiled(w, make_net(w), make_batch(w), cpu).step
         else:
-            runs[name] = _metafunc(w, options)
+            runs[name] = impls_torch.metafunc_step(
+                w, make_net(w), make_batch(w), cpu, compile=True, options=options
+            ).step
         for _ in range(10):  # compile, then settle
             runs[name]()
     cpu: dict[str, list[float]] = {k: [] for k in runs}
