@@ -6,16 +6,29 @@ compiled with ``torch.compile`` (``make_step``).
 """
 
 from . import distributed as distributed
+from . import hooks as hooks
 from . import losses as losses
 from . import models as models
 from . import optim as optim
 from . import tasks as tasks
+from ._inner import Loop as Loop
 from ._inner import inner_loop as inner_loop
+from ._learner import Batching as Batching
 from ._learner import Learner as Learner
+from ._learner import Losses as Losses
+from ._learner import exact as exact
 from ._model import eval_mode as eval_mode
 from ._model import pure as pure
+from ._tree import combine as combine
+from ._tree import partition as partition
+from ._types import Metrics as Metrics
+from ._types import Step as Step
 from ._types import Tasks as Tasks
 from ._types import TrainState as TrainState
+from ._wrappers import chunked as chunked
+from ._wrappers import first_order as first_order
+from ._wrappers import remat as remat
+from ._wrappers import stochastic as stochastic
 from .algorithms import anil as anil
 from .algorithms import daml as daml
 from .algorithms import fomaml as fomaml
@@ -29,26 +42,41 @@ from .evaluation import Evaluation as Evaluation
 from .evaluation import Score as Score
 from .evaluation import evaluate as evaluate
 from .losses import supervised as supervised
+from .step import compiled as compiled
 from .step import init_state as init_state
 from .step import make_step as make_step
+from .step import outer_step as outer_step
+from .step import seeded as seeded
+from .step import validated as validated
 from .train import Log as Log
 from .train import train as train
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "Batching",
     "Evaluation",
     "Learner",
     "Log",
+    "Loop",
+    "Losses",
+    "Metrics",
     "Score",
+    "Step",
     "Tasks",
     "TrainState",
     "anil",
+    "chunked",
+    "combine",
+    "compiled",
     "daml",
     "distributed",
     "eval_mode",
     "evaluate",
+    "exact",
+    "first_order",
     "fomaml",
+    "hooks",
     "imaml",
     "init_state",
     "inner_loop",
@@ -59,10 +87,16 @@ __all__ = [
     "meta_sgd",
     "models",
     "optim",
+    "outer_step",
+    "partition",
     "pure",
+    "remat",
     "reptile",
     "save",
+    "seeded",
+    "stochastic",
     "supervised",
     "tasks",
     "train",
+    "validated",
 ]

@@ -64,15 +64,42 @@ def function(where: str, name: str, value: Any, usage: str) -> Any:
     return value
 
 
-def chunk_size(where: str, value: Any) -> int | None:
-    """``None`` or an integer >= 1 (vmap's ``chunk_size``)."""
-    return None if value is None else integer(where, "chunk_size", value, minimum=1)
+# Each inner step is unrolled into the compiled graph and keeps its activations for the
+# meta-gradient: beyond this a first call would run for hours instead of failing.
+MAX_STEPS = 10_000
+
+
+def steps(where: str, name: str, value: Any, *, minimum: int = 0) -> int:
+    """A count of inner steps: an integer in [minimum, MAX_STEPS]."""
+    value = integer(where, name, value, minimum=minimum)
+    if value > MAX_STEPS:
+        raise ValueError(
+            f"{where}: {name} must be at most {MAX_STEPS} (got {value}): every step is "
+            "differentiated through and traced into the compiled step, so a first call would "
+            "run for hours; for long inner loops use mf.imaml, whose memory and graph do not "
+            "grow with the steps"
+        )
+    return value
 
 
 def learning_rate(where: str, name: str, value: Any) -> float | Any:
-    """A positive number, or a pytree of tensors (one rate per parameter leaf)."""
+    """A positive number, a positive 0-d tensor, or a pytree of tensors (one rate per
+    parameter leaf)."""
     if isinstance(value, (bool, Real)):
         return positive_number(where, name, value)
+    if isinstance(value, torch.Tensor) and value.ndim != 0:
+        raise ValueError(
+            f"{where}: {name} as a tensor must be 0-d, one rate for every parameter (a tree of "
+            f"tensors like the parameters gives each its own) (got shape {tuple(value.shape)})"
+        )
+    if isinstance(value, torch.Tensor):
+        if not value.is_floating_point():
+            raise TypeError(f"{where}: {name} must be a floating-point tensor (got {value.dtype})")
+        if not bool(torch.isfinite(value)) or not bool(value > 0):
+            raise ValueError(
+                f"{where}: {name} must be a positive finite number (got tensor {value.item()!r})"
+            )
+        return value
     tensors = _tree.leaves(value)
     if not tensors or not all(isinstance(t, torch.Tensor) for t in tensors):
         raise TypeError(
@@ -110,6 +137,25 @@ def learning_rate_like(where: str, name: str, lr: Any, params: Any, params_name:
                 f"{where}: {path} must have a shape that broadcasts to its parameter's shape "
                 f"{tuple(p.shape)} (got shape {tuple(rate.shape)})"
             )
+
+
+def scalar_rate_like(where: str, name: str, rate: torch.Tensor, params: Any) -> None:
+    """A 0-d tensor rate lives on the parameters' device."""
+    device = _tree.leaves(params)[0].device
+    if rate.device != device:
+        raise ValueError(
+            f"{where}: {name} must be on the parameters' device {device} (got {rate.device})"
+        )
+
+
+def pair(where: str, name: str, value: Any, expected: str) -> None:
+    """A pair ``(x, y)``, e.g. labeled data."""
+    if not (isinstance(value, (tuple, list)) and len(value) == 2):
+        got = f"a {type(value).__name__}" + (
+            f" of {len(value)}" if isinstance(value, (tuple, list)) else ""
+        )
+        shape = f" of shape {tuple(value.shape)}" if isinstance(value, torch.Tensor) else ""
+        raise ValueError(f"{where}: {name} must be a pair {expected} (got {got}{shape})")
 
 
 def params_tree(where: str, name: str, params: Any) -> None:

@@ -25,6 +25,7 @@ __all__ = [
     "axpy",
     "by_name",
     "check_same_structure",
+    "combine",
     "copy",
     "describe",
     "detach",
@@ -35,6 +36,7 @@ __all__ = [
     "map",
     "named_leaves",
     "names",
+    "partition",
     "picked",
     "picker",
     "split",
@@ -137,6 +139,53 @@ def picked(tree: PyTree, selector: Selector, *, where: str, name: str) -> list[s
             f"{where}: {name}={selector!r} selects no parameter; their names are {all_names}"
         )
     return chosen
+
+
+def partition(tree: PyTree, selector: Selector) -> tuple[PyTree, PyTree]:
+    """``(picked, rest)``: two trees like ``tree``, the first holding the leaves ``selector``
+    picks and ``None`` elsewhere, the second the others (equinox's ``partition``).
+
+    ``selector`` is a name or a list of names (a name picks the leaf of that name and every
+    leaf under it: ``"4"`` picks ``"4.weight"`` and ``"4.bias"``), a predicate on dotted
+    names, or a tree of bools like ``tree``; it must pick at least one leaf. :func:`combine`
+    puts them back together.
+
+    Example:
+        >>> head, body = mf.partition(params, "4")
+        >>> sorted(k for k, v in head.items() if v is not None)
+        ['4.bias', '4.weight']
+        >>> mf.combine(head, body).keys() == params.keys()
+        True
+    """
+    if selector is None:
+        raise TypeError(
+            "partition: selector must be a name, a list of names, a predicate on dotted names "
+            "or a tree of bools (got None)"
+        )
+    picked(tree, selector, where="partition", name="selector")
+    pick = picker(selector, where="partition", name="selector")
+    with_path, spec = torch_pytree.tree_flatten_with_path(tree)
+    flags = [pick(_dotted(path)) for path, _ in with_path]
+    chosen = [leaf if f else None for (_, leaf), f in zip(with_path, flags, strict=True)]
+    others = [None if f else leaf for (_, leaf), f in zip(with_path, flags, strict=True)]
+    return torch_pytree.tree_unflatten(chosen, spec), torch_pytree.tree_unflatten(others, spec)
+
+
+def combine(*trees: PyTree) -> PyTree:
+    """The trees of :func:`partition` put back together: at each leaf, the first that is not
+    ``None`` (equinox's ``combine``).
+
+    Example:
+        >>> head, body = mf.partition(params, "4")
+        >>> new = mf.combine(mf.tree_map(lambda t: t * 0, head), body)
+    """
+    if not trees:
+        raise TypeError("combine: give at least one tree (got none)")
+    return torch_pytree.tree_map(
+        lambda *xs: next((x for x in xs if x is not None), None),
+        *trees,
+        is_leaf=lambda x: x is None,
+    )
 
 
 def split(

@@ -252,7 +252,10 @@ def _flatten(state: Any, path: str | os.PathLike[str]) -> dict[str, torch.Tensor
         flat[key] = leaf.detach().to("cpu", copy=True).contiguous()
     if not flat:
         raise ValueError(f"save: state must hold at least one tensor (got {state!r})")
-    key = next((key for key, t in flat.items() if not _finite(t)), None)
+    # state.extra is the user's own bookkeeping (a best loss may start at inf)
+    key = next(
+        (k for k, t in flat.items() if not k.startswith("state.extra") and not _finite(t)), None
+    )
     if key is not None:
         raise FloatingPointError(
             f"save: {key} is not finite (it holds NaN or infinity); refusing to write it, so "
@@ -507,7 +510,11 @@ def _rebuild(flat: dict[str, torch.Tensor], path: str | os.PathLike[str]) -> Any
             return tuple(build(c) for c in node["tuple"])
         if isinstance(node, dict) and set(node) == {"namedtuple", "fields"}:
             fields = {f: build(c) for f, c in node["fields"]}
-            if node["namedtuple"] == "TrainState" and tuple(fields) == TrainState._fields:
+            # files written before TrainState had its last fields hold fewer of them
+            if (
+                node["namedtuple"] == "TrainState"
+                and tuple(fields) == TrainState._fields[: len(fields)]
+            ):
                 return TrainState(**fields)
             return fields
         raise ValueError(f"unknown tree node {str(node)[:80]}")

@@ -29,7 +29,7 @@ import torch.distributed._functional_collectives as funcol
 import torch.distributed.nn.functional
 
 from . import _checks, _tree
-from ._learner import Learner, Metrics
+from ._learner import Learner, Losses
 from ._types import Tasks
 
 
@@ -112,26 +112,23 @@ def data_parallel(learner: Learner) -> Learner:
     # A name, not the process group: a compiled graph that read dist.group.WORLD would keep the
     # group (and gloo's worker threads) alive past destroy_process_group, into shutdown.
     group = dist.group.WORLD.group_name
+    rule, check_tasks = learner.rule, learner.check
 
-    def meta_grad(meta: Any, tasks: Tasks) -> tuple[Any, Metrics]:
+    def sharded(learner: Learner, meta: Any, tasks: Tasks) -> tuple[Any, Losses]:
         # the rank is a constant of the compiled graph; the all-reduce is traced into it
-        return all_reduce_mean(learner.meta_grad(meta, shard(tasks)), group)
+        return all_reduce_mean(rule(learner, meta, shard(tasks)), group)
 
-    def meta_loss(meta: Any, tasks: Tasks) -> torch.Tensor:
-        return all_reduce_mean(learner.meta_loss(meta, shard(tasks)), group)
-
-    @_checks.once_per_signature
-    def check(where: str, meta: Any, tasks: Tasks, meta_name: str = "meta") -> None:
-        learner.check(where, meta, tasks, meta_name)
+    def check(where: str, tasks: Tasks, params: Any) -> None:
+        check_tasks(where, tasks, params)
         shard(tasks, where)  # refuses a meta-batch that does not split evenly
         check_same(
             where,
-            _tree.leaves(meta)[0].device,
+            _tree.leaves(params)[0].device,
             tasks=_tree.leaves(tasks.support)[0].shape[0],
-            parameters=sum(t.numel() for t in _tree.leaves(meta)),
+            parameters=sum(t.numel() for t in _tree.leaves(params)),
         )
 
-    return learner._replace(meta_grad=meta_grad, meta_loss=meta_loss, check=check)
+    return learner._replace(rule=sharded, check=check)
 
 
 def shard(tasks: Tasks, where: str = "step") -> Tasks:

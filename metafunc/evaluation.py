@@ -2,8 +2,7 @@
 
 :func:`evaluate` scores a batch of tasks with the learner's own loss (before and after adapting)
 and, given the model's ``predict``, accuracy or squared error, each per task with a mean and a
-95% interval; the helpers below draw the tasks of the project's experiments and score them
-with it (or on a dense grid, for the sine figures).
+95% interval.
 """
 
 from __future__ import annotations
@@ -16,10 +15,9 @@ from typing import Any, NamedTuple
 import torch
 from torch.func import vmap
 
-from . import _checks, _tree
-from ._learner import Learner
+from . import _checks
+from ._learner import Learner, check
 from ._types import Tasks
-from .tasks import ImageClasses, daml_sine, fewshot, sine, sinusoid
 
 # The two-sided 95% quantile of the standard normal distribution, 1.959963984540054.
 _Z95 = NormalDist().inv_cdf(0.975)
@@ -102,6 +100,7 @@ def evaluate(
                 f"targets (got {type(query).__name__}"
                 f"{f' of {len(query)}' if isinstance(query, tuple | list) else ''})"
             )
+    check(learner, where, meta, tasks)
     with torch.no_grad():
         adapted, after, before = learner.per_task(meta, tasks)
         accuracy = mse = None
@@ -134,161 +133,6 @@ def evaluate(
 def score(values: torch.Tensor) -> Score:
     """A :class:`Score` of per-task ``values``: they, their mean and its 95% half-width."""
     return Score(values, *mean_ci95(values))
-
-
-class SineEval(NamedTuple):
-    """Per-draw results of :func:`sine_grid_error` for one phase."""
-
-    mse: torch.Tensor  # (draws,) mean squared error over the grid, per draw
-    grid: torch.Tensor  # (points, 1)
-    truth: torch.Tensor  # (points, 1)
-    pred: torch.Tensor  # (draws, points, 1) after adaptation
-    support: Any  # (x, y), each (draws, shots, 1); DAML: unlabeled x (draws, sources, 1)
-
-
-def grid_error(
-    predict: Callable[..., torch.Tensor],
-    adapted: Any,
-    *,
-    phase: float,
-    support: Any = None,
-    step: float = 0.01,
-) -> SineEval:
-    """Score each of a batch of parameters, ``adapted`` (leading task dimension, e.g. from
-    ``learner.adapt``), as ``predict(params, x)`` by its MSE against ``sin(x + phase)`` on the
-    grid ``arange(−2π, 2π, step)``; ``support`` is recorded with the scores (for figures)."""
-    ref = _tree.leaves(adapted)[0]
-    grid = torch.arange(-2 * math.pi, 2 * math.pi, step, dtype=ref.dtype, device=ref.device)[
-        :, None
-    ]
-    truth = torch.sin(grid + phase)
-    with torch.no_grad():
-        pred = vmap(predict, in_dims=(0, None))(adapted, grid)
-    mse = ((pred - truth) ** 2).mean(dim=(1, 2))
-    return SineEval(mse, grid, truth, pred, support)
-
-
-def sine_grid_error(
-    learner: Learner,
-    fn: Callable[..., torch.Tensor],
-    meta: Any,
-    generator: torch.Generator,
-    *,
-    phase: float,
-    draws: int = 1000,
-    shots: int = 4,
-    step: float = 0.01,
-) -> SineEval:
-    """Adapt on ``shots`` fresh points of the blog's sine with a fixed ``phase``, ``draws``
-    times; score each adapted net by its MSE on the grid ``arange(−2π, 2π, step)``."""
-    draws = _checks.integer("sine_grid_error", "draws", draws, minimum=1)
-    ref = _tree.leaves(meta)[0]
-    tasks = sine(
-        generator,
-        tasks=draws,
-        shots=shots,
-        queries=1,
-        phase=phase,
-        dtype=ref.dtype,
-        device=ref.device,
-    )
-    return _adapted_grid_error(learner, fn, meta, tasks.support, phase=phase, step=step)
-
-
-def daml_grid_error(
-    learner: Learner,
-    predict: Callable[..., torch.Tensor],
-    meta: Any,
-    generator: torch.Generator,
-    *,
-    phase: float,
-    draws: int = 1000,
-    sources: int = 1,
-    step: float = 0.01,
-) -> SineEval:
-    """Adapt on ``sources`` fresh unlabeled source inputs of the DAML sine with a fixed
-    ``phase``, ``draws`` times; score on the target grid as :func:`sine_grid_error` does."""
-    draws = _checks.integer("daml_grid_error", "draws", draws, minimum=1)
-    ref = _tree.leaves(meta)[0]
-    tasks = daml_sine(
-        generator,
-        tasks=draws,
-        sources=sources,
-        queries=1,
-        phase=phase,
-        dtype=ref.dtype,
-        device=ref.device,
-    )
-    return _adapted_grid_error(learner, predict, meta, tasks.support, phase=phase, step=step)
-
-
-def _adapted_grid_error(
-    learner: Learner, predict: Callable[..., torch.Tensor], meta: Any, support: Any, **grid: Any
-) -> SineEval:
-    """Adapt on each of a batch of ``support`` sets, score on the grid (:func:`grid_error`)."""
-    with torch.no_grad():
-        adapted = learner.adapt(meta, support)
-    return grid_error(predict, adapted, support=support, **grid)
-
-
-def sinusoid_error(
-    learner: Learner,
-    predict: Callable[..., torch.Tensor],
-    meta: Any,
-    generator: torch.Generator,
-    *,
-    tasks: int = 1000,
-    shots: int = 10,
-    points: int = 100,
-) -> torch.Tensor:
-    """Per-task MSE on ``points`` fresh inputs of new MAML-paper sinusoids, after adapting on
-    ``shots`` examples of each; a ``(tasks,)`` tensor (see :func:`mean_ci95`)."""
-    tasks = _checks.integer("sinusoid_error", "tasks", tasks, minimum=1)
-    ref = _tree.leaves(meta)[0]
-    batch = sinusoid(
-        generator, tasks=tasks, shots=shots, queries=points, dtype=ref.dtype, device=ref.device
-    )
-    return evaluate(learner, meta, batch, predict=predict).mse.values
-
-
-def fewshot_accuracy(
-    learner: Learner,
-    predict: Callable[..., torch.Tensor],
-    meta: Any,
-    dataset: ImageClasses,
-    generator: torch.Generator,
-    *,
-    tasks: int = 600,
-    ways: int = 5,
-    shots: int = 1,
-    queries: int = 15,
-    batch: int = 50,
-) -> torch.Tensor:
-    """Per-task query accuracy on ``tasks`` new N-way K-shot tasks of ``dataset``, after
-    adapting on each task's support; a ``(tasks,)`` tensor (see :func:`mean_ci95`).
-
-    Tasks are drawn and scored ``batch`` at a time. The query images of a task are classified
-    together, so a network with batch normalisation uses their statistics, as in the MAML
-    paper's evaluation.
-    """
-    where = "fewshot_accuracy"
-    tasks = _checks.integer(where, "tasks", tasks, minimum=1)
-    batch = _checks.integer(where, "batch", batch, minimum=1)
-    ref = _tree.leaves(meta)[0]
-    scores = []
-    for start in range(0, tasks, batch):
-        draw = fewshot(
-            generator,
-            dataset,
-            tasks=min(batch, tasks - start),
-            ways=ways,
-            shots=shots,
-            queries=queries,
-            dtype=ref.dtype,
-            device=ref.device,
-        )
-        scores.append(evaluate(learner, meta, draw, predict=predict).accuracy.values.cpu())
-    return torch.cat(scores)
 
 
 def mean_ci95(values: torch.Tensor) -> tuple[float, float]:

@@ -12,7 +12,7 @@ import torch
 from matplotlib.figure import Figure
 
 from ._types import Tasks
-from .evaluation import SineEval
+from .experiments.scores import SineEval
 
 
 def sine_figure(

@@ -1,351 +1,199 @@
-"""The loop around the step: sampling, progress, metric windows, hooks, checkpoints, resume,
-and stopping cleanly on Ctrl-C / SIGTERM or a non-finite step."""
+"""The training loop: steps, hooks (logging, checkpoints, validation), the non-finite policy,
+and stopping cleanly on a hook's request, Ctrl-C or SIGTERM."""
 
 from __future__ import annotations
 
 import logging
-import os
 import signal
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import torch
 from tqdm.auto import tqdm
 
-from . import _checks, _tree
+from . import _checks
 from . import distributed as _dist
+from ._nonfinite import Policy
 from ._types import Tasks, TrainState
-from .checkpoint import check_writable, load, save
-from .optim import is_guarded
-from .step import Step
+from .hooks import Hook, Log, Run
+
+__all__ = ["Log", "train"]
 
 logger = logging.getLogger("metafunc")
 
 Sampler = Callable[[torch.Generator], Tasks]
 
 
-class Log(NamedTuple):
-    """What ``on_log`` gets at the end of each log window.
-
-    Attributes:
-        step: the step counter at the end of the window.
-        start_step: the step counter this run started from (after a resume, the checkpoint's).
-        metrics: the window's mean of each scalar metric, as floats (``finite`` becomes the
-            fraction of finite steps).
-        state: the state after the window's last step (e.g. to validate on held-out tasks).
-        first_call_s: wall seconds of this run's first step (with a compiled step: compiling).
-        steady_s: wall seconds of this run's later steps so far.
-        steady_steps: how many steps ``steady_s`` covers.
-    """
-
-    step: int
-    start_step: int
-    metrics: dict[str, float]
-    state: TrainState
-    first_call_s: float
-    steady_s: float
-    steady_steps: int
-
-
 def train(
-    step: Step,
+    step: Callable[[TrainState, Tasks], Any],
     state: TrainState,
-    sampler: Sampler,
+    data: Sampler | Iterable[Any],
     *,
-    steps: int,
+    steps: int | None = None,
+    until: int | None = None,
     generator: torch.Generator | None = None,
-    log_every: int = 100,
-    on_log: Callable[[Log], Any] | None = None,
-    progress: bool = True,
-    checkpoint: str | os.PathLike[str] | None = None,
-    checkpoint_every: int | None = None,
-    resume: bool | str | os.PathLike[str] = False,
+    hooks: Sequence[Hook] = (),
     on_nonfinite: str = "raise",
-    metadata: dict[str, Any] | None = None,
+    progress: bool = True,
 ) -> TrainState:
-    """Run outer steps until the step counter reaches ``state.step + steps``, drawing each
-    meta-batch as ``sampler(generator)``.
+    """Run ``step`` until the step counter reaches ``until`` (or ``state.step + steps``), each
+    step on the next meta-batch of ``data``, and return the last state.
 
-    Metrics stay on the device between logs; whenever the step count reaches a multiple of
-    ``log_every`` (and after the last step) their means over the window are logged to the
-    ``metafunc`` logger, shown on the progress bar and passed to ``on_log`` with the state and
-    the run's timing (:class:`Log`).
+    ``data`` is a sampler, ``data(generator) -> Tasks`` (e.g.
+    ``functools.partial(mf.tasks.sine, tasks=32)``), which draws from ``generator`` (default
+    ``torch.Generator().manual_seed(0)``; checkpoints keep its state, so a resumed run draws the
+    same tasks), or any iterable of batches (a ``DataLoader``, a list), each a
+    :class:`metafunc.Tasks` or a pair ``(support, query)``; a run on an iterable ends early if
+    it runs out. ``hooks`` (:mod:`metafunc.hooks`) log, checkpoint, resume, validate, keep their
+    own state in ``state.extra`` and may stop the run. SIGINT (Ctrl-C) and SIGTERM finish the
+    current step, run every hook's ``end`` (the checkpoint is written), then raise
+    ``KeyboardInterrupt`` or ``SystemExit(143)``; a second signal interrupts at once. The
+    handlers are installed only while ``train`` runs, in the main thread.
 
-    Checkpoints (see :func:`metafunc.save`) hold the state and the generator, and are written
-    atomically to ``checkpoint`` at every multiple of ``checkpoint_every``, after the last step,
-    and when the process gets SIGINT (Ctrl-C) or SIGTERM: the loop finishes the current step,
-    writes the checkpoint, then raises ``KeyboardInterrupt`` (SIGINT) or ``SystemExit(143)``
-    (SIGTERM). A second signal interrupts at once (the last checkpoint on disk stays whole).
-    The handlers are installed only while ``train`` runs, in the main thread, and the previous
-    ones are restored. ``resume`` loads a checkpoint (state and generator) first and runs only
-    the steps that remain, so the same call can be repeated after a crash; the result is
-    bit-identical to an uninterrupted run.
+    A step that is not finite raises ``FloatingPointError`` naming the step and what was not
+    finite (``on_nonfinite="raise"``), or, with a step whose optimizer is wrapped in
+    :func:`metafunc.optim.apply_if_finite`, is skipped (``"skip"``, no host sync per step).
 
-    Distributed (under torchrun, after :func:`metafunc.distributed.init`, with a learner from
-    :func:`metafunc.distributed.data_parallel`): every rank runs this loop with the same seed,
-    so every rank draws the same meta-batches. Only rank 0 logs, shows progress, calls
-    ``on_log`` and writes checkpoints; the other ranks wait for each write at a barrier. A stop
-    signal received by any rank stops every rank after the same step. Resuming loads the same
-    file on every rank (on several machines, put it on a shared file system).
-
-    Non-finite steps: with ``on_nonfinite="raise"`` (the default) the loop reads the step's
-    ``finite`` flag after every step (one host sync per step) and raises ``FloatingPointError``
-    naming the step and what was not finite; no checkpoint is written from a non-finite state.
-    With an optimizer wrapped in :func:`metafunc.optim.apply_if_finite` such a step left the
-    state as it was; ``"skip"`` (which needs that guard) never syncs for it: the step is skipped
-    (it still counts) and a warning at the end of the log window says how many were.
+    Distributed (under torchrun, with :func:`metafunc.distributed.data_parallel`): every rank
+    runs this loop with the same seed; rank 0 logs, shows progress and writes checkpoints, and
+    a signal that reaches any rank stops every rank after the same step.
 
     Args:
         step: from :func:`metafunc.make_step`.
-        state: from :func:`metafunc.init_state` (or a previous run); with ``resume``, the
-            template the checkpoint is loaded into.
-        sampler: ``sampler(generator) -> Tasks``, e.g.
-            ``functools.partial(mf.tasks.sine, tasks=32)``.
-        steps: outer steps to run from ``state`` (a resumed run does the ones left).
-        generator: the task stream's generator; ``None`` uses ``torch.Generator().manual_seed(0)``.
-        log_every: steps per log window.
-        on_log: called with a :class:`Log` at the end of each window.
-        progress: show a progress bar.
-        checkpoint: file to write checkpoints to (its folder must exist and be writable, which
-            is checked before the first step); ``None`` writes none.
-        checkpoint_every: steps between periodic checkpoints (needs ``checkpoint``).
-        resume: ``True`` resumes from ``checkpoint`` (which must exist), a path resumes from
-            that file; ``False`` starts from ``state``.
+        state: from :func:`metafunc.init_state` (or a previous run); with a resuming
+            :class:`metafunc.hooks.Checkpoints`, the template the checkpoint is loaded into.
+        data: a sampler ``data(generator) -> Tasks``, or an iterable of batches.
+        steps: steps to run from ``state``; or give ``until``.
+        until: the step count to run to: a run of several phases (first order, then second)
+            gives each phase its own ``until``, and resuming in any phase is exact.
+        generator: the sampler's generator (not with an iterable).
+        hooks: :class:`metafunc.hooks.Hook` objects, e.g. ``Logger``, ``Checkpoints``,
+            ``Every``.
         on_nonfinite: ``"raise"`` or ``"skip"``.
-        metadata: JSON-able options stored with every checkpoint (e.g. the run's settings, to
-            refuse a resume with other ones; see :func:`metafunc.checkpoint.read_metadata`).
+        progress: show a progress bar.
 
     Returns:
-        the final state.
+        the state after the last step.
 
     Example:
         >>> state = mf.train(step, state, sampler, steps=10_000, generator=g,
-        ...                  checkpoint="run/ckpt.pt", checkpoint_every=1000, resume=True)
+        ...                  hooks=[mf.hooks.Logger(100), mf.hooks.Checkpoints("run/ckpt.pt",
+        ...                         every=1000, resume=True)])
     """
-    steps = _checks.integer("train", "steps", steps, minimum=0)
-    log_every = _checks.integer("train", "log_every", log_every, minimum=1)
+    run, batches = _begin(step, state, data, steps, until, generator, hooks)
+    policy = Policy(on_nonfinite, getattr(step, "guarded", False))
+    run.check_finite = lambda: policy.verify(run)
+    _checks.boolean("train", "progress", progress)
+    for hook in hooks:
+        hook.start(run)
+    show = progress and _dist.is_main()
+    bar = tqdm(total=max(run.until - run.done, 0), disable=not show, desc="meta-train", unit="step")
+    with _stop_signals() as signals, bar:
+        run.begin()
+        while run.done < run.until and run.stopped is None:
+            batch = next(batches, None)
+            if batch is None:
+                run.stop(f"the data ran out after step {run.done}")
+                logger.warning("train: %s, before step %d", run.stopped, run.until)
+                break
+            run.tick(*step(run.state, batch))
+            policy.after_step(run)
+            for hook in hooks:
+                hook.step(run)
+            bar.update(1)
+            bar.set_postfix(run.postfix, refresh=False)
+            if _any_rank(signals):
+                run.stop(signal.Signals(signals[0] if signals else signal.SIGTERM).name)
+        policy.verify(run)
+        for hook in hooks:
+            hook.end(run)
+    if run.stopped in ("SIGINT", "SIGTERM"):
+        _interrupt(run, signals)
+    return run.state
+
+
+def _begin(
+    step: Any,
+    state: Any,
+    data: Any,
+    steps: Any,
+    until: Any,
+    generator: Any,
+    hooks: Any,
+) -> tuple[Run, Iterator[Tasks]]:
+    """The run's checks, its target step and its stream of batches."""
     if not isinstance(state, TrainState):
         raise TypeError(f"train: state must be a metafunc.TrainState (got {type(state).__name__})")
-    for name, value in (("step", step), ("sampler", sampler)):
-        if not callable(value):
-            raise TypeError(f"train: {name} must be callable (got {type(value).__name__})")
-    if on_log is not None and not callable(on_log):
-        raise TypeError(f"train: on_log must be callable or None (got {type(on_log).__name__})")
-    _checks.boolean("train", "progress", progress)
-    if generator is None:
-        generator = torch.Generator().manual_seed(0)
-    elif not isinstance(generator, torch.Generator):
+    _checks.function("train", "step", step, "step(state, tasks)")
+    if (steps is None) == (until is None):
+        raise TypeError(
+            f"train: give steps (to run from state) or until (the step to run to), one of them "
+            f"(got steps={steps!r}, until={until!r})"
+        )
+    if until is None:
+        until = int(state.step) + _checks.integer("train", "steps", steps, minimum=0)
+    until = _checks.integer("train", "until", until, minimum=0)
+    for i, hook in enumerate(hooks if isinstance(hooks, (list, tuple)) else [hooks]):
+        if not all(callable(getattr(hook, m, None)) for m in ("start", "step", "end")):
+            raise TypeError(
+                f"train: hooks must be a list of hooks with start, step and end methods (e.g. "
+                f"mf.hooks.Logger(100)); hooks[{i}] is a {type(hook).__name__}"
+            )
+    if generator is not None and not isinstance(generator, torch.Generator):
         raise TypeError(
             f"train: generator must be a torch.Generator or None (got {type(generator).__name__})"
         )
-    if on_nonfinite not in ("raise", "skip"):
-        raise ValueError(f"train: on_nonfinite must be 'raise' or 'skip' (got {on_nonfinite!r})")
-    if on_nonfinite == "skip" and not is_guarded(state.opt_state):
-        raise ValueError(
-            "train: on_nonfinite='skip' needs an optimizer wrapped in mf.optim.apply_if_finite, "
-            "which keeps the state when a step is not finite; without it such a step writes "
-            "NaN or inf into the parameters"
+    if isinstance(data, Tasks):
+        raise TypeError(
+            "train: data must be a sampler, data(generator) -> Tasks, or an iterable of batches; "
+            "one Tasks is one meta-batch: pass a sampler that returns it, or [tasks] * n (got "
+            "Tasks)"
         )
-    saver = _Checkpointer.build(checkpoint, checkpoint_every, generator, metadata)
-    source = _resume_source(resume, saver)
-
-    target = int(state.step) + steps  # the counter is read on the host here, never in the loop
-    if source is not None:
-        state = load(source, like=state, generator=generator)
-        if int(state.step) > target:
+    if callable(data):
+        generator = torch.Generator().manual_seed(0) if generator is None else generator
+        batches: Iterator[Tasks] = (data(generator) for _ in iter(int, 1))
+    elif isinstance(data, Iterable):
+        if generator is not None:
             raise ValueError(
-                f"train: the checkpoint {str(source)!r} is at step {int(state.step)}, past the "
-                f"{target} steps this run goes to (steps={steps} from step {target - steps})"
+                "train: generator is for a sampler, data(generator); an iterable of batches "
+                "(a DataLoader) draws with its own (got both)"
             )
-        if _dist.is_main():
-            logger.info("resumed from %s at step %d", source, int(state.step))
-    done = start = int(state.step)
-    remaining = target - done
-    main = _dist.is_main()
-    window = _Window()
-    clock = _Clock()
-    with (
-        _stop_signals() as stop,
-        tqdm(
-            total=remaining, disable=not (progress and main), desc="meta-train", unit="step"
-        ) as bar,
-    ):
-        for i in range(remaining):
-            state, metrics = step(state, sampler(generator))
-            if on_nonfinite == "raise" or i == 0:  # a host sync: the first step's time is real
-                finite = bool(metrics["finite"])
-                if on_nonfinite == "raise" and not finite:
-                    raise FloatingPointError(_nonfinite_message(done + 1, state, metrics, saver))
-            clock.tick()
-            done += 1
-            if main:
-                window.add(metrics)
-            bar.update(1)
-            last = i == remaining - 1
-            if main and (done % log_every == 0 or last):
-                means = window.means(done)
-                bar.set_postfix(loss=f"{means['loss']:.4f}")
-                if on_log is not None:
-                    on_log(Log(done, start, means, state, *clock.report()))
-            # One decision for all ranks (a signal may reach only some of them).
-            stopping = _any_rank(stop)
-            if saver is not None and saver.due(done, last or stopping):
-                saver.write(state, done)
-                stopping = _any_rank(stop)  # a signal during the write: stop now, it is saved
-            if stopping:
-                _stop(stop, done, saver)
-    return state
-
-
-class _Window:
-    """Sums of the scalar metrics over a log window, kept on the device until it ends."""
-
-    def __init__(self) -> None:
-        self.sums: dict[str, torch.Tensor] | None = None
-        self.count = 0
-
-    def add(self, metrics: dict[str, torch.Tensor]) -> None:
-        scalars = {k: v.detach().to(torch.float64) for k, v in metrics.items() if v.ndim == 0}
-        self.sums = scalars if self.sums is None else _tree.map(torch.add, self.sums, scalars)
-        self.count += 1
-
-    def means(self, done: int) -> dict[str, float]:
-        """The window's means (logged), and a fresh window."""
-        means = _tree.map(lambda v: v.item() / self.count, self.sums)
-        logger.info("step %d: %s", done, " ".join(f"{k}={v:.4g}" for k, v in means.items()))
-        skipped = self.count - round(means["finite"] * self.count)
-        if skipped:
-            logger.warning(
-                "step %d: skipped %d non-finite step(s) of the last %d", done, skipped, self.count
-            )
-        self.sums, self.count = None, 0
-        return means
-
-
-class _Clock:
-    """Wall time of the run's first step (with a compiled step: compiling) apart from the time
-    since, which covers everything the loop does per step (sampling, logging, checkpoints)."""
-
-    def __init__(self) -> None:
-        self.start = time.perf_counter()
-        self.first_end: float | None = None
-        self.ticks = 0
-
-    def tick(self) -> None:
-        self.ticks += 1
-        if self.first_end is None:
-            self.first_end = time.perf_counter()
-
-    def report(self) -> tuple[float, float, int]:
-        """``(first_call_s, steady_s, steady_steps)`` so far."""
-        return (
-            self.first_end - self.start,
-            time.perf_counter() - self.first_end,
-            self.ticks - 1,
+        batches = (_as_tasks(b) for b in data)
+    else:
+        raise TypeError(
+            "train: data must be a sampler, data(generator) -> Tasks, or an iterable of batches "
+            f"(got {type(data).__name__})"
         )
+    run = Run(state, until, generator)
+    return run, batches
 
 
-class _Checkpointer:
-    """Where and when ``train`` writes checkpoints (rank 0 writes, the others wait)."""
-
-    def __init__(
-        self, path: Path, every: int | None, generator: torch.Generator, metadata: Any
-    ) -> None:
-        self.path, self.every, self.generator, self.metadata = path, every, generator, metadata
-        self.last: int | None = None  # the step of the last checkpoint written by this run
-
-    @classmethod
-    def build(
-        cls, path: Any, every: Any, generator: torch.Generator, metadata: Any
-    ) -> _Checkpointer | None:
-        if every is not None:
-            every = _checks.integer("train", "checkpoint_every", every, minimum=1)
-        if path is None:
-            if every is not None:
-                raise ValueError(
-                    "train: checkpoint_every needs checkpoint=<path> (got checkpoint=None)"
-                )
-            return None
-        if not isinstance(path, (str, os.PathLike)):
-            raise TypeError(f"train: checkpoint must be a path or None (got {type(path).__name__})")
-        if metadata is not None and not isinstance(metadata, dict):
-            raise TypeError(
-                f"train: metadata must be a dict or None (got {type(metadata).__name__})"
-            )
-        check_writable(path, "train")  # now, not after the whole run
-        return cls(Path(path), every, generator, metadata)
-
-    def due(self, done: int, forced: bool) -> bool:
-        return forced or (self.every is not None and done % self.every == 0)
-
-    def write(self, state: TrainState, done: int) -> None:
-        if _dist.is_main():  # save refuses a state that is not finite, naming the leaf
-            save(self.path, state, generator=self.generator, metadata=self.metadata)
-        _dist.barrier()
-        self.last = done
+def _as_tasks(batch: Any) -> Tasks:
+    if isinstance(batch, Tasks):
+        return batch
+    if isinstance(batch, (tuple, list)) and len(batch) == 2:
+        return Tasks(*batch)
+    raise TypeError(
+        f"train: each batch of data must be a metafunc.Tasks or a pair (support, query) (got "
+        f"{type(batch).__name__}{f' of {len(batch)}' if isinstance(batch, (tuple, list)) else ''})"
+    )
 
 
 def _any_rank(stop: list[int]) -> bool:
     return _dist.any_rank(bool(stop)) if _dist.active() else bool(stop)
 
 
-def _stop(stop: list[int], done: int, saver: _Checkpointer | None) -> None:
-    signum = stop[0] if stop else signal.SIGTERM
-    saved = f", checkpoint written to {saver.path}" if saver is not None else ""
+def _interrupt(run: Run, signals: list[int]) -> None:
+    signum = signals[0] if signals else signal.SIGTERM
+    saved = f", checkpoint written to {run.checkpoint[0]}" if run.checkpoint else ""
     logger.warning(  # every rank: the signal may have reached any of them
-        "stopped by %s after step %d%s", signal.Signals(signum).name, done, saved
+        "stopped by %s after step %d%s", signal.Signals(signum).name, run.done, saved
     )
     if signum == signal.SIGINT:
         raise KeyboardInterrupt
     raise SystemExit(128 + signum)
-
-
-def _resume_source(resume: Any, saver: _Checkpointer | None) -> Path | None:
-    if resume is False:
-        return None
-    if resume is True:
-        if saver is None:
-            raise ValueError(
-                "train: resume=True needs checkpoint=<path> to resume from (got checkpoint=None)"
-            )
-        return saver.path
-    if isinstance(resume, (str, os.PathLike)):
-        return Path(resume)
-    raise TypeError(
-        f"train: resume must be True, False or a checkpoint path (got {resume!r} of type "
-        f"{type(resume).__name__})"
-    )
-
-
-def _nonfinite_message(
-    done: int, state: TrainState, metrics: dict[str, torch.Tensor], saver: _Checkpointer | None
-) -> str:
-    flags = metrics["finite_leaves"].tolist()
-    if not all(flags):
-        name = _tree.named_leaves(state.meta, "meta")[flags.index(False)][0]
-        what = f"the meta-gradient of {name} is the first that is not finite"
-    elif not bool(torch.isfinite(metrics["loss"])):
-        what = f"the loss is {metrics['loss'].item()}"
-    else:
-        what = "the gradient is finite but the update is not (is a learning rate too large?)"
-    if is_guarded(state.opt_state):
-        kept = "The parameters and optimizer state were left as before that step"
-    else:
-        kept = (
-            "The optimizer applied it (it is not wrapped in mf.optim.apply_if_finite), so the "
-            "parameters or optimizer state are no longer finite"
-        )
-    if saver is not None and saver.last is not None:
-        kept += f"; the last checkpoint, {str(saver.path)!r}, is at step {saver.last}"
-    return (
-        f"train: step {done} is not finite: {what}. {kept}. Lower the learning rates or check "
-        "the data, or wrap the optimizer in mf.optim.apply_if_finite and pass "
-        "on_nonfinite='skip' to skip such steps."
-    )
 
 
 @contextmanager

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import torch
-from conftest import TanhFeatures
+from support import TanhFeatures
 from torch import nn
 
 import metafunc as mf
@@ -79,7 +79,7 @@ def main(mode, out):
         results = {}
         for name in ALGORITHMS:
             state, metrics = run(name)
-            results[name] = (state, metrics["loss"])
+            results[name] = (state, metrics.loss)
         # Dynamo imported after init, as in a script that compiles on demand: it imports
         # torch.distributed.nn.functional, which would keep the process group alive if that
         # module first loaded now (metafunc imports it before any group exists)
@@ -87,17 +87,19 @@ def main(mode, out):
 
         counter = CompileCounterWithBackend("aot_eager")
         state, metrics = run("maml", compile=True, backend=counter)
-        results["maml_compiled"] = (state, metrics["loss"])
+        results["maml_compiled"] = (state, metrics.loss)
         (out / f"frames{rank}.json").write_text(json.dumps(counter.frame_count))
         learner, params, sampler = setup("maml")
         opt = mf.optim.adam(1e-2)
         step = mf.make_step(learner, opt, compile=False)
         init = mf.init_state(learner, opt, params)
         ckpt = out / "ckpt.pt"
-        kw = {"generator": torch.Generator().manual_seed(1), "checkpoint": ckpt, "progress": False}
-        mf.train(step, init, sampler, steps=2, **kw)
-        kw["generator"] = torch.Generator().manual_seed(99)  # resume restores the stream
-        state = mf.train(step, init, sampler, steps=STEPS, resume=True, **kw)
+        g = torch.Generator().manual_seed(1)
+        hooks = [mf.hooks.Checkpoints(ckpt)]
+        mf.train(step, init, sampler, steps=2, generator=g, hooks=hooks, progress=False)
+        g = torch.Generator().manual_seed(99)  # resume restores the stream
+        hooks = [mf.hooks.Checkpoints(ckpt, resume=True)]
+        state = mf.train(step, init, sampler, steps=STEPS, generator=g, hooks=hooks, progress=False)
         results["maml_train_resumed"] = (state, torch.zeros(()))
         torch.save(
             {k: (mf._tree.leaves(s.meta), loss) for k, (s, loss) in results.items()},
@@ -135,7 +137,14 @@ def main(mode, out):
             return sampler(g)
 
         state = mf.init_state(learner, opt, params)
-        mf.train(step, state, signalling, steps=10, checkpoint=out / "c.pt", progress=False)
+        mf.train(
+            step,
+            state,
+            signalling,
+            steps=10,
+            progress=False,
+            hooks=[mf.hooks.Checkpoints(out / "c.pt")],
+        )
     elif mode == "mismatch":  # configurations the step refuses, on every rank
         learner, params, sampler = setup("maml")
         opt = mf.optim.sgd(1e-2)

@@ -9,8 +9,16 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import TanhFeatures, sine_tasks, tanh_net
-from test_maml_reference import assert_metrics_equal, assert_trees_close
+from support import (
+    TanhFeatures,
+    assert_metrics_equal,
+    assert_trees_close,
+    daml_setup,
+    linear_net,
+    linear_tasks,
+    sine_tasks,
+    tanh_net,
+)
 from torch import nn
 from torch._dynamo.testing import CompileCounterWithBackend
 from torch.func import functional_call
@@ -52,20 +60,6 @@ def mse_loss(net):
 
 def leaves(tree: dict) -> dict:
     return {k: v.detach().clone().requires_grad_() for k, v in tree.items()}
-
-
-def linear_tasks(n=3, shots=5, queries=6, seed=0) -> mf.Tasks:
-    g = torch.Generator().manual_seed(seed)
-    make = lambda m: (  # noqa: E731
-        torch.randn(n, m, 3, generator=g, dtype=F64),
-        torch.randn(n, m, 1, generator=g, dtype=F64),
-    )
-    return mf.Tasks(make(shots), make(queries))
-
-
-def linear_net() -> nn.Module:
-    torch.manual_seed(0)
-    return nn.Linear(3, 1).double()
 
 
 # ---------------------------------------------------------------- closed forms (linear model)
@@ -149,12 +143,13 @@ def test_first_order_anil_equals_detached_loop():
     torch.manual_seed(0)
     net = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 1)).double()
     fn, params = mf.pure(net)
-    fo = mf.anil(
-        mf.supervised(fn, mf.losses.mse),
-        head=["2.weight", "2.bias"],
-        inner_lr=ALPHA,
-        inner_steps=2,
-        first_order=True,
+    fo = mf.first_order(
+        mf.anil(
+            mf.supervised(fn, mf.losses.mse),
+            head=["2.weight", "2.bias"],
+            inner_lr=ALPHA,
+            inner_steps=2,
+        )
     )
     so = mf.anil(
         mf.supervised(fn, mf.losses.mse),
@@ -220,23 +215,6 @@ def test_meta_sgd_equals_loop_for_params_and_rates():
     assert_trees_close(got, want, rtol=1e-10, atol=1e-12)
 
 
-def daml_setup(**kw):
-    torch.manual_seed(0)
-    model = TanhFeatures().double()
-    lossnet = nn.Sequential(nn.Linear(5, 3), nn.Tanh(), nn.Linear(3, 1)).double()
-    fn, params = mf.pure(model)
-    loss_fn, phi = mf.pure(lossnet)
-
-    def adaptation_loss(phi, y, features):
-        return loss_fn(phi, torch.cat([y, *features], -1)).pow(2).mean()
-
-    learner = mf.daml(fn, adaptation_loss, phi, mf.losses.mse, inner_lr=ALPHA, **kw)
-    tasks = mf.tasks.daml_sine(
-        torch.Generator().manual_seed(3), tasks=3, sources=2, queries=5, dtype=F64
-    )
-    return model, lossnet, params, phi, learner, tasks
-
-
 def test_daml_equals_loop_and_trains_the_loss_network():
     model, lossnet, params, phi, learner, tasks = daml_setup(inner_steps=2)
     got, metrics = learner.meta_grad(learner.init(params), tasks)
@@ -273,7 +251,7 @@ def flat_meta_loss(learner, meta, tasks):
     def f(vector):
         parts = torch.split(vector, sizes)
         rebuilt = spec.unflatten([p.view_as(t) for p, t in zip(parts, flat, strict=True)])
-        return learner.meta_loss(rebuilt, tasks)
+        return learner.per_task(rebuilt, tasks)[1].mean()
 
     return f, torch.cat([t.reshape(-1) for t in flat]).detach().requires_grad_()
 
@@ -356,8 +334,8 @@ ERRORS = [
         "meta_sgd-meta-without-lr",
         lambda: mf.meta_sgd(LOSS).meta_grad(PARAMS, sine_tasks()),
         ValueError,
-        r"^meta_sgd: meta must be a dict with keys \['params', 'lr'\] \(from meta_sgd\(\.\.\.\)\.init\) "
-        r"\(got \['0\.bias', '0\.weight', '2\.bias', '2\.weight'\]\)$",
+        r"^meta_grad: meta must be this learner's meta-parameters, learner\.init\(params\) \(got "
+        r"a dict for which learner\.params failed: KeyError: 'params'\)$",
     ),
     (
         "meta_sgd-inner_steps-zero",
@@ -411,11 +389,11 @@ ERRORS = [
     ),
     (
         "daml-first-order",
-        lambda: _daml(first_order=True),
+        lambda: mf.first_order(_daml()),
         ValueError,
-        r"^daml: first_order=True is not supported: the adaptation-loss parameters reach the outer "
-        r"loss only through the inner gradients, so detaching them would leave the learned loss "
-        r"untrained \(got first_order=True\)$",
+        r"^first_order: the learner's meta-parameters reach the outer loss only through the "
+        r"inner gradients \(DAML's adaptation loss\), so detaching them would leave them "
+        r"untrained$",
     ),
     (
         "daml-model-not-callable",
@@ -436,7 +414,7 @@ ERRORS = [
             PARAMS, mf.tasks.daml_sine(torch.Generator(), tasks=2, dtype=F64)
         ),
         ValueError,
-        r"^daml: meta must be a dict with keys \['params', 'loss'\] \(from daml\(\.\.\.\)\.init\) ",
+        r"^meta_grad: meta must be this learner's meta-parameters, learner\.init\(params\) ",
     ),
     (
         "daml-tasks-count-mismatch",
@@ -445,7 +423,7 @@ ERRORS = [
             mf.Tasks(torch.zeros(2, 1, 1, dtype=F64), (torch.zeros(3, 4, 1, dtype=F64),) * 2),
         ),
         ValueError,
-        r"^daml: every tensor in the tasks must have the same number of tasks \(leading dimension\); "
+        r"^meta_grad: every tensor in the tasks must have the same number of tasks \(leading dimension\); "
         r"tasks\.support has 2 but tasks\.query\[0\] has 3$",
     ),
     (

@@ -127,16 +127,15 @@ def test_periodic_and_final_checkpoints(tmp_path, monkeypatch):
         written.append(int(state.step))
         return real_save(path, state, **kw)
 
-    monkeypatch.setitem(mf.train.__globals__, "save", spy)
+    monkeypatch.setattr(mf.hooks, "save", spy)
     state = mf.init_state(learner, opt, params)
     mf.train(
         step,
         state,
         sampler,
         steps=5,
-        checkpoint=tmp_path / "c.pt",
-        checkpoint_every=2,
         progress=False,
+        hooks=[mf.hooks.Checkpoints(tmp_path / "c.pt", every=2)],
     )
     assert written == [2, 4, 5]
     assert int(mf.load(tmp_path / "c.pt", like=state).step) == 5
@@ -149,7 +148,7 @@ def test_resume_is_bit_exact(tmp_path, compile):
     learner, opt, params, sampler = setup()
     # one step function for all runs: it is pure, and compiled it compiles once
     step = mf.make_step(learner, opt, compile=compile)
-    run = functools.partial(mf.train, step, sampler=sampler, progress=False)
+    run = functools.partial(mf.train, step, data=sampler, progress=False)
 
     g_straight = torch.Generator().manual_seed(1)
     straight = run(mf.init_state(learner, opt, params), steps=n + m, generator=g_straight)
@@ -159,7 +158,7 @@ def test_resume_is_bit_exact(tmp_path, compile):
         mf.init_state(learner, opt, params),
         steps=n,
         generator=torch.Generator().manual_seed(1),
-        checkpoint=path,
+        hooks=[mf.hooks.Checkpoints(path)],
     )
     assert int(first.step) == n
     # fresh template and a generator at another seed: everything must come from the file
@@ -168,15 +167,15 @@ def test_resume_is_bit_exact(tmp_path, compile):
         mf.init_state(learner, opt, params),
         steps=n + m,
         generator=g_resumed,
-        checkpoint=path,
-        resume=True,
+        hooks=[mf.hooks.Checkpoints(path, resume=True)],
     )
     assert_states_equal(resumed, straight)
     assert int(resumed.step) == n + m and int(resumed.opt_state.count) == n + m
     assert torch.equal(g_resumed.get_state(), g_straight.get_state())  # the task stream
     assert_states_equal(mf.load(path, like=straight), straight)  # final checkpoint
     # the run is finished: resuming again runs nothing and returns the checkpoint
-    again = run(mf.init_state(learner, opt, params), steps=n + m, checkpoint=path, resume=True)
+    hooks = [mf.hooks.Checkpoints(path, resume=True)]
+    again = run(mf.init_state(learner, opt, params), steps=n + m, hooks=hooks)
     assert_states_equal(again, straight)
 
 
@@ -194,7 +193,14 @@ def test_sigint_finishes_the_step_writes_a_checkpoint_and_restores_the_handler(t
     previous = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
     state = mf.init_state(learner, opt, params)
     with pytest.raises(KeyboardInterrupt):
-        mf.train(step, state, interrupting, steps=100, checkpoint=tmp_path / "c.pt", progress=False)
+        mf.train(
+            step,
+            state,
+            interrupting,
+            steps=100,
+            progress=False,
+            hooks=[mf.hooks.Checkpoints(tmp_path / "c.pt")],
+        )
     assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == previous
     assert len(calls) == 3
     saved = mf.load(tmp_path / "c.pt", like=state)
@@ -222,7 +228,12 @@ def test_sigterm_during_a_checkpoint_write(tmp_path, monkeypatch):
     plan = {1: 1}  # one signal during the periodic write at step 2
     with pytest.raises(SystemExit) as info:
         mf.train(
-            step, state, sampler, steps=10, checkpoint=path, checkpoint_every=2, progress=False
+            step,
+            state,
+            sampler,
+            steps=10,
+            progress=False,
+            hooks=[mf.hooks.Checkpoints(path, every=2)],
         )
     assert info.value.code == 128 + signal.SIGTERM and len(writes) == 1
     at_2 = mf.train(step, state, sampler, steps=2, progress=False)
@@ -233,7 +244,12 @@ def test_sigterm_during_a_checkpoint_write(tmp_path, monkeypatch):
     plan = {2: 2}  # two signals during the write at step 4
     with pytest.raises(KeyboardInterrupt):
         mf.train(
-            step, state, sampler, steps=10, checkpoint=path, checkpoint_every=2, progress=False
+            step,
+            state,
+            sampler,
+            steps=10,
+            progress=False,
+            hooks=[mf.hooks.Checkpoints(path, every=2)],
         )
     assert len(writes) == 2
     assert_states_equal(mf.load(path, like=state), at_2)  # the step-2 checkpoint, whole
@@ -252,8 +268,8 @@ state = mf.init_state(learner, opt, params)
 step = mf.make_step(learner, opt, compile=False)
 sampler = functools.partial(mf.tasks.sine, tasks=3)
 mf.train(step, state, sampler, steps=10**7, generator=torch.Generator().manual_seed(1),
-         log_every=1, on_log=lambda log: print(log.step, flush=True), checkpoint=sys.argv[1],
-         progress=False)
+         progress=False, hooks=[mf.hooks.Logger(1, on_log=lambda log: print(log.step, flush=True)),
+                                mf.hooks.Checkpoints(sys.argv[1])])
 """
 
 
@@ -294,7 +310,12 @@ def test_sigterm_in_another_process_stops_cleanly_and_the_run_resumes_bit_exact(
         progress=False,
     )
     resumed = mf.train(
-        step, template, sampler, steps=k + 3, checkpoint=path, resume=True, progress=False
+        step,
+        template,
+        sampler,
+        steps=k + 3,
+        progress=False,
+        hooks=[mf.hooks.Checkpoints(path, resume=True)],
     )
     # ... and resuming its checkpoint here finishes the run exactly as one uninterrupted run
     assert_states_equal(resumed, straight)
@@ -321,16 +342,15 @@ def test_the_non_finite_guard_in_train(tmp_path, caplog):
             poisoned,
             steps=6,
             generator=torch.Generator().manual_seed(1),
-            checkpoint=path,
-            checkpoint_every=2,
             progress=False,
+            hooks=[mf.hooks.Checkpoints(path, every=2)],
         )
     assert str(info.value) == (
         # the L1 loss's gradient ignores a NaN target; the loss does not
         "train: step 3 is not finite: the loss is nan. The parameters and optimizer state were "
         f"left as before that step; the last checkpoint, {str(path)!r}, is at step 2. Lower the "
-        "learning rates or check the data, or wrap the optimizer in mf.optim.apply_if_finite and "
-        "pass on_nonfinite='skip' to skip such steps."
+        "learning rates or check the data. To go on past such steps, pass on_nonfinite='skip' to "
+        "skip such steps."
     )
     assert int(mf.load(path, like=state).step) == 2  # not overwritten by the failed step
 
@@ -375,7 +395,14 @@ def test_without_a_guard_train_says_the_state_is_lost_and_refuses_to_skip(tmp_pa
         r"mf\.optim\.apply_if_finite\), so the parameters or optimizer state are no longer "
         r"finite\. ",
     ):
-        mf.train(step, state, poisoned, steps=2, checkpoint=tmp_path / "c.pt", progress=False)
+        mf.train(
+            step,
+            state,
+            poisoned,
+            steps=2,
+            progress=False,
+            hooks=[mf.hooks.Checkpoints(tmp_path / "c.pt")],
+        )
     assert not (tmp_path / "c.pt").exists()  # nothing written from a non-finite state
     with pytest.raises(ValueError, match=r"^train: on_nonfinite='skip' needs an optimizer wrapped"):
         mf.train(step, state, sampler, steps=2, on_nonfinite="skip", progress=False)

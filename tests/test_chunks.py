@@ -1,13 +1,19 @@
-"""Meta-gradients over a meta-batch a chunk of tasks at a time (``chunk_size``): the same
+"""Meta-gradients over a meta-batch a chunk of tasks at a time (``mf.chunked``): the same
 meta-gradient, one chunk's memory, and compiled as a loop rather than one copy per chunk."""
 
 from __future__ import annotations
 
 import pytest
 import torch
-from conftest import peak_bytes, sine_tasks, tanh_net
-from test_maml_reference import assert_compiled_step_equals_eager, assert_trees_close
-from test_stochastic import assert_equal_states, dropout_net
+from support import (
+    assert_compiled_step_equals_eager,
+    assert_equal_states,
+    assert_trees_close,
+    dropout_net,
+    peak_bytes,
+    sine_tasks,
+    tanh_net,
+)
 from torch._dynamo.testing import CompileCounterWithBackend
 
 import metafunc as mf
@@ -15,18 +21,18 @@ import metafunc as mf
 FN, PARAMS = mf.pure(tanh_net(width=3))
 LOSS = mf.supervised(FN, mf.losses.mse)
 LEARNERS = {
-    "maml": lambda **kw: mf.maml(LOSS, inner_lr=0.1, inner_steps=2, **kw),
-    "maml-remat": lambda **kw: mf.maml(LOSS, inner_lr=0.1, inner_steps=2, remat=True, **kw),
-    "meta_sgd": lambda **kw: mf.meta_sgd(LOSS, inner_lr=0.1, **kw),
-    "reptile": lambda **kw: mf.reptile(LOSS, inner_lr=0.1, inner_steps=2, **kw),
-    "imaml": lambda **kw: mf.imaml(LOSS, inner_lr=0.1, inner_steps=2, cg_steps=2, **kw),
+    "maml": lambda: mf.maml(LOSS, inner_lr=0.1, inner_steps=2),
+    "maml-remat": lambda: mf.remat(mf.maml(LOSS, inner_lr=0.1, inner_steps=2)),
+    "meta_sgd": lambda: mf.meta_sgd(LOSS, inner_lr=0.1),
+    "reptile": lambda: mf.reptile(LOSS, inner_lr=0.1, inner_steps=2),
+    "imaml": lambda: mf.imaml(LOSS, inner_lr=0.1, inner_steps=2, cg_steps=2),
 }
 
 
 @pytest.mark.parametrize("name", LEARNERS)
 @pytest.mark.parametrize("size", [1, 2, 5, 8])
 def test_chunked_meta_gradient_equals_the_whole_batch(name, size):
-    whole, chunked = LEARNERS[name](), LEARNERS[name](chunk_size=size)
+    whole, chunked = LEARNERS[name](), mf.chunked(LEARNERS[name](), size)
     tasks = sine_tasks(n=5)  # size 2: two chunks and a remainder of one task
     meta = whole.init(PARAMS)
     want, want_metrics = whole.meta_grad(meta, tasks)
@@ -37,7 +43,7 @@ def test_chunked_meta_gradient_equals_the_whole_batch(name, size):
 
 @pytest.mark.parametrize("name", ["maml", "imaml"])
 def test_compiled_chunked_step_equals_eager_with_one_graph(name):
-    learner = LEARNERS[name](chunk_size=2)
+    learner = mf.chunked(LEARNERS[name](), 2)
     assert_compiled_step_equals_eager(learner, PARAMS, tasks=5)
 
 
@@ -49,7 +55,7 @@ def test_compiled_chunks_are_a_loop_not_one_copy_per_chunk():
             graphs[n] = gm
             return gm.forward
 
-        learner = LEARNERS["maml"](chunk_size=2)
+        learner = mf.chunked(LEARNERS["maml"](), 2)
         opt = mf.optim.sgd(0.1)
         step = mf.make_step(learner, opt, backend=backend)
         step(mf.init_state(learner, opt, PARAMS), sine_tasks(n=n))
@@ -70,7 +76,9 @@ def test_chunks_bound_the_memory(compiled):
     tasks = sine_tasks(n=8, shots=50, queries=10)
 
     def peak(chunk_size):
-        learner = mf.maml(loss, inner_lr=0.01, inner_steps=3, chunk_size=chunk_size)
+        learner = mf.maml(loss, inner_lr=0.01, inner_steps=3)
+        if chunk_size is not None:
+            learner = mf.chunked(learner, chunk_size)
         run = learner.meta_grad
         if compiled:
             run = torch.compile(run, fullgraph=True, backend="aot_eager")
@@ -87,7 +95,7 @@ def test_compiled_chunked_step_with_dropout_equals_eager_with_one_graph():
     """Random draws inside the compiled chunk loop (scan) are those of the eager chunk loop."""
     fn, params = mf.pure(dropout_net(width=4, noise=0.1))
     loss = mf.supervised(fn, mf.losses.mse)
-    learner = mf.maml(loss, inner_lr=0.1, inner_steps=2, chunk_size=2, randomness="different")
+    learner = mf.stochastic(mf.chunked(mf.maml(loss, inner_lr=0.1, inner_steps=2), 2))
     opt = mf.optim.adam(1e-2)
     eager = mf.make_step(learner, opt, compile=False)
     counter = CompileCounterWithBackend("aot_eager")

@@ -100,7 +100,13 @@ def test_cuda_run_stays_on_the_device_and_checkpoints_round_trip(tmp_path):
         state = mf.init_state(learner, opt, params)
         step = mf.make_step(learner, opt, compile=compile)
         state = mf.train(
-            step, state, sampler, steps=3, generator=g, checkpoint=tmp_path / "c.pt", progress=False
+            step,
+            state,
+            sampler,
+            steps=3,
+            generator=g,
+            progress=False,
+            hooks=[mf.hooks.Checkpoints(tmp_path / "c.pt")],
         )
         _, metrics = step(state, sampler(g))
         assert {t.device.type for t in _tree.leaves((state, metrics))} == {"cuda"}

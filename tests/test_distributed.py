@@ -53,7 +53,7 @@ def test_two_ranks_equal_one_process_over_the_whole_meta_batch(tmp_path):
         for a, b in zip(leaves, mf._tree.leaves(state.meta), strict=True):
             torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12, msg=name)
         if name != "maml_train_resumed":
-            torch.testing.assert_close(loss, metrics["loss"], rtol=1e-12, atol=1e-12)
+            torch.testing.assert_close(loss, metrics.loss, rtol=1e-12, atol=1e-12)
         # and the steps moved it
         learner, params, _ = setup(algo)
         assert not torch.equal(leaves[0], mf._tree.leaves(learner.init(params))[0])
@@ -64,7 +64,8 @@ def test_two_ranks_equal_one_process_over_the_whole_meta_batch(tmp_path):
     init = mf.init_state(learner, opt, params)
     g = torch.Generator()
     ckpt = tmp_path / "ckpt.pt"
-    state = mf.train(step, init, sampler, steps=5, generator=g, resume=ckpt, progress=False)
+    hooks = [mf.hooks.Checkpoints(ckpt, resume=True)]
+    state = mf.train(step, init, sampler, steps=5, generator=g, progress=False, hooks=hooks)
     for a, b in zip(mf._tree.leaves(state), mf._tree.leaves(run("maml", steps=5)[0]), strict=True):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
 

@@ -83,10 +83,10 @@ def _step_call(state=None, tasks=TASKS, opt=None):
     return step(state if state is not None else _state(opt), tasks)
 
 
-def _train(**kw):
+def _train(data=lambda g: TASKS, **kw):
     learner, opt, step = _eager_step()
     args = {"steps": 1, "progress": False} | kw
-    return mf.train(step, mf.init_state(learner, opt, PARAMS), lambda g: TASKS, **args)
+    return mf.train(step, mf.init_state(learner, opt, PARAMS), data, **args)
 
 
 def _load_after_saving(saved, like, *, generator=None, save_generator=None, raw=None):
@@ -101,15 +101,14 @@ def _load_after_saving(saved, like, *, generator=None, save_generator=None, raw=
         return mf.load(path, like=like, generator=generator)
 
 
-def _resume_past_target():
+def _resume_with_other_metadata():
     learner, opt, step = _eager_step()
     state = mf.init_state(learner, opt, PARAMS)
     with tempfile.TemporaryDirectory() as d:
         path = Path(d) / "c.pt"
-        mf.save(path, state._replace(step=torch.tensor(5)), generator=torch.Generator())
-        mf.train(
-            step, state, lambda g: TASKS, steps=3, checkpoint=path, resume=True, progress=False
-        )
+        mf.save(path, state, generator=torch.Generator(), metadata={"lr": 0.1, "seed": 0})
+        saver = mf.hooks.Checkpoints(path, resume=True, metadata={"lr": 0.2, "seed": 0})
+        mf.train(step, state, lambda g: TASKS, steps=3, hooks=[saver], progress=False)
 
 
 def _bn_meta_grad():
@@ -125,7 +124,8 @@ DROPOUT_FN, DROPOUT_PARAMS = mf.pure(
 
 
 def _dropout_learner(randomness="different"):
-    return mf.maml(mf.supervised(DROPOUT_FN, mf.losses.mse), randomness=randomness)
+    learner = mf.maml(mf.supervised(DROPOUT_FN, mf.losses.mse))
+    return learner if randomness == "error" else mf.stochastic(learner, randomness)
 
 
 def _dropout_step(change):
@@ -211,23 +211,37 @@ CASES = [
         r"^fomaml: inner_steps must be an integer \(got 2\.0 of type float\)$",
     ),
     (
-        # A truthy non-bool must be reported against maml (the function called), not fomaml.
-        "maml-first_order-str",
-        lambda: mf.maml(LOSS, first_order="yes"),
+        "first_order-not-a-learner",
+        lambda: mf.first_order(LOSS),
         TypeError,
-        r"^maml: first_order must be True or False \(got 'yes'\)$",
+        r"^first_order: learner must be a metafunc\.Learner, e\.g\. mf\.maml\(loss\) \(got function\)$",
     ),
     (
-        "maml-first_order-int",
-        lambda: mf.maml(LOSS, first_order=1),
+        "first_order-no-inner-loop",
+        lambda: mf.first_order(mf.Learner(lambda p: p, lambda m, s: m, LOSS)),
         TypeError,
-        r"^maml: first_order must be True or False \(got 1\)$",
+        r"^first_order: needs a learner whose inner is a metafunc\.Loop \(gradient steps\), e\.g\. "
+        r"mf\.maml\(loss\) \(got an inner of type function\)$",
     ),
     (
-        "maml-chunk_size-zero",
-        lambda: mf.maml(LOSS, chunk_size=0),
+        "chunked-size-zero",
+        lambda: mf.chunked(mf.maml(LOSS), 0),
         ValueError,
-        r"^maml: chunk_size must be an integer >= 1 \(got 0\)$",
+        r"^chunked: size must be an integer >= 1 \(got 0\)$",
+    ),
+    (
+        "chunked-twice",
+        lambda: mf.chunked(mf.chunked(mf.maml(LOSS), 2), 4),
+        ValueError,
+        r"^chunked: the learner is already chunked \(size 2\); wrap the unchunked learner once "
+        r"\(got size=4\)$",
+    ),
+    (
+        "maml-inner_steps-absurd",
+        lambda: mf.maml(LOSS, inner_steps=10**9),
+        ValueError,
+        r"^maml: inner_steps must be at most 10000 \(got 1000000000\): every step is "
+        r"differentiated through and traced into the compiled step",
     ),
     (
         "maml-loss-not-callable",
@@ -252,11 +266,23 @@ CASES = [
         r"'0\.weight': \*, '2\.weight': \*\}\)$",
     ),
     (
-        "maml-inner_lr-scalar-tensor",
-        lambda: _init_with_lr(torch.tensor(0.1, dtype=F64)),
+        "maml-inner_lr-vector-tensor",
+        lambda: _init_with_lr(torch.tensor([0.1, 0.2], dtype=F64)),
         ValueError,
-        r"^maml: inner_lr must have the same tree structure as params; first difference at "
-        r"params\['0\.bias'\] \(dict\) vs inner_lr \(leaf\)\.",
+        r"^maml: inner_lr as a tensor must be 0-d, one rate for every parameter \(a tree of "
+        r"tensors like the parameters gives each its own\) \(got shape \(2,\)\)$",
+    ),
+    (
+        "maml-inner_lr-scalar-tensor-negative",
+        lambda: mf.maml(LOSS, inner_lr=torch.tensor(-0.1, dtype=F64)),
+        ValueError,
+        r"^maml: inner_lr must be a positive finite number \(got tensor -0\.1\)$",
+    ),
+    (
+        "maml-inner_lr-scalar-tensor-integer",
+        lambda: mf.maml(LOSS, inner_lr=torch.tensor(1)),
+        TypeError,
+        r"^maml: inner_lr must be a floating-point tensor \(got torch\.int64\)$",
     ),
     (
         # (4, 1) against a (4,) bias would broadcast the adapted bias to (4, 4).
@@ -278,13 +304,13 @@ CASES = [
         "sgd-lr-negative",
         lambda: mf.optim.sgd(-1e-3),
         ValueError,
-        r"^sgd: lr must be a positive finite number or a schedule \(got -0\.001\)$",
+        r"^sgd: lr must be a positive finite number, a 0-d tensor or a schedule \(got -0\.001\)$",
     ),
     (
         "adam-lr-string",
         lambda: mf.optim.adam("1e-3"),
         TypeError,
-        r"^adam: lr must be a positive finite number or a schedule \(got '1e-3' of type str\)$",
+        r"^adam: lr must be a positive finite number, a 0-d tensor or a schedule \(got '1e-3' of type str\)$",
     ),
     (
         "sgd-momentum-one",
@@ -347,13 +373,13 @@ CASES = [
         "meta_grad-tasks-not-Tasks",
         lambda: _meta_grad(((SX, SY), (QX, QY))),
         TypeError,
-        r"^maml: tasks must be a metafunc\.Tasks\(support, query\) \(got tuple\)$",
+        r"^meta_grad: tasks must be a metafunc\.Tasks\(support, query\) \(got tuple\)$",
     ),
     (
         "meta_grad-support-query-keys-differ",
         lambda: _meta_grad(mf.Tasks({"x": SX, "y": SY}, {"x": QX, "z": QY})),
         ValueError,
-        r"(?s)^maml: tasks\.query must have the same tree structure as tasks\.support; first "
+        r"(?s)^meta_grad: tasks\.query must have the same tree structure as tasks\.support; first "
         r"difference at tasks\.support\['y'\] \(dict\) vs tasks\.query\['z'\] \(dict\)\.\n  tasks\.support: PyTreeSpec\(\{'x': \*, 'y': \*\}\)"
         r"\n  tasks\.query: PyTreeSpec\(\{'x': \*, 'z': \*\}\)$",
     ),
@@ -361,7 +387,7 @@ CASES = [
         "meta_grad-support-query-lengths-differ",
         lambda: _meta_grad(mf.Tasks((SX, SY), (QX,))),
         ValueError,
-        r"^maml: tasks\.query must have the same tree structure as tasks\.support; first "
+        r"^meta_grad: tasks\.query must have the same tree structure as tasks\.support; first "
         r"difference at tasks\.support\[1\] \(tuple\) has no counterpart in tasks\.query\.\n  tasks\.support: PyTreeSpec\(\(\*, \*\)\)\n"
         r"  tasks\.query: PyTreeSpec\(\(\*,\)\)$",
     ),
@@ -369,7 +395,7 @@ CASES = [
         "meta_grad-number-of-tasks-differs",
         lambda: _meta_grad(_tasks(qx=QX[:2], qy=QY[:2])),
         ValueError,
-        r"^maml: every tensor in the tasks must have the same number of tasks \(leading dimension\); "
+        r"^meta_grad: every tensor in the tasks must have the same number of tasks \(leading dimension\); "
         r"tasks\.support\[0\] has 3 but tasks\.query\[0\] has 2$",
     ),
     (
@@ -378,14 +404,14 @@ CASES = [
             _tasks(sx=torch.zeros(3, 4, 1, dtype=F64), qx=torch.zeros(3, 4, 2, dtype=F64))
         ),
         ValueError,
-        r"^maml: tasks\.support\[0\] and tasks\.query\[0\] must have the same per-example shape; "
+        r"^meta_grad: tasks\.support\[0\] and tasks\.query\[0\] must have the same per-example shape; "
         r"got \(3, 4, 1\) and \(3, 4, 2\) \(shapes are \(tasks, examples, \.\.\.\)\)$",
     ),
     (
         "meta_grad-tensor-ndim-below-2",
         lambda: _meta_grad(_tasks(sy=SY[:, 0, 0])),
         ValueError,
-        r"^maml: tasks\.support\[1\] must have shape \(tasks, examples, features\.\.\.\) "
+        r"^meta_grad: tasks\.support\[1\] must have shape \(tasks, examples, features\.\.\.\) "
         r"\(got shape \(3,\)\); floating-point task data needs all three",
     ),
     (
@@ -393,7 +419,7 @@ CASES = [
         "meta_grad-one-task-without-its-task-dimension",
         lambda: _meta_grad(mf.Tasks((SX[0], SY[0]), (QX[0], QY[0]))),
         ValueError,
-        r"^maml: tasks\.support\[0\] must have shape \(tasks, examples, features\.\.\.\) "
+        r"^meta_grad: tasks\.support\[0\] must have shape \(tasks, examples, features\.\.\.\) "
         r"\(got shape \(4, 1\)\); floating-point task data needs all three: one task without "
         r"its task dimension takes x\[None\], scalar features take x\[\.\.\., None\]; class "
         r"labels are integers and need no feature dimension: y\.long\(\)$",
@@ -402,21 +428,21 @@ CASES = [
         "meta_grad-labels-of-one-task-without-its-task-dimension",
         lambda: mf.maml(LOSS).meta_grad(PARAMS, mf.Tasks((SX, SY[:, :, 0].long()[0]), (QX, QY))),
         ValueError,
-        r"^maml: tasks\.support\[1\] must have shape \(tasks, examples, \.\.\.\) \(got shape "
+        r"^meta_grad: tasks\.support\[1\] must have shape \(tasks, examples, \.\.\.\) \(got shape "
         r"\(4,\)\); one task needs a leading task dimension of 1: x\[None\]$",
     ),
     (
         "meta_grad-no-examples",
         lambda: _meta_grad(_tasks(sx=SX[:, :0], sy=SY[:, :0])),
         ValueError,
-        r"^maml: tasks\.support\[0\] must hold at least one example per task \(got shape "
+        r"^meta_grad: tasks\.support\[0\] must hold at least one example per task \(got shape "
         r"\(3, 0, 1\): dimension 1, the examples, is empty\)$",
     ),
     (
         "adapt-a-single-task-where-a-batch-belongs",
         lambda: mf.maml(LOSS).adapt(PARAMS, (SX[0], SY[0])),
         ValueError,
-        r"^maml\.adapt: support\[0\] must have shape \(tasks, examples, features\.\.\.\) "
+        r"^adapt: support\[0\] must have shape \(tasks, examples, features\.\.\.\) "
         r"\(got shape \(4, 1\)\)",
     ),
     (
@@ -430,26 +456,26 @@ CASES = [
         "meta_grad-float32-data-float64-params",
         lambda: _meta_grad(_tasks(sx=SX.float(), qx=QX.float())),
         TypeError,
-        r"^maml: tasks\.support\[0\] has dtype torch\.float32 but the parameters are "
+        r"^meta_grad: tasks\.support\[0\] has dtype torch\.float32 but the parameters are "
         r"torch\.float64; convert the data with \.to\(torch\.float64\)$",
     ),
     (
         "meta_grad-empty-meta-batch",
         lambda: _meta_grad(_tasks(SX[:0], SY[:0], QX[:0], QY[:0])),
         ValueError,
-        r"^maml: tasks must hold at least one task \(got an empty meta-batch\)$",
+        r"^meta_grad: tasks must hold at least one task \(got an empty meta-batch\)$",
     ),
     (
         "meta_loss-no-tensors",
-        lambda: mf.maml(LOSS).meta_loss(PARAMS, mf.Tasks((), ())),
+        lambda: mf.maml(LOSS).per_task(PARAMS, mf.Tasks((), ())),
         ValueError,
-        r"^maml: tasks\.support must hold at least one tensor \(got \(\)\)$",
+        r"^per_task: tasks\.support must hold at least one tensor \(got \(\)\)$",
     ),
     (
         "meta_grad-integer-meta",
         lambda: mf.maml(LOSS).meta_grad({"w": torch.ones(2, dtype=torch.int64)}, TASKS),
         TypeError,
-        r"^maml: meta\['w'\] must be a floating-point tensor \(got torch\.int64\)$",
+        r"^meta_grad: meta\['w'\] must be a floating-point tensor \(got torch\.int64\)$",
     ),
     # --- the outer step and training loop ----------------------------------------------------
     (
@@ -579,7 +605,7 @@ CASES = [
         "meta_grad-support-list-query-tuple",
         lambda: _meta_grad(mf.Tasks((SX, SY), [QX, QY])),
         ValueError,
-        r"^maml: tasks\.query must have the same tree structure as tasks\.support; first "
+        r"^meta_grad: tasks\.query must have the same tree structure as tasks\.support; first "
         r"difference at tasks\.support\[0\] \(tuple\) vs tasks\.query\[0\] \(list\)\.",
     ),
     (
@@ -600,13 +626,13 @@ CASES = [
         "sgd-lr-nan",
         lambda: mf.optim.sgd(math.nan),
         ValueError,
-        r"^sgd: lr must be a positive finite number or a schedule \(got nan\)$",
+        r"^sgd: lr must be a positive finite number, a 0-d tensor or a schedule \(got nan\)$",
     ),
     (
         "adam-lr-bool",
         lambda: mf.optim.adam(True),
         TypeError,
-        r"^adam: lr must be a positive finite number or a schedule \(got True of type bool\)$",
+        r"^adam: lr must be a positive finite number, a 0-d tensor or a schedule \(got True of type bool\)$",
     ),
     (
         "adam-weight_decay-inf",
@@ -637,7 +663,7 @@ CASES = [
         "meta_grad-data-on-another-device",
         lambda: _meta_grad(META_DEVICE),
         ValueError,
-        r"^maml: tasks\.support\[0\] is on meta but the parameters are on cpu$",
+        r"^meta_grad: tasks\.support\[0\] is on meta but the parameters are on cpu$",
     ),
     (
         "step-data-on-another-device",
@@ -662,7 +688,7 @@ CASES = [
         "meta_grad-params-mixed-dtypes",
         lambda: mf.maml(LOSS).meta_grad(PARAMS | {"2.bias": PARAMS["2.bias"].float()}, TASKS),
         ValueError,
-        r"^maml: all of meta must share one dtype and device; meta\['0\.bias'\] is torch\.float64 "
+        r"^meta_grad: all of meta must share one dtype and device; meta\['0\.bias'\] is torch\.float64 "
         r"on cpu but meta\['2\.bias'\] is torch\.float32 on cpu$",
     ),
     (
@@ -717,25 +743,25 @@ CASES = [
         r"mf\.optim\.sgd\(0\.01, momentum=0\.9\) \(got list\)$",
     ),
     (
-        "maml-randomness-unknown",
-        lambda: mf.maml(LOSS, randomness=True),
+        "stochastic-randomness-unknown",
+        lambda: mf.stochastic(mf.maml(LOSS), randomness=True),
         ValueError,
-        r"^maml: randomness must be 'error', 'different' or 'same' \(got True\); 'different' "
-        r"gives each task its own random draws \(dropout masks\)$",
+        r"^stochastic: randomness must be 'different' \(each task its own draws\) or 'same' "
+        r"\(got True\)$",
     ),
     (
         "meta_grad-dropout-without-randomness",
         lambda: _dropout_learner("error").meta_grad(DROPOUT_PARAMS, TASKS),
         RuntimeError,
-        r"^maml: the model draws random numbers \(dropout or another random operation\), which "
-        r"a learner refuses by default; say so with randomness='different' \(each task its own "
-        r"draws\) when building the learner, and give mf\.init_state a seed",
+        r"^meta_grad: the model draws random numbers \(dropout or another random operation\), "
+        r"which a learner refuses by default; say so with mf\.stochastic\(learner\) \(each task "
+        r"its own draws\) and give mf\.init_state a seed",
     ),
     (
         "adapt-dropout-without-randomness",
         lambda: _dropout_learner("error").adapt(DROPOUT_PARAMS, TASKS.support),
         RuntimeError,
-        r"^maml\.adapt: the model draws random numbers",
+        r"^adapt: the model draws random numbers",
     ),
     (
         "init_state-dropout-without-seed",
@@ -814,7 +840,7 @@ CASES = [
         "meta_grad-given-the-module",
         lambda: mf.maml(LOSS).meta_grad(_net(), TASKS),
         TypeError,
-        r"^maml: meta must be a pytree of tensors, not a module \(got Sequential\)",
+        r"^meta_grad: meta must be a pytree of tensors, not a module \(got Sequential\)",
     ),
     (
         "supervised-model-returns-a-tuple",
@@ -961,16 +987,39 @@ CASES = [
         r"^train: steps must be an integer \(got True of type bool\)$",
     ),
     (
-        "train-log_every-nan",
-        lambda: _train(log_every=math.nan),
+        "Logger-every-nan",
+        lambda: mf.hooks.Logger(math.nan),
         TypeError,
-        r"^train: log_every must be an integer \(got nan of type float\)$",
+        r"^Logger: every must be an integer \(got nan of type float\)$",
     ),
     (
-        "train-sampler-not-callable",
-        lambda: mf.train(_eager_step()[2], _state(mf.optim.sgd(0.1)), TASKS, steps=1),
+        "train-data-a-single-Tasks",
+        lambda: _train(data=TASKS),
         TypeError,
-        r"^train: sampler must be callable \(got Tasks\)$",
+        r"^train: data must be a sampler, data\(generator\) -> Tasks, or an iterable of "
+        r"batches; one Tasks is one meta-batch: pass a sampler that returns it, or \[tasks\] \* n "
+        r"\(got Tasks\)$",
+    ),
+    (
+        "train-data-not-data",
+        lambda: _train(data=3),
+        TypeError,
+        r"^train: data must be a sampler, data\(generator\) -> Tasks, or an iterable of "
+        r"batches \(got int\)$",
+    ),
+    (
+        "train-batch-not-a-pair",
+        lambda: _train(data=[SX]),
+        TypeError,
+        r"^train: each batch of data must be a metafunc\.Tasks or a pair \(support, query\) "
+        r"\(got Tensor\)$",
+    ),
+    (
+        "train-generator-with-an-iterable",
+        lambda: _train(data=[TASKS], generator=torch.Generator()),
+        ValueError,
+        r"^train: generator is for a sampler, data\(generator\); an iterable of batches \(a "
+        r"DataLoader\) draws with its own \(got both\)$",
     ),
     (
         "train-generator-not-a-Generator",
@@ -985,47 +1034,43 @@ CASES = [
         r"^train: on_nonfinite must be 'raise' or 'skip' \(got 'ignore'\)$",
     ),
     (
-        "train-checkpoint-not-a-path",
-        lambda: _train(checkpoint=3),
+        "train-steps-and-until",
+        lambda: _train(until=3),
         TypeError,
-        r"^train: checkpoint must be a path or None \(got int\)$",
+        r"^train: give steps \(to run from state\) or until \(the step to run to\), one of "
+        r"them \(got steps=1, until=3\)$",
     ),
     (
-        "train-checkpoint_every-zero",
-        lambda: _train(checkpoint="c.pt", checkpoint_every=0),
-        ValueError,
-        r"^train: checkpoint_every must be an integer >= 1 \(got 0\)$",
-    ),
-    (
-        "train-checkpoint_every-without-checkpoint",
-        lambda: _train(checkpoint_every=10),
-        ValueError,
-        r"^train: checkpoint_every needs checkpoint=<path> \(got checkpoint=None\)$",
-    ),
-    (
-        "train-resume-without-checkpoint",
-        lambda: _train(resume=True),
-        ValueError,
-        r"^train: resume=True needs checkpoint=<path> to resume from \(got checkpoint=None\)$",
-    ),
-    (
-        "train-resume-int",
-        lambda: _train(resume=1),
+        "train-hooks-not-hooks",
+        lambda: _train(hooks=[print]),
         TypeError,
-        r"^train: resume must be True, False or a checkpoint path \(got 1 of type int\)$",
+        r"^train: hooks must be a list of hooks with start, step and end methods \(e\.g\. "
+        r"mf\.hooks\.Logger\(100\)\); hooks\[0\] is a builtin_function_or_method$",
     ),
     (
-        "train-resume-missing-file",
-        lambda: _train(resume="/nonexistent-dir/c.pt"),
-        FileNotFoundError,
-        r"^load: path must be a checkpoint file \(got '/nonexistent-dir/c\.pt', no such file\)$",
+        "Checkpoints-path-not-a-path",
+        lambda: mf.hooks.Checkpoints(3),
+        TypeError,
+        r"^Checkpoints: path must be a path \(got int\)$",
     ),
     (
-        "train-resume-checkpoint-past-the-target",
-        _resume_past_target,
+        "Checkpoints-every-zero",
+        lambda: mf.hooks.Checkpoints("c.pt", every=0),
         ValueError,
-        r"^train: the checkpoint '.*c\.pt' is at step 5, past the 3 steps this run goes to "
-        r"\(steps=3 from step 0\)$",
+        r"^Checkpoints: every must be an integer >= 1 \(got 0\)$",
+    ),
+    (
+        "Checkpoints-resume-int",
+        lambda: mf.hooks.Checkpoints("c.pt", resume=1),
+        TypeError,
+        r"^Checkpoints: resume must be True or False \(got 1\)$",
+    ),
+    (
+        "Checkpoints-resume-with-other-metadata",
+        _resume_with_other_metadata,
+        ValueError,
+        r"^train: the checkpoint '.*c\.pt' was saved by a run with other metadata \(lr: 0\.1 -> "
+        r"0\.2\); resume with the same settings, or write to another path$",
     ),
 ]
 
@@ -1051,4 +1096,4 @@ def test_a_pytree_inner_lr_that_fits_is_accepted():
     learner = mf.maml(LOSS, inner_lr=lr)
     grads, metrics = learner.meta_grad(learner.init(PARAMS), TASKS)
     assert {k: v.shape for k, v in grads.items()} == {k: v.shape for k, v in PARAMS.items()}
-    assert torch.isfinite(metrics["loss"])
+    assert torch.isfinite(metrics.loss)

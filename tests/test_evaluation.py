@@ -15,16 +15,14 @@ from statistics import NormalDist
 
 import pytest
 import torch
-from conftest import tanh_net
-from test_fewshot import labelled_dataset
+from support import labelled_dataset, tanh_net
 from torch.func import functional_call
 
 import metafunc as mf
-from metafunc import _learner
-from metafunc.evaluation import (
+from metafunc.evaluation import mean_ci95
+from metafunc.experiments.scores import (
     daml_grid_error,
     fewshot_accuracy,
-    mean_ci95,
     sine_grid_error,
     sinusoid_error,
 )
@@ -79,13 +77,7 @@ def memoriser():
         x, y = support
         return {"xs": x, "ys": y}
 
-    learner = _learner.build(
-        "memoriser",
-        init=lambda p: p,
-        adapt=adapt,
-        loss=mf.supervised(predict, mf.losses.mse),
-        chunk_size=None,
-    )
+    learner = mf.Learner(init=lambda p: p, inner=adapt, outer=mf.supervised(predict, mf.losses.mse))
     return learner, predict
 
 
@@ -218,13 +210,8 @@ def label_reader(ways):
         x, y = support
         return {"xs": x, "ys": y.to(x.dtype)}
 
-    learner = _learner.build(
-        "label_reader",
-        init=lambda p: p,
-        adapt=adapt_labels,
-        loss=lambda p, data: predict(p, data[0]).sum() * 0,
-        chunk_size=None,
-        paired=True,
+    learner = mf.Learner(
+        init=lambda p: p, inner=adapt_labels, outer=lambda p, data: predict(p, data[0]).sum() * 0
     )
     return learner, predict
 
@@ -311,8 +298,8 @@ def test_loss_before_is_the_query_loss_at_the_meta_parameters(steps):
     torch.testing.assert_close(scores.mse.values, after, rtol=1e-10, atol=0)  # MSE loss
     assert (scores.loss.mean, scores.loss.ci95) == mean_ci95(scores.loss.values)
     _, metrics = learner.meta_grad(params, tasks)  # what the step logs
-    torch.testing.assert_close(metrics["loss"], after.mean(), rtol=1e-10, atol=0)
-    torch.testing.assert_close(metrics["loss_before"], before.mean(), rtol=1e-10, atol=0)
+    torch.testing.assert_close(metrics.loss, after.mean(), rtol=1e-10, atol=0)
+    torch.testing.assert_close(metrics.loss_before, before.mean(), rtol=1e-10, atol=0)
 
 
 def test_evaluate_scores_the_learners_loss_and_the_models_squared_error_apart():
@@ -400,7 +387,7 @@ TASKS = redraw_sinusoid(0, tasks=2, shots=3, queries=3)
         (
             lambda: mf.evaluate(LEARNER, PARAMS, mf.Tasks(TASKS.query, TASKS.query[0])),
             ValueError,
-            r"^maml: tasks.query must have the same tree structure as tasks.support",
+            r"^evaluate: tasks.query must have the same tree structure as tasks.support",
         ),
     ],
 )

@@ -10,13 +10,14 @@ from statistics import NormalDist
 import pytest
 import torch
 from PIL import Image
-from test_maml_reference import assert_trees_close
+from support import assert_trees_close, labelled_dataset
 from torch._dynamo.testing import CompileCounterWithBackend
 from torch.func import functional_call
 
 import metafunc as mf
 from metafunc.cli import main
-from metafunc.evaluation import fewshot_accuracy, mean_ci95
+from metafunc.evaluation import mean_ci95
+from metafunc.experiments.scores import fewshot_accuracy
 
 # ---------------------------------------------------------------- Omniglot loader
 
@@ -168,14 +169,6 @@ def test_import_metafunc_loads_no_pil():
 # ---------------------------------------------------------------- sampler
 
 
-def labelled_dataset(classes=7, examples=6):
-    """Each image holds its class in pixel (0, 0) and its example in pixel (0, 1)."""
-    images = torch.zeros(classes, examples, 1, 3, 3, dtype=torch.uint8)
-    images[:, :, 0, 0, 0] = torch.arange(classes)[:, None]
-    images[:, :, 0, 0, 1] = torch.arange(examples)
-    return mf.tasks.ImageClasses(images, tuple(map(str, range(classes))))
-
-
 @pytest.mark.parametrize(("ways", "shots", "queries"), [(5, 1, 1), (3, 2, 4), (7, 1, 5), (1, 1, 5)])
 def test_fewshot_tasks_are_n_way_k_shot_with_labels_0_to_n_minus_1(ways, shots, queries):
     data = labelled_dataset()
@@ -310,7 +303,7 @@ def test_every_algorithm_adapts_the_conv_net_under_vmap(algo):
     opt = mf.optim.adam(1e-3)
     state = mf.init_state(learner, opt, params)
     new, metrics = mf.make_step(learner, opt, compile=False)(state, tasks)
-    assert bool(metrics["finite"]) and float(metrics["grad_norm"]) > 0
+    assert bool(metrics.finite) and float(metrics.grad_norm) > 0
     # Adapting on the support lowers the support loss of each task, as one SGD step should.
     loss = mf.supervised(fn, mf.losses.cross_entropy)
     meta = learner.init(params)
@@ -465,7 +458,7 @@ def test_train_fewshot_on_nonfinite_raises_or_skips(tmp_path, capsys):
         main([*args, "--out", str(tmp_path / "raise")])
     assert not (tmp_path / "raise" / "checkpoint.pt").exists()
     assert main([*args, "--on-nonfinite", "skip", "--out", str(tmp_path / "skip")]) == 0
-    assert "skipped 1 non-finite step(s)" in capsys.readouterr().out
+    assert "step 2: skipped 2 non-finite step(s) of the last 2" in capsys.readouterr().out
     saved = torch.load(tmp_path / "skip" / "checkpoint.pt", weights_only=True)
     assert int(saved["state.step"]) == 2 and int(saved["state.opt_state.total_notfinite"]) == 2
     text = (tmp_path / "skip" / "results.json").read_text()

@@ -10,9 +10,15 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import peak_bytes, sine_tasks, tanh_net
-from test_algorithms import linear_net, linear_tasks
-from test_maml_reference import assert_compiled_step_equals_eager, assert_trees_close
+from support import (
+    assert_compiled_step_equals_eager,
+    assert_trees_close,
+    linear_net,
+    linear_tasks,
+    peak_bytes,
+    sine_tasks,
+    tanh_net,
+)
 from torch.func import grad, jacrev
 
 import metafunc as mf
@@ -49,7 +55,7 @@ def test_imaml_equals_the_ridge_closed_form():
     want = torch.stack(want).mean(0)
     torch.testing.assert_close(got["weight"].reshape(-1), want[:3], rtol=1e-10, atol=1e-12)
     torch.testing.assert_close(got["bias"], want[3:], rtol=1e-10, atol=1e-12)
-    torch.testing.assert_close(metrics["loss"], torch.stack(losses).mean(), rtol=1e-10, atol=0)
+    torch.testing.assert_close(metrics.loss, torch.stack(losses).mean(), rtol=1e-10, atol=0)
 
 
 def test_conjugate_gradient_equals_a_dense_solve_on_a_small_mlp():

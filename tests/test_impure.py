@@ -4,7 +4,7 @@ never changes the caller's tensors."""
 
 import pytest
 import torch
-from conftest import sine_tasks
+from support import sine_tasks
 from torch import nn
 
 import metafunc as mf
@@ -178,25 +178,25 @@ def test_task_tensors_that_require_grad_leave_no_graph_in_the_state():
         assert t.grad_fn is None and not t.requires_grad
 
 
-def test_running_out_of_memory_suggests_chunk_size():
+def test_running_out_of_memory_suggests_chunked():
     step, state = step_for()
     learner = mf.maml(mf.supervised(mf.pure(nn.Linear(1, 1).double())[0], mf.losses.mse))
 
-    def meta_grad(meta, tasks):  # one task fits (the first-call probe), the batch does not
+    def rule(learner, meta, tasks):  # one task fits (the first-call probe), the batch does not
         if tasks.support[0].shape[0] > 1:
             raise RuntimeError(
                 "[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: "
                 "can't allocate memory: you tried to allocate 549755813888 bytes."
             )
-        return learner.meta_grad(meta, tasks)
+        return mf.exact(learner, meta, tasks)
 
     opt = mf.optim.sgd(0.1)
-    step = mf.make_step(learner._replace(meta_grad=meta_grad), opt, compile=False)
+    step = mf.make_step(learner._replace(rule=rule), opt, compile=False)
     with pytest.raises(
         RuntimeError,
         match=r"^step: out of memory for a meta-batch of 3 tasks \(\[enforce fail at "
         r"alloc_cpu\.cpp:117\] DefaultCPUAllocator: can't allocate memory: .*\); vmap holds "
-        r"every task's activations at once: give the learner chunk_size= to hold fewer, e\.g\. "
-        r"mf\.maml\(loss, \.\.\., chunk_size=1\)",
+        r"every task's activations at once: wrap the learner to hold fewer, e\.g\. "
+        r"mf\.chunked\(learner, 1\), or use a smaller meta-batch$",
     ):
         step(mf.init_state(learner, opt, state.meta), sine_tasks())

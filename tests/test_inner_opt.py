@@ -8,7 +8,7 @@ import functools
 import pytest
 import torch
 import torch._dynamo.testing
-from conftest import sine_tasks, tanh_net
+from support import sine_tasks, tanh_net
 from torch.func import functional_call
 
 import metafunc as mf

@@ -13,7 +13,7 @@ import math
 import torch
 
 import metafunc as mf
-from metafunc.evaluation import daml_grid_error, sine_grid_error, sinusoid_error
+from metafunc.experiments.scores import daml_grid_error, sine_grid_error, sinusoid_error
 
 SEEDS = (0, 1, 2)
 MAML_STEPS = 600

@@ -7,8 +7,13 @@ linear model.
 
 import pytest
 import torch
-from conftest import sine_tasks, tanh_net
-from torch.func import functional_call
+from support import (
+    assert_metrics_equal,
+    assert_trees_close,
+    reference_meta_grad,
+    sine_tasks,
+    tanh_net,
+)
 
 import metafunc as mf
 from metafunc import _tree
@@ -16,80 +21,14 @@ from metafunc import _tree
 ALPHA = 0.1
 
 
-def reference_meta_grad(
-    net, params, tasks, *, lr, steps, first_order, criterion=None, with_losses=False
-):
-    """Per task: inner SGD with autograd.grad(create_graph=True), then the query loss; the
-    mean over tasks is differentiated with autograd.grad. The default criterion is MSE.
-    ``with_losses`` also returns the mean query loss after and before adapting, as the step's
-    metrics ``{"loss", "loss_before"}``."""
-    names = sorted(params)
-    theta0 = [params[k].clone().requires_grad_() for k in names]
-
-    def loss(theta, data):
-        x, y = data
-        pred = functional_call(net, dict(zip(names, theta, strict=True)), (x,))
-        return ((pred - y) ** 2).mean() if criterion is None else criterion(pred, y)
-
-    total, before = 0.0, 0.0
-    n = tasks.support[0].shape[0]
-    for i in range(n):
-        support = tuple(t[i] for t in tasks.support)
-        query = tuple(t[i] for t in tasks.query)
-        before += loss(theta0, query).item() / n
-        theta = theta0
-        for _ in range(steps):
-            grads = torch.autograd.grad(loss(theta, support), theta, create_graph=not first_order)
-            rates = [lr[k] for k in names] if isinstance(lr, dict) else [lr] * len(names)
-            theta = [p - a * g for p, a, g in zip(theta, rates, grads, strict=True)]
-        total = total + loss(theta, query)
-    grads = dict(zip(names, torch.autograd.grad(total / n, theta0), strict=True))
-    if not with_losses:
-        return grads
-    return grads, {"loss": total.item() / n, "loss_before": before}
-
-
-def assert_metrics_equal(metrics, want):
-    """The step's loss metrics against the reference's, both after and before adapting."""
-    for key in ("loss", "loss_before"):
-        assert metrics[key].item() == pytest.approx(want[key], rel=1e-10), key
-
-
-def assert_trees_close(a, b, **kw):
-    assert _tree.structure(a) == _tree.structure(b)
-    for (path, x), y in zip(_tree.named_leaves(a), _tree.leaves(b), strict=True):
-        torch.testing.assert_close(x, y, msg=lambda m, path=path: f"{path}: {m}", **kw)
-
-
-def assert_compiled_step_equals_eager(learner, params, tasks=2):
-    """Two Adam steps of ``learner`` compiled (aot_eager, so cheap) equal the eager ones on
-    fresh float64 sine tasks (``tasks`` per step), with one compiled frame for both."""
-    from torch._dynamo.testing import CompileCounterWithBackend
-
-    opt = mf.optim.adam(1e-2)
-    eager = mf.make_step(learner, opt, compile=False)
-    counter = CompileCounterWithBackend("aot_eager")
-    compiled = mf.make_step(learner, opt, backend=counter)
-    s_eager = s_comp = mf.init_state(learner, opt, params)
-    for seed in range(2):
-        batch = sine_tasks(n=tasks, seed=seed)
-        s_eager, m_eager = eager(s_eager, batch)
-        s_comp, m_comp = compiled(s_comp, batch)
-        assert_trees_close(s_comp, s_eager, rtol=1e-12, atol=1e-14)
-        assert_trees_close(m_comp, m_eager, rtol=1e-12, atol=1e-14)
-    assert counter.frame_count == 1
-
-
-def setup(steps, first_order=False, lr=ALPHA, **kw):
+def setup(steps, first_order=False, lr=ALPHA, chunk_size=None):
     net = tanh_net()
     fn, params = mf.pure(net)
-    learner = mf.maml(
-        mf.supervised(fn, mf.losses.mse),
-        inner_lr=lr,
-        inner_steps=steps,
-        first_order=first_order,
-        **kw,
-    )
+    learner = mf.maml(mf.supervised(fn, mf.losses.mse), inner_lr=lr, inner_steps=steps)
+    if first_order:
+        learner = mf.first_order(learner)
+    if chunk_size is not None:
+        learner = mf.chunked(learner, chunk_size)
     return net, params, learner
 
 
@@ -102,7 +41,7 @@ def test_maml_equals_autograd_loop(steps):
         net, params, tasks, lr=ALPHA, steps=steps, first_order=False, with_losses=True
     )
     assert_trees_close(got, want, rtol=1e-10, atol=1e-12)
-    assert metrics["loss"].dtype == torch.float64
+    assert metrics.loss.dtype == torch.float64
     assert_metrics_equal(metrics, losses)  # loss_before at θ0, not after adapting
     assert abs(losses["loss"] - losses["loss_before"]) > 1e-3
 
@@ -172,7 +111,7 @@ def test_gradcheck_meta_loss_second_order():
     def meta_loss(vec):
         chunks = torch.split(vec, [s.numel() for s in shapes])
         meta = {k: c.reshape(s) for k, c, s in zip(names, chunks, shapes, strict=True)}
-        return learner.meta_loss(meta, tasks)
+        return learner.per_task(meta, tasks)[1].mean()
 
     assert torch.autograd.gradcheck(meta_loss, (flat,), eps=1e-6, atol=1e-7)
     # and the meta-gradient the library returns is that derivative
@@ -212,7 +151,9 @@ def test_one_step_closed_form_on_linear_model(first_order):
     w_adapted = w - ALPHA * grad_s
     grad_q = 2 / len(xq) * xq.T @ (xq @ w_adapted - yq)
     want = grad_q if first_order else (torch.eye(3, dtype=torch.float64) - ALPHA * hess_s) @ grad_q
-    learner = mf.maml(loss, inner_lr=ALPHA, inner_steps=1, first_order=first_order)
+    learner = mf.maml(loss, inner_lr=ALPHA, inner_steps=1)
+    if first_order:
+        learner = mf.first_order(learner)
     got, _ = learner.meta_grad(params, tasks)
     torch.testing.assert_close(got["w"], want, rtol=1e-12, atol=1e-14)
     torch.testing.assert_close(

@@ -6,8 +6,7 @@ import math
 
 import pytest
 import torch
-from conftest import sine_tasks
-from test_maml_reference import reference_meta_grad
+from support import reference_meta_grad, sine_tasks
 from torch import nn
 from torch.func import functional_call, grad, vmap
 

@@ -317,13 +317,13 @@ def _schedule_returning(value):
 
 BAD = [
     ("adam-lr-negative", lambda: mf.optim.adam(-1), ValueError,
-     r"^adam: lr must be a positive finite number or a schedule \(got -1\)$"),
+     r"^adam: lr must be a positive finite number, a 0-d tensor or a schedule \(got -1\)$"),
     ("adamw-lr-zero", lambda: mf.optim.adamw(0.0), ValueError,
-     r"^adamw: lr must be a positive finite number or a schedule \(got 0\.0\)$"),
+     r"^adamw: lr must be a positive finite number, a 0-d tensor or a schedule \(got 0\.0\)$"),
     ("sgd-lr-inf", lambda: mf.optim.sgd(math.inf), ValueError,
-     r"^sgd: lr must be a positive finite number or a schedule \(got inf\)$"),
+     r"^sgd: lr must be a positive finite number, a 0-d tensor or a schedule \(got inf\)$"),
     ("sgd-lr-tensor", lambda: mf.optim.sgd([0.1]), TypeError,
-     r"^sgd: lr must be a positive finite number or a schedule \(got \[0\.1\] of type list\)$"),
+     r"^sgd: lr as rates per leaf must hold tensors \(got list holding \['float'\]\)$"),
     ("adam-schedule-vector", lambda: mf.optim.adam(_schedule_returning(torch.ones(2))), ValueError,
      r"^adam: lr schedule must return a finite scalar \(a number or a 0-d tensor\) for a step "
      r"count, but lr\(0\) returned a tensor of shape \(2,\)$"),

@@ -50,7 +50,7 @@ def test_autocast_inside_the_loss_under_vmap_is_the_float32_meta_gradient_to_bf1
     got, metrics = mixed.meta_grad(params, batch)
     want, _ = plain.meta_grad(params, batch)
     assert all(g.dtype == torch.float32 for g in got.values())
-    assert bool(_tree.all_finite(got)) and bool(torch.isfinite(metrics["loss"]))
+    assert bool(_tree.all_finite(got)) and bool(torch.isfinite(metrics.loss))
     err = rel_err(_tree.leaves(got), _tree.leaves(want))
     assert 0 < err < 0.05  # bf16 keeps 8 bits: ~0.4% per operation, and autocast did act
 
@@ -71,9 +71,9 @@ def test_autocast_compiled_with_inductor_equals_eager_one_graph():
         batch = tasks(seed=seed)
         s_comp, m_comp = compiled(s_comp, batch)
         s_eager, m_eager = eager(s_eager, batch)
-        assert bool(m_comp["finite"])
+        assert bool(m_comp.finite)
         # bf16 rounding differs where Inductor fuses: equal to bf16 accuracy
-        torch.testing.assert_close(m_comp["loss"], m_eager["loss"], rtol=2e-2, atol=1e-3)
+        torch.testing.assert_close(m_comp.loss, m_eager.loss, rtol=2e-2, atol=1e-3)
         assert rel_err(_tree.leaves(s_comp.meta), _tree.leaves(s_eager.meta)) < 1e-3
     assert counter.frame_count == 1
 
@@ -94,7 +94,7 @@ def test_half_precision_parameters_with_adam_stay_finite_through_the_step(dtype)
     batch = tasks(dtype)
     grads, _ = learner.meta_grad(params, batch)
     new, metrics = step(state, batch)
-    assert bool(metrics["finite"]) and all(v.dtype == dtype for v in new.meta.values())
+    assert bool(metrics.finite) and all(v.dtype == dtype for v in new.meta.values())
     # the reference: torch.optim.Adam in float32 on the same (half-precision) gradient
     ref = {k: v.float().clone().requires_grad_() for k, v in params.items()}
     torch_adam = torch.optim.Adam(ref.values(), lr=1e-2)

@@ -6,7 +6,7 @@ from pathlib import Path
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_maml_reference import assert_metrics_equal, reference_meta_grad
+from support import assert_metrics_equal, reference_meta_grad
 from torch import nn
 
 import metafunc as mf
@@ -100,12 +100,8 @@ def test_vmap_over_tasks_equals_a_loop(n_tasks, inner_steps, first_order, seed):
     """Against the hand-written autograd loop over the tasks (not the library on slices)."""
     net = _net([3], seed, torch.float64)
     fn, params = mf.pure(net)
-    learner = mf.maml(
-        mf.supervised(fn, mf.losses.mse),
-        inner_lr=0.1,
-        inner_steps=inner_steps,
-        first_order=first_order,
-    )
+    learner = mf.maml(mf.supervised(fn, mf.losses.mse), inner_lr=0.1, inner_steps=inner_steps)
+    learner = mf.first_order(learner) if first_order else learner
     tasks = mf.tasks.sinusoid(
         torch.Generator().manual_seed(seed), tasks=n_tasks, shots=3, queries=4, dtype=torch.float64
     )

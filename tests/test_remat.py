@@ -1,4 +1,4 @@
-"""Rematerialised inner steps (``remat=True``): the same meta-gradient, bit for bit in float64,
+"""Rematerialised inner steps (``mf.remat``): the same meta-gradient, bit for bit in float64,
 eager and compiled, with memory that does not grow with the inner steps."""
 
 from __future__ import annotations
@@ -8,9 +8,7 @@ from functools import partial
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import peak_bytes, sine_tasks, tanh_net
-from test_algorithms import daml_setup
-from test_maml_reference import assert_compiled_step_equals_eager
+from support import assert_compiled_step_equals_eager, daml_setup, peak_bytes, sine_tasks, tanh_net
 
 import metafunc as mf
 from metafunc import _tree
@@ -38,17 +36,17 @@ def _pairs():
         "anil": (mf.anil, dict(head="2", inner_lr=ALPHA, inner_steps=3)),
         "meta_sgd": (mf.meta_sgd, dict(inner_lr=ALPHA, inner_steps=2)),
         "meta_sgd-first-order": (
-            mf.meta_sgd,
-            dict(inner_lr=ALPHA, inner_steps=2, first_order=True),
+            lambda loss, **kw: mf.first_order(mf.meta_sgd(loss, **kw)),
+            dict(inner_lr=ALPHA, inner_steps=2),
         ),
     }
     out = {
-        name: (make(loss, **kw), make(loss, remat=True, **kw), params, tasks)
+        name: (make(loss, **kw), mf.remat(make(loss, **kw)), params, tasks)
         for name, (make, kw) in configs.items()
     }
     out["daml"] = (
         daml_setup(inner_steps=3)[4],
-        daml_setup(inner_steps=3, remat=True)[4],
+        mf.remat(daml_setup(inner_steps=3)[4]),
         d_params,
         d_tasks,
     )
@@ -67,7 +65,7 @@ def test_remat_meta_gradient_equals_the_exact_one_bit_for_bit(name):
     for (path, g), w in zip(_tree.named_leaves(got), _tree.leaves(want), strict=True):
         assert torch.equal(g, w), f"{name} {path}: {(g - w).abs().max().item()}"
     for key in ("loss", "loss_before"):
-        assert torch.equal(got_metrics[key], want_metrics[key])
+        assert torch.equal(getattr(got_metrics, key), getattr(want_metrics, key))
 
 
 def test_remat_is_not_first_order():
@@ -91,7 +89,8 @@ def test_remat_memory_does_not_grow_with_the_inner_steps():
     tasks = sine_tasks(n=4, shots=50, queries=10)
 
     def peak(steps, remat):
-        learner = mf.maml(loss, inner_lr=0.01, inner_steps=steps, remat=remat)
+        learner = mf.maml(loss, inner_lr=0.01, inner_steps=steps)
+        learner = mf.remat(learner) if remat else learner
         return peak_bytes(lambda: learner.meta_grad(params, tasks))
 
     plain = peak(16, False) - peak(2, False)
@@ -102,24 +101,41 @@ def test_remat_memory_does_not_grow_with_the_inner_steps():
     assert remat < plain / 20
 
 
-def _learners(**kw):
+def _learners():
     loss = mf.supervised(lambda p, x: x, mf.losses.mse)
     outer = {"w": torch.ones(1)}
     daml = partial(mf.daml, lambda p, x: (x, x), lambda *a: a[1].sum(), outer, F.mse_loss)
     return [
-        lambda: mf.maml(loss, inner_lr=ALPHA, **kw),
-        lambda: mf.fomaml(loss, inner_lr=ALPHA, **kw),
-        lambda: mf.anil(loss, head="2", inner_lr=ALPHA, **kw),
-        lambda: mf.meta_sgd(loss, inner_lr=ALPHA, **kw),
-        lambda: daml(inner_lr=ALPHA, **kw),
+        mf.maml(loss, inner_lr=ALPHA),
+        mf.fomaml(loss, inner_lr=ALPHA),
+        mf.anil(loss, head="2", inner_lr=ALPHA),
+        mf.meta_sgd(loss, inner_lr=ALPHA),
+        daml(inner_lr=ALPHA),
     ]
 
 
 def test_remat_with_random_draws_is_refused_by_name():
     # the recomputed steps would draw new dropout masks: the gradient of another forward pass
-    for make in _learners(remat=True, randomness="different"):
-        with pytest.raises(ValueError, match=r"remat=True .* \(got remat=True and randomness="):
-            make()
-    for make in _learners(remat="yes"):
-        with pytest.raises(TypeError, match="remat"):
-            make()
+    for learner in _learners():
+        with pytest.raises(
+            ValueError,
+            match=r"^remat: recomputing each inner step .* \(got a learner with randomness='different'\)$",
+        ):
+            mf.remat(mf.stochastic(learner))
+        with pytest.raises(ValueError, match=r"^stochastic: recomputing each inner step"):
+            mf.stochastic(mf.remat(learner))
+
+
+def test_remat_is_refused_where_nothing_differentiates_through_the_inner_loop():
+    loss = mf.supervised(lambda p, x: x, mf.losses.mse)
+    for learner in (
+        mf.reptile(loss, inner_lr=ALPHA),
+        mf.imaml(loss, inner_lr=ALPHA),
+        mf.chunked(mf.maml(loss, inner_lr=ALPHA), 2),  # already chunked: remat goes first
+    ):
+        with pytest.raises(
+            ValueError, match=r"^remat: the learner's meta-gradient is not the exact one"
+        ):
+            mf.remat(learner)
+    with pytest.raises(TypeError, match=r"^remat: learner must be a metafunc\.Learner"):
+        mf.remat("maml")

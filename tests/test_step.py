@@ -5,7 +5,7 @@ import functools
 import pytest
 import torch
 import torch._dynamo.testing
-from conftest import sine_tasks, tanh_net
+from support import sine_tasks, tanh_net
 from torch import nn
 
 import metafunc as mf
@@ -34,11 +34,11 @@ def test_eager_step_is_meta_grad_then_update():
     ):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
     assert int(new.step) == 1 and int(state.step) == 0
-    assert set(metrics) == {"loss", "loss_before", "grad_norm", "finite", "finite_leaves"}
-    assert metrics["finite_leaves"].tolist() == [True] * len(params)
-    torch.testing.assert_close(metrics["loss"], m["loss"])
-    torch.testing.assert_close(metrics["grad_norm"], _tree.global_norm(grads))
-    assert metrics["finite"].dtype == torch.bool and bool(metrics["finite"])
+    assert isinstance(metrics, mf.Metrics) and not bool(metrics.skipped)
+    assert metrics.finite_leaves.tolist() == [True] * len(params)
+    torch.testing.assert_close(metrics.loss, m.loss)
+    torch.testing.assert_close(metrics.grad_norm, _tree.global_norm(grads))
+    assert metrics.finite.dtype == torch.bool and bool(metrics.finite)
 
 
 def test_finite_flag_reports_nan_and_a_guarded_step_keeps_the_previous_state():
@@ -50,7 +50,7 @@ def test_finite_flag_reports_nan_and_a_guarded_step_keeps_the_previous_state():
     tasks = sine_tasks(seed=2)
     tasks.query[1][0, 0, 0] = float("nan")
     new, metrics = step(state, tasks)
-    assert not bool(metrics["finite"])
+    assert not bool(metrics.finite) and bool(metrics.skipped)
     for a, b in zip(
         _tree.leaves((new.meta, new.opt_state.inner_state)),
         _tree.leaves((state.meta, state.opt_state.inner_state)),
@@ -72,9 +72,10 @@ def test_finite_is_false_when_the_update_overflows_though_the_gradient_is_finite
     (xs, ys), (xq, yq) = sine_tasks()
     tasks = mf.Tasks((xs.float(), 100 * ys.float()), (xq.float(), 100 * yq.float()))
     new, metrics = mf.make_step(learner, opt, compile=False)(state, tasks)
-    assert metrics["finite_leaves"].all() and bool(torch.isfinite(metrics["loss"]))
-    assert not bool(metrics["finite"])
+    assert metrics.finite_leaves.all() and bool(torch.isfinite(metrics.loss))
+    assert not bool(metrics.finite)
     assert bool(_tree.all_finite(new.meta)) == guarded  # the guard kept the state
+    assert bool(metrics.skipped) == guarded
     if guarded:
         assert all(
             torch.equal(a, b)
@@ -91,7 +92,8 @@ def test_without_a_guard_a_nan_step_is_reported_and_applied():
     new, metrics = mf.make_step(learner, opt, compile=False)(
         mf.init_state(learner, opt, params), tasks
     )
-    assert not bool(metrics["finite"]) and not bool(_tree.all_finite(new.meta))
+    assert not bool(metrics.finite) and not bool(_tree.all_finite(new.meta))
+    assert not bool(metrics.skipped)  # applied: the state is no longer finite
 
 
 def _two_leaf_learner():
@@ -113,13 +115,13 @@ def test_finite_leaves_flag_the_parameter_with_a_bad_gradient(compile):
     step = mf.make_step(learner, opt, compile=compile)
     x = torch.ones(2, 3, 2, dtype=torch.float64)
     state, m = step(mf.init_state(learner, opt, params), mf.Tasks((x,), (x,)))
-    assert bool(m["finite"]) and m["finite_leaves"].tolist() == [True, True]
+    assert bool(m.finite) and m.finite_leaves.tolist() == [True, True]
     assert float(state.meta["a"]) == 0.9  # applied
     x = x.clone()
     x[1, 2, 1] = float("inf")
     new, m = step(state, mf.Tasks((x,), (x,)))
-    assert not bool(m["finite"])
-    assert m["finite_leaves"].tolist() == [True, False]  # leaves in sorted key order: a, b
+    assert not bool(m.finite)
+    assert m.finite_leaves.tolist() == [True, False]  # leaves in sorted key order: a, b
     assert _tree.named_leaves(new.meta, "meta")[1][0] == "meta['b']"
     assert torch.equal(new.meta["a"], state.meta["a"]) and torch.equal(
         new.meta["b"], state.meta["b"]
@@ -138,7 +140,7 @@ def test_a_step_keeps_the_dtype(dtype):
     assert {
         t.dtype for t in _tree.leaves((state.meta, state.opt_state.mu, state.opt_state.nu))
     } == {dtype}
-    assert metrics["loss"].dtype == dtype and metrics["grad_norm"].dtype == dtype
+    assert metrics.loss.dtype == dtype and metrics.grad_norm.dtype == dtype
     assert state.step.dtype == torch.int64 and state.opt_state.count.dtype == torch.int64
 
 

@@ -1,4 +1,4 @@
-"""Models with random operations (dropout): a learner built with ``randomness="different"``
+"""Models with random operations (dropout): a learner wrapped in ``mf.stochastic``
 gives every task its own draws; the step seeds them from ``TrainState.rng`` so that runs are
 reproducible from the seed and resume bit-exactly, never touching the caller's global RNG;
 ``mf.eval_mode`` scores deterministically; the compiled step draws what the eager one does."""
@@ -10,37 +10,19 @@ from pathlib import Path
 import pytest
 import torch
 import torch._dynamo.utils
-from torch import nn
+from support import assert_equal_states, dropout_net
 
 import metafunc as mf
 from metafunc import _tree
-from metafunc.step import stream_seed
+from metafunc._random import stream_seed
 
 F64 = torch.float64
-
-
-class GaussianNoise(nn.Module):
-    """Adds N(0, std²) noise in training mode: a random op that is not dropout."""
-
-    def __init__(self, std):
-        super().__init__()
-        self.std = std
-
-    def forward(self, x):
-        return x + self.std * torch.randn_like(x) if self.training else x
-
-
-def dropout_net(seed=0, width=8, noise=0.0):
-    torch.manual_seed(seed)  # test-only: fixes nn.Linear's default initialisation
-    return nn.Sequential(
-        nn.Linear(1, width), nn.Tanh(), GaussianNoise(noise), nn.Dropout(0.5), nn.Linear(width, 1)
-    ).double()
 
 
 def setup(randomness="different", inner_steps=2, **kw):
     fn, params = mf.pure(dropout_net(**kw))
     loss = mf.supervised(fn, mf.losses.mse)
-    learner = mf.maml(loss, inner_lr=0.1, inner_steps=inner_steps, randomness=randomness)
+    learner = mf.stochastic(mf.maml(loss, inner_lr=0.1, inner_steps=inner_steps), randomness)
     return fn, params, learner, mf.optim.adam(1e-2)
 
 
@@ -50,12 +32,6 @@ SAMPLER = functools.partial(mf.tasks.sinusoid, tasks=4, shots=5, queries=5, dtyp
 def run(step, state, steps, **kw):
     g = torch.Generator().manual_seed(0)
     return mf.train(step, state, SAMPLER, steps=steps, generator=g, progress=False, **kw)
-
-
-def assert_equal_states(a, b):
-    assert _tree.structure(a) == _tree.structure(b)
-    for x, y in zip(_tree.leaves(a), _tree.leaves(b), strict=True):
-        assert torch.equal(x, y)
 
 
 def test_same_seed_same_run_other_seed_other_run():
@@ -96,7 +72,7 @@ def test_the_step_draws_from_the_documented_stream():
         grads, by_hand = learner.meta_grad(state.meta, tasks)
     updates, _ = opt.update(grads, state.opt_state, state.meta)
     assert_equal_states(new.meta, mf.optim.apply_updates(state.meta, updates))
-    assert torch.equal(metrics["loss"], by_hand["loss"])
+    assert torch.equal(metrics.loss, by_hand.loss)
     assert new.rng.tolist() == [5, 8]
 
 
@@ -118,12 +94,14 @@ def test_resume_with_dropout_is_bit_exact():
     straight = run(step, mf.init_state(learner, opt, params, seed=1), 6)
     with tempfile.TemporaryDirectory() as d:
         path = Path(d) / "ckpt.pt"
-        run(step, mf.init_state(learner, opt, params, seed=1), 3, checkpoint=path)
+        run(
+            step, mf.init_state(learner, opt, params, seed=1), 3, hooks=[mf.hooks.Checkpoints(path)]
+        )
         # fresh objects, another seed in the template: the checkpoint's stream must win
         _, params2, learner2, opt2 = setup()
         step2 = mf.make_step(learner2, opt2, compile=False)
         fresh = mf.init_state(learner2, opt2, params2, seed=99)
-        resumed = run(step2, fresh, 6, checkpoint=path, resume=True)
+        resumed = run(step2, fresh, 6, hooks=[mf.hooks.Checkpoints(path, resume=True)])
     assert_equal_states(resumed, straight)
     assert resumed.rng.tolist() == [1, 6]
 
@@ -140,7 +118,7 @@ def test_eval_mode_is_deterministic_and_is_the_module_in_eval_mode():
     # a learner scoring with it needs no randomness: nothing random is left
     scorer = mf.maml(mf.supervised(predict, mf.losses.mse), inner_lr=0.1, inner_steps=2)
     tasks = SAMPLER(torch.Generator().manual_seed(2))
-    assert torch.equal(scorer.meta_loss(params, tasks), scorer.meta_loss(params, tasks))
+    assert torch.equal(scorer.per_task(params, tasks)[1], scorer.per_task(params, tasks)[1])
 
 
 def test_compiled_step_with_dropout_equals_eager_one_graph():

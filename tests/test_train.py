@@ -1,4 +1,5 @@
-"""The training loop: windows of device-side metric means, logging, the task stream."""
+"""The training loop: windows of device-side metric means, logging, the task stream, hooks
+that stop the run or keep their own state, runs of several phases, any iterable of batches."""
 
 import functools
 import logging
@@ -7,7 +8,7 @@ import signal
 
 import pytest
 import torch
-from conftest import tanh_net
+from support import tanh_net
 
 import metafunc as mf
 
@@ -30,8 +31,7 @@ def test_train_equals_manual_steps_and_logs_window_means(caplog):
             sampler,
             steps=7,
             generator=torch.Generator().manual_seed(3),
-            log_every=3,
-            on_log=lambda log: logs.append((log.step, log.metrics)),
+            hooks=[mf.hooks.Logger(3, on_log=lambda log: logs.append((log.step, log.metrics)))],
             progress=False,
         )
 
@@ -39,7 +39,7 @@ def test_train_equals_manual_steps_and_logs_window_means(caplog):
     manual, losses = state, []
     for _ in range(7):
         manual, metrics = step(manual, sampler(g))
-        losses.append(metrics["loss"].item())
+        losses.append(metrics.loss.item())
     for a, b in zip(mf._tree.leaves(final), mf._tree.leaves(manual), strict=True):
         assert torch.equal(a, b)
     assert int(final.step) == 7
@@ -60,9 +60,8 @@ def test_train_continues_counting_from_the_state():
         state,
         sampler,
         steps=3,
-        log_every=2,
+        hooks=[mf.hooks.Logger(2, on_log=lambda log: seen.append(log.step))],
         progress=False,
-        on_log=lambda log: seen.append(log.step),
     )
     assert seen == [4, 5]
 
@@ -92,7 +91,9 @@ def test_a_non_finite_step_names_the_first_parameter_with_a_bad_gradient():
     with pytest.raises(
         FloatingPointError,
         match=r"^train: step 1 is not finite: the meta-gradient of meta\['b'\] is the first that "
-        r"is not finite\. The parameters and optimizer state were left as before that step\. ",
+        r"is not finite\. The parameters and optimizer state were left as before that step\. "
+        r"Lower the learning rates or check the data\. To go on past such steps, pass "
+        r"on_nonfinite='skip' to skip such steps\.$",
     ):
         mf.train(
             step,
@@ -111,8 +112,7 @@ def test_on_log_gets_the_state_of_that_step_and_the_run_timing():
         state,
         sampler,
         steps=5,
-        log_every=2,
-        on_log=logs.append,
+        hooks=[mf.hooks.Logger(2, on_log=logs.append)],
         progress=False,
         generator=torch.Generator().manual_seed(1),
     )
@@ -141,22 +141,193 @@ def test_a_checkpoint_path_that_cannot_be_written_fails_before_the_first_step(
         calls.append(1)
         return sampler(g)
 
+    def run(path):
+        hooks = [mf.hooks.Checkpoints(path)]
+        mf.train(step, state, counting, steps=3, hooks=hooks, progress=False)
+
     with pytest.raises(FileNotFoundError, match=r"^train: "):
-        mf.train(
-            step, state, counting, steps=3, checkpoint=tmp_path / "no" / "c.pt", progress=False
-        )
+        run(tmp_path / "no" / "c.pt")
     with pytest.raises(ValueError, match=r"^train: "):
-        mf.train(step, state, counting, steps=3, checkpoint=tmp_path, progress=False)  # a folder
+        run(tmp_path)  # a folder
     # a read-only folder (this suite may run as root, who may write anywhere: os.access decides)
     real_access = os.access
     monkeypatch.setattr(os, "access", lambda p, mode: p != tmp_path and real_access(p, mode))
     with pytest.raises(PermissionError, match=r"^train: .* this user cannot write to\)$"):
-        mf.train(step, state, counting, steps=3, checkpoint=tmp_path / "c.pt", progress=False)
+        run(tmp_path / "c.pt")
     assert calls == []
 
 
 def test_metadata_is_stored_with_every_checkpoint(tmp_path):
     step, state, sampler = setup()
     path = tmp_path / "c.pt"
-    mf.train(step, state, sampler, steps=2, checkpoint=path, metadata={"seed": 3}, progress=False)
+    saver = mf.hooks.Checkpoints(path, metadata={"seed": 3})
+    mf.train(step, state, sampler, steps=2, hooks=[saver], progress=False)
     assert mf.checkpoint.read_metadata(path) == {"seed": 3}
+
+
+def assert_equal(a, b):
+    assert mf._tree.structure(a) == mf._tree.structure(b)
+    assert all(
+        torch.equal(x, y) for x, y in zip(mf._tree.leaves(a), mf._tree.leaves(b), strict=True)
+    )
+
+
+def test_a_hook_stops_the_run_and_train_returns_the_state_after_that_step(tmp_path):
+    step, state, sampler = setup()
+    path = tmp_path / "c.pt"
+
+    def early_stop(run):
+        if run.done == 3:
+            run.stop("validation loss rose")
+
+    hooks = [mf.hooks.Every(1, early_stop), mf.hooks.Checkpoints(path)]
+    final = mf.train(step, state, sampler, steps=10, hooks=hooks, progress=False)
+    assert int(final.step) == 3
+    assert int(mf.load(path, like=state).step) == 3  # the end still writes the checkpoint
+    straight = mf.train(step, state, sampler, steps=3, progress=False)
+    assert_equal(final, straight)
+
+
+def test_the_users_own_state_is_checkpointed_and_resumed_with_the_run(tmp_path):
+    """An epoch counter and an early-stopping record kept in state.extra by a hook."""
+    step, state, sampler = setup()
+    state = state._replace(
+        extra={"best": torch.tensor(float("inf"), dtype=torch.float64), "seen": torch.tensor(0)}
+    )
+
+    def bookkeeping(run):
+        extra = run.state.extra
+        loss = run.metrics.loss.detach()
+        run.state = run.state._replace(
+            extra={"best": torch.minimum(extra["best"], loss), "seen": extra["seen"] + 1}
+        )
+
+    def run(steps, resume=False):
+        hooks = [
+            mf.hooks.Every(1, bookkeeping),
+            mf.hooks.Checkpoints(tmp_path / "c.pt", resume=resume),
+        ]
+        return mf.train(step, state, sampler, until=steps, hooks=hooks, progress=False)
+
+    straight = run(6)
+    (tmp_path / "c.pt").unlink()
+    run(4)  # stops at 4; a new process resumes it
+    resumed = run(6, resume=True)
+    assert int(resumed.extra["seen"]) == 6 and float(resumed.extra["best"]) < float("inf")
+    assert_equal(resumed, straight)
+
+
+def test_a_run_of_two_phases_resumes_in_either_phase(tmp_path):
+    """First order for 3 steps, then second order to step 6, in one script: killed anywhere and
+    started again, it ends where the uninterrupted script ends."""
+    fn, params = mf.pure(tanh_net())
+    loss = mf.supervised(fn, mf.losses.mse)
+    opt = mf.optim.adam(1e-2)
+    first = mf.make_step(mf.fomaml(loss, inner_lr=0.1), opt, compile=False)
+    second = mf.make_step(mf.maml(loss, inner_lr=0.1), opt, compile=False)
+    sampler = functools.partial(mf.tasks.sinusoid, tasks=2, dtype=torch.float64)
+    template = mf.init_state(mf.maml(loss, inner_lr=0.1), opt, params)
+
+    def script(path, stop_at=None):
+        g = torch.Generator().manual_seed(0)
+        state = template
+        for step, until in ((first, 3), (second, 6)):
+            hooks = [mf.hooks.Checkpoints(path, resume=True)]
+            if stop_at is not None:
+                hooks.append(mf.hooks.Every(1, lambda r: r.done == stop_at and r.stop("killed")))
+            state = mf.train(
+                step, state, sampler, until=until, generator=g, hooks=hooks, progress=False
+            )
+            if stop_at is not None and int(state.step) == stop_at:
+                return state
+        return state
+
+    straight = script(tmp_path / "a.pt")
+    for stop_at in (2, 5):
+        path = tmp_path / f"b{stop_at}.pt"
+        assert int(script(path, stop_at).step) == stop_at
+        assert_equal(script(path), straight)
+
+
+def test_any_iterable_of_batches_is_data_and_a_short_one_ends_the_run(caplog):
+    step, state, sampler = setup()
+    g = torch.Generator().manual_seed(5)
+    batches = [sampler(g) for _ in range(4)]
+    by_sampler = mf.train(
+        step, state, sampler, steps=4, generator=torch.Generator().manual_seed(5), progress=False
+    )
+    from_list = mf.train(step, state, batches, steps=4, progress=False)
+    as_pairs = mf.train(step, state, [tuple(b) for b in batches], steps=4, progress=False)
+    loader = torch.utils.data.DataLoader(batches, batch_size=None)
+    from_loader = mf.train(step, state, loader, steps=4, progress=False)
+    for other in (from_list, as_pairs, from_loader):
+        assert_equal(other, by_sampler)
+    with caplog.at_level(logging.WARNING, logger="metafunc"):
+        short = mf.train(step, state, batches[:2], steps=4, progress=False)
+    assert int(short.step) == 2
+    assert "train: the data ran out after step 2, before step 4" in caplog.text
+
+
+def test_a_first_run_with_resume_starts_fresh_and_says_so(tmp_path, caplog):
+    step, state, sampler = setup()
+    path = tmp_path / "c.pt"
+    with caplog.at_level(logging.INFO, logger="metafunc"):
+        mf.train(
+            step,
+            state,
+            sampler,
+            steps=2,
+            hooks=[mf.hooks.Checkpoints(path, resume=True)],
+            progress=False,
+        )
+    assert f"no checkpoint at {path} yet: starting a new run" in caplog.text
+    assert int(mf.load(path, like=state).step) == 2
+
+
+def test_a_skipped_step_is_counted_and_a_run_that_only_skips_is_stopped(caplog):
+    fn, params = mf.pure(tanh_net())
+    learner = mf.maml(mf.supervised(fn, mf.losses.mse), inner_lr=0.1)
+    opt = mf.optim.apply_if_finite(mf.optim.adam(1e-2))
+    step = mf.make_step(learner, opt, compile=False)
+    state = mf.init_state(learner, opt, params)
+
+    def poisoned(g):
+        tasks = mf.tasks.sinusoid(g, tasks=2, dtype=torch.float64)
+        tasks.query[1][0, 0, 0] = float("nan")
+        return tasks
+
+    with pytest.raises(
+        FloatingPointError,
+        match=r"^train: the last 100 steps \(to step 100\) were all skipped as not finite, so the "
+        r"run no longer trains\. ",
+    ):
+        mf.train(step, state, poisoned, steps=300, on_nonfinite="skip", progress=False)
+
+
+def test_a_guard_that_lets_a_nan_through_stops_the_run_before_it_is_checkpointed(tmp_path):
+    """apply_if_finite(max_consecutive_errors=1): the second NaN step in a row is applied; the
+    run stops there, naming the step, and the last checkpoint is the finite one before."""
+    fn, params = mf.pure(tanh_net())
+    learner = mf.maml(mf.supervised(fn, mf.losses.mse), inner_lr=0.1)
+    opt = mf.optim.apply_if_finite(mf.optim.adam(1e-2), max_consecutive_errors=1)
+    step = mf.make_step(learner, opt, compile=False)
+    state = mf.init_state(learner, opt, params)
+    calls = []
+
+    def poisoned(g):
+        calls.append(1)
+        tasks = mf.tasks.sinusoid(g, tasks=2, dtype=torch.float64)
+        if len(calls) > 2:
+            tasks.query[1][0, 0, 0] = float("nan")
+        return tasks
+
+    path = tmp_path / "c.pt"
+    hooks = [mf.hooks.Checkpoints(path, every=2)]
+    with pytest.raises(
+        FloatingPointError,
+        match=r"^train: step 4 was not finite and the optimizer's guard let it through "
+        r"\(apply_if_finite's max_consecutive_errors\), so the parameters or optimizer state are "
+        r"no longer finite; the last checkpoint, '.*c\.pt', is at step 2\.",
+    ):
+        mf.train(step, state, poisoned, steps=6, on_nonfinite="skip", hooks=hooks, progress=False)
+    assert int(mf.load(path, like=state).step) == 2

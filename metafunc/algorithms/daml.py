@@ -18,7 +18,9 @@ from typing import Any
 import torch
 
 from .. import _checks, _inner, _tree
-from .._learner import Learner, build, check_randomness, exact
+from .._inner import Loop
+from .._learner import Learner
+from .._types import Tasks
 from ..optim import Optimizer
 
 
@@ -31,17 +33,14 @@ def daml(
     inner_lr: float | Any | None = None,
     inner_opt: Optimizer | None = None,
     inner_steps: int = 1,
-    first_order: bool = False,
-    chunk_size: int | None = None,
-    randomness: str = "error",
-    remat: bool = False,
 ) -> Learner:
     """Domain-adaptive meta-learning with a learned adaptation loss.
 
     A task is ``Tasks(support=x_source, query=(x_target, y_target))``: the support holds only
     inputs. Each task adapts θ by ``inner_steps`` SGD steps on
     ``adaptation_loss(φ, *model(θ, x_source))``; the meta-loss is
-    ``task_loss(model(θ', x_target)[0], y_target)``.
+    ``task_loss(model(θ', x_target)[0], y_target)``. Always second order:
+    :func:`metafunc.first_order` is refused (φ would get no gradient).
 
     Args:
         model: ``model(params, x) -> (output, features)``; ``features`` is any pytree the
@@ -51,18 +50,8 @@ def daml(
             model parameters' dtype and device); meta-learned with θ0.
         task_loss: ``task_loss(output, target) -> scalar`` on the labeled target data, e.g.
             :func:`metafunc.losses.mse`.
-        inner_lr: the inner SGD step size, a positive number or a pytree like the parameters
-            (0.01 when neither it nor ``inner_opt`` is given).
-        inner_opt: any ``mf.optim`` optimizer for the inner steps instead.
+        inner_lr, inner_opt: the inner update, as for :func:`metafunc.maml`.
         inner_steps: SGD steps per task.
-        first_order: must be ``False`` (φ would get no gradient).
-        chunk_size: compute the meta-gradient this many tasks at a time; ``None`` for all.
-        remat: recompute each inner step's activations in the backward pass instead of
-            keeping them (see :func:`metafunc.maml`).
-        randomness: what random operations in the model (dropout) do across the tasks of a
-            batch: ``"error"`` refuses them, ``"different"`` gives each task its own draws,
-            ``"same"`` the same draws; a step seeds them from ``TrainState.rng`` (see
-            :func:`metafunc.init_state`).
 
     Returns:
         a :class:`metafunc.Learner` whose meta-parameters are ``{"params": θ0, "loss": φ}``.
@@ -79,16 +68,7 @@ def daml(
     _checks.function(name, "task_loss", task_loss, "task_loss(output, target)")
     _checks.params_tree(name, "loss_params", loss_params)
     inner = _inner.inner_update(name, inner_lr, inner_opt)
-    inner_steps = _checks.integer(name, "inner_steps", inner_steps, minimum=1)
-    if _checks.boolean(name, "first_order", first_order):
-        raise ValueError(
-            "daml: first_order=True is not supported: the adaptation-loss parameters reach the "
-            "outer loss only through the inner gradients, so detaching them would leave the "
-            "learned loss untrained (got first_order=True)"
-        )
-    chunk_size = _checks.chunk_size(name, chunk_size)
-    randomness = check_randomness(name, randomness)
-    remat = _inner.check_remat(name, remat, randomness)
+    inner_steps = _checks.steps(name, "inner_steps", inner_steps, minimum=1)
 
     def init(params: Any) -> Any:
         _inner.check_params(name, params, inner)
@@ -100,9 +80,6 @@ def daml(
             )
         return {"params": _tree.copy(params), "loss": _tree.copy(loss_params)}
 
-    def check_meta(where: str, meta_name: str, meta: Any) -> None:
-        _checks.keyed(where, meta_name, meta, ("params", "loss"), "from daml(...).init")
-
     def outer_loss(params: Any, data: Any) -> torch.Tensor:
         x, y = data
         return task_loss(model(params, x)[0], y)
@@ -113,18 +90,21 @@ def daml(
 
         return meta["params"], inner_loss, _inner.optimizer(inner, meta["params"])
 
-    loop = _inner.Loop(setup, inner_steps)
-    params = lambda meta: meta["params"]  # noqa: E731
+    loop = Loop(setup, inner_steps, first_order=None)  # None: first order is refused
+    return Learner(init, loop, outer_loss, params=_params, check=check)
 
-    return build(
-        name,
-        init=init,
-        adapt=lambda meta, x_source: _inner.run(loop, meta, x_source),
-        loss=outer_loss,
-        params=params,
-        chunk_size=chunk_size,
-        gradient=_inner.remat_gradient(loop, outer_loss, params) if remat else exact,
-        paired=False,
-        check_meta=check_meta,
-        randomness=randomness,
+
+def _params(meta: Any) -> Any:
+    return meta["params"]
+
+
+def check(where: str, tasks: Tasks, params: Any) -> None:
+    """DAML's meta-batch: unlabeled source inputs to adapt on, a labeled pair ``(x, y)`` to
+    score on."""
+    _checks.tasks(where, tasks, like=params, paired=False)
+    _checks.pair(
+        where,
+        "tasks.query",
+        tasks.query,
+        "(x_target, y_target): DAML scores on labeled target data",
     )

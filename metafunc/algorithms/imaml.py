@@ -17,7 +17,8 @@ import torch
 from torch.func import grad, vjp, vmap
 
 from .. import _checks, _inner, _tree
-from .._learner import Learner, MetaGrad, Metrics, PerTask, build
+from .._inner import Loop
+from .._learner import Learner, Losses, Rule, per_task
 from .._types import Tasks
 from ..optim import Optimizer
 from .maml import Loss
@@ -31,7 +32,6 @@ def imaml(
     inner_steps: int = 10,
     reg: float = 1.0,
     cg_steps: int = 5,
-    chunk_size: int | None = None,
 ) -> Learner:
     """Implicit MAML (Rajeswaran et al., 2019).
 
@@ -45,7 +45,6 @@ def imaml(
         reg: the proximal strength λ: large keeps θ* near θ0 (and ``I + H/reg`` positive
             definite, which conjugate gradient needs), small lets the tasks move further.
         cg_steps: conjugate-gradient iterations per task (one Hessian-vector product each).
-        chunk_size: compute the meta-gradient this many tasks at a time; ``None`` for all.
 
     Returns:
         a :class:`metafunc.Learner` whose meta-parameters are the initial parameters.
@@ -58,10 +57,9 @@ def imaml(
     name = "imaml"
     _checks.function(name, "loss", loss, "loss(params, data)")
     inner = _inner.inner_update(name, inner_lr, inner_opt)
-    inner_steps = _checks.integer(name, "inner_steps", inner_steps, minimum=1)
+    inner_steps = _checks.steps(name, "inner_steps", inner_steps, minimum=1)
     reg = _checks.positive_number(name, "reg", reg)
-    cg_steps = _checks.integer(name, "cg_steps", cg_steps, minimum=1)
-    chunk_size = _checks.chunk_size(name, chunk_size)
+    cg_steps = _checks.steps(name, "cg_steps", cg_steps, minimum=1)
 
     def init(params: Any) -> Any:
         _inner.check_params(name, params, inner)
@@ -76,7 +74,12 @@ def imaml(
 
         return anchor, proximal, _inner.optimizer(inner, meta)
 
-    loop = _inner.Loop(setup, inner_steps, first_order=True)
+    loop = Loop(setup, inner_steps, first_order=True)
+    return Learner(init, loop, loss, rule=implicit_gradient(loss, reg, cg_steps))
+
+
+def implicit_gradient(loss: Loss, reg: float, cg_steps: int) -> Rule:
+    """iMAML's rule: each task's ``(I + H/reg)⁻¹ ∇L_query(θ*)`` at its adapted θ*, averaged."""
 
     def implicit(adapted: Any, support: Any, query: Any) -> Any:
         """One task's meta-gradient: solve ``(I + H/reg) v = ∇L_query(θ*)`` for ``v``."""
@@ -91,25 +94,13 @@ def imaml(
         )
         return merge(solution)
 
-    solve = vmap(implicit)
+    def rule(learner: Learner, meta: Any, tasks: Tasks) -> tuple[Any, Losses]:
+        adapted, after, before = per_task(learner)(meta, tasks.support, tasks.query)
+        grads = vmap(implicit)(_tree.detach(adapted), tasks.support, tasks.query)
+        losses = Losses(after.mean(), before.mean())
+        return _tree.map(lambda g: g.mean(0), grads), losses
 
-    def gradient(per_task: PerTask) -> MetaGrad:
-        def meta_grad(meta: Any, tasks: Tasks) -> tuple[Any, Metrics]:
-            adapted, after, before = per_task(meta, tasks.support, tasks.query)
-            grads = solve(_tree.detach(adapted), tasks.support, tasks.query)
-            metrics = {"loss": after.mean(), "loss_before": before.mean()}
-            return _tree.map(lambda g: g.mean(0), grads), metrics
-
-        return meta_grad
-
-    return build(
-        name,
-        init=init,
-        adapt=lambda meta, support: _inner.run(loop, meta, support),
-        loss=loss,
-        chunk_size=chunk_size,
-        gradient=gradient,
-    )
+    return rule
 
 
 def conjugate_gradient(matvec: Any, b: list[torch.Tensor], *, steps: int) -> list[torch.Tensor]:

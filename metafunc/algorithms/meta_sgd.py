@@ -13,21 +13,13 @@ from typing import Any
 import torch
 
 from .. import _checks, _inner, _tree
-from .._learner import Learner, build, check_randomness, exact
+from .._inner import Loop
+from .._learner import Learner
 from ..optim import Optimizer
 from .maml import Loss
 
 
-def meta_sgd(
-    loss: Loss,
-    *,
-    inner_lr: float | Any = 0.01,
-    inner_steps: int = 1,
-    first_order: bool = False,
-    chunk_size: int | None = None,
-    randomness: str = "error",
-    remat: bool = False,
-) -> Learner:
+def meta_sgd(loss: Loss, *, inner_lr: float | Any = 0.01, inner_steps: int = 1) -> Learner:
     """Meta-SGD (Li et al., 2017): MAML with a learned learning rate per parameter entry.
 
     Args:
@@ -36,18 +28,11 @@ def meta_sgd(
             like the parameters whose leaves broadcast to them. The learned rates may go
             anywhere, including below zero, as in the paper.
         inner_steps: SGD steps per task (the paper uses one).
-        first_order: detach the inner gradients; the rates still get the gradient
-            ``−∇L_support(θ) ⊙ ∇L_query(θ')`` since they multiply the detached gradient.
-        chunk_size: compute the meta-gradient this many tasks at a time; ``None`` for all.
-        remat: recompute each inner step's activations in the backward pass instead of
-            keeping them (see :func:`metafunc.maml`).
-        randomness: what random operations in the model (dropout) do across the tasks of a
-            batch: ``"error"`` refuses them, ``"different"`` gives each task its own draws,
-            ``"same"`` the same draws; a step seeds them from ``TrainState.rng`` (see
-            :func:`metafunc.init_state`).
 
     Returns:
-        a :class:`metafunc.Learner` whose meta-parameters are ``{"params": θ0, "lr": α}``.
+        a :class:`metafunc.Learner` whose meta-parameters are ``{"params": θ0, "lr": α}``;
+        with :func:`metafunc.first_order` the rates still get the gradient
+        ``−∇L_support(θ) ⊙ ∇L_query(θ')``, since they multiply the detached gradient.
 
     Example:
         >>> learner = mf.meta_sgd(mf.supervised(fn, mf.losses.mse), inner_lr=0.01)
@@ -56,15 +41,13 @@ def meta_sgd(
     name = "meta_sgd"
     _checks.function(name, "loss", loss, "loss(params, data)")
     inner_lr = _checks.learning_rate(name, "inner_lr", inner_lr)
-    inner_steps = _checks.integer(name, "inner_steps", inner_steps, minimum=1)
-    first_order = _checks.boolean(name, "first_order", first_order)
-    chunk_size = _checks.chunk_size(name, chunk_size)
-    randomness = check_randomness(name, randomness)
-    remat = _inner.check_remat(name, remat, randomness)
+    inner_steps = _checks.steps(name, "inner_steps", inner_steps, minimum=1)
 
     def init(params: Any) -> Any:
         _inner.check_params(name, params, inner_lr)
-        if isinstance(inner_lr, float):
+        if isinstance(inner_lr, torch.Tensor):
+            lr = _tree.map(lambda p: inner_lr.to(p.dtype).expand_as(p).clone(), params)
+        elif isinstance(inner_lr, float):
             lr = _tree.map(lambda p: torch.full_like(p, inner_lr), params)
         else:
             lr = _tree.map(lambda r, p: r.expand_as(p).clone(), inner_lr, params)
@@ -73,27 +56,8 @@ def meta_sgd(
     def setup(meta: Any) -> tuple[Any, Loss, Optimizer]:
         return meta["params"], loss, _inner.optimizer(meta["lr"], meta["params"])
 
-    loop = _inner.Loop(setup, inner_steps, first_order)
-    params = lambda meta: meta["params"]  # noqa: E731
+    return Learner(init, Loop(setup, inner_steps), loss, params=_params)
 
-    def check_meta(where: str, meta_name: str, meta: Any) -> None:
-        _checks.keyed(where, meta_name, meta, ("params", "lr"), "from meta_sgd(...).init")
-        _tree.check_same_structure(
-            meta["params"],
-            meta["lr"],
-            where=where,
-            expected_name=f"{meta_name}['params']",
-            got_name=f"{meta_name}['lr']",
-        )
 
-    return build(
-        name,
-        init=init,
-        adapt=lambda meta, support: _inner.run(loop, meta, support),
-        loss=loss,
-        params=params,
-        chunk_size=chunk_size,
-        gradient=_inner.remat_gradient(loop, loss, params) if remat else exact,
-        check_meta=check_meta,
-        randomness=randomness,
-    )
+def _params(meta: Any) -> Any:
+    return meta["params"]

@@ -12,7 +12,8 @@ from __future__ import annotations
 from typing import Any
 
 from .. import _checks, _inner, _tree
-from .._learner import Learner, MetaGrad, PerTask, build, check_randomness
+from .._inner import Loop
+from .._learner import Learner, Losses, per_task
 from .._types import Tasks
 from ..optim import Optimizer
 from .maml import Loss
@@ -24,24 +25,16 @@ def reptile(
     inner_lr: float | Any | None = None,
     inner_opt: Optimizer | None = None,
     inner_steps: int = 5,
-    chunk_size: int | None = None,
-    randomness: str = "error",
 ) -> Learner:
     """Reptile (Nichol et al., 2018).
 
     Args:
         loss: ``loss(params, data) -> scalar``; the inner steps descend it on the support
-            set; the reported ``loss`` metric scores the adapted parameters on the query set.
-        inner_lr: the inner SGD step size, a positive number or a pytree like the parameters
-            (0.01 when neither it nor ``inner_opt`` is given).
+            set; the reported ``loss`` scores the adapted parameters on the query set.
+        inner_lr: the inner SGD step size, as for :func:`metafunc.maml`.
         inner_opt: any ``mf.optim`` optimizer for the inner steps instead (the paper uses Adam).
         inner_steps: inner steps per task; with one SGD step the pseudo-gradient is
             ``inner_lr · ∇L_support(θ0)``, i.e. plain multi-task training.
-        chunk_size: compute the pseudo-gradient this many tasks at a time; ``None`` for all.
-        randomness: what random operations in the model (dropout) do across the tasks of a
-            batch: ``"error"`` refuses them, ``"different"`` gives each task its own draws,
-            ``"same"`` the same draws; a step seeds them from ``TrainState.rng`` (see
-            :func:`metafunc.init_state`).
 
     Returns:
         a :class:`metafunc.Learner` whose meta-parameters are the initial parameters and whose
@@ -54,36 +47,21 @@ def reptile(
     name = "reptile"
     _checks.function(name, "loss", loss, "loss(params, data)")
     inner = _inner.inner_update(name, inner_lr, inner_opt)
-    inner_steps = _checks.integer(name, "inner_steps", inner_steps, minimum=1)
-    chunk_size = _checks.chunk_size(name, chunk_size)
-    randomness = check_randomness(name, randomness)
+    inner_steps = _checks.steps(name, "inner_steps", inner_steps, minimum=1)
 
     def init(params: Any) -> Any:
         _inner.check_params(name, params, inner)
         return _tree.copy(params)
 
-    def adapt(meta: Any, support: Any) -> Any:
-        # First order: the pseudo-gradient never differentiates through these steps.
-        opt = _inner.optimizer(inner, meta)
-        return _inner.adapt(meta, support, loss=loss, steps=inner_steps, opt=opt, first_order=True)
+    def setup(meta: Any) -> tuple[Any, Loss, Optimizer]:
+        return meta, loss, _inner.optimizer(inner, meta)
 
-    return build(
-        name,
-        init=init,
-        adapt=adapt,
-        loss=loss,
-        chunk_size=chunk_size,
-        gradient=pseudo_gradient,
-        randomness=randomness,
-    )
+    # First order: the pseudo-gradient never differentiates through these steps.
+    return Learner(init, Loop(setup, inner_steps, first_order=True), loss, rule=pseudo_gradient)
 
 
-def pseudo_gradient(per_task: PerTask) -> MetaGrad:
+def pseudo_gradient(learner: Learner, meta: Any, tasks: Tasks) -> tuple[Any, Losses]:
     """Reptile's rule: ``meta − mean(adapted)`` over the tasks, no backward pass."""
-
-    def meta_grad(meta: Any, tasks: Tasks) -> tuple[Any, dict]:
-        adapted, after, before = per_task(meta, tasks.support, tasks.query)
-        grads = _tree.map(lambda m, a: m - a.mean(0), meta, adapted)
-        return grads, {"loss": after.mean(), "loss_before": before.mean()}
-
-    return meta_grad
+    adapted, after, before = per_task(learner)(meta, tasks.support, tasks.query)
+    grads = _tree.map(lambda m, a: m - a.mean(0), meta, adapted)
+    return grads, Losses(after.mean(), before.mean())

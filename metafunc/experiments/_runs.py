@@ -1,5 +1,6 @@
-"""What the applications keep of a run: its loss curve and timing (a ``train`` hook), and the
-options that define it (stored with its checkpoints, compared on resume)."""
+"""What the applications share of a run: training a config with its hooks, the loss curve and
+timing they keep, and the options that define it (stored with its checkpoints, compared on
+resume)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import dataclasses
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+import torch
 
 import metafunc as mf
 
@@ -64,3 +67,35 @@ class History:
             return int(state.step), float("nan"), float("nan")
         log = self.last
         return log.start_step, log.first_call_s, 1e3 * log.steady_s / max(log.steady_steps, 1)
+
+
+def train(
+    config: Any,
+    step: mf.Step,
+    state: mf.TrainState,
+    sampler: Callable[[torch.Generator], mf.Tasks],
+    generator: torch.Generator,
+    history: History,
+) -> mf.TrainState:
+    """``config.steps`` steps of ``step`` with the config's logging, checkpoints, resume and
+    non-finite policy (a run's config holds them: ``log_every``, ``checkpoint``,
+    ``checkpoint_every``, ``resume``, ``on_nonfinite``, ``progress``)."""
+    hooks: list[mf.hooks.Hook] = [mf.hooks.Logger(config.log_every, on_log=history)]
+    if config.checkpoint is not None:
+        saver = mf.hooks.Checkpoints(
+            config.checkpoint,
+            every=config.checkpoint_every,
+            resume=config.resume,
+            metadata=identity(config),
+        )
+        hooks.append(saver)
+    return mf.train(
+        step,
+        state,
+        sampler,
+        until=config.steps,
+        generator=generator,
+        hooks=hooks,
+        on_nonfinite=config.on_nonfinite,
+        progress=config.progress,
+    )

@@ -17,10 +17,11 @@ from typing import Any, NamedTuple
 import torch
 
 import metafunc as mf
-from metafunc.evaluation import fewshot_accuracy
 
-from ._runs import History, identity
+from . import _runs
+from ._runs import History
 from .algorithms import build_learner
+from .scores import fewshot_accuracy
 
 
 @dataclass(frozen=True)
@@ -109,21 +110,7 @@ def run(config: FewshotConfig, *, on_log: Callable[[mf.Log], Any] | None = None)
     )
     history = History(on_log)
     g = torch.Generator().manual_seed(config.seed)  # the task stream
-    state = mf.train(
-        step,
-        mf.init_state(learner, opt, params),
-        sampler,
-        steps=config.steps,
-        generator=g,
-        log_every=config.log_every,
-        on_log=history,
-        progress=config.progress,
-        checkpoint=config.checkpoint,
-        checkpoint_every=config.checkpoint_every,
-        resume=config.resume,
-        on_nonfinite=config.on_nonfinite,
-        metadata=identity(config),
-    )
+    state = _runs.train(config, step, mf.init_state(learner, opt, params), sampler, g, history)
     start = torch.Generator().manual_seed(config.seed + 1)
     clock = time.perf_counter()
     accuracy = fewshot_accuracy(

@@ -19,10 +19,11 @@ from typing import Any, NamedTuple
 import torch
 
 import metafunc as mf
-from metafunc.evaluation import SineEval, daml_grid_error, grid_error, sine_grid_error
 
-from ._runs import History, identity
+from . import _runs
+from ._runs import History
 from .algorithms import build_learner
+from .scores import SineEval, daml_grid_error, grid_error, sine_grid_error
 
 
 @dataclass(frozen=True)
@@ -131,20 +132,8 @@ def run(config: SineConfig, *, on_log: Callable[[mf.Log], Any] | None = None) ->
     opt = mf.optim.apply_if_finite(mf.optim.sgd(config.outer_lr))
     step = mf.make_step(learner, opt, compile=config.compile)
     history = History(on_log)
-    state = mf.train(
-        step,
-        mf.init_state(learner, opt, setup.params),
-        setup.sampler,
-        steps=config.steps,
-        generator=g,
-        log_every=config.log_every,
-        on_log=history,
-        progress=config.progress,
-        checkpoint=config.checkpoint,
-        checkpoint_every=config.checkpoint_every,
-        resume=config.resume,
-        on_nonfinite=config.on_nonfinite,
-        metadata=identity(config),
+    state = _runs.train(
+        config, step, mf.init_state(learner, opt, setup.params), setup.sampler, g, history
     )
     eval_gen = torch.Generator().manual_seed(config.seed + 1)
     params = learner.params(state.meta)

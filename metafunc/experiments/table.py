@@ -17,9 +17,10 @@ from typing import Any
 import torch
 
 import metafunc as mf
-from metafunc.evaluation import mean_ci95, sinusoid_error
+from metafunc.evaluation import mean_ci95
 
 from .algorithms import build_learner
+from .scores import sinusoid_error
 
 # Li et al. 2017, Table 1: mean MSE over new tasks after one adaptation step.
 PAPER = {"maml": {5: 1.13, 10: 0.77, 20: 0.48}, "meta-sgd": {5: 0.90, 10: 0.53, 20: 0.31}}
@@ -63,7 +64,7 @@ def run_cell(config: TableConfig, algo: str, shots: int) -> dict[str, Any]:
         sampler,
         steps=config.steps,
         generator=torch.Generator().manual_seed(config.seed),
-        log_every=max(config.steps // 10, 1),
+        hooks=[mf.hooks.Logger(max(config.steps // 10, 1))],
         progress=config.progress,
     )
     train_s = time.perf_counter() - start

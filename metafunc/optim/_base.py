@@ -25,10 +25,13 @@ class Optimizer(NamedTuple):
         update: ``update(grads, state, params) -> (updates, state)``; apply with
             :func:`apply_updates`. In a chain the ``grads`` of one piece are the ``updates``
             of the piece before.
+        guarded: it refuses non-finite updates (:func:`apply_if_finite`, or a chain holding
+            one), so a training loop may skip such steps.
     """
 
     init: Callable[[PyTree], Any]
     update: Callable[[PyTree, Any, PyTree], tuple[PyTree, Any]]
+    guarded: bool = False
 
 
 class EmptyState(NamedTuple):
@@ -71,7 +74,7 @@ def chain(*optimizers: Optimizer) -> Optimizer:
             new_state.append(s)
         return grads, tuple(new_state)
 
-    return Optimizer(init, update)
+    return Optimizer(init, update, guarded=any(opt.guarded for opt in optimizers))
 
 
 def check_optimizer(where: str, name: str, value: Any) -> Optimizer:
@@ -94,7 +97,9 @@ def learning_rate(where: str, value: Any) -> float | Schedule:
     The schedule is called once here, eagerly, so a mistake surfaces when the optimizer is
     built rather than inside a compiled step.
     """
-    expected = f"{where}: lr must be a positive finite number or a schedule"
+    expected = f"{where}: lr must be a positive finite number, a 0-d tensor or a schedule"
+    if isinstance(value, torch.Tensor):
+        return tensor_rate(where, value)
     if isinstance(value, Real) and not isinstance(value, bool):
         if not (math.isfinite(value) and value > 0):
             raise ValueError(f"{expected} (got {value!r})")
@@ -123,9 +128,27 @@ def learning_rate(where: str, value: Any) -> float | Schedule:
     return value
 
 
-def rate_at(lr: float | Schedule, count: torch.Tensor | None) -> float | torch.Tensor:
-    """The learning rate for this update: a number, or the schedule at ``count``."""
-    if isinstance(lr, float):
+def tensor_rate(where: str, value: torch.Tensor) -> torch.Tensor:
+    """A learning rate held in a 0-d floating-point tensor, checked positive and finite (when
+    not compiling). It is an input of a compiled step, not a constant baked into it: change
+    its value in place (``lr.fill_(2e-3)``) and the next step uses it, with no recompile."""
+    if value.ndim != 0 or not value.is_floating_point():
+        raise TypeError(
+            f"{where}: lr as a tensor must be a 0-d floating-point tensor (got {value.dtype} of "
+            f"shape {tuple(value.shape)})"
+        )
+    if not torch.compiler.is_compiling() and not bool(torch.isfinite(value) & (value > 0)):
+        raise ValueError(
+            f"{where}: lr must be a positive finite number (got tensor {value.item()!r})"
+        )
+    return value
+
+
+def rate_at(
+    lr: float | torch.Tensor | Schedule, count: torch.Tensor | None
+) -> float | torch.Tensor:
+    """The learning rate for this update: a number or tensor, or the schedule at ``count``."""
+    if isinstance(lr, (float, torch.Tensor)):
         return lr
     value = lr(count)
     return value if isinstance(value, torch.Tensor) else float(value)

@@ -86,7 +86,7 @@ def apply_if_finite(optimizer: Optimizer, max_consecutive_errors: int | None = N
         total = torch.where(finite, state.total_notfinite, state.total_notfinite + 1)
         return updates, ApplyIfFiniteState(in_a_row, finite, total, inner)
 
-    return Optimizer(init, update)
+    return Optimizer(init, update, guarded=True)
 
 
 def last_finite(state: Any) -> torch.Tensor | None:

@@ -1,0 +1,177 @@
+"""How the experiments score their runs: the blog's dense-grid errors, the MAML paper's
+sinusoid error and few-shot accuracy on new tasks, each drawn afresh and scored with
+:func:`metafunc.evaluate`."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import optree
+import torch
+from torch.func import vmap
+
+from metafunc import Learner, evaluate
+from metafunc.tasks import ImageClasses, daml_sine, fewshot, sine, sinusoid
+
+
+class SineEval(NamedTuple):
+    """Per-draw results of :func:`sine_grid_error` for one phase."""
+
+    mse: torch.Tensor  # (draws,) mean squared error over the grid, per draw
+    grid: torch.Tensor  # (points, 1)
+    truth: torch.Tensor  # (points, 1)
+    pred: torch.Tensor  # (draws, points, 1) after adaptation
+    support: Any  # (x, y), each (draws, shots, 1); DAML: unlabeled x (draws, sources, 1)
+
+
+def grid_error(
+    predict: Callable[..., torch.Tensor],
+    adapted: Any,
+    *,
+    phase: float,
+    support: Any = None,
+    step: float = 0.01,
+) -> SineEval:
+    """Score each of a batch of parameters, ``adapted`` (leading task dimension, e.g. from
+    ``learner.adapt``), as ``predict(params, x)`` by its MSE against ``sin(x + phase)`` on the
+    grid ``arange(−2π, 2π, step)``; ``support`` is recorded with the scores (for figures)."""
+    ref = optree.tree_leaves(adapted)[0]
+    grid = torch.arange(-2 * math.pi, 2 * math.pi, step, dtype=ref.dtype, device=ref.device)[
+        :, None
+    ]
+    truth = torch.sin(grid + phase)
+    with torch.no_grad():
+        pred = vmap(predict, in_dims=(0, None))(adapted, grid)
+    mse = ((pred - truth) ** 2).mean(dim=(1, 2))
+    return SineEval(mse, grid, truth, pred, support)
+
+
+def sine_grid_error(
+    learner: Learner,
+    fn: Callable[..., torch.Tensor],
+    meta: Any,
+    generator: torch.Generator,
+    *,
+    phase: float,
+    draws: int = 1000,
+    shots: int = 4,
+    step: float = 0.01,
+) -> SineEval:
+    """Adapt on ``shots`` fresh points of the blog's sine with a fixed ``phase``, ``draws``
+    times; score each adapted net by its MSE on the grid ``arange(−2π, 2π, step)``."""
+    draws = _count("sine_grid_error", "draws", draws)
+    ref = optree.tree_leaves(meta)[0]
+    tasks = sine(
+        generator,
+        tasks=draws,
+        shots=shots,
+        queries=1,
+        phase=phase,
+        dtype=ref.dtype,
+        device=ref.device,
+    )
+    return _adapted_grid_error(learner, fn, meta, tasks.support, phase=phase, step=step)
+
+
+def daml_grid_error(
+    learner: Learner,
+    predict: Callable[..., torch.Tensor],
+    meta: Any,
+    generator: torch.Generator,
+    *,
+    phase: float,
+    draws: int = 1000,
+    sources: int = 1,
+    step: float = 0.01,
+) -> SineEval:
+    """Adapt on ``sources`` fresh unlabeled source inputs of the DAML sine with a fixed
+    ``phase``, ``draws`` times; score on the target grid as :func:`sine_grid_error` does."""
+    draws = _count("daml_grid_error", "draws", draws)
+    ref = optree.tree_leaves(meta)[0]
+    tasks = daml_sine(
+        generator,
+        tasks=draws,
+        sources=sources,
+        queries=1,
+        phase=phase,
+        dtype=ref.dtype,
+        device=ref.device,
+    )
+    return _adapted_grid_error(learner, predict, meta, tasks.support, phase=phase, step=step)
+
+
+def _adapted_grid_error(
+    learner: Learner, predict: Callable[..., torch.Tensor], meta: Any, support: Any, **grid: Any
+) -> SineEval:
+    """Adapt on each of a batch of ``support`` sets, score on the grid (:func:`grid_error`)."""
+    with torch.no_grad():
+        adapted = learner.adapt(meta, support)
+    return grid_error(predict, adapted, support=support, **grid)
+
+
+def sinusoid_error(
+    learner: Learner,
+    predict: Callable[..., torch.Tensor],
+    meta: Any,
+    generator: torch.Generator,
+    *,
+    tasks: int = 1000,
+    shots: int = 10,
+    points: int = 100,
+) -> torch.Tensor:
+    """Per-task MSE on ``points`` fresh inputs of new MAML-paper sinusoids, after adapting on
+    ``shots`` examples of each; a ``(tasks,)`` tensor (see :func:`mean_ci95`)."""
+    tasks = _count("sinusoid_error", "tasks", tasks)
+    ref = optree.tree_leaves(meta)[0]
+    batch = sinusoid(
+        generator, tasks=tasks, shots=shots, queries=points, dtype=ref.dtype, device=ref.device
+    )
+    return evaluate(learner, meta, batch, predict=predict).mse.values
+
+
+def fewshot_accuracy(
+    learner: Learner,
+    predict: Callable[..., torch.Tensor],
+    meta: Any,
+    dataset: ImageClasses,
+    generator: torch.Generator,
+    *,
+    tasks: int = 600,
+    ways: int = 5,
+    shots: int = 1,
+    queries: int = 15,
+    batch: int = 50,
+) -> torch.Tensor:
+    """Per-task query accuracy on ``tasks`` new N-way K-shot tasks of ``dataset``, after
+    adapting on each task's support; a ``(tasks,)`` tensor (see :func:`mean_ci95`).
+
+    Tasks are drawn and scored ``batch`` at a time. The query images of a task are classified
+    together, so a network with batch normalisation uses their statistics, as in the MAML
+    paper's evaluation.
+    """
+    where = "fewshot_accuracy"
+    tasks = _count(where, "tasks", tasks)
+    batch = _count(where, "batch", batch)
+    ref = optree.tree_leaves(meta)[0]
+    scores = []
+    for start in range(0, tasks, batch):
+        draw = fewshot(
+            generator,
+            dataset,
+            tasks=min(batch, tasks - start),
+            ways=ways,
+            shots=shots,
+            queries=queries,
+            dtype=ref.dtype,
+            device=ref.device,
+        )
+        scores.append(evaluate(learner, meta, draw, predict=predict).accuracy.values.cpu())
+    return torch.cat(scores)
+
+
+def _count(where: str, name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{where}: {name} must be an integer >= 1 (got {value!r})")
+    return value
