@@ -137,8 +137,9 @@ def load(
     Raises:
         FileNotFoundError: no file at ``path``.
         ValueError: a damaged file, not a metafunc checkpoint, another format version, a
-            missing or extra entry, a shape mismatch, a generator state that does not fit
-            ``generator``, or no generator state when ``generator`` is given.
+            file holding NaN or infinity (which :func:`save` never writes, but format 1 files
+            may), a missing or extra entry, a shape mismatch, a generator state that does not
+            fit ``generator``, or no generator state when ``generator`` is given.
         TypeError: a dtype mismatch, or arguments of the wrong type.
 
     Example:
@@ -149,6 +150,7 @@ def load(
     if like is not None:
         _check_like(like)
     flat, version = _read(path)
+    _check_finite(flat, path, version)
     if like is None:
         if version == 1:
             raise ValueError(
@@ -270,6 +272,34 @@ def _finite(t: torch.Tensor) -> bool:
     # (10x faster on the CPU than isfinite(t).all())
     lo, hi = torch.aminmax(t)
     return bool(lo.isfinite() & hi.isfinite())
+
+
+def _check_finite(
+    flat: dict[str, torch.Tensor], path: str | os.PathLike[str], version: int
+) -> None:
+    """Refuse a file with a non-finite entry: save refuses to write one, but format 1 files (and
+    files written by other programs) were never checked."""
+    key = next(
+        (
+            key
+            for key, t in flat.items()
+            if key not in _OWN_KEYS and isinstance(t, torch.Tensor) and not _finite(t)
+        ),
+        None,
+    )
+    if key is None:
+        return
+    origin = (
+        " It has checkpoint format 1, written by an older metafunc whose save did not refuse "
+        "non-finite states."
+        if version == 1
+        else ""
+    )
+    raise ValueError(
+        f"load: {str(path)!r} holds non-finite values: {key} is the first entry with NaN or "
+        f"infinity, so the state cannot be used.{origin} Resume from an earlier checkpoint, "
+        "or start afresh"
+    )
 
 
 def _describe(state: Any) -> Any:
