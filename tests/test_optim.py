@@ -165,6 +165,29 @@ def test_chain_clip_by_global_norm_then_sgd_momentum(scale_grads):
     assert (norm > 1.0) == (scale_grads > 1)  # both cases are what their name says
 
 
+# (max_norm, global norms of the gradient): below, between max_norm and its square (or square
+# root), and above, so that comparing the squared norm with max_norm clips the wrong ones
+CLIP_NORMS = [(0.5, [0.3, 0.6, 2.0]), (3.0, [1.0, 2.0, 5.0])]
+
+
+@pytest.mark.parametrize(("max_norm", "norms"), CLIP_NORMS, ids=["max_norm=0.5", "max_norm=3"])
+def test_clip_by_global_norm_against_a_hand_computation(max_norm, norms):
+    params, (direction,) = params_and_grads(steps=1)
+    size = global_norm_by_hand(direction)
+    clip = mf.optim.clip_by_global_norm(max_norm)
+    for norm in norms:
+        g = {k: v * (norm / size) for k, v in direction.items()}
+        got, _ = clip.update(g, clip.init(params), params)
+        # by hand, element by element in Python floats
+        total = global_norm_by_hand(g)
+        assert total == pytest.approx(norm, rel=1e-14)
+        factor = max_norm / total if total > max_norm else 1.0
+        for k in g:
+            want = [factor * float(x) for x in g[k].flatten()]
+            assert got[k].flatten().tolist() == pytest.approx(want, rel=1e-14, abs=0), (norm, k)
+        assert global_norm_by_hand(got) == pytest.approx(min(norm, max_norm), rel=1e-14)
+
+
 def test_clip_then_adam_and_order_matters():
     params, grads = params_and_grads(steps=1)
     (g,) = grads
