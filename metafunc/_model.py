@@ -141,7 +141,9 @@ def pure(module: nn.Module) -> tuple[Callable[..., Any], Params]:
             writes into a buffer or frozen parameter, or a norm layer refused as above.
 
     Example:
-        >>> fn, params = pure(nn.Linear(1, 1))
+        >>> fn, params = mf.pure(nn.Linear(1, 1))
+        >>> sorted(params)
+        ['bias', 'weight']
         >>> fn(params, torch.zeros(3, 1)).shape
         torch.Size([3, 1])
     """

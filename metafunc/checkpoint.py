@@ -72,7 +72,7 @@ def save(
             tasks as an uninterrupted one.
         metadata: a JSON object (dict with str keys; values str, int, finite float, bool,
             ``None``, list or dict) stored with the state, e.g. the run's options; read it back
-            with :func:`read_metadata`. NaN and infinity are refused, not written.
+            with :func:`~metafunc.checkpoint.read_metadata`. NaN and infinity are refused, not written.
 
     Returns:
         ``path`` as a ``Path``.
@@ -82,11 +82,12 @@ def save(
         TypeError: a leaf is not a tensor, or an argument has the wrong type.
         ValueError: metadata with NaN or infinity, which strict JSON cannot hold.
         FileNotFoundError, PermissionError, ValueError: a path that cannot be written, found
-            before any work (see :func:`check_writable`).
+            before any work (see :func:`~metafunc.checkpoint.check_writable`).
         OSError: the write failed (e.g. the disk is full); ``path`` keeps what it held.
 
     Example:
         >>> mf.save("run/checkpoint.pt", state, generator=g, metadata={"seed": 0})
+        PosixPath('run/checkpoint.pt')
     """
     _check_generator("save", generator)
     target = check_writable(path, "save")
@@ -143,8 +144,11 @@ def load(
         TypeError: a dtype mismatch, or arguments of the wrong type.
 
     Example:
-        >>> state = mf.load("run/checkpoint.pt", like=mf.init_state(learner, opt, params), generator=g)
-        >>> state = mf.load("run/checkpoint.pt")  # for inference: state.meta, on the CPU
+        >>> path = mf.save("run/checkpoint.pt", state, generator=g)
+        >>> state = mf.load(path, like=mf.init_state(learner, opt, params), generator=g)
+        >>> state = mf.load(path)  # for inference: state.meta, on the CPU
+        >>> type(state).__name__, sorted(state.opt_state)  # the AdamState comes back a dict
+        ('TrainState', ['count', 'mu', 'nu'])
     """
     _check_generator("load", generator)
     if like is not None:
@@ -176,7 +180,8 @@ def read_metadata(path: str | os.PathLike[str]) -> dict[str, Any] | None:
         ValueError: a damaged file or not a metafunc checkpoint.
 
     Example:
-        >>> mf.checkpoint.read_metadata("run/checkpoint.pt")
+        >>> path = mf.save("run/checkpoint.pt", state, metadata={"seed": 0, "meta_batch": 25})
+        >>> mf.checkpoint.read_metadata(path)
         {'seed': 0, 'meta_batch': 25}
     """
     flat, _ = _read(path)
@@ -197,7 +202,7 @@ def check_writable(path: str | os.PathLike[str], where: str) -> Path:
         where: the caller's name, which starts each message, e.g. ``"train"``.
 
     Returns:
-        the file that a save writes: ``path``, or the target of the link ``path``.
+        The file that a save writes, ``path`` or the target of the link ``path``.
 
     Raises:
         TypeError: ``path`` is not a str or path.

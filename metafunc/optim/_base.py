@@ -39,7 +39,8 @@ def apply_updates(params: PyTree, updates: PyTree) -> PyTree:
     """``params + updates`` leaf by leaf (new tensors; nothing is modified in place).
 
     Example:
-        >>> params = mf.optim.apply_updates(params, updates)
+        >>> mf.optim.apply_updates({"w": torch.ones(2)}, {"w": torch.tensor([0.5, -1.0])})
+        {'w': tensor([1.5000, 0.0000])}
     """
     return _tree.map(torch.add, params, updates)
 
@@ -57,6 +58,8 @@ def chain(*optimizers: Optimizer) -> Optimizer:
 
     Example:
         >>> opt = mf.optim.chain(mf.optim.clip_by_global_norm(1.0), mf.optim.adam(1e-3))
+        >>> state = opt.init(params)  # (clip's EmptyState, adam's AdamState)
+        >>> updates, state = opt.update(grads, state, params)
     """
     for i, opt in enumerate(optimizers):
         check_optimizer("chain", f"optimizers[{i}]", opt)

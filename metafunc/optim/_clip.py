@@ -19,6 +19,10 @@ def clip_by_global_norm(max_norm: float) -> Optimizer:
         max_norm: the largest global norm let through, a positive number.
 
     Example:
+        >>> clip = mf.optim.clip_by_global_norm(1.0)
+        >>> g = {"w": torch.tensor([3.0, 4.0])}  # global norm 5
+        >>> clip.update(g, clip.init(g), g)[0]
+        {'w': tensor([0.6000, 0.8000])}
         >>> opt = mf.optim.chain(mf.optim.clip_by_global_norm(1.0), mf.optim.adam(1e-3))
     """
     max_norm = _checks.positive_number("clip_by_global_norm", "max_norm", max_norm)
@@ -49,6 +53,10 @@ def clip(max_delta: float) -> Optimizer:
         max_delta: a positive number.
 
     Example:
+        >>> clip = mf.optim.clip(0.1)
+        >>> g = {"w": torch.tensor([-0.5, 0.05, 2.0])}
+        >>> clip.update(g, clip.init(g), g)[0]
+        {'w': tensor([-0.1000,  0.0500,  0.1000])}
         >>> opt = mf.optim.chain(mf.optim.clip(0.1), mf.optim.sgd(1e-2))
     """
     max_delta = _checks.positive_number("clip", "max_delta", max_delta)
