@@ -231,7 +231,7 @@ class _Written(Exception):
 
 # Functions that write their running statistics when training (or use_input_stats) is true;
 # the functional forms are seen instead of the torch.* ones they call.
-_STATS_WRITERS = {
+_STATS_WRITERS: dict[Any, int | str] = {
     F.batch_norm: "training",
     F.instance_norm: "use_input_stats",
     torch.batch_norm: 5,  # (input, weight, bias, running_mean, running_var, training, ...)

@@ -30,7 +30,7 @@ import pickle
 import stat
 import zipfile
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO, cast
 
 import torch
 
@@ -187,7 +187,8 @@ def read_metadata(path: str | os.PathLike[str]) -> dict[str, Any] | None:
     flat, _ = _read(path)
     if _METADATA_KEY not in flat:
         return None
-    return _json_entry(flat, _METADATA_KEY, path)
+    metadata: dict[str, Any] = _json_entry(flat, _METADATA_KEY, path)  # save wrote a dict
+    return metadata
 
 
 def check_writable(path: str | os.PathLike[str], where: str) -> Path:
@@ -259,10 +260,10 @@ def _flatten(state: Any, path: str | os.PathLike[str]) -> dict[str, torch.Tensor
         flat[key] = leaf.detach().to("cpu", copy=True).contiguous()
     if not flat:
         raise ValueError(f"save: state must hold at least one tensor (got {state!r})")
-    key = next((key for key, t in flat.items() if not _finite(t)), None)
-    if key is not None:
+    bad = next((key for key, t in flat.items() if not _finite(t)), None)
+    if bad is not None:
         raise FloatingPointError(
-            f"save: {key} is not finite (it holds NaN or infinity); refusing to write it, so "
+            f"save: {bad} is not finite (it holds NaN or infinity); refusing to write it, so "
             f"{str(path)!r} keeps what it holds"
         )
     return flat
@@ -348,7 +349,8 @@ def _digest(flat: dict[str, torch.Tensor]) -> torch.Tensor:
         data = t.contiguous().reshape(-1)
         if data.numel() == 1 and data.stride(0) != 1:  # contiguous, yet view(uint8) refuses it
             data = data.clone(memory_format=torch.contiguous_format)
-        h.update(data.view(torch.uint8).numpy())
+        # a numpy array is a buffer; the stubs for Python 3.10 have no Buffer type to say so
+        h.update(data.view(torch.uint8).numpy())  # type: ignore[arg-type]
     return torch.frombuffer(bytearray(h.digest()), dtype=torch.uint8)
 
 
@@ -388,7 +390,7 @@ def _write(flat: dict[str, torch.Tensor], target: Path, path: str | os.PathLike[
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
         try:
             writer = _FdWriter(fd)
-            torch.save(flat, writer)
+            torch.save(flat, cast(BinaryIO, writer))  # torch needs only write and flush
             os.fsync(fd)
         finally:
             os.close(fd)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from typing import cast
 
 import torch
 from torch import nn
@@ -76,7 +77,8 @@ def _default_init(net: nn.Sequential, generator: torch.Generator | None) -> nn.S
                     bound = math.sqrt(3.0) * gain / math.sqrt(fan_in)
                     layer.weight.uniform_(-bound, bound, generator=generator)
                     bound = 1 / math.sqrt(fan_in)
-                    layer.bias.uniform_(-bound, bound, generator=generator)
+                    if layer.bias is not None:
+                        layer.bias.uniform_(-bound, bound, generator=generator)
     return net
 
 
@@ -96,7 +98,8 @@ def blog_sine_net(
     net = mlp([1, hidden, hidden, 1], features=features)
     bound = 1 / math.sqrt(hidden)
     with torch.no_grad():
-        for layer, b in zip((net[0], net[2], net[4]), (1.0, bound, bound), strict=True):
+        for i, b in zip((0, 2, 4), (1.0, bound, bound), strict=True):
+            layer = cast(nn.Linear, net[i])
             layer.weight.uniform_(-b, b, generator=generator)
             layer.bias.zero_()
     return net

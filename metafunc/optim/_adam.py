@@ -20,7 +20,7 @@ class AdamState(NamedTuple):
         mu, nu: first and second moment estimates (float32 for half-precision parameters).
     """
 
-    count: torch.Tensor
+    count: torch.Tensor  # type: ignore[assignment]  # optax's name; hides tuple.count
     mu: PyTree
     nu: PyTree
 

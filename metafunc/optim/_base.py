@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from numbers import Real
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import torch
 
@@ -108,7 +108,7 @@ def learning_rate(where: str, value: Any) -> float | Schedule:
     """
     expected = f"{where}: lr must be a positive finite number or a schedule"
     if isinstance(value, Real) and not isinstance(value, bool):
-        if not (math.isfinite(value) and value > 0):
+        if not (math.isfinite(value) and float(value) > 0):
             raise ValueError(f"{expected} (got {value!r})")
         return float(value)
     if not callable(value):
@@ -136,7 +136,7 @@ def learning_rate(where: str, value: Any) -> float | Schedule:
             f"{where}: lr schedule must become positive (a warmup may start at 0), but it stays "
             f"at or below zero at every count probed (got {values})"
         )
-    return value
+    return cast(Schedule, value)
 
 
 def _scalar(got: Any) -> tuple[str | None, float]:
@@ -156,6 +156,7 @@ def rate_at(lr: float | Schedule, count: torch.Tensor | None) -> float | torch.T
     """The learning rate for this update: a number, or the schedule at ``count``."""
     if isinstance(lr, float):
         return lr
+    assert count is not None  # a scheduled optimizer keeps its count (static: no graph break)
     value = lr(count)
     return value if isinstance(value, torch.Tensor) else float(value)
 

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from .. import _checks, _tree
@@ -34,7 +36,7 @@ def clip_by_global_norm(max_norm: float) -> Optimizer:
     def update(grads: PyTree, state: EmptyState, params: PyTree) -> tuple[PyTree, EmptyState]:
         _base.check_update("clip_by_global_norm", grads, params)
         wide = _base.widen(grads)
-        square = sum(torch.sum(g * g) for g in _tree.leaves(wide))
+        square = functools.reduce(torch.add, [torch.sum(g * g) for g in _tree.leaves(wide)])
         # sqrt's derivative is infinite at 0: clamped, an all-zero gradient keeps a finite
         # second-order gradient (the norm is only used above max_norm anyway).
         norm = torch.sqrt(torch.clamp(square, min=max_norm**2))

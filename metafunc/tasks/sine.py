@@ -135,7 +135,7 @@ def daml_sine(
         phase = _per_task("daml_sine", "phase", phase, n)
         if not bool(((phase == 0) | (phase == math.pi)).all()):
             raise ValueError(
-                f"daml_sine: phase must be 0 or math.pi (got values {phase.unique().tolist()})"
+                f"daml_sine: phase must be 0 or math.pi (got values {torch.unique(phase).tolist()})"
             )
     u = torch.rand(n, sources, 1, generator=generator, dtype=torch.float64)
     # π/4 + u·π/4 for b = 0; the mirror image −(π/4 + u·π/4) for b = π.
@@ -162,7 +162,17 @@ def _per_task(where: str, name: str, value: float | torch.Tensor, n: int) -> tor
     return value.reshape(-1, 1, 1).expand(n, 1, 1)
 
 
-def _sinusoid_points(generator, n, shots, queries, amplitude, phase, half_width, dtype, device):
+def _sinusoid_points(
+    generator: torch.Generator,
+    n: int,
+    shots: int,
+    queries: int,
+    amplitude: float | torch.Tensor,
+    phase: torch.Tensor,
+    half_width: float,
+    dtype: torch.dtype,
+    device: torch.device | str | None,
+) -> Tasks:
     x = (
         2 * torch.rand(n, shots + queries, 1, generator=generator, dtype=torch.float64) - 1
     ) * half_width
