@@ -2,6 +2,8 @@
 #   make demo   -> the blog's MAML sine experiment (metafunc train)
 #   make test   -> lint + the whole test suite
 #   make bench  -> the benchmarks (benchmarks/README.md), with the optional alternatives
+#   make docs   -> the API reference from the docstrings into site/ (warnings are errors)
+#   make typecheck -> mypy, strict on the public API (not yet part of make test)
 #   make gpu-check -> on a CUDA machine: CUDA tests and GPU benchmarks, one JSON (benchmarks/gpu.sh);
 #                  it uses that machine's Python and torch ($(PYTHON)), not the venv
 # TORCH picks the torch build: the default resolves to the CPU wheel on a machine that has one
@@ -12,7 +14,7 @@ VENV ?= .venv
 TORCH ?= torch==2.13.0
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint setup bench gpu-check clean
+.PHONY: demo test lint setup bench gpu-check clean docs typecheck
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -41,5 +43,13 @@ lint: setup
 test: lint
 	$(BIN)/python -m pytest -q
 
+# -W: warnings are errors; -n: every cross-reference must resolve (docs/conf.py lists the
+# exceptions); -E: read every docstring afresh
+docs: setup
+	$(BIN)/python -m sphinx -b html -W --keep-going -n -q -E docs site
+
+typecheck: setup
+	$(BIN)/mypy
+
 clean:
-	rm -rf $(VENV) out
+	rm -rf $(VENV) out site

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import copy
+import inspect
 from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import nn
 from torch.func import functional_call
+from torch.nn import functional as F
+from torch.overrides import TorchFunctionMode
 
 from . import _tree
 
@@ -22,31 +25,79 @@ class Pure:
         self._module = module  # a private copy, never handed out
         self._constants = constants  # buffers and frozen parameters
         self._pristine = _tree.copy(constants)
+        self._buffers = {name for name, _ in module.named_buffers()}
         self._batchnorms = [
             name
             for name, m in module.named_modules()
             if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training
         ]
+        instancenorms = [
+            (name, m)
+            for name, m in module.named_modules()
+            if isinstance(m, nn.modules.instancenorm._InstanceNorm) and m.training
+        ]
+        # written on every call, transformed or not
+        self._tracking_instancenorms = [n for n, m in instancenorms if m.track_running_stats]
+        # wrong second-order gradients under vmap (torch 2.13), as torch's BatchNorm
+        self._affine_instancenorms = [n for n, m in instancenorms if m.affine]
 
     def __call__(self, params: Params, *args: Any, **kwargs: Any) -> Any:
         model = type(self._module).__name__
-        if self._batchnorms and torch._C._functorch.peek_interpreter_stack() is not None:
-            raise ValueError(_batchnorm_message(model, self._batchnorms))
+        if self._tracking_instancenorms:
+            raise ValueError(_tracking_instancenorm_message(model, self._tracking_instancenorms))
+        if torch._C._functorch.peek_interpreter_stack() is not None:
+            if self._batchnorms:
+                raise ValueError(_batchnorm_message(model, self._batchnorms))
+            if self._affine_instancenorms:
+                raise ValueError(_affine_instancenorm_message(model, self._affine_instancenorms))
         constants = self._constants
         if torch.compiler.is_compiling():
             return functional_call(self._module, (params, constants), args, kwargs, strict=True)
         versions = {name: b._version for name, b in constants.items()}
-        out = functional_call(self._module, (params, constants), args, kwargs, strict=True)
-        for name, b in constants.items():
-            if b._version != versions[name]:
-                constants[name] = self._pristine[name].clone()  # undo: the next call is clean
-                raise ValueError(
-                    f"pure: {model} wrote into its buffer {name!r} during forward; a pure model "
-                    "keeps no state between calls (under vmap every task would write the same "
-                    "buffer): compute it from the inputs, or call module.eval() before mf.pure "
-                    "if the layer has an evaluation mode"
-                )
+        try:
+            out = functional_call(self._module, (params, constants), args, kwargs, strict=True)
+        except RuntimeError as e:
+            # Under grad or vmap, torch refuses most writes into a buffer with its own message,
+            # which names neither the buffer nor the model. Rerun the forward (only on this
+            # failure path) watching for a write into a constant, to name it instead.
+            written = self._find_write(params, args, kwargs) if constants else None
+            self._undo(versions)
+            if written is None:
+                raise
+            raise ValueError(self._written_message(written)) from e
+        written = next((n for n, b in constants.items() if b._version != versions[n]), None)
+        if written is not None:
+            self._undo(versions)
+            raise ValueError(self._written_message(written))
         return out
+
+    def _find_write(self, params: Params, args: Any, kwargs: Any) -> str | None:
+        """The first constant the forward writes into, found by running it again under a mode
+        that stops at that write (``None`` if it writes none before failing again)."""
+        watch = _WriteWatch(self._constants)
+        try:
+            with watch:
+                functional_call(self._module, (params, self._constants), args, kwargs, strict=True)
+        except _Written as w:
+            return w.name
+        except Exception:  # the same failure again, with no write into a constant before it
+            return None
+        return None
+
+    def _written_message(self, name: str) -> str:
+        what = "buffer" if name in self._buffers else "frozen parameter"
+        return (
+            f"pure: {type(self._module).__name__} wrote into its {what} {name!r} during "
+            "forward; a pure model keeps no state between calls (under vmap every task would "
+            f"write the same {what}): compute it from the inputs, or call module.eval() before "
+            "mf.pure if the layer has an evaluation mode"
+        )
+
+    def _undo(self, versions: dict[str, int]) -> None:
+        """Put back the constants that a forward wrote into: the next call is clean."""
+        for name, b in self._constants.items():
+            if b._version != versions[name]:
+                self._constants[name] = self._pristine[name].clone()
 
     def __repr__(self) -> str:
         mode = "train" if self._module.training else "eval"
@@ -70,7 +121,13 @@ def pure(module: nn.Module) -> tuple[Callable[..., Any], Params]:
     torch 2.13 computes wrong second-order gradients under ``vmap`` (a MAML meta-gradient off
     in the fourth digit, silently). :class:`metafunc.models.BatchNorm` is the same
     normalisation in plain ops, correct under every transform. Called plainly, such a model
-    still runs.
+    still runs. torch's InstanceNorm layers in training mode are refused with
+    ``track_running_stats=True`` on every call (they write their statistics into buffers), and
+    with ``affine=True`` inside a transform (wrong second-order gradients under ``vmap``);
+    ``nn.GroupNorm(channels, channels)`` is instance normalisation with a learned scale and
+    shift that differentiates correctly. A forward that writes into a buffer or a frozen
+    parameter (``self.count += 1``, ``buf.mul_(0.9)``, ``buf[0] = ...``, ``out=buf``) is refused
+    with a ``ValueError`` that names it, under a transform or not, and the value is restored.
 
     Args:
         module: any ``torch.nn.Module``.
@@ -80,10 +137,13 @@ def pure(module: nn.Module) -> tuple[Callable[..., Any], Params]:
 
     Raises:
         TypeError: ``module`` is not an ``nn.Module``.
-        ValueError: ``module`` has no trainable parameters.
+        ValueError: ``module`` has no trainable parameters; and from ``fn``: a forward that
+            writes into a buffer or frozen parameter, or a norm layer refused as above.
 
     Example:
-        >>> fn, params = pure(nn.Linear(1, 1))
+        >>> fn, params = mf.pure(nn.Linear(1, 1))
+        >>> sorted(params)
+        ['bias', 'weight']
         >>> fn(params, torch.zeros(3, 1)).shape
         torch.Size([3, 1])
     """
@@ -132,7 +192,118 @@ def _batchnorm_message(model: str, names: list[str]) -> str:
         f"pure: {model} has torch BatchNorm layer(s) {names} in training mode, which "
         "are refused under vmap and grad: with running statistics every task would write the "
         "same buffers, and without them torch gives wrong second-order gradients under vmap. "
-        "Use mf.models.BatchNorm (per-batch statistics in plain ops, as in the MAML paper), "
-        "nn.GroupNorm or nn.LayerNorm, or call module.eval() before mf.pure to use the "
-        "stored statistics as constants."
+        "Use mf.models.BatchNorm (per-batch statistics in plain ops, as in the MAML paper) or "
+        "nn.GroupNorm, or call module.eval() before mf.pure to use the stored statistics as "
+        "constants."
     )
+
+
+def _tracking_instancenorm_message(model: str, names: list[str]) -> str:
+    return (
+        f"pure: {model} has torch InstanceNorm layer(s) {names} with "
+        "track_running_stats=True in training mode, which write their running statistics "
+        "into buffers on every call: a pure model keeps no state between calls, and under "
+        "vmap every task would write the same buffers. Build them with "
+        "track_running_stats=False (instance normalisation uses each example's own "
+        "statistics), use nn.GroupNorm(channels, channels) for instance normalisation with a "
+        "learned scale and shift, or call module.eval() before mf.pure to use the stored "
+        "statistics as constants."
+    )
+
+
+def _affine_instancenorm_message(model: str, names: list[str]) -> str:
+    return (
+        f"pure: {model} has torch InstanceNorm layer(s) {names} with affine=True in "
+        "training mode, which are refused under vmap and grad: torch gives them wrong "
+        "second-order gradients under vmap (a MAML meta-gradient off in the fourth digit). "
+        "Use nn.GroupNorm(channels, channels), the same function with a learned scale and "
+        "shift in a kernel that differentiates correctly, or affine=False."
+    )
+
+
+class _Written(Exception):
+    """Raised by :class:`_WriteWatch` at a write into a constant, before it happens."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.name = name
+
+
+# Functions that write their running statistics when training (or use_input_stats) is true;
+# the functional forms are seen instead of the torch.* ones they call.
+_STATS_WRITERS: dict[Any, int | str] = {
+    F.batch_norm: "training",
+    F.instance_norm: "use_input_stats",
+    torch.batch_norm: 5,  # (input, weight, bias, running_mean, running_var, training, ...)
+    torch.instance_norm: 5,
+}
+
+
+def _written_statistics(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[Any]:
+    """The running statistics that a call of a normalisation function writes."""
+    flag = _STATS_WRITERS[func]
+    if isinstance(flag, int):
+        return list(args[3:5]) if len(args) > flag and args[flag] else []
+    bound = inspect.signature(func).bind(*args, **kwargs)
+    bound.apply_defaults()
+    if not bound.arguments[flag]:
+        return []
+    return [bound.arguments["running_mean"], bound.arguments["running_var"]]
+
+
+class _WriteWatch(TorchFunctionMode):
+    """Stops a forward at its first write into one of ``constants``: an in-place method
+    (``add_``, ``+=``, ``x[i] = ...``), an ``out=`` argument, or a normalisation that updates
+    running statistics."""
+
+    def __init__(self, constants: Params) -> None:
+        super().__init__()
+        # by storage, so that a write into a view (buffer[0] = ..., out=buffer[:2]) is found
+        self._names: dict[int, str] = {}
+        for name, t in constants.items():
+            self._names.setdefault(_storage(t), name)
+
+    def __torch_function__(
+        self,
+        func: Callable[..., Any],
+        types: Any,
+        args: tuple[Any, ...] = (),
+        kwargs: dict[str, Any] | None = None,
+    ) -> Any:
+        kwargs = kwargs or {}
+        name = getattr(func, "__name__", "")
+        targets: list[Any] = []
+        if args and (_in_place(name) or name == "__setitem__"):
+            targets.append(args[0])
+        if "out" in kwargs:
+            out = kwargs["out"]
+            targets.extend(out if isinstance(out, (tuple, list)) else [out])
+        if func in _STATS_WRITERS:
+            targets.extend(_written_statistics(func, args, kwargs))
+        for t in targets:
+            name = self._names.get(_storage(t)) if isinstance(t, torch.Tensor) else None
+            if name is not None:
+                raise _Written(name)
+        return func(*args, **kwargs)
+
+
+def _storage(t: torch.Tensor) -> int:
+    """The address of the storage under ``t`` and the transforms' wrappers around it (under
+    grad, even a view of a constant comes wrapped); -1 for one without storage."""
+    functorch = torch._C._functorch
+    while functorch.is_functorch_wrapped_tensor(t):
+        t = functorch.get_unwrapped(t)
+    if t.is_meta or t.layout != torch.strided:
+        return -1
+    return t.untyped_storage().data_ptr()
+
+
+_AUGMENTED = {
+    f"__i{op}__"
+    for op in "add sub mul matmul truediv floordiv mod pow and or xor lshift rshift".split()
+}
+
+
+def _in_place(name: str) -> bool:
+    """``add_``, ``__iadd__``: torch's names for functions that write their first argument."""
+    return name in _AUGMENTED or (name.endswith("_") and not name.startswith("_"))

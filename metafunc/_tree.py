@@ -9,8 +9,9 @@ everywhere. optree sorts dict keys when flattening; never zip its leaves against
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import optree
 import torch
@@ -102,7 +103,7 @@ def picker(selector: Selector, *, where: str, name: str) -> Callable[[str], bool
     if selector is None:
         return lambda n: True
     if callable(selector):
-        return selector
+        return cast(Callable[[str], bool], selector)
     wanted = _wanted(selector)
     if wanted is not None:
         return lambda n: any(n == w or n.startswith(w + ".") for w in wanted)
@@ -280,16 +281,17 @@ def describe(tree: PyTree, root: str = "") -> Any:
             return {"list": [node(c, f"{where}[{i}]") for i, c in enumerate(children)]}
         if spec.kind in (kind.TUPLE, kind.STRUCTSEQUENCE):
             return {"tuple": [node(c, f"{where}[{i}]") for i, c in enumerate(children)]}
-        if spec.kind == kind.NAMEDTUPLE:
-            fields = spec.type._fields
+        named = spec.type  # the node's class (None for None)
+        if spec.kind == kind.NAMEDTUPLE and named is not None:
+            fields = cast(tuple[str, ...], getattr(named, "_fields"))  # noqa: B009
             return {
-                "namedtuple": spec.type.__name__,
+                "namedtuple": named.__name__,
                 "fields": [
                     [f, node(c, f"{where}.{f}")] for f, c in zip(fields, children, strict=True)
                 ],
             }
         raise TypeError(
-            f"{where} is a {spec.type.__name__}; only dicts, lists, tuples, named tuples and "
+            f"{where} is a {getattr(named, '__name__', named)}; only dicts, lists, tuples, named tuples and "
             "None can be described"
         )
 
@@ -319,7 +321,8 @@ def copy(tree: PyTree) -> PyTree:
 
 def global_norm(tree: PyTree) -> torch.Tensor:
     """The Euclidean norm of all leaves taken together."""
-    return torch.sqrt(sum(torch.sum(t * t) for t in optree.tree_leaves(tree)))
+    squares = [torch.sum(t * t) for t in optree.tree_leaves(tree)]
+    return torch.sqrt(functools.reduce(torch.add, squares))
 
 
 def all_finite(tree: PyTree) -> torch.Tensor:

@@ -30,7 +30,7 @@ import pickle
 import stat
 import zipfile
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO, cast
 
 import torch
 
@@ -72,7 +72,7 @@ def save(
             tasks as an uninterrupted one.
         metadata: a JSON object (dict with str keys; values str, int, finite float, bool,
             ``None``, list or dict) stored with the state, e.g. the run's options; read it back
-            with :func:`read_metadata`. NaN and infinity are refused, not written.
+            with :func:`~metafunc.checkpoint.read_metadata`. NaN and infinity are refused, not written.
 
     Returns:
         ``path`` as a ``Path``.
@@ -82,11 +82,12 @@ def save(
         TypeError: a leaf is not a tensor, or an argument has the wrong type.
         ValueError: metadata with NaN or infinity, which strict JSON cannot hold.
         FileNotFoundError, PermissionError, ValueError: a path that cannot be written, found
-            before any work (see :func:`check_writable`).
+            before any work (see :func:`~metafunc.checkpoint.check_writable`).
         OSError: the write failed (e.g. the disk is full); ``path`` keeps what it held.
 
     Example:
         >>> mf.save("run/checkpoint.pt", state, generator=g, metadata={"seed": 0})
+        PosixPath('run/checkpoint.pt')
     """
     _check_generator("save", generator)
     target = check_writable(path, "save")
@@ -137,18 +138,23 @@ def load(
     Raises:
         FileNotFoundError: no file at ``path``.
         ValueError: a damaged file, not a metafunc checkpoint, another format version, a
-            missing or extra entry, a shape mismatch, a generator state that does not fit
-            ``generator``, or no generator state when ``generator`` is given.
+            file holding NaN or infinity (which :func:`save` never writes, but format 1 files
+            may), a missing or extra entry, a shape mismatch, a generator state that does not
+            fit ``generator``, or no generator state when ``generator`` is given.
         TypeError: a dtype mismatch, or arguments of the wrong type.
 
     Example:
-        >>> state = mf.load("run/checkpoint.pt", like=mf.init_state(learner, opt, params), generator=g)
-        >>> state = mf.load("run/checkpoint.pt")  # for inference: state.meta, on the CPU
+        >>> path = mf.save("run/checkpoint.pt", state, generator=g)
+        >>> state = mf.load(path, like=mf.init_state(learner, opt, params), generator=g)
+        >>> state = mf.load(path)  # for inference: state.meta, on the CPU
+        >>> type(state).__name__, sorted(state.opt_state)  # the AdamState comes back a dict
+        ('TrainState', ['count', 'mu', 'nu'])
     """
     _check_generator("load", generator)
     if like is not None:
         _check_like(like)
     flat, version = _read(path)
+    _check_finite(flat, path, version)
     if like is None:
         if version == 1:
             raise ValueError(
@@ -174,13 +180,15 @@ def read_metadata(path: str | os.PathLike[str]) -> dict[str, Any] | None:
         ValueError: a damaged file or not a metafunc checkpoint.
 
     Example:
-        >>> mf.checkpoint.read_metadata("run/checkpoint.pt")
+        >>> path = mf.save("run/checkpoint.pt", state, metadata={"seed": 0, "meta_batch": 25})
+        >>> mf.checkpoint.read_metadata(path)
         {'seed': 0, 'meta_batch': 25}
     """
     flat, _ = _read(path)
     if _METADATA_KEY not in flat:
         return None
-    return _json_entry(flat, _METADATA_KEY, path)
+    metadata: dict[str, Any] = _json_entry(flat, _METADATA_KEY, path)  # save wrote a dict
+    return metadata
 
 
 def check_writable(path: str | os.PathLike[str], where: str) -> Path:
@@ -195,7 +203,7 @@ def check_writable(path: str | os.PathLike[str], where: str) -> Path:
         where: the caller's name, which starts each message, e.g. ``"train"``.
 
     Returns:
-        the file that a save writes: ``path``, or the target of the link ``path``.
+        The file that a save writes, ``path`` or the target of the link ``path``.
 
     Raises:
         TypeError: ``path`` is not a str or path.
@@ -252,13 +260,10 @@ def _flatten(state: Any, path: str | os.PathLike[str]) -> dict[str, torch.Tensor
         flat[key] = leaf.detach().to("cpu", copy=True).contiguous()
     if not flat:
         raise ValueError(f"save: state must hold at least one tensor (got {state!r})")
-    # state.extra is the user's own bookkeeping (a best loss may start at inf)
-    key = next(
-        (k for k, t in flat.items() if not k.startswith("state.extra") and not _finite(t)), None
-    )
-    if key is not None:
+    bad = next((k for k, t in flat.items() if not _user_state(k) and not _finite(t)), None)
+    if bad is not None:
         raise FloatingPointError(
-            f"save: {key} is not finite (it holds NaN or infinity); refusing to write it, so "
+            f"save: {bad} is not finite (it holds NaN or infinity); refusing to write it, so "
             f"{str(path)!r} keeps what it holds"
         )
     return flat
@@ -273,6 +278,43 @@ def _finite(t: torch.Tensor) -> bool:
     # (10x faster on the CPU than isfinite(t).all())
     lo, hi = torch.aminmax(t)
     return bool(lo.isfinite() & hi.isfinite())
+
+
+def _user_state(key: str) -> bool:
+    """``state.extra`` is the user's own bookkeeping, not checked for finiteness (a best loss
+    may start at inf)."""
+    return key.startswith("state.extra")
+
+
+def _check_finite(
+    flat: dict[str, torch.Tensor], path: str | os.PathLike[str], version: int
+) -> None:
+    """Refuse a file with a non-finite entry: save refuses to write one, but format 1 files (and
+    files written by other programs) were never checked."""
+    key = next(
+        (
+            key
+            for key, t in flat.items()
+            if key not in _OWN_KEYS
+            and not _user_state(key)
+            and isinstance(t, torch.Tensor)
+            and not _finite(t)
+        ),
+        None,
+    )
+    if key is None:
+        return
+    origin = (
+        " It has checkpoint format 1, written by an older metafunc whose save did not refuse "
+        "non-finite states."
+        if version == 1
+        else ""
+    )
+    raise ValueError(
+        f"load: {str(path)!r} holds non-finite values: {key} is the first entry with NaN or "
+        f"infinity, so the state cannot be used.{origin} Resume from an earlier checkpoint, "
+        "or start afresh"
+    )
 
 
 def _describe(state: Any) -> Any:
@@ -316,7 +358,8 @@ def _digest(flat: dict[str, torch.Tensor]) -> torch.Tensor:
         data = t.contiguous().reshape(-1)
         if data.numel() == 1 and data.stride(0) != 1:  # contiguous, yet view(uint8) refuses it
             data = data.clone(memory_format=torch.contiguous_format)
-        h.update(data.view(torch.uint8).numpy())
+        # a numpy array is a buffer; the stubs for Python 3.10 have no Buffer type to say so
+        h.update(data.view(torch.uint8).numpy())  # type: ignore[arg-type]
     return torch.frombuffer(bytearray(h.digest()), dtype=torch.uint8)
 
 
@@ -356,7 +399,7 @@ def _write(flat: dict[str, torch.Tensor], target: Path, path: str | os.PathLike[
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
         try:
             writer = _FdWriter(fd)
-            torch.save(flat, writer)
+            torch.save(flat, cast(BinaryIO, writer))  # torch needs only write and flush
             os.fsync(fd)
         finally:
             os.close(fd)

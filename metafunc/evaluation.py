@@ -79,7 +79,9 @@ def evaluate(
     Example:
         >>> new = mf.tasks.sinusoid(torch.Generator().manual_seed(1), tasks=100)
         >>> scores = mf.evaluate(learner, state.meta, new, predict=fn)
-        >>> scores.loss.mean, scores.loss.ci95, scores.loss_before.mean, scores.mse.values
+        >>> scores.loss.values.shape, scores.accuracy is None  # regression: mse, no accuracy
+        (torch.Size([100]), True)
+        >>> mean, half_width = scores.mse.mean, scores.mse.ci95
     """
     where = "evaluate"
     if not isinstance(learner, Learner):
@@ -138,7 +140,12 @@ def score(values: torch.Tensor) -> Score:
 def mean_ci95(values: torch.Tensor) -> tuple[float, float]:
     """The mean of ``values`` and the half-width of its normal-approximation 95% confidence
     interval, ``z · s / √n`` with ``s`` the sample standard deviation (``n − 1``) and ``z`` the
-    normal quantile 1.95996...; the half-width is NaN for a single value."""
+    normal quantile 1.95996...; the half-width is NaN for a single value.
+
+    Example:
+        >>> mf.evaluation.mean_ci95(torch.tensor([1.0, 2.0, 3.0]))  # 1.96 * 1 / sqrt(3)
+        (2.0, 1.13158...)
+    """
     values = values.double().flatten()
     n = values.numel()
     half = _Z95 * values.std().item() / math.sqrt(n) if n > 1 else float("nan")

@@ -15,7 +15,12 @@ import torch.nn.functional as F
 
 
 def mse(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Mean squared error."""
+    """Mean squared error.
+
+    Example:
+        >>> mf.losses.mse(torch.tensor([1.0, 2.0]), torch.tensor([1.0, 4.0]))
+        tensor(2.)
+    """
     _same_shape("mse", pred, target)
     return F.mse_loss(pred, target)
 
@@ -26,6 +31,10 @@ def l1(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     ``F.l1_loss`` and ``abs`` fail inside a compiled second-order step under vmap on torch
     2.13 (an invalid meta-device gradient during tracing); ``where(d > 0, d, -d)`` is the same
     function with the same (sub)gradient, 0 at d = 0 like ``abs``, and compiles.
+
+    Example:
+        >>> mf.losses.l1(torch.tensor([1.0, 2.0]), torch.tensor([1.0, 4.0]))
+        tensor(1.)
     """
     _same_shape("l1", pred, target)
     d = pred - target
@@ -33,7 +42,12 @@ def l1(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 
 def cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Mean cross-entropy of ``logits`` (n, classes) against int64 class indices ``labels`` (n,)."""
+    """Mean cross-entropy of ``logits`` (n, classes) against int64 class indices ``labels`` (n,).
+
+    Example:
+        >>> mf.losses.cross_entropy(torch.zeros(2, 4), torch.tensor([0, 3]))  # log 4
+        tensor(1.3863)
+    """
     _tensors("cross_entropy", logits, labels, "logits", "labels")
     if labels.dtype != torch.int64:
         raise TypeError(
@@ -56,6 +70,8 @@ def supervised(
     Example:
         >>> fn, params = mf.pure(net)
         >>> loss = mf.supervised(fn, mf.losses.l1)
+        >>> loss(params, (x, torch.sin(x))).shape  # one scalar per task
+        torch.Size([])
     """
 
     def loss(params: Any, data: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:

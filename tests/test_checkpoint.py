@@ -5,6 +5,7 @@ import errno
 import functools
 import hashlib
 import json
+import math
 import os
 import random
 import re
@@ -508,6 +509,67 @@ def test_format_1_files_load_with_a_template_only(tmp_path):
     (tmp_path / "v1.pt").write_bytes(data)
     with pytest.raises(ValueError, match=r"is damaged and cannot be used: its entry .* fails"):
         mf.load(tmp_path / "v1.pt", like=state)
+
+
+def test_a_format_1_file_holding_nan_is_refused_naming_the_file_and_entry(tmp_path):
+    """save refuses a non-finite state, but format 1 files were written unchecked: load names
+    the first entry with NaN or infinity instead of handing the state to a run."""
+    learner, opt, params, sampler = setup()
+    state = mf.init_state(learner, opt, params)
+    flat = {k: v.clone() for k, v in _tree.named_leaves(state, "state")}
+    flat["state.meta['2.weight']"][0, 1] = math.nan
+    flat["state.opt_state.nu['0.bias']"][2] = math.inf
+    keys = list(flat)
+    assert keys.index("state.meta['2.weight']") < keys.index("state.opt_state.nu['0.bias']")
+    flat |= {"metafunc.format": torch.tensor(1)}
+    path = tmp_path / "v1-nan.pt"
+    torch.save(flat, path)
+    expected = (
+        f"load: {str(path)!r} holds non-finite values: state.meta['2.weight'] is the first entry "
+        "with NaN or infinity, so the state cannot be used. It has checkpoint format 1, written "
+        "by an older metafunc whose save did not refuse non-finite states. Resume from an "
+        "earlier checkpoint, or start afresh"
+    )
+    with pytest.raises(ValueError) as info:
+        mf.load(path, like=state)
+    assert str(info.value) == expected
+    with pytest.raises(ValueError) as info:  # a run resuming from it gets the same message
+        mf.train(
+            mf.make_step(learner, opt, compile=False),
+            state,
+            sampler,
+            steps=1,
+            checkpoint=path,
+            resume=True,
+            progress=False,
+        )
+    assert str(info.value) == expected
+    # infinity alone, in the optimizer state, is named too
+    flat["state.meta['2.weight']"][0, 1] = state.meta["2.weight"][0, 1]
+    torch.save(flat, path)
+    with pytest.raises(ValueError, match=r"state\.opt_state\.nu\['0\.bias'\] is the first"):
+        mf.load(path, like=state)
+    # and a finite format 1 file still loads
+    flat["state.opt_state.nu['0.bias']"][2] = state.opt_state.nu["0.bias"][2]
+    torch.save(flat, path)
+    assert_states_equal(mf.load(path, like=state), state)
+
+
+def test_a_current_format_file_holding_infinity_is_refused(tmp_path):
+    """A format 2 file with a valid digest, written by another program, is checked too."""
+    path = tmp_path / "inf.pt"
+    mf.save(path, {"w": torch.ones(3)})
+    flat = torch.load(path, weights_only=True)
+    flat["state['w']"][1] = -math.inf
+    flat["metafunc.digest"] = ckpt._digest(flat)
+    torch.save(flat, path)
+    with pytest.raises(ValueError) as info:
+        mf.load(path)
+    assert str(info.value) == (
+        f"load: {str(path)!r} holds non-finite values: state['w'] is the first entry with NaN or "
+        "infinity, so the state cannot be used. Resume from an earlier checkpoint, or start "
+        "afresh"
+    )
 
 
 # ---------------------------------------------------------------- integrity

@@ -47,6 +47,23 @@ def test_mean_ci95_is_z_times_the_sample_deviation_over_root_n(n):
     assert mean_ci95(values.float())[1] == pytest.approx(got_half, rel=1e-6)
 
 
+def by_hand_mean_ci95(values):
+    """The mean and the 95% half-width 1.959963984540054 · s / √n (s with n − 1), in Python
+    floats, to check the scores against without calling the function that computes them."""
+    xs = [float(v) for v in values]
+    n = len(xs)
+    mean = sum(xs) / n
+    s = math.sqrt(sum((x - mean) ** 2 for x in xs) / (n - 1))
+    return mean, 1.959963984540054 * s / math.sqrt(n)
+
+
+def assert_score_by_hand(score):
+    mean, half = by_hand_mean_ci95(score.values)
+    assert score.mean == pytest.approx(mean, rel=1e-12, abs=1e-15)
+    assert score.ci95 == pytest.approx(half, rel=1e-12)
+    assert half > 0  # the tasks differ: a zero interval would check nothing
+
+
 def test_mean_ci95_of_one_value_has_no_interval():
     mean, half = mean_ci95(torch.tensor([0.25]))
     assert mean == 0.25 and math.isnan(half)
@@ -237,6 +254,28 @@ def test_fewshot_accuracy_is_the_count_of_right_predictions():
     assert len(set(want)) > 1  # the counts differ between tasks
 
 
+def test_fewshot_accuracy_of_5_way_tasks_with_one_query_per_class():
+    """ways = 5 and queries = 1: the logits of a task are (5, 5), square."""
+    ways = 5
+    data = labelled_dataset(classes=10)
+    learner, predict = label_reader(ways)
+    meta = {"xs": torch.zeros(ways, 1, 3, 3, dtype=F64), "ys": torch.zeros(ways, dtype=F64)}
+    got = fewshot_accuracy(
+        learner, predict, meta, data, torch.Generator().manual_seed(4), tasks=6, ways=ways,
+        queries=1, batch=6,
+    )  # fmt: skip
+    draw = mf.tasks.fewshot(
+        torch.Generator().manual_seed(4), data, tasks=6, ways=ways, queries=1, dtype=F64
+    )
+    want = []
+    for t in range(6):
+        classes = (draw.query[0][t, :, 0, 0, 0] * 255).round().long().tolist()
+        assert len(classes) == ways
+        want.append(sum(c % 2 == 0 for c in classes) / ways)
+    assert got.tolist() == want
+    assert len(set(want)) > 1
+
+
 def test_evaluate_accuracy_counts_the_argmax_of_the_logits():
     g = torch.Generator().manual_seed(0)
     logits = torch.randn(3, 6, 4, generator=g, dtype=F64)
@@ -254,7 +293,35 @@ def test_evaluate_accuracy_counts_the_argmax_of_the_logits():
         )
         assert got.accuracy.values[t].item() == right / 6
     assert got.mse is None
-    assert (got.accuracy.mean, got.accuracy.ci95) == mean_ci95(got.accuracy.values)
+    assert_score_by_hand(got.accuracy)
+
+
+def square_logits_tasks():
+    """5-way tasks with 5 query examples: logits (5, 5), where an arg-max over the examples
+    instead of the classes has the right shape and another accuracy."""
+    g = torch.Generator().manual_seed(3)
+    tasks, n = 4, 5
+    logits = torch.randn(tasks, n, n, generator=g, dtype=F64)
+    labels = torch.stack([torch.randperm(n, generator=g) for _ in range(tasks)])
+    x = torch.arange(tasks * n, dtype=F64).reshape(tasks, n, 1)
+    table = {"logits": logits.reshape(tasks * n, n)}
+    predict = lambda p, x: p["logits"][x[:, 0].long()]  # noqa: E731
+    return logits, labels, mf.Tasks((x, labels), (x, labels)), table, predict
+
+
+def test_evaluate_accuracy_takes_the_argmax_over_classes_of_square_logits():
+    logits, labels, tasks, table, predict = square_logits_tasks()
+    got = mf.evaluate(frozen(predict, mf.losses.cross_entropy), table, tasks, predict=predict)
+    want, wrong = [], []
+    for t in range(4):
+        rows = logits[t].tolist()  # rows[i][c]: example i, class c
+        classes = [max(range(5), key=lambda c, r=r: r[c]) for r in rows]
+        examples = [max(range(5), key=lambda i, c=c: rows[i][c]) for c in range(5)]
+        want.append(sum(classes[i] == labels[t, i].item() for i in range(5)) / 5)
+        wrong.append(sum(examples[i] == labels[t, i].item() for i in range(5)) / 5)
+    assert got.accuracy.values.tolist() == want
+    assert want != wrong  # the arg-max over the wrong dimension would be seen
+    assert_score_by_hand(got.accuracy)
 
 
 # ---------------------------------------------------------------- losses, by hand
@@ -296,7 +363,8 @@ def test_loss_before_is_the_query_loss_at_the_meta_parameters(steps):
     torch.testing.assert_close(scores.loss.values, after, rtol=1e-10, atol=0)
     torch.testing.assert_close(scores.loss_before.values, before, rtol=1e-10, atol=0)
     torch.testing.assert_close(scores.mse.values, after, rtol=1e-10, atol=0)  # MSE loss
-    assert (scores.loss.mean, scores.loss.ci95) == mean_ci95(scores.loss.values)
+    for score in (scores.loss, scores.loss_before, scores.mse):
+        assert_score_by_hand(score)
     _, metrics = learner.meta_grad(params, tasks)  # what the step logs
     torch.testing.assert_close(metrics.loss, after.mean(), rtol=1e-10, atol=0)
     torch.testing.assert_close(metrics.loss_before, before.mean(), rtol=1e-10, atol=0)

@@ -118,6 +118,29 @@ def test_max_consecutive_errors_lets_the_next_one_through_as_optax():
     assert int(state.notfinite_count) == 5
 
 
+def test_an_update_let_through_takes_the_wrapped_optimizers_new_state():
+    """With max_consecutive_errors, the update let through is the wrapped optimizer's, and so is
+    its new state: Adam's count, mu and nu, as an unguarded Adam computes them from the same
+    state (sgd, whose state holds no tensor, cannot tell the old state from the new)."""
+    adam = mf.optim.adam(0.1)
+    opt = mf.optim.apply_if_finite(adam, max_consecutive_errors=1)
+    params = {"w": torch.tensor([1.0, 2.0, 3.0], dtype=F64)}
+    params, state = step(opt, params, opt.init(params), {"w": torch.ones(3, dtype=F64)})
+    bad = {"w": torch.tensor([0.5, float("inf"), -0.5], dtype=F64)}
+
+    refused, refused_state = step(opt, params, state, bad)  # the first in a row: refused
+    assert same_bits(refused, params) and same_bits(refused_state.inner_state, state.inner_state)
+
+    want_updates, want_inner = adam.update(bad, refused_state.inner_state, params)
+    updates, through = opt.update(bad, refused_state, params)  # the second: let through
+    assert not bool(through.last_finite) and int(through.notfinite_count) == 2
+    assert same_bits(updates, want_updates) and same_bits(through.inner_state, want_inner)
+    assert int(through.inner_state.count) == 2  # not the 1 it held
+    assert torch.isinf(through.inner_state.mu["w"][1]) and torch.isnan(updates["w"][1])
+    # the finite elements moved on too: the moments are not the old ones
+    assert not torch.equal(through.inner_state.nu["w"][0], state.inner_state.nu["w"][0])
+
+
 def test_last_finite_and_is_guarded_find_the_guard_anywhere():
     params = {"w": torch.ones(2)}
     plain = mf.optim.chain(mf.optim.clip(1.0), mf.optim.adam(0.1))

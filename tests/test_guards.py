@@ -1,6 +1,10 @@
 """The compiled step skips only Dynamo's identity checks of torch's and metafunc's own objects:
 whatever user code can change between two steps still makes it recompile."""
 
+import dataclasses
+import functools
+import math
+
 import torch
 from support import sine_tasks
 from torch import nn
@@ -98,3 +102,62 @@ def test_keep_drops_identity_checks_of_library_objects_only():
     ]
     assert _guards.keep(dropped) == [False] * len(dropped)
     assert _guards.keep(kept) == [True] * len(kept)
+
+
+def _user_function(x):
+    return x
+
+
+class _UserThing:
+    pass
+
+
+def _without_value(entry):
+    return dataclasses.replace(entry, has_value=False)
+
+
+# One case per rule of _guards.keep, written out by hand: (rule, entry, kept?). A wrong rule in
+# _guards changes the answer for at least one of them; the compile tests above compare compiled
+# runs with eager runs of the same code and cannot tell.
+RULES = [
+    # identity checks of library objects reached through library modules: dropped
+    ("module", _entry("G['__import_torch_dot_nn']", torch.nn, "MODULE_MATCH"), False),
+    ("builtin-function", _entry("G['__import_torch'].relu", torch.relu, "BUILTIN_MATCH"), False),
+    ("stdlib-builtin", _entry("G['__import_math'].sqrt", math.sqrt, "ID_MATCH"), False),
+    ("python-builtins", _entry("G['__builtins_dict___2']['isinstance']", isinstance, "BUILTIN_MATCH"), False),
+    ("library-function", _entry("G['__import_metafunc_dot_optim'].sgd", mf.optim.sgd, "FUNCTION_MATCH"), False),
+    ("library-class", _entry("G['__import_functools'].partial", functools.partial, "CLASS_MATCH"), False),
+    ("library-type-match", _entry("G['__import_torch'].Tensor", torch.Tensor, "TYPE_MATCH"), False),
+    ("library-closure-match", _entry("G['_tree'].map", mf._tree.map, "CLOSURE_MATCH"), False),
+    ("library-code", _entry("G['apply_updates'].__code__", mf.optim.apply_updates.__code__), False),
+    ("torch-code", _entry("G['__import_torch'].func.grad.__code__", torch.func.grad.__code__), False),
+    ("step-module-global", _entry("G['Tasks']", mf.Tasks, "CLASS_MATCH"), False),
+    # identity checks that stay: user modules, closures and inputs, user objects
+    ("user-module-global", _entry("G['__import___main__'].act", torch.relu, "BUILTIN_MATCH"), True),
+    ("user-package-global", _entry("G['__import_mypkg_dot_nets'].relu", torch.relu, "BUILTIN_MATCH"), True),
+    # a module whose name starts like a library's is still the user's
+    ("library-lookalike", _entry("G['__import_torchvision_dot_ops'].nms", torch.relu, "BUILTIN_MATCH"), True),
+    ("closure", _entry("L['learner'].meta_grad.__closure__[1].cell_contents", mf.optim.sgd, "FUNCTION_MATCH"), True),
+    ("input-attribute", _entry("L['fn']._module.training", torch.nn, "MODULE_MATCH"), True),
+    ("user-function", _entry("G['loss_fn']", _user_function, "FUNCTION_MATCH"), True),
+    ("user-class", _entry("G['Thing']", _UserThing, "CLASS_MATCH"), True),
+    ("user-code", _entry("G['loss_fn'].__code__", _user_function.__code__), True),
+    ("an-instance", _entry("G['__import_torch'].float64", torch.float64, "ID_MATCH"), True),
+    # not an identity check, or no value to judge
+    ("equals-match", _entry("G['__import_torch'].relu", torch.relu, "EQUALS_MATCH"), True),
+    ("tensor-match", _entry("G['__import_torch'].relu", torch.relu, "TENSOR_MATCH"), True),
+    ("no-value", _without_value(_entry("G['__import_torch'].relu", torch.relu, "BUILTIN_MATCH")), True),
+]  # fmt: skip
+
+
+def test_keep_follows_each_rule_against_a_hand_written_expectation():
+    got = _guards.keep([entry for _, entry, _ in RULES])
+    wrong = [
+        f"{rule}: kept={k} (want {want})"
+        for (rule, _, want), k in zip(RULES, got, strict=True)
+        if k != want
+    ]
+    assert not wrong, wrong
+    # and one at a time (keep judges each entry on its own)
+    for rule, entry, want in RULES:
+        assert _guards.keep([entry]) == [want], rule

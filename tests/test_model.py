@@ -234,10 +234,13 @@ def test_batchnorm_without_running_stats_is_refused_too_because_vmap_gets_it_wro
         vmap(fn, in_dims=(None, 0))(params, inputs(3, 8, 1))
 
 
-def maml_grad_error(norm: nn.Module) -> float:
-    """Largest deviation of the vmapped MAML meta-gradient from a per-task loop (float64)."""
+def maml_grad_error(norm: nn.Module, flat: bool = True) -> float:
+    """Largest deviation of the vmapped MAML meta-gradient from a per-task loop (float64), for
+    Linear -> ``norm`` -> tanh -> Linear, or for the model ``norm`` itself if not ``flat``."""
     torch.manual_seed(0)
-    module = nn.Sequential(nn.Linear(1, 4), norm, nn.Tanh(), nn.Linear(4, 1)).double()
+    module = (
+        nn.Sequential(nn.Linear(1, 4), norm, nn.Tanh(), nn.Linear(4, 1)).double() if flat else norm
+    )
     params = {k: v.detach() for k, v in module.named_parameters()}
     names = sorted(params)
 
@@ -265,6 +268,184 @@ def test_torch_batchnorm_breaks_second_order_under_vmap_and_ours_does_not():
     # The evidence behind the refusal above (raw functional_call, so nothing refuses it).
     assert maml_grad_error(nn.BatchNorm1d(4, track_running_stats=False)) > 1e-6
     assert maml_grad_error(mf.models.BatchNorm(4)) < 1e-12
+    # and behind the advice in its message: GroupNorm, not LayerNorm with a scale and shift
+    assert maml_grad_error(nn.GroupNorm(2, 4)) < 1e-12
+    assert maml_grad_error(nn.LayerNorm(4)) > 1e-6
+    assert maml_grad_error(nn.LayerNorm(4, elementwise_affine=False)) < 1e-12
+
+
+# --- buffers written in forward, InstanceNorm -----------------------------------------------------
+
+
+class WritesABuffer(nn.Module):
+    """Writes its buffer ``seen`` in forward in one of the ways torch allows."""
+
+    def __init__(self, how: str):
+        super().__init__()
+        self.how = how
+        self.lin = nn.Linear(1, 1).double()
+        self.register_buffer("seen", torch.zeros(1, dtype=F64))
+
+    def forward(self, x):
+        if self.how == "augmented":
+            self.seen += 1
+        elif self.how == "method":  # a running average of the input: torch's vmap fails on it
+            self.seen.mul_(0.9).add_(0.1 * x.detach().mean(0))
+        elif self.how == "setitem":
+            self.seen[0] = x.detach().sum()
+        elif self.how == "out":  # into a view of the buffer
+            torch.sum(x.detach(), dim=(0, 1), out=self.seen[0])
+        elif self.how == "copy-into-view":
+            self.seen[:1].copy_(x.detach().mean(0))
+        elif self.how == "batch_norm":  # a hand-made norm layer updating running statistics
+            x = nn.functional.batch_norm(x, self.seen, torch.ones(1, dtype=F64), training=True)
+        return self.lin(x)
+
+
+def transforms_of(fn, params, x):
+    """fn called plainly, and under grad, vmap and vmap(grad), as a learner calls it."""
+    batch = torch.stack([x, 2 * x])
+    return {
+        "plain": lambda: fn(params, x),
+        "grad": lambda: grad(lambda p: fn(p, x).sum())(params),
+        "vmap": lambda: vmap(fn, in_dims=(None, 0))(params, batch),
+        "vmap-grad": lambda: vmap(grad(lambda p, b: fn(p, b).sum()), in_dims=(None, 0))(
+            params, batch
+        ),
+    }
+
+
+WRITES = ["augmented", "method", "setitem", "out", "copy-into-view"]
+CONTEXTS = ["plain", "grad", "vmap", "vmap-grad"]
+# F.batch_norm updates running statistics without bumping their version counter, so only a
+# failure (torch refuses it under vmap) reveals it; torch's own norm layers are found by type.
+CASES = [(how, context) for how in WRITES for context in CONTEXTS] + [
+    ("batch_norm", "vmap"),
+    ("batch_norm", "vmap-grad"),
+]
+
+
+@pytest.mark.parametrize(("how", "context"), CASES)
+def test_a_buffer_written_in_forward_is_named_under_every_transform(how, context):
+    """torch's own messages ("During a grad ... in-place operation", "vmap: inplace arithmetic",
+    "output with shape [1] doesn't match the broadcast shape") name neither the buffer nor the
+    model; fn names both, and the buffer keeps its value for the next call."""
+    fn, params = mf.pure(WritesABuffer(how))
+    x = inputs(4, 1)
+    with pytest.raises(ValueError) as info:
+        transforms_of(fn, params, x)[context]()
+    assert str(info.value) == (
+        "pure: WritesABuffer wrote into its buffer 'seen' during forward; a pure model keeps no "
+        "state between calls (under vmap every task would write the same buffer): compute it "
+        "from the inputs, or call module.eval() before mf.pure if the layer has an evaluation "
+        "mode"
+    )
+    assert torch.equal(fn._constants["seen"], torch.zeros(1, dtype=F64))
+
+
+def test_a_frozen_parameter_written_in_forward_is_named_as_one():
+    class ShrinksFrozen(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.body = nn.Linear(1, 2).double().requires_grad_(False)
+            self.head = nn.Linear(2, 1).double()
+
+        def forward(self, x):
+            self.body.weight.mul_(0.5)
+            return self.head(self.body(x))
+
+    fn, params = mf.pure(ShrinksFrozen())
+    with pytest.raises(ValueError) as info:
+        grad(lambda p: fn(p, inputs(4, 1)).sum())(params)
+    assert str(info.value).startswith(
+        "pure: ShrinksFrozen wrote into its frozen parameter 'body.weight' during forward; a pure "
+        "model keeps no state between calls (under vmap every task would write the same frozen "
+        "parameter)"
+    )
+
+
+def test_a_model_failing_for_another_reason_keeps_torchs_error():
+    fn, params = mf.pure(WritesABuffer("none"))  # writes nothing; the input does not fit
+    with pytest.raises(RuntimeError, match=r"mat1 and mat2 shapes cannot be multiplied"):
+        grad(lambda p: fn(p, inputs(4, 3)).sum())(params)
+
+
+def in_net(**norm) -> nn.Module:
+    """Linear -> InstanceNorm1d over 3 channels of 4 -> tanh -> Linear, inputs (n, 1)."""
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.norm, self.b = (
+                nn.Linear(1, 12),
+                nn.InstanceNorm1d(3, **norm),
+                nn.Linear(12, 1),
+            )
+
+        def forward(self, x):
+            h = self.norm(self.a(x).reshape(x.shape[0], 3, 4))
+            return self.b(torch.tanh(h.reshape(x.shape[0], 12)))
+
+    torch.manual_seed(0)
+    return Net().double()
+
+
+@pytest.mark.parametrize("context", CONTEXTS)
+def test_instancenorm_tracking_running_stats_is_refused_naming_the_layer(context):
+    """torch says "Batch norm got a batched tensor as input while the running_mean or
+    running_var ... were not batched" under vmap, naming neither the layer nor what to use."""
+    module = in_net(track_running_stats=True)
+    before = snapshot(module)
+    fn, params = mf.pure(module)
+    with pytest.raises(ValueError) as info:
+        transforms_of(fn, params, inputs(5, 1))[context]()
+    assert str(info.value) == (
+        "pure: Net has torch InstanceNorm layer(s) ['norm'] with track_running_stats=True in "
+        "training mode, which write their running statistics into buffers on every call: a pure "
+        "model keeps no state between calls, and under vmap every task would write the same "
+        "buffers. Build them with track_running_stats=False (instance normalisation uses each "
+        "example's own statistics), use nn.GroupNorm(channels, channels) for instance "
+        "normalisation with a learned scale and shift, or call module.eval() before mf.pure to "
+        "use the stored statistics as constants."
+    )
+    assert_unchanged(module, before)
+
+
+def test_instancenorm_in_eval_mode_uses_its_stored_statistics_under_vmap():
+    module = in_net(track_running_stats=True)
+    with torch.no_grad():
+        module(inputs(16, 1, seed=5))  # non-trivial running statistics
+    module.eval()
+    fn, params = mf.pure(module)
+    xs = inputs(2, 5, 1)
+    out = vmap(fn, in_dims=(None, 0))(params, xs)
+    torch.testing.assert_close(out, module(xs.reshape(10, 1)).reshape(2, 5, 1))
+
+
+@pytest.mark.parametrize("context", ["grad", "vmap", "vmap-grad"])
+def test_affine_instancenorm_is_refused_under_transforms_and_runs_plainly(context):
+    fn, params = mf.pure(in_net(affine=True))
+    calls = transforms_of(fn, params, inputs(5, 1))
+    assert calls["plain"]().shape == (5, 1)
+    with pytest.raises(ValueError) as info:
+        calls[context]()
+    assert str(info.value) == (
+        "pure: Net has torch InstanceNorm layer(s) ['norm'] with affine=True in training mode, "
+        "which are refused under vmap and grad: torch gives them wrong second-order gradients "
+        "under vmap (a MAML meta-gradient off in the fourth digit). Use "
+        "nn.GroupNorm(channels, channels), the same function with a learned scale and shift in "
+        "a kernel that differentiates correctly, or affine=False."
+    )
+
+
+def test_torch_affine_instancenorm_breaks_second_order_under_vmap_and_groupnorm_does_not():
+    """The evidence behind the refusal above (raw functional_call, so nothing refuses it)."""
+
+    with_groupnorm = in_net()
+    with_groupnorm.norm = nn.GroupNorm(3, 3).double()  # instance norm with scale and shift
+    assert maml_grad_error(in_net(affine=True), flat=False) > 1e-6
+    assert maml_grad_error(in_net(affine=False), flat=False) < 1e-12
+    assert maml_grad_error(with_groupnorm, flat=False) < 1e-12
 
 
 def test_conv_net_is_the_maml_paper_omniglot_network():

@@ -165,6 +165,29 @@ def test_chain_clip_by_global_norm_then_sgd_momentum(scale_grads):
     assert (norm > 1.0) == (scale_grads > 1)  # both cases are what their name says
 
 
+# (max_norm, global norms of the gradient): below, between max_norm and its square (or square
+# root), and above, so that comparing the squared norm with max_norm clips the wrong ones
+CLIP_NORMS = [(0.5, [0.3, 0.6, 2.0]), (3.0, [1.0, 2.0, 5.0])]
+
+
+@pytest.mark.parametrize(("max_norm", "norms"), CLIP_NORMS, ids=["max_norm=0.5", "max_norm=3"])
+def test_clip_by_global_norm_against_a_hand_computation(max_norm, norms):
+    params, (direction,) = params_and_grads(steps=1)
+    size = global_norm_by_hand(direction)
+    clip = mf.optim.clip_by_global_norm(max_norm)
+    for norm in norms:
+        g = {k: v * (norm / size) for k, v in direction.items()}
+        got, _ = clip.update(g, clip.init(params), params)
+        # by hand, element by element in Python floats
+        total = global_norm_by_hand(g)
+        assert total == pytest.approx(norm, rel=1e-14)
+        factor = max_norm / total if total > max_norm else 1.0
+        for k in g:
+            want = [factor * float(x) for x in g[k].flatten()]
+            assert got[k].flatten().tolist() == pytest.approx(want, rel=1e-14, abs=0), (norm, k)
+        assert global_norm_by_hand(got) == pytest.approx(min(norm, max_norm), rel=1e-14)
+
+
 def test_clip_then_adam_and_order_matters():
     params, grads = params_and_grads(steps=1)
     (g,) = grads
@@ -335,6 +358,24 @@ BAD = [
      r"^adamw: lr schedule .* but lr\(0\) returned '0\.1' of type str$"),
     ("adam-schedule-bool", lambda: mf.optim.adam(lambda c: c < 10), ValueError,
      r"^adam: lr schedule .* but lr\(0\) returned a torch\.bool tensor$"),
+    ("sgd-schedule-negative-constant", lambda: mf.optim.sgd(mf.optim.constant_schedule(-0.1)),
+     ValueError, r"^sgd: lr schedule must not start below zero, which would run gradient ascent "
+     r"\(got lr\(0\)=-0\.1, lr\(1\)=-0\.1, lr\(10\)=-0\.1, lr\(100\)=-0\.1, "
+     r"lr\(1000\)=-0\.1, lr\(10000\)=-0\.1, lr\(100000\)=-0\.1, lr\(1000000\)=-0\.1\)$"),
+    ("adam-schedule-starts-negative-then-positive",
+     lambda: mf.optim.adam(mf.optim.linear_schedule(-1e-3, 1e-3, transition_steps=10)),
+     ValueError, r"^adam: lr schedule must not start below zero, .* \(got lr\(0\)=-0\.001, "
+     r"lr\(1\)=-0\.0008, lr\(10\)=0\.001, "),
+    ("adamw-schedule-zero", lambda: mf.optim.adamw(mf.optim.constant_schedule(0.0)), ValueError,
+     r"^adamw: lr schedule must become positive \(a warmup may start at 0\), but it stays at or "
+     r"below zero at every count probed \(got lr\(0\)=0, lr\(1\)=0, .* lr\(1000000\)=0\)$"),
+    ("sgd-schedule-zero-then-negative",
+     lambda: mf.optim.sgd(mf.optim.linear_schedule(0.0, -0.5, transition_steps=100)), ValueError,
+     r"^sgd: lr schedule must become positive .* \(got lr\(0\)=0, lr\(1\)=-0\.005, .* "
+     r"lr\(1000000\)=-0\.5\)$"),
+    ("adam-schedule-tensor-later", lambda: mf.optim.adam(lambda c: torch.ones(2) if c > 5 else 1.0),
+     ValueError, r"^adam: lr schedule must return a finite scalar .* but lr\(10\) returned a "
+     r"tensor of shape \(2,\)$"),
     ("adam-b1", lambda: mf.optim.adam(0.1, b1=1.0), ValueError,
      r"^adam: b1 must be in \[0, 1\) \(got 1\.0\)$"),
     ("adamw-b2", lambda: mf.optim.adamw(0.1, b2=-0.1), ValueError,
@@ -382,6 +423,17 @@ BAD = [
 def test_bad_input_is_refused_with_a_message(call, exc, pattern):
     with pytest.raises(exc, match=pattern):
         call()
+
+
+def test_schedules_that_start_at_zero_or_cross_zero_later_are_accepted():
+    """A warmup from 0 and a decay that passes below zero late are the user's choice; only a
+    schedule that starts below zero or never becomes positive is refused."""
+    warmup = mf.optim.warmup_cosine_decay_schedule(0.0, 1e-3, warmup_steps=10, decay_steps=100)
+    crossing = mf.optim.linear_schedule(0.1, -0.1, transition_steps=1000)
+    late = lambda count: torch.where(count < 10**6, 0.0, 1e-3).to(torch.float64)  # noqa: E731
+    for lr in (warmup, crossing, late):
+        for factory in (mf.optim.sgd, mf.optim.adam, mf.optim.adamw):
+            assert factory(lr).init is not None
 
 
 def test_composed_states_survive_a_checkpoint_round_trip(tmp_path):

@@ -1,5 +1,6 @@
 """The README stays true: its two commands are the ones CI runs, and its example runs."""
 
+import importlib.util
 import re
 from pathlib import Path
 
@@ -24,3 +25,13 @@ def test_readme_example_runs():
     exec(compile(code, "README.md", "exec"), scope)
     assert int(scope["state"].step) == 3
     assert scope["prediction"].shape == (100, 1)
+
+
+def test_every_python_m_module_the_readmes_name_exists():
+    """A module renamed or removed (``python -m metafunc.reproduce`` was) must leave no
+    command behind in the READMEs."""
+    for readme in (ROOT / "README.md", ROOT / "benchmarks" / "README.md"):
+        names = set(re.findall(r"python -m ([A-Za-z_][\w.]*)", readme.read_text()))
+        assert names, readme
+        for name in sorted(names):
+            assert importlib.util.find_spec(name) is not None, f"{readme.name}: python -m {name}"

@@ -128,7 +128,9 @@ def sinusoid_error(
     batch = sinusoid(
         generator, tasks=tasks, shots=shots, queries=points, dtype=ref.dtype, device=ref.device
     )
-    return evaluate(learner, meta, batch, predict=predict).mse.values
+    mse = evaluate(learner, meta, batch, predict=predict).mse
+    assert mse is not None  # the sinusoid's targets are floating point
+    return mse.values
 
 
 def fewshot_accuracy(
@@ -167,7 +169,9 @@ def fewshot_accuracy(
             dtype=ref.dtype,
             device=ref.device,
         )
-        scores.append(evaluate(learner, meta, draw, predict=predict).accuracy.values.cpu())
+        accuracy = evaluate(learner, meta, draw, predict=predict).accuracy
+        assert accuracy is not None  # fewshot's labels are int64
+        scores.append(accuracy.values.cpu())
     return torch.cat(scores)
 
 

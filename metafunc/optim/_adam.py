@@ -20,7 +20,7 @@ class AdamState(NamedTuple):
         mu, nu: first and second moment estimates (float32 for half-precision parameters).
     """
 
-    count: torch.Tensor
+    count: torch.Tensor  # type: ignore[assignment]  # optax's name; hides tuple.count
     mu: PyTree
     nu: PyTree
 
@@ -45,7 +45,8 @@ def adam(
 
     Args:
         lr: step size, or a schedule of the update count (e.g. :func:`warmup_cosine_decay_schedule`).
-        b1, b2: decay rates of the first and second moment estimates, in [0, 1).
+        b1: decay rate of the first moment estimate, in [0, 1).
+        b2: decay rate of the second moment estimate, in [0, 1).
         eps: added to the denominator.
         eps_root: added to ``v_hat`` inside the square root.
         weight_decay: L2 penalty added to the gradient (for decoupled decay use :func:`adamw`).

@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from numbers import Real
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import torch
 
@@ -42,7 +42,8 @@ def apply_updates(params: PyTree, updates: PyTree) -> PyTree:
     """``params + updates`` leaf by leaf (new tensors; nothing is modified in place).
 
     Example:
-        >>> params = mf.optim.apply_updates(params, updates)
+        >>> mf.optim.apply_updates({"w": torch.ones(2)}, {"w": torch.tensor([0.5, -1.0])})
+        {'w': tensor([1.5000, 0.0000])}
     """
     return _tree.map(torch.add, params, updates)
 
@@ -60,6 +61,8 @@ def chain(*optimizers: Optimizer) -> Optimizer:
 
     Example:
         >>> opt = mf.optim.chain(mf.optim.clip_by_global_norm(1.0), mf.optim.adam(1e-3))
+        >>> state = opt.init(params)  # (clip's EmptyState, adam's AdamState)
+        >>> updates, state = opt.update(grads, state, params)
     """
     for i, opt in enumerate(optimizers):
         check_optimizer("chain", f"optimizers[{i}]", opt)
@@ -91,41 +94,67 @@ def check_optimizer(where: str, name: str, value: Any) -> Optimizer:
     return value
 
 
-def learning_rate(where: str, value: Any) -> float | Schedule:
-    """A positive finite number, or a schedule that returns a finite scalar for a count of 0.
+# Counts a schedule is probed at when an optimizer is built: enough to see where it starts and
+# whether it ever becomes positive, cheap enough to run eagerly once.
+PROBE_COUNTS = (0, 1, 10, 100, 1000, 10**4, 10**5, 10**6)
 
-    The schedule is called once here, eagerly, so a mistake surfaces when the optimizer is
-    built rather than inside a compiled step.
+
+def learning_rate(where: str, value: Any) -> float | Schedule:
+    """A positive finite number, or a schedule that returns finite scalars and is positive
+    somewhere.
+
+    A schedule is called here, eagerly, at the counts in ``PROBE_COUNTS``, so a mistake
+    surfaces when the optimizer is built rather than inside a compiled step. It must return a
+    finite real scalar at count 0, must not start below zero (a warmup from 0 is fine), and must
+    be positive at one of the counts probed: a rate that starts or stays at or below zero would
+    run gradient ascent or nothing at all. A schedule that crosses zero later is allowed.
     """
     expected = f"{where}: lr must be a positive finite number, a 0-d tensor or a schedule"
     if isinstance(value, torch.Tensor):
         return tensor_rate(where, value)
     if isinstance(value, Real) and not isinstance(value, bool):
-        if not (math.isfinite(value) and value > 0):
+        if not (math.isfinite(value) and float(value) > 0):
             raise ValueError(f"{expected} (got {value!r})")
         return float(value)
     if not callable(value):
         raise TypeError(f"{expected} (got {value!r} of type {type(value).__name__})")
-    got = value(torch.zeros((), dtype=torch.int64))
-    problem = None
+    seen: list[tuple[int, float]] = []
+    for count in PROBE_COUNTS:
+        got = value(torch.tensor(count, dtype=torch.int64))
+        problem, number = _scalar(got)
+        if problem is None and count == 0 and not math.isfinite(number):
+            problem = repr(number)
+        if problem is not None:
+            raise ValueError(
+                f"{where}: lr schedule must return a finite scalar (a number or a 0-d tensor) "
+                f"for a step count, but lr({count}) returned {problem}"
+            )
+        seen.append((count, number))
+    values = ", ".join(f"lr({c})={v:.6g}" for c, v in seen)
+    if seen[0][1] < 0:
+        raise ValueError(
+            f"{where}: lr schedule must not start below zero, which would run gradient ascent "
+            f"(got {values})"
+        )
+    if all(v <= 0 for _, v in seen):
+        raise ValueError(
+            f"{where}: lr schedule must become positive (a warmup may start at 0), but it stays "
+            f"at or below zero at every count probed (got {values})"
+        )
+    return cast(Schedule, value)
+
+
+def _scalar(got: Any) -> tuple[str | None, float]:
+    """(what is wrong with a schedule's value or None, the value as a float)."""
     if isinstance(got, torch.Tensor):
         if got.ndim != 0:
-            problem = f"a tensor of shape {tuple(got.shape)}"
-        elif got.dtype == torch.bool or got.is_complex():
-            problem = f"a {got.dtype} tensor"
-        elif not bool(torch.isfinite(got)):
-            problem = repr(got.item())
-    elif isinstance(got, Real) and not isinstance(got, bool):
-        if not math.isfinite(got):
-            problem = repr(got)
-    else:
-        problem = f"{got!r} of type {type(got).__name__}"
-    if problem is not None:
-        raise ValueError(
-            f"{where}: lr schedule must return a finite scalar (a number or a 0-d tensor) for "
-            f"a step count, but lr(0) returned {problem}"
-        )
-    return value
+            return f"a tensor of shape {tuple(got.shape)}", math.nan
+        if got.dtype == torch.bool or got.is_complex():
+            return f"a {got.dtype} tensor", math.nan
+        return None, float(got.item())
+    if isinstance(got, Real) and not isinstance(got, bool):
+        return None, float(got)
+    return f"{got!r} of type {type(got).__name__}", math.nan
 
 
 def tensor_rate(where: str, value: torch.Tensor) -> torch.Tensor:
@@ -150,6 +179,7 @@ def rate_at(
     """The learning rate for this update: a number or tensor, or the schedule at ``count``."""
     if isinstance(lr, (float, torch.Tensor)):
         return lr
+    assert count is not None  # a scheduled optimizer keeps its count (static: no graph break)
     value = lr(count)
     return value if isinstance(value, torch.Tensor) else float(value)
 

@@ -51,8 +51,14 @@ def apply_if_finite(optimizer: Optimizer, max_consecutive_errors: int | None = N
 
     Example:
         >>> opt = mf.optim.apply_if_finite(mf.optim.adam(1e-3))
+        >>> state = opt.init(params)
         >>> updates, state = opt.update(grads, state, params)
-        >>> mf.optim.last_finite(state)  # tensor(True) or tensor(False)
+        >>> mf.optim.last_finite(state)
+        tensor(True)
+        >>> nan = {k: torch.full_like(v, float("nan")) for k, v in grads.items()}
+        >>> updates, state = opt.update(nan, state, params)  # refused: -0.0 everywhere
+        >>> mf.optim.last_finite(state), int(state.total_notfinite)
+        (tensor(False), 1)
     """
     _base.check_optimizer("apply_if_finite", "optimizer", optimizer)
     if max_consecutive_errors is not None:
@@ -94,7 +100,11 @@ def last_finite(state: Any) -> torch.Tensor | None:
     (anywhere in a chain), all together: a bool tensor, or ``None`` if the state has no guard.
 
     Example:
-        >>> finite = mf.optim.last_finite(train_state.opt_state)
+        >>> guarded = mf.optim.chain(mf.optim.clip(1.0), mf.optim.apply_if_finite(opt))
+        >>> mf.optim.last_finite(guarded.init(params))  # True before the first update
+        tensor(True)
+        >>> print(mf.optim.last_finite(opt.init(params)))  # no guard
+        None
     """
     verdicts = [guard.last_finite for guard in _guards(state)]
     return functools.reduce(torch.logical_and, verdicts) if verdicts else None

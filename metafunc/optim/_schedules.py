@@ -41,6 +41,8 @@ def linear_schedule(
 
     Example:
         >>> warmup = mf.optim.linear_schedule(0.0, 1e-3, transition_steps=100)
+        >>> warmup(torch.tensor(50))
+        tensor(0.0005, dtype=torch.float64)
     """
     where = "linear_schedule"
     init_value = _number(where, "init_value", init_value)
@@ -57,7 +59,9 @@ def cosine_decay_schedule(
     with ``t = min(count, decay_steps)``.
 
     Example:
-        >>> mf.optim.cosine_decay_schedule(1e-3, decay_steps=10_000)
+        >>> schedule = mf.optim.cosine_decay_schedule(1e-3, decay_steps=10_000)
+        >>> schedule(torch.tensor(5_000))
+        tensor(0.0005, dtype=torch.float64)
     """
     where = "cosine_decay_schedule"
     init_value = _number(where, "init_value", init_value)
@@ -79,7 +83,9 @@ def warmup_cosine_decay_schedule(
     ``end_value`` at count ``decay_steps`` (which includes the warmup), then ``end_value``.
 
     Example:
-        >>> mf.optim.warmup_cosine_decay_schedule(0.0, 1e-3, warmup_steps=500, decay_steps=20_000)
+        >>> schedule = mf.optim.warmup_cosine_decay_schedule(0.0, 1e-3, 500, decay_steps=20_000)
+        >>> schedule(torch.tensor(250)), schedule(torch.tensor(500))
+        (tensor(0.0005, dtype=torch.float64), tensor(0.0010, dtype=torch.float64))
     """
     where = "warmup_cosine_decay_schedule"
     init_value = _number(where, "init_value", init_value)
@@ -117,7 +123,9 @@ def exponential_decay(
     bounded by ``end_value`` (below when ``decay_rate < 1``, above otherwise).
 
     Example:
-        >>> mf.optim.exponential_decay(1e-3, transition_steps=1000, decay_rate=0.5)
+        >>> schedule = mf.optim.exponential_decay(1e-3, transition_steps=1000, decay_rate=0.5)
+        >>> schedule(torch.tensor(2000))
+        tensor(0.0003, dtype=torch.float64)
     """
     where = "exponential_decay"
     init_value = _number(where, "init_value", init_value)
@@ -151,7 +159,9 @@ def piecewise_constant_schedule(
     (``count >= boundary``).
 
     Example:
-        >>> mf.optim.piecewise_constant_schedule(1e-2, {1000: 0.1, 2000: 0.1})
+        >>> schedule = mf.optim.piecewise_constant_schedule(1e-2, {1000: 0.1, 2000: 0.1})
+        >>> schedule(torch.tensor(1500))
+        tensor(0.0010, dtype=torch.float64)
     """
     where = "piecewise_constant_schedule"
     init_value = _number(where, "init_value", init_value)

@@ -21,7 +21,7 @@ class SGDState(NamedTuple):
             momentum.
     """
 
-    count: torch.Tensor | None
+    count: torch.Tensor | None  # type: ignore[assignment]  # optax's name; hides tuple.count
     momentum: PyTree
 
 

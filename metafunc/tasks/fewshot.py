@@ -54,6 +54,16 @@ def fewshot(
         ``Tasks(support=(x, y), query=(x, y))``; support ``x`` is ``(tasks, ways * shots,
         channels, height, width)`` and ``y`` is ``(tasks, ways * shots)``, class by class;
         the query likewise with ``ways * queries`` images.
+
+    Example:
+        >>> g = torch.Generator().manual_seed(0)
+        >>> glyphs = mf.tasks.synthetic_glyphs(g, classes=10, examples=4)
+        >>> tasks = mf.tasks.fewshot(g, glyphs, tasks=3, ways=5, shots=1, queries=2)
+        >>> (x, y), (xq, yq) = tasks.support, tasks.query
+        >>> x.shape, y.shape, xq.shape
+        (torch.Size([3, 5, 1, 28, 28]), torch.Size([3, 5]), torch.Size([3, 10, 1, 28, 28]))
+        >>> sorted(y[0].tolist())  # one support image of each of the 5 labels
+        [0, 1, 2, 3, 4]
     """
     where = "fewshot"
     if not isinstance(dataset, ImageClasses):
@@ -114,6 +124,11 @@ def synthetic_glyphs(
 
     Returns:
         an :class:`ImageClasses` of ``uint8`` images ``(classes, examples, 1, size, size)``.
+
+    Example:
+        >>> glyphs = mf.tasks.synthetic_glyphs(torch.Generator().manual_seed(0), classes=10)
+        >>> glyphs.images.shape, glyphs.images.dtype, len(glyphs.names)
+        (torch.Size([10, 20, 1, 28, 28]), torch.uint8, 10)
     """
     where = "synthetic_glyphs"
     c = _checks.integer(where, "classes", classes, minimum=1)

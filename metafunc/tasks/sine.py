@@ -31,10 +31,19 @@ def sine(
         shots, queries: support and query points per task.
         phase: ``None`` draws 0 or π per task with equal probability; a number or a
             ``(tasks,)`` tensor fixes it (for evaluation).
-        dtype, device: of the returned tensors.
+        dtype: of the returned tensors.
+        device: of the returned tensors.
 
     Returns:
         ``Tasks(support=(x, y), query=(x, y))``, each tensor ``(tasks, points, 1)``.
+
+    Example:
+        >>> tasks = mf.tasks.sine(torch.Generator().manual_seed(0), tasks=32, shots=4)
+        >>> x, y = tasks.support
+        >>> x.shape, tasks.query[0].shape
+        (torch.Size([32, 4, 1]), torch.Size([32, 4, 1]))
+        >>> bool(((x >= -2 * torch.pi) & (x <= 2 * torch.pi)).all())
+        True
     """
     n = _sizes("sine", tasks, shots, queries)
     if phase is None:
@@ -60,6 +69,17 @@ def sinusoid(
 
     ``amplitude`` and ``phase`` (``(tasks,)`` tensors) fix the task parameters instead of
     drawing them, e.g. to evaluate against the true curve.
+
+    Example:
+        >>> g = torch.Generator().manual_seed(0)
+        >>> tasks = mf.tasks.sinusoid(g, tasks=25, shots=5, queries=5, dtype=torch.float64)
+        >>> tasks.support[0].shape, tasks.support[0].dtype
+        (torch.Size([25, 5, 1]), torch.float64)
+        >>> wave = mf.tasks.sinusoid(g, tasks=1, amplitude=torch.tensor([2.0]),
+        ...                          phase=torch.tensor([0.0]))
+        >>> x, y = wave.query
+        >>> torch.allclose(y, 2 * torch.sin(x))
+        True
     """
     n = _sizes("sinusoid", tasks, shots, queries)
     if amplitude is None:
@@ -94,11 +114,19 @@ def daml_sine(
         queries: labeled target points per task.
         phase: ``None`` draws 0 or π per task; a number (0 or π) or a ``(tasks,)`` tensor of
             them fixes it.
-        dtype, device: of the returned tensors.
+        dtype: of the returned tensors.
+        device: of the returned tensors.
 
     Returns:
         ``Tasks(support=x_source, query=(x, y))``; ``x_source`` is ``(tasks, sources, 1)``,
         ``x`` and ``y`` are ``(tasks, queries, 1)``.
+
+    Example:
+        >>> tasks = mf.tasks.daml_sine(torch.Generator().manual_seed(0), tasks=8, phase=0.0)
+        >>> tasks.support.shape  # unlabeled source inputs only
+        torch.Size([8, 1, 1])
+        >>> bool(((tasks.support >= torch.pi / 4) & (tasks.support <= torch.pi / 2)).all())
+        True
     """
     n = _sizes("daml_sine", tasks, sources, queries)
     if phase is None:
@@ -107,7 +135,7 @@ def daml_sine(
         phase = _per_task("daml_sine", "phase", phase, n)
         if not bool(((phase == 0) | (phase == math.pi)).all()):
             raise ValueError(
-                f"daml_sine: phase must be 0 or math.pi (got values {phase.unique().tolist()})"
+                f"daml_sine: phase must be 0 or math.pi (got values {torch.unique(phase).tolist()})"
             )
     u = torch.rand(n, sources, 1, generator=generator, dtype=torch.float64)
     # π/4 + u·π/4 for b = 0; the mirror image −(π/4 + u·π/4) for b = π.
@@ -134,7 +162,17 @@ def _per_task(where: str, name: str, value: float | torch.Tensor, n: int) -> tor
     return value.reshape(-1, 1, 1).expand(n, 1, 1)
 
 
-def _sinusoid_points(generator, n, shots, queries, amplitude, phase, half_width, dtype, device):
+def _sinusoid_points(
+    generator: torch.Generator,
+    n: int,
+    shots: int,
+    queries: int,
+    amplitude: float | torch.Tensor,
+    phase: torch.Tensor,
+    half_width: float,
+    dtype: torch.dtype,
+    device: torch.device | str | None,
+) -> Tasks:
     x = (
         2 * torch.rand(n, shots + queries, 1, generator=generator, dtype=torch.float64) - 1
     ) * half_width
