@@ -178,7 +178,10 @@ def combine(*trees: PyTree) -> PyTree:
 
     Example:
         >>> head, body = mf.partition(params, "4")
-        >>> new = mf.combine(mf.tree_map(lambda t: t * 0, head), body)
+        >>> zeroed = {k: None if v is None else v * 0 for k, v in head.items()}
+        >>> new = mf.combine(zeroed, body)
+        >>> float(new["4.weight"].abs().sum()), bool((new["0.weight"] == params["0.weight"]).all())
+        (0.0, True)
     """
     if not trees:
         raise TypeError("combine: give at least one tree (got none)")

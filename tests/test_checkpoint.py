@@ -539,9 +539,8 @@ def test_a_format_1_file_holding_nan_is_refused_naming_the_file_and_entry(tmp_pa
             state,
             sampler,
             steps=1,
-            checkpoint=path,
-            resume=True,
             progress=False,
+            hooks=[mf.hooks.Checkpoints(path, resume=True)],
         )
     assert str(info.value) == expected
     # infinity alone, in the optimizer state, is named too
