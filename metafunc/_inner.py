@@ -166,7 +166,10 @@ def inner_loop(
     ``opt`` (any ``mf.optim`` optimizer, e.g. ``mf.optim.sgd(0.01, momentum=0.9)``).
     Differentiable through every step: an outer ``grad`` of a loss at the result is the exact
     meta-gradient, Hessian terms included (without them with ``first_order=True``). It is a
-    :class:`Loop` run once; learners hold their :class:`Loop` and run it under ``vmap``.
+    :class:`Loop` run once; learners hold their :class:`Loop` and run it under ``vmap``. The
+    arguments are checked when it is called directly; inside ``torch.func`` transforms and
+    compiled code (a learner's ``inner``) they are not, so rates may be learned tensors of any
+    value there, and the learner's ``init`` is where to check what it is given.
 
     Args:
         params: pytree of tensors, the starting point.
@@ -183,12 +186,16 @@ def inner_loop(
         >>> adapted = mf.inner_loop(params, (x, y), loss=loss, lr=0.01, steps=5)
     """
     where = "inner_loop"
-    _checks.function(where, "loss", loss, "loss(params, data)")
-    steps = _checks.steps(where, "steps", steps)
-    first_order = _checks.boolean(where, "first_order", first_order)
-    _tree.picked(params, mask, where=where, name="mask")
     pick = _tree.picker(mask, where=where, name="mask")
-    inner = inner_update(where, lr, opt, lr_name="lr", opt_name="opt")
-    check_params(where, params, inner, lr_name="lr")
+    if torch.compiler.is_compiling() or torch._C._functorch.peek_interpreter_stack() is not None:
+        inner = opt if opt is not None else 0.01 if lr is None else lr
+        inner = float(inner) if isinstance(inner, int) else inner
+    else:
+        _checks.function(where, "loss", loss, "loss(params, data)")
+        steps = _checks.steps(where, "steps", steps)
+        first_order = _checks.boolean(where, "first_order", first_order)
+        _tree.picked(params, mask, where=where, name="mask")
+        inner = inner_update(where, lr, opt, lr_name="lr", opt_name="opt")
+        check_params(where, params, inner, lr_name="lr")
     opt = optimizer(inner, params, pick)
     return Loop(lambda _: (params, loss, opt), steps, first_order, pick)(None, data)
