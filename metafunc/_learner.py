@@ -148,6 +148,16 @@ class Learner(NamedTuple):
         return _explain_randomness("per_task", lambda: run(meta, tasks.support, tasks.query))
 
 
+def check_learner(where: str, learner: Any) -> Learner:
+    """``learner`` is a :class:`Learner`."""
+    if not isinstance(learner, Learner):
+        raise TypeError(
+            f"{where}: learner must be a metafunc.Learner, e.g. mf.maml(loss) (got "
+            f"{type(learner).__name__})"
+        )
+    return learner
+
+
 @_checks.once_per_signature
 def check(learner: Learner, where: str, meta: Any, tasks: Tasks, meta_name: str = "meta") -> None:
     """Eager validation of ``meta`` and a meta-batch for ``learner``, naming ``where`` and

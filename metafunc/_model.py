@@ -44,12 +44,12 @@ class Pure:
     def __call__(self, params: Params, *args: Any, **kwargs: Any) -> Any:
         model = type(self._module).__name__
         if self._tracking_instancenorms:
-            raise ValueError(_tracking_instancenorm_message(model, self._tracking_instancenorms))
+            raise ValueError(_message(_TRACKING_INSTANCENORM, model, self._tracking_instancenorms))
         if torch._C._functorch.peek_interpreter_stack() is not None:
             if self._batchnorms:
-                raise ValueError(_batchnorm_message(model, self._batchnorms))
+                raise ValueError(_message(_BATCHNORM, model, self._batchnorms))
             if self._affine_instancenorms:
-                raise ValueError(_affine_instancenorm_message(model, self._affine_instancenorms))
+                raise ValueError(_message(_AFFINE_INSTANCENORM, model, self._affine_instancenorms))
         constants = self._constants
         if torch.compiler.is_compiling():
             return functional_call(self._module, (params, constants), args, kwargs, strict=True)
@@ -187,38 +187,35 @@ def eval_mode(fn: Callable[..., Any]) -> Callable[..., Any]:
     return Pure(copy.deepcopy(fn._module).eval(), fn._constants)
 
 
-def _batchnorm_message(model: str, names: list[str]) -> str:
-    return (
-        f"pure: {model} has torch BatchNorm layer(s) {names} in training mode, which "
-        "are refused under vmap and grad: with running statistics every task would write the "
-        "same buffers, and without them torch gives wrong second-order gradients under vmap. "
-        "Use mf.models.BatchNorm (per-batch statistics in plain ops, as in the MAML paper) or "
-        "nn.GroupNorm, or call module.eval() before mf.pure to use the stored statistics as "
-        "constants."
-    )
+_BATCHNORM = (
+    "pure: {model} has torch BatchNorm layer(s) {names} in training mode, which "
+    "are refused under vmap and grad: with running statistics every task would write the "
+    "same buffers, and without them torch gives wrong second-order gradients under vmap. "
+    "Use mf.models.BatchNorm (per-batch statistics in plain ops, as in the MAML paper) or "
+    "nn.GroupNorm, or call module.eval() before mf.pure to use the stored statistics as "
+    "constants."
+)
 
 
-def _tracking_instancenorm_message(model: str, names: list[str]) -> str:
-    return (
-        f"pure: {model} has torch InstanceNorm layer(s) {names} with "
-        "track_running_stats=True in training mode, which write their running statistics "
-        "into buffers on every call: a pure model keeps no state between calls, and under "
-        "vmap every task would write the same buffers. Build them with "
-        "track_running_stats=False (instance normalisation uses each example's own "
-        "statistics), use nn.GroupNorm(channels, channels) for instance normalisation with a "
-        "learned scale and shift, or call module.eval() before mf.pure to use the stored "
-        "statistics as constants."
-    )
+_TRACKING_INSTANCENORM = (
+    "pure: {model} has torch InstanceNorm layer(s) {names} with "
+    "track_running_stats=True in training mode, which write their running statistics "
+    "into buffers on every call: a pure model keeps no state between calls, and under "
+    "vmap every task would write the same buffers. Build them with "
+    "track_running_stats=False (instance normalisation uses each example's own "
+    "statistics), use nn.GroupNorm(channels, channels) for instance normalisation with a "
+    "learned scale and shift, or call module.eval() before mf.pure to use the stored "
+    "statistics as constants."
+)
 
 
-def _affine_instancenorm_message(model: str, names: list[str]) -> str:
-    return (
-        f"pure: {model} has torch InstanceNorm layer(s) {names} with affine=True in "
-        "training mode, which are refused under vmap and grad: torch gives them wrong "
-        "second-order gradients under vmap (a MAML meta-gradient off in the fourth digit). "
-        "Use nn.GroupNorm(channels, channels), the same function with a learned scale and "
-        "shift in a kernel that differentiates correctly, or affine=False."
-    )
+_AFFINE_INSTANCENORM = (
+    "pure: {model} has torch InstanceNorm layer(s) {names} with affine=True in "
+    "training mode, which are refused under vmap and grad: torch gives them wrong "
+    "second-order gradients under vmap (a MAML meta-gradient off in the fourth digit). "
+    "Use nn.GroupNorm(channels, channels), the same function with a learned scale and "
+    "shift in a kernel that differentiates correctly, or affine=False."
+)
 
 
 class _Written(Exception):
@@ -307,3 +304,7 @@ _AUGMENTED = {
 def _in_place(name: str) -> bool:
     """``add_``, ``__iadd__``: torch's names for functions that write their first argument."""
     return name in _AUGMENTED or (name.endswith("_") and not name.startswith("_"))
+
+
+def _message(template: str, model: str, names: list[str]) -> str:
+    return template.format(model=model, names=names)

@@ -10,7 +10,7 @@ from torch._higher_order_ops.scan import scan
 
 from . import _checks, _tree
 from ._inner import Loop
-from ._learner import Learner, Losses, Rule, exact
+from ._learner import Learner, Losses, Rule, check_learner, exact
 from ._remat import remat_gradient
 from ._types import Tasks
 
@@ -31,7 +31,7 @@ def chunked(learner: Learner, size: int) -> Learner:
     Example:
         >>> learner = mf.chunked(mf.maml(loss, inner_lr=0.01, inner_steps=5), 4)
     """
-    _check_learner("chunked", learner)
+    check_learner("chunked", learner)
     size = _checks.integer("chunked", "size", size, minimum=1)
     if learner.batching.chunk_size is not None:
         raise ValueError(
@@ -150,7 +150,7 @@ def stochastic(learner: Learner, randomness: str = "different") -> Learner:
         >>> learner = mf.stochastic(mf.maml(loss, inner_lr=0.05))
         >>> state = mf.init_state(learner, opt, params, seed=0)
     """
-    _check_learner("stochastic", learner)
+    check_learner("stochastic", learner)
     if randomness not in ("different", "same"):
         raise ValueError(
             f"stochastic: randomness must be 'different' (each task its own draws) or 'same' "
@@ -161,16 +161,8 @@ def stochastic(learner: Learner, randomness: str = "different") -> Learner:
     return learner._replace(batching=learner.batching._replace(randomness=randomness))
 
 
-def _check_learner(where: str, learner: Any) -> None:
-    if not isinstance(learner, Learner):
-        raise TypeError(
-            f"{where}: learner must be a metafunc.Learner, e.g. mf.maml(loss) "
-            f"(got {type(learner).__name__})"
-        )
-
-
 def _loop(where: str, learner: Learner) -> Loop:
-    _check_learner(where, learner)
+    check_learner(where, learner)
     if not isinstance(learner.inner, Loop):
         raise TypeError(
             f"{where}: needs a learner whose inner is a metafunc.Loop (gradient steps), e.g. "

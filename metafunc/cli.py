@@ -168,15 +168,8 @@ def _report_sine(
         title=f"{config.algo.upper()} on the blog's {task}: adapted on {result.adapts_on} "
         f"({config.inner_steps} SGD steps)",
     )
-    curve = plotting.learning_curve(
-        out / "learning-curve.png",
-        result.history["step"],
-        {
-            "query L1 before adaptation": result.history["loss_before"],
-            "query L1 after adaptation": result.history["loss"],
-        },
-        ylabel="mean L1 loss over the log window",
-        title=f"{config.algo.upper()} meta-training on the blog's {task}",
+    curve = _learning_curve(
+        out, result.history, "L1", f"{config.algo.upper()} meta-training on the blog's {task}"
     )
     summary = {
         **_options(config),
@@ -211,6 +204,22 @@ def _report_sine(
     return 0
 
 
+def _learning_curve(out: Path, history: dict[str, Any], loss: str, title: str) -> Path:
+    from . import plotting
+
+    noun = "L1" if loss == "L1" else "loss"
+    return plotting.learning_curve(
+        out / "learning-curve.png",
+        history["step"],
+        {
+            f"query {noun} before adaptation": history["loss_before"],
+            f"query {noun} after adaptation": history["loss"],
+        },
+        ylabel=f"mean {loss}{' loss' if loss == 'L1' else ''} over the log window",
+        title=title,
+    )
+
+
 def _report_fewshot(
     config: fewshot.FewshotConfig,
     result: fewshot.FewshotResult,
@@ -231,15 +240,11 @@ def _report_fewshot(
         f"support ({config.inner_steps} SGD step{steps}); test accuracy {100 * mean:.1f} ± "
         f"{100 * half:.1f}% over {result.accuracy.numel()} tasks",
     )
-    curve = plotting.learning_curve(
-        out / "learning-curve.png",
-        result.history["step"],
-        {
-            "query loss before adaptation": result.history["loss_before"],
-            "query loss after adaptation": result.history["loss"],
-        },
-        ylabel="mean cross-entropy over the log window",
-        title=f"{config.algo.upper()} meta-training on {result.data}, {label}",
+    curve = _learning_curve(
+        out,
+        result.history,
+        "cross-entropy",
+        f"{config.algo.upper()} meta-training on {result.data}, {label}",
     )
     summary = {
         "task": "fewshot",

@@ -29,7 +29,7 @@ import torch.distributed._functional_collectives as funcol
 import torch.distributed.nn.functional
 
 from . import _checks, _tree
-from ._learner import Learner, Losses
+from ._learner import Learner, Losses, check_learner
 from ._types import Tasks
 
 
@@ -102,11 +102,7 @@ def data_parallel(learner: Learner) -> Learner:
         >>> learner = mf.distributed.data_parallel(mf.maml(loss, inner_lr=0.01))
         >>> step = mf.make_step(learner, mf.optim.adam(1e-3))
     """
-    if not isinstance(learner, Learner):
-        raise TypeError(
-            "distributed.data_parallel: learner must be a metafunc.Learner, e.g. mf.maml(loss) "
-            f"(got {type(learner).__name__})"
-        )
+    check_learner("distributed.data_parallel", learner)
     if not active():
         return learner
     # A name, not the process group: a compiled graph that read dist.group.WORLD would keep the

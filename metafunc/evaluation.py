@@ -16,7 +16,7 @@ import torch
 from torch.func import vmap
 
 from . import _checks
-from ._learner import Learner, check
+from ._learner import Learner, check, check_learner
 from ._types import Tasks
 
 # The two-sided 95% quantile of the standard normal distribution, 1.959963984540054.
@@ -84,11 +84,7 @@ def evaluate(
         >>> mean, half_width = scores.mse.mean, scores.mse.ci95
     """
     where = "evaluate"
-    if not isinstance(learner, Learner):
-        raise TypeError(
-            f"{where}: learner must be a metafunc.Learner, e.g. mf.maml(loss) (got "
-            f"{type(learner).__name__})"
-        )
+    check_learner(where, learner)
     if not isinstance(tasks, Tasks):
         raise TypeError(
             f"{where}: tasks must be a metafunc.Tasks(support, query) (got {type(tasks).__name__})"

@@ -9,10 +9,11 @@ import torch
 
 from . import _checks, _diagnose, _nonfinite, _random, _tree
 from ._compile import compiled
-from ._learner import Learner, check
+from ._learner import Learner, check, check_learner
 from ._random import seeded
 from ._types import Metrics, Step, Tasks, TrainState
 from .optim import Optimizer, apply_updates
+from .optim._base import check_optimizer
 
 __all__ = ["compiled", "init_state", "make_step", "outer_step", "seeded", "validated"]
 
@@ -179,13 +180,5 @@ def _check_counter(counter: Any) -> None:
 
 
 def _check_types(where: str, learner: Any, optimizer: Any) -> None:
-    if not isinstance(learner, Learner):
-        raise TypeError(
-            f"{where}: learner must be a metafunc.Learner, e.g. mf.maml(loss) (got "
-            f"{type(learner).__name__})"
-        )
-    if not isinstance(optimizer, Optimizer):
-        raise TypeError(
-            f"{where}: optimizer must be a metafunc.optim.Optimizer, e.g. mf.optim.adam(1e-3) "
-            f"(got {type(optimizer).__name__})"
-        )
+    check_learner(where, learner)
+    check_optimizer(where, "optimizer", optimizer)

@@ -184,7 +184,7 @@ CASES = [
         "fomaml-inner_lr-negative",
         lambda: mf.fomaml(LOSS, inner_lr=-1.0),
         ValueError,
-        r"^fomaml: inner_lr must be a positive finite number \(got -1\.0\)$",
+        r"^maml: inner_lr must be a positive finite number \(got -1\.0\)$",
     ),
     (
         "maml-inner_steps-negative",
@@ -208,7 +208,7 @@ CASES = [
         "fomaml-inner_steps-float",
         lambda: mf.fomaml(LOSS, inner_steps=2.0),
         TypeError,
-        r"^fomaml: inner_steps must be an integer \(got 2\.0 of type float\)$",
+        r"^maml: inner_steps must be an integer \(got 2\.0 of type float\)$",
     ),
     (
         "first_order-not-a-learner",
@@ -253,7 +253,7 @@ CASES = [
         "fomaml-loss-not-callable",
         lambda: mf.fomaml(None),
         TypeError,
-        r"^fomaml: loss must be callable as loss\(params, data\) \(got None\)$",
+        r"^maml: loss must be callable as loss\(params, data\) \(got None\)$",
     ),
     # --- a pytree inner_lr must fit the parameters (checked by learner.init) -----------------
     (

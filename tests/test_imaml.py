@@ -23,7 +23,7 @@ from torch.func import grad, jacrev
 
 import metafunc as mf
 from metafunc import _tree
-from metafunc.algorithms.imaml import conjugate_gradient
+from metafunc._linalg import conjugate_gradient
 
 F64 = torch.float64
 

@@ -62,11 +62,11 @@ def _frozen_rates(learner):
     """The same Meta-SGD learner with a zero meta-gradient for its rates: they stay where
     ``inner_lr`` put them, and the rest trains exactly as before (MAML with that rate)."""
 
-    def meta_grad(meta, tasks):
-        grads, metrics = learner.meta_grad(meta, tasks)
-        return {**grads, "lr": {k: torch.zeros_like(v) for k, v in grads["lr"].items()}}, metrics
+    def frozen(learner, meta, tasks):
+        grads, losses = mf.exact(learner, meta, tasks)
+        return {**grads, "lr": {k: torch.zeros_like(v) for k, v in grads["lr"].items()}}, losses
 
-    return learner._replace(meta_grad=meta_grad)
+    return learner._replace(rule=frozen)
 
 
 def meta_sgd_and_frozen_rates(seed, *, steps=META_SGD_STEPS):

@@ -19,6 +19,7 @@ from torch.func import grad, vjp, vmap
 from .. import _checks, _inner, _tree
 from .._inner import Loop
 from .._learner import Learner, Losses, Rule, per_task
+from .._linalg import conjugate_gradient
 from .._types import Tasks
 from ..optim import Optimizer
 from .maml import Loss
@@ -101,29 +102,3 @@ def implicit_gradient(loss: Loss, reg: float, cg_steps: int) -> Rule:
         return _tree.map(lambda g: g.mean(0), grads), losses
 
     return rule
-
-
-def conjugate_gradient(matvec: Any, b: list[torch.Tensor], *, steps: int) -> list[torch.Tensor]:
-    """``steps`` conjugate-gradient iterations on ``A x = b`` from ``x = 0`` (Hestenes and
-    Stiefel, 1952), ``A`` symmetric positive definite given as ``matvec(v) -> A v`` on lists of
-    tensors. A fixed number of iterations and no branch on values, so it compiles; once the
-    residual or the curvature along the search direction is zero (solved, or ``A`` not positive
-    definite there) the iterate stops moving instead of dividing by zero."""
-
-    def dot(u: list[torch.Tensor], v: list[torch.Tensor]) -> torch.Tensor:
-        return sum((ui * vi).sum() for ui, vi in zip(u, v, strict=True))
-
-    x = [torch.zeros_like(t) for t in b]
-    r, p = b, b
-    rr = dot(r, r)
-    for _ in range(steps):
-        ap = matvec(p)
-        curvature = dot(p, ap)
-        alpha = torch.where(curvature > 0, rr / curvature, torch.zeros_like(rr))
-        x = [xi + alpha * pi for xi, pi in zip(x, p, strict=True)]
-        r = [ri - alpha * ai for ri, ai in zip(r, ap, strict=True)]
-        new_rr = dot(r, r)
-        beta = torch.where(rr > 0, new_rr / rr, torch.zeros_like(rr))
-        p = [ri + beta * pi for ri, pi in zip(r, p, strict=True)]
-        rr = new_rr
-    return x

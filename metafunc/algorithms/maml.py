@@ -61,22 +61,15 @@ def maml(
     return masked("maml", loss, inner_lr, inner_opt, inner_steps, mask, "mask")
 
 
-def fomaml(
-    loss: Loss,
-    *,
-    inner_lr: float | Any | None = None,
-    inner_opt: Optimizer | None = None,
-    inner_steps: int = 1,
-    mask: _tree.Selector = None,
-) -> Learner:
-    """First-order MAML (Finn et al., 2017, section 5.2): ``mf.first_order(mf.maml(...))``,
-    arguments as :func:`maml`. The meta-gradient is the query gradient at the adapted
-    parameters, ``∇L_q(θ')``: no Hessian terms.
+def fomaml(loss: Loss, **options: Any) -> Learner:
+    """First-order MAML (Finn et al., 2017, section 5.2): ``mf.first_order(mf.maml(loss,
+    **options))``. The meta-gradient is the query gradient at the adapted parameters,
+    ``∇L_q(θ')``: no Hessian terms.
 
     Example:
         >>> learner = mf.fomaml(loss, inner_lr=0.01, inner_steps=5)
     """
-    return first_order(masked("fomaml", loss, inner_lr, inner_opt, inner_steps, mask, "mask"))
+    return first_order(maml(loss, **options))
 
 
 def masked(

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,21 @@ _NOT_IDENTITY = frozenset(
         "eval_tasks",
     }
 )
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """How a run is carried out, shared by the experiments' configs (which add what it
+    computes): where and when it checkpoints, whether it resumes, compiles, shows progress,
+    and what it does with a step that is not finite."""
+
+    device: str = "cpu"
+    compile: bool = True
+    progress: bool = True
+    checkpoint: Path | None = None
+    checkpoint_every: int | None = None
+    resume: bool = False
+    on_nonfinite: str = "raise"
 
 
 def identity(config: Any) -> dict[str, Any]:

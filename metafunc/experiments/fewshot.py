@@ -25,7 +25,7 @@ from .scores import fewshot_accuracy
 
 
 @dataclass(frozen=True)
-class FewshotConfig:
+class FewshotConfig(_runs.RunOptions):
     """One few-shot run (the ``metafunc train --task fewshot`` options)."""
 
     algo: str = "maml"
@@ -43,13 +43,6 @@ class FewshotConfig:
     glyph_classes: int = 300
     eval_tasks: int = 600
     log_every: int = 25
-    device: str = "cpu"
-    compile: bool = True
-    progress: bool = True
-    checkpoint: Path | None = None
-    checkpoint_every: int | None = None
-    resume: bool = False
-    on_nonfinite: str = "raise"
 
 
 class FewshotResult(NamedTuple):

@@ -48,67 +48,47 @@ def grid_error(
     return SineEval(mse, grid, truth, pred, support)
 
 
-def sine_grid_error(
-    learner: Learner,
-    fn: Callable[..., torch.Tensor],
-    meta: Any,
-    generator: torch.Generator,
-    *,
-    phase: float,
-    draws: int = 1000,
-    shots: int = 4,
-    step: float = 0.01,
-) -> SineEval:
-    """Adapt on ``shots`` fresh points of the blog's sine with a fixed ``phase``, ``draws``
-    times; score each adapted net by its MSE on the grid ``arange(−2π, 2π, step)``."""
-    draws = _count("sine_grid_error", "draws", draws)
-    ref = optree.tree_leaves(meta)[0]
-    tasks = sine(
-        generator,
-        tasks=draws,
-        shots=shots,
-        queries=1,
-        phase=phase,
-        dtype=ref.dtype,
-        device=ref.device,
+def _grid_errors(where: str, sample: Callable[..., Any], adapts_on: str) -> Callable[..., SineEval]:
+    def error(
+        learner: Learner,
+        predict: Callable[..., torch.Tensor],
+        meta: Any,
+        generator: torch.Generator,
+        *,
+        phase: float,
+        draws: int = 1000,
+        step: float = 0.01,
+        **size: int,
+    ) -> SineEval:
+        _count(where, "draws", draws)
+        ref = optree.tree_leaves(meta)[0]
+        tasks = sample(
+            generator,
+            tasks=draws,
+            queries=1,
+            phase=phase,
+            dtype=ref.dtype,
+            device=ref.device,
+            **size,
+        )
+        with torch.no_grad():
+            adapted = learner.adapt(meta, tasks.support)
+        return grid_error(predict, adapted, phase=phase, support=tasks.support, step=step)
+
+    error.__name__ = error.__qualname__ = where
+    error.__doc__ = (
+        f"Adapt on {adapts_on} with a fixed ``phase``, ``draws`` times; score each adapted net "
+        "by its MSE on the grid ``arange(−2π, 2π, step)`` (:func:`grid_error`)."
     )
-    return _adapted_grid_error(learner, fn, meta, tasks.support, phase=phase, step=step)
+    return error
 
 
-def daml_grid_error(
-    learner: Learner,
-    predict: Callable[..., torch.Tensor],
-    meta: Any,
-    generator: torch.Generator,
-    *,
-    phase: float,
-    draws: int = 1000,
-    sources: int = 1,
-    step: float = 0.01,
-) -> SineEval:
-    """Adapt on ``sources`` fresh unlabeled source inputs of the DAML sine with a fixed
-    ``phase``, ``draws`` times; score on the target grid as :func:`sine_grid_error` does."""
-    draws = _count("daml_grid_error", "draws", draws)
-    ref = optree.tree_leaves(meta)[0]
-    tasks = daml_sine(
-        generator,
-        tasks=draws,
-        sources=sources,
-        queries=1,
-        phase=phase,
-        dtype=ref.dtype,
-        device=ref.device,
-    )
-    return _adapted_grid_error(learner, predict, meta, tasks.support, phase=phase, step=step)
-
-
-def _adapted_grid_error(
-    learner: Learner, predict: Callable[..., torch.Tensor], meta: Any, support: Any, **grid: Any
-) -> SineEval:
-    """Adapt on each of a batch of ``support`` sets, score on the grid (:func:`grid_error`)."""
-    with torch.no_grad():
-        adapted = learner.adapt(meta, support)
-    return grid_error(predict, adapted, support=support, **grid)
+sine_grid_error = _grid_errors(
+    "sine_grid_error", sine, "``shots`` (4) fresh points of the blog's sine"
+)
+daml_grid_error = _grid_errors(
+    "daml_grid_error", daml_sine, "``sources`` (1) fresh unlabeled source inputs of the DAML sine"
+)
 
 
 def sinusoid_error(

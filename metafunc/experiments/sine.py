@@ -13,7 +13,6 @@ import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, NamedTuple
 
 import torch
@@ -27,7 +26,7 @@ from .scores import SineEval, daml_grid_error, grid_error, sine_grid_error
 
 
 @dataclass(frozen=True)
-class SineConfig:
+class SineConfig(_runs.RunOptions):
     """One run of the sine demo (the ``metafunc train`` options)."""
 
     algo: str = "maml"
@@ -39,13 +38,6 @@ class SineConfig:
     seed: int = 0
     eval_draws: int = 1000
     log_every: int = 500
-    device: str = "cpu"
-    compile: bool = True
-    progress: bool = True
-    checkpoint: Path | None = None
-    checkpoint_every: int | None = None
-    resume: bool = False
-    on_nonfinite: str = "raise"
 
 
 # MAML's demo departs from the blog's outer SGD 1e-2: with it the grid MSE is 0.035 / 0.052
