@@ -1,6 +1,7 @@
 # Two entry points, each sets everything up from a fresh clone:
 #   make demo   -> the blog's MAML sine experiment (metafunc train)
 #   make test   -> lint + the whole test suite
+#   make test-fast -> lint + the suite without the compile-heavy and slow tests (the edit loop)
 #   make bench  -> the benchmarks (benchmarks/README.md), with the optional alternatives
 #   make docs   -> the API reference from the docstrings into site/ (warnings are errors)
 #   make typecheck -> mypy, strict on the public API (not yet part of make test)
@@ -14,7 +15,7 @@ VENV ?= .venv
 TORCH ?= torch==2.13.0
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint setup bench gpu-check clean docs typecheck
+.PHONY: demo test test-fast lint setup bench gpu-check clean docs typecheck
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -42,6 +43,10 @@ lint: setup
 
 test: lint
 	$(BIN)/python -m pytest -q
+
+# the edit loop: everything but the tests that compile a step or run for seconds
+test-fast: lint
+	$(BIN)/python -m pytest -q -m "not compile and not slow"
 
 # -W: warnings are errors; -n: every cross-reference must resolve (docs/conf.py lists the
 # exceptions); -E: read every docstring afresh

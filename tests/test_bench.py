@@ -20,6 +20,8 @@ import pytest
 from benchmarks import harness, impls, report, run
 from benchmarks.workloads import Workload
 
+pytestmark = pytest.mark.slow  # trains, or runs whole processes
+
 ROOT = Path(__file__).resolve().parents[1]
 TINY = Workload("tiny", "sinusoid", tasks=3, inner_steps=2, hidden=6)
 QUICK = harness.Settings(rounds=3, block_s=0.005, warmup_s=0.0)

@@ -142,6 +142,7 @@ def test_periodic_and_final_checkpoints(tmp_path, monkeypatch):
     assert int(mf.load(tmp_path / "c.pt", like=state).step) == 5
 
 
+@pytest.mark.compile
 @pytest.mark.parametrize("compile", [False, True], ids=["eager", "compiled"])
 def test_resume_is_bit_exact(tmp_path, compile):
     """N + M steps in one run equal N steps, stop, load into fresh objects, M more steps."""
@@ -274,6 +275,7 @@ mf.train(step, state, sampler, steps=10**7, generator=torch.Generator().manual_s
 """
 
 
+@pytest.mark.slow
 def test_sigterm_in_another_process_stops_cleanly_and_the_run_resumes_bit_exact(tmp_path):
     path = tmp_path / "c.pt"
     child = subprocess.Popen(
@@ -618,6 +620,7 @@ def test_one_flipped_bit_in_a_weight_is_refused_naming_the_file(tmp_path, crc32)
             read(path)
 
 
+@pytest.mark.slow
 def test_no_single_flipped_bit_loads_a_different_state(tmp_path, crc32):
     """Flip one bit at a spread of positions and all through the zip directory at the end:
     each load fails with a ValueError or returns exactly what was saved (a flip in zip padding
@@ -744,6 +747,7 @@ def test_save_finds_any_non_finite_element(tmp_path, dtype, bad):
         mf.save(tmp_path / "c.pt", tree)
 
 
+@pytest.mark.slow
 def test_a_kill_mid_write_leaves_the_old_file_whole_and_one_temporary_file_at_most(tmp_path):
     """SIGKILL a process that saves in a loop, three times: the checkpoint always loads, at
     most one temporary file is beside it, and the next save removes it."""
@@ -869,6 +873,7 @@ except OSError as e:
 """
 
 
+@pytest.mark.slow
 def test_a_write_the_kernel_refuses_names_the_file(tmp_path):
     """A real short write (a file size limit), which torch.save alone reports as
     'RuntimeError: [enforce fail at inline_container.cc] unexpected pos'."""

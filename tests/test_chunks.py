@@ -41,12 +41,14 @@ def test_chunked_meta_gradient_equals_the_whole_batch(name, size):
     assert_trees_close(got_metrics, want_metrics, rtol=1e-12, atol=1e-14)
 
 
+@pytest.mark.compile
 @pytest.mark.parametrize("name", ["maml", "imaml"])
 def test_compiled_chunked_step_equals_eager_with_one_graph(name):
     learner = mf.chunked(LEARNERS[name](), 2)
     assert_compiled_step_equals_eager(learner, PARAMS, tasks=5)
 
 
+@pytest.mark.compile
 def test_compiled_chunks_are_a_loop_not_one_copy_per_chunk():
     graphs = {}
 
@@ -69,6 +71,7 @@ def test_compiled_chunks_are_a_loop_not_one_copy_per_chunk():
     assert len(scans) == 1
 
 
+@pytest.mark.compile
 @pytest.mark.parametrize("compiled", [False, True])
 def test_chunks_bound_the_memory(compiled):
     fn, params = mf.pure(tanh_net(width=16))
@@ -91,6 +94,7 @@ def test_chunks_bound_the_memory(compiled):
     assert chunks < whole / 2.5
 
 
+@pytest.mark.compile
 def test_compiled_chunked_step_with_dropout_equals_eager_with_one_graph():
     """Random draws inside the compiled chunk loop (scan) are those of the eager chunk loop."""
     fn, params = mf.pure(dropout_net(width=4, noise=0.1))

@@ -16,6 +16,7 @@ import metafunc as mf
 from metafunc.cli import main
 
 
+@pytest.mark.slow
 def test_train_writes_figures_and_results(tmp_path, capsys):
     out = tmp_path / "run"
     code = main(
@@ -103,6 +104,7 @@ SHORT = [
 ]
 
 
+@pytest.mark.slow
 def test_resume_continues_a_run_bit_exact(tmp_path, capsys):
     straight, split = tmp_path / "straight", tmp_path / "split"
     assert main([*SHORT, "--steps", "6", "--out", str(straight)]) == 0
@@ -126,6 +128,7 @@ def test_resume_without_a_checkpoint_says_so(tmp_path, capsys):
     assert "metafunc train: cannot resume: there is no checkpoint" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_console_script_help():
     done = subprocess.run(
         [sys.executable, "-m", "metafunc.cli", "train", "--help"], capture_output=True, text=True
@@ -133,6 +136,7 @@ def test_console_script_help():
     assert done.returncode == 0 and "--meta-batch" in done.stdout
 
 
+@pytest.mark.slow
 def test_import_loads_no_plotting_images_or_applications():
     """The library never imports matplotlib, PIL (the Omniglot loader imports it on use) or its
     own applications (the experiments and the CLI)."""
@@ -163,6 +167,7 @@ def test_public_api_is_exported():
         ("daml", "daml-sine.png"),
     ],
 )
+@pytest.mark.slow
 def test_train_runs_every_algorithm(tmp_path, capsys, algo, figure):
     out = tmp_path / algo
     args = ["train", "--algo", algo, "--steps", "3", "--meta-batch", "2", "--eval-draws", "3"]

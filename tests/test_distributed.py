@@ -15,6 +15,8 @@ from distributed_worker import ALGORITHMS, run, setup
 import metafunc as mf
 from metafunc import cli
 
+pytestmark = pytest.mark.slow  # trains, or runs whole processes
+
 WORKER = Path(__file__).with_name("distributed_worker.py")
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": ""}
 

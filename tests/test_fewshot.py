@@ -160,6 +160,7 @@ def test_omniglot_a_truncated_drawing_is_named(tmp_path):
     assert "truncated" in str(info.value)
 
 
+@pytest.mark.slow
 def test_import_metafunc_loads_no_pil():
     code = "import sys, metafunc; print(sorted(m for m in sys.modules if m.split('.')[0] == 'PIL'))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -315,6 +316,7 @@ def test_every_algorithm_adapts_the_conv_net_under_vmap(algo):
     assert not torch.equal(learner.params(new.meta)["0.weight"], params["0.weight"])
 
 
+@pytest.mark.compile
 def test_compiled_step_on_the_conv_net_equals_eager():
     # One block keeps the second-order graph small enough to compile in seconds.
     _, fn, params, data = tiny_setup(torch.float64, channels=2, blocks=1, size=4)
@@ -349,6 +351,7 @@ def test_fewshot_accuracy_of_a_constant_guess_is_one_in_n():
     torch.testing.assert_close(acc, torch.full((7,), 0.25, dtype=torch.float64))
 
 
+@pytest.mark.slow
 def test_maml_learns_new_glyph_classes_well_above_chance():
     """Seeded, eager: a small conv net meta-trained on 30 glyph classes classifies new ones."""
     size, ways = 16, 5
@@ -383,6 +386,7 @@ def test_maml_learns_new_glyph_classes_well_above_chance():
     assert mean > mean_ci95(before)[0] + 0.1
 
 
+@pytest.mark.slow
 def test_train_fewshot_command_writes_figures_and_results(tmp_path, capsys):
     out = tmp_path / "run"
     args = ["train", "--task", "fewshot", "--algo", "anil", "--steps", "3", "--meta-batch", "2"]
@@ -434,6 +438,7 @@ def test_train_fewshot_refuses_daml_and_a_folder_without_omniglot(tmp_path, caps
     )
 
 
+@pytest.mark.slow
 def test_train_fewshot_writes_checkpoints_and_resumes_bit_exact(tmp_path):
     args = ["train", "--task", "fewshot", "--meta-batch", "2", "--channels", "4"]
     args += ["--glyph-classes", "15", "--eval-tasks", "2", "--no-compile", "--no-progress"]
@@ -449,6 +454,7 @@ def test_train_fewshot_writes_checkpoints_and_resumes_bit_exact(tmp_path):
     assert json.loads((split / "results.json").read_text())["resumed_from_step"] == 2
 
 
+@pytest.mark.slow
 def test_train_fewshot_on_nonfinite_raises_or_skips(tmp_path, capsys):
     """An inner rate of 1e30 makes every step's meta-gradient non-finite."""
     args = ["train", "--task", "fewshot", "--meta-batch", "2", "--channels", "4", "--steps", "2"]
@@ -467,6 +473,7 @@ def test_train_fewshot_on_nonfinite_raises_or_skips(tmp_path, capsys):
     assert "NaN" not in text
 
 
+@pytest.mark.slow
 def test_train_fewshot_resume_with_other_options_is_refused_naming_the_option(tmp_path, capsys):
     args = ["train", "--task", "fewshot", "--meta-batch", "2", "--glyph-classes", "15"]
     args += ["--eval-tasks", "2", "--no-compile", "--no-progress", "--out", str(tmp_path)]

@@ -5,6 +5,7 @@ import dataclasses
 import functools
 import math
 
+import pytest
 import torch
 from support import sine_tasks
 from torch import nn
@@ -33,6 +34,7 @@ def _same(a, b):
         torch.testing.assert_close(x, y, rtol=1e-12, atol=1e-14)
 
 
+@pytest.mark.compile
 def test_a_global_the_loss_reads_rebound_between_steps_recompiles():
     global ACT
     fn, params = mf.pure(_net())
@@ -55,6 +57,7 @@ class _Doubles(nn.Module):
         return x * 2 if self.training else x
 
 
+@pytest.mark.compile
 def test_a_model_switched_to_eval_mode_recompiles():
     # the user's own functional model around a module they keep (mf.pure holds a private copy)
     net = nn.Sequential(nn.Linear(1, 4), _Doubles(), nn.Linear(4, 1)).double()

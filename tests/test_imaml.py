@@ -115,6 +115,7 @@ def test_imaml_memory_does_not_grow_with_the_inner_steps():
     assert imaml < maml / 100
 
 
+@pytest.mark.compile
 def test_compiled_imaml_step_equals_eager_with_one_graph():
     fn, params = mf.pure(tanh_net(width=3))
     learner = mf.imaml(

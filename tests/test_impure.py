@@ -81,6 +81,7 @@ def test_a_buffer_written_in_forward_is_named():
         fn(params, torch.zeros(2, 1, dtype=F64))
 
 
+@pytest.mark.compile
 @pytest.mark.parametrize("compile", [False, True], ids=["eager", "compiled"])
 def test_an_in_place_write_to_the_input_is_refused_and_the_callers_data_kept(compile):
     step, state = step_for(ScalesItsInput(), compile=compile)

@@ -200,6 +200,7 @@ def test_reptile_with_inner_adam_is_theta0_minus_the_mean_adapted():
     assert_close(got, want)
 
 
+@pytest.mark.compile
 def test_compiled_step_with_inner_adam_equals_eager_one_graph():
     g = torch.Generator().manual_seed(0)
     fn, params = mf.pure(mf.models.blog_sine_net(g, hidden=4).double())

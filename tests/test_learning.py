@@ -10,10 +10,13 @@ with its rates frozen, DAML against the best any model that ignores the source i
 import functools
 import math
 
+import pytest
 import torch
 
 import metafunc as mf
 from metafunc.experiments.scores import daml_grid_error, sine_grid_error, sinusoid_error
+
+pytestmark = pytest.mark.slow  # trains, or runs whole processes
 
 SEEDS = (0, 1, 2)
 MAML_STEPS = 600

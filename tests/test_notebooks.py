@@ -14,6 +14,8 @@ import nbclient
 import nbformat
 import pytest
 
+pytestmark = pytest.mark.slow  # trains, or runs whole processes
+
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = ROOT / "notebooks"
 NAMES = ["01_maml_sine", "02_daml_sine", "03_algorithms", "04_speed"]

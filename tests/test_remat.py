@@ -77,6 +77,7 @@ def test_remat_is_not_first_order():
     assert max((x - y).abs().max().item() for x, y in zip(a, b, strict=True)) > 1e-4
 
 
+@pytest.mark.compile
 @pytest.mark.parametrize("name", ["maml-adam", "meta_sgd"])
 def test_compiled_remat_step_equals_eager_with_one_graph(name):
     _, learner, params, _ = _pairs()[name]

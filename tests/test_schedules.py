@@ -163,6 +163,7 @@ def test_schedule_traces_once_for_every_count(case):
     assert counter.frame_count == 1
 
 
+@pytest.mark.compile
 def test_schedule_in_the_compiled_step_equals_eager_and_compiles_once():
     """Warmup to step 2, cosine decay to step 5 inside a guarded chain, over 7 steps."""
     g = torch.Generator().manual_seed(0)
@@ -173,7 +174,7 @@ def test_schedule_in_the_compiled_step_equals_eager_and_compiles_once():
         mf.optim.chain(mf.optim.clip_by_global_norm(1.0), mf.optim.adamw(schedule))
     )
     state = mf.init_state(learner, opt, params)
-    counter = torch._dynamo.testing.CompileCounterWithBackend("inductor")
+    counter = torch._dynamo.testing.CompileCounterWithBackend("aot_eager")
     compiled = mf.make_step(learner, opt, compile=True, backend=counter)
     eager = mf.make_step(learner, opt, compile=False)
     sampler = functools.partial(mf.tasks.sine, tasks=3, dtype=torch.float64)

@@ -108,6 +108,7 @@ def _two_leaf_learner():
     return mf.maml(loss, inner_steps=0), params
 
 
+@pytest.mark.compile
 @pytest.mark.parametrize("compile", [False, True], ids=["eager", "compiled"])
 def test_finite_leaves_flag_the_parameter_with_a_bad_gradient(compile):
     learner, params = _two_leaf_learner()
@@ -162,19 +163,20 @@ def test_same_seed_same_result_other_seed_differs():
 
 
 @pytest.mark.parametrize(
-    "algo, loss_fn, make_opt",
+    "algo, loss_fn, make_opt, backend",
     [
-        # the blog's configuration: second order through an L1 loss, plain SGD
-        (mf.maml, mf.losses.l1, lambda: mf.optim.sgd(1e-2)),
-        (mf.fomaml, mf.losses.mse, lambda: mf.optim.adam(1e-2)),
+        # the blog's configuration: second order through an L1 loss, plain SGD, compiled with
+        # the default backend as users get it (Inductor, with the C++ wrapper on the CPU)
+        (mf.maml, mf.losses.l1, lambda: mf.optim.sgd(1e-2), "inductor"),
+        (mf.fomaml, mf.losses.mse, lambda: mf.optim.adam(1e-2), "aot_eager"),
     ],
     ids=["maml-l1-sgd", "fomaml-mse-adam"],
 )
-def test_compiled_equals_eager_one_graph_no_recompiles(algo, loss_fn, make_opt):
+@pytest.mark.compile
+def test_compiled_equals_eager_one_graph_no_recompiles(algo, loss_fn, make_opt, backend):
     learner, opt, state = tiny_blog_setup(algo, loss_fn, make_opt())
-    # the default backend as users get it (Inductor, with the C++ wrapper on the CPU)
     graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
-    compiled = mf.make_step(learner, opt, compile=True)
+    compiled = mf.make_step(learner, opt, compile=True, backend=backend)
     eager = mf.make_step(learner, opt, compile=False)
     sampler = functools.partial(mf.tasks.sine, tasks=3, dtype=torch.float64)
     g = torch.Generator().manual_seed(1)
@@ -191,6 +193,7 @@ def test_compiled_equals_eager_one_graph_no_recompiles(algo, loss_fn, make_opt):
     assert int(s_comp.step) == 4
 
 
+@pytest.mark.compile
 def test_compiled_step_surfaces_readable_model_errors():
     net = nn.Sequential(nn.Linear(1, 3), nn.BatchNorm1d(3), nn.Linear(3, 1)).double()
     fn, params = mf.pure(net)
@@ -201,12 +204,15 @@ def test_compiled_step_surfaces_readable_model_errors():
         step(mf.init_state(learner, opt, params), sine_tasks())
 
 
+@pytest.mark.compile
 def test_many_steps_in_one_process_each_compile_on_their_own():
-    # Dynamo's recompile limit (8) is per code object; every make_step gets its own.
+    # Dynamo's recompile limit is per code object; every make_step gets its own. With the
+    # limit at 2, three steps of other shapes in one process would hit it if they shared one.
     fn, params = mf.pure(tanh_net())
     loss = mf.supervised(fn, mf.losses.mse)
-    for shots in range(1, 11):
-        learner, opt = mf.maml(loss, inner_lr=0.1), mf.optim.sgd(0.1)
-        step = mf.make_step(learner, opt, backend="eager")
-        state, _ = step(mf.init_state(learner, opt, params), sine_tasks(n=2, shots=shots))
-        assert int(state.step) == 1
+    with torch._dynamo.config.patch(recompile_limit=2):
+        for shots in range(1, 4):
+            learner, opt = mf.maml(loss, inner_lr=0.1), mf.optim.sgd(0.1)
+            step = mf.make_step(learner, opt, backend="eager")
+            state, _ = step(mf.init_state(learner, opt, params), sine_tasks(n=2, shots=shots))
+            assert int(state.step) == 1

@@ -121,6 +121,7 @@ def test_eval_mode_is_deterministic_and_is_the_module_in_eval_mode():
     assert torch.equal(scorer.per_task(params, tasks)[1], scorer.per_task(params, tasks)[1])
 
 
+@pytest.mark.compile
 def test_compiled_step_with_dropout_equals_eager_one_graph():
     """aot_eager runs torch's own kernels: the same draws and the same arithmetic, bit for bit."""
     _, params, learner, opt = setup(width=4, noise=0.1)
@@ -134,6 +135,7 @@ def test_compiled_step_with_dropout_equals_eager_one_graph():
     assert_equal_states(compiled, eager)
 
 
+@pytest.mark.compile
 def test_inductor_step_with_random_ops_draws_what_eager_draws():
     """Inductor's own random kernels would draw other noise (then the parameters would differ
     by far more than rounding); make_step compiles a stochastic step with fallback_random."""
