@@ -1,10 +1,10 @@
 # Two entry points, each sets everything up from a fresh clone:
 #   make demo   -> the blog's MAML sine experiment (metafunc train)
-#   make test   -> lint + the whole test suite
+#   make test   -> lint + mypy + the whole test suite
 #   make test-fast -> lint + the suite without the compile-heavy and slow tests (the edit loop)
 #   make bench  -> the benchmarks (benchmarks/README.md), with the optional alternatives
 #   make docs   -> the API reference from the docstrings into site/ (warnings are errors)
-#   make typecheck -> mypy, strict on the public API (not yet part of make test)
+#   make typecheck -> mypy, strict on the whole package (part of make test)
 #   make gpu-check -> on a CUDA machine: CUDA tests and GPU benchmarks, one JSON (benchmarks/gpu.sh);
 #                  it uses that machine's Python and torch ($(PYTHON)), not the venv
 # TORCH picks the torch build: the default resolves to the CPU wheel on a machine that has one
@@ -41,11 +41,11 @@ lint: setup
 	$(BIN)/ruff check metafunc tests benchmarks
 	$(BIN)/ruff format --check metafunc tests benchmarks
 
-test: lint
+test: lint typecheck
 	$(BIN)/python -m pytest -q
 
 # the edit loop: everything but the tests that compile a step or run for seconds
-test-fast: lint
+test-fast: lint typecheck
 	$(BIN)/python -m pytest -q -m "not compile and not slow"
 
 # -W: warnings are errors; -n: every cross-reference must resolve (docs/conf.py lists the

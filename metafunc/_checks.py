@@ -26,19 +26,20 @@ def positive_number(where: str, name: str, value: Any, *, allow_zero: bool = Fal
         raise TypeError(
             f"{where}: {name} must be a number (got {value!r} of type {type(value).__name__})"
         )
-    bound_ok = value >= 0 if allow_zero else value > 0
-    if not math.isfinite(value) or not bound_ok:
+    number = float(value)
+    bound_ok = number >= 0 if allow_zero else number > 0
+    if not math.isfinite(number) or not bound_ok:
         kind = "a non-negative" if allow_zero else "a positive"
         raise ValueError(f"{where}: {name} must be {kind} finite number (got {value!r})")
-    return float(value)
+    return number
 
 
 def fraction(where: str, name: str, value: Any) -> float:
     """``value`` as a float in [0, 1)."""
-    value = positive_number(where, name, value, allow_zero=True)
-    if value >= 1:
-        raise ValueError(f"{where}: {name} must be in [0, 1) (got {value!r})")
-    return value
+    number = positive_number(where, name, value, allow_zero=True)
+    if number >= 1:
+        raise ValueError(f"{where}: {name} must be in [0, 1) (got {number!r})")
+    return number
 
 
 def integer(where: str, name: str, value: Any, *, minimum: int) -> int:
@@ -71,15 +72,15 @@ MAX_STEPS = 10_000
 
 def steps(where: str, name: str, value: Any, *, minimum: int = 0) -> int:
     """A count of inner steps: an integer in [minimum, MAX_STEPS]."""
-    value = integer(where, name, value, minimum=minimum)
-    if value > MAX_STEPS:
+    count = integer(where, name, value, minimum=minimum)
+    if count > MAX_STEPS:
         raise ValueError(
-            f"{where}: {name} must be at most {MAX_STEPS} (got {value}): every step is "
+            f"{where}: {name} must be at most {MAX_STEPS} (got {count}): every step is "
             "differentiated through and traced into the compiled step, so a first call would "
             "run for hours; for long inner loops use mf.imaml, whose memory and graph do not "
             "grow with the steps"
         )
-    return value
+    return count
 
 
 def learning_rate(where: str, name: str, value: Any) -> float | Any:
@@ -129,7 +130,7 @@ def learning_rate_like(where: str, name: str, lr: Any, params: Any, params_name:
                 f"{rate.min().item():.4g}, max {rate.max().item():.4g})"
             )
         try:
-            fits = torch.broadcast_shapes(rate.shape, p.shape) == p.shape
+            fits = torch.broadcast_shapes(rate.shape, p.shape) == p.shape  # type: ignore[no-untyped-call]
         except RuntimeError:
             fits = False
         if not fits:
@@ -288,7 +289,7 @@ def batch(where: str, trees: dict[str, Any], like: Any = None) -> int:
                 raise ValueError(
                     f"{where}: {path()} is on {t.device} but the parameters are on {ref.device}"
                 )
-    if n_tasks == 0:
+    if not n_tasks:  # None: no tensors, refused above; 0: no tasks
         raise ValueError(f"{where}: tasks must hold at least one task (got an empty meta-batch)")
     return n_tasks
 
@@ -314,7 +315,7 @@ def signature(tree: Any) -> Any:
     """What the eager checks of ``tree`` depend on: its structure and each tensor's shape, dtype
     and device (other leaves by value); ``None`` when a leaf cannot be hashed."""
     leaves, spec = _tree.flatten(tree)  # one pass: this runs before every step
-    parts = []
+    parts: list[tuple[Any, ...]] = []
     for t in leaves:
         if isinstance(t, torch.Tensor):
             parts.append((t.shape, t.dtype, t.device))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import torch
@@ -51,7 +52,7 @@ def compiled(
         extra = state.extra
         state = state._replace(extra=None)
         if cuda_graphs:
-            torch.compiler.cudagraph_mark_step_begin()
+            torch.compiler.cudagraph_mark_step_begin()  # type: ignore[no-untyped-call]
         try:
             with torch.no_grad():
                 out = per_device[kind](state, tasks)
@@ -65,7 +66,7 @@ def compiled(
             out = _tree.map(torch.clone, out)
         return out[0]._replace(extra=extra), out[1]
 
-    return step._replace(fn=run)
+    return dataclasses.replace(step, fn=run)
 
 
 def _compile(

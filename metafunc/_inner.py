@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch.func import grad
@@ -17,7 +18,8 @@ Loss = Callable[[Any, Any], torch.Tensor]
 Carry = tuple[list[torch.Tensor], Any]
 
 
-class Loop(NamedTuple):
+@dataclass(frozen=True)
+class Loop:
     """One task's inner loop as a pure function of the meta-parameters: ``loop(meta, data)``
     runs ``steps`` updates and returns the adapted parameters.
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar, cast
 
 import torch
 from torch.func import grad, vmap
@@ -41,6 +41,7 @@ class Batching(NamedTuple):
     randomness: str = "error"
 
 
+T = TypeVar("T")
 # rule(learner, meta, tasks) -> (grads like meta, Losses), over a batch of tasks
 Rule = Callable[["Learner", Any, Tasks], tuple[Any, Losses]]
 Check = Callable[[str, Tasks, Any], None]
@@ -68,7 +69,7 @@ def exact(learner: Learner, meta: Any, tasks: Tasks) -> tuple[Any, Losses]:
         mean = after.mean()
         return mean, Losses(mean, before.mean())
 
-    return grad(objective, has_aux=True)(meta)
+    return cast(tuple[Any, Losses], grad(objective, has_aux=True)(meta))
 
 
 def paired(where: str, tasks: Tasks, like: Any) -> None:
@@ -141,11 +142,15 @@ class Learner(NamedTuple):
         """``(adapted, loss, loss_before)`` task by task (a leading task dimension on each):
         the parameters adapted on each support set and the query loss after adapting and at
         ``params(meta)`` (what :func:`metafunc.evaluate` scores)."""
-        run = per_task(self, self.batching.chunk_size)
+        vmapped = per_task(self, self.batching.chunk_size)
+
+        def run() -> tuple[Any, torch.Tensor, torch.Tensor]:
+            return cast(tuple[Any, torch.Tensor, torch.Tensor], vmapped(meta, *tasks))
+
         if torch.compiler.is_compiling():
-            return run(meta, tasks.support, tasks.query)
+            return run()
         check(self, "per_task", meta, tasks)
-        return _explain_randomness("per_task", lambda: run(meta, tasks.support, tasks.query))
+        return _explain_randomness("per_task", run)
 
 
 def check_learner(where: str, learner: Any) -> Learner:
@@ -195,7 +200,7 @@ def check_meta(learner: Learner, where: str, meta: Any, meta_name: str) -> Any:
     return params
 
 
-def _explain_randomness(where: str, run: Callable[[], Any]) -> Any:
+def _explain_randomness(where: str, run: Callable[[], T]) -> T:
     """``run()``; torch's vmap error for a random operation said in metafunc's terms."""
     try:
         return run()

@@ -16,7 +16,7 @@ def conjugate_gradient(matvec: Any, b: list[torch.Tensor], *, steps: int) -> lis
     definite there) the iterate stops moving instead of dividing by zero."""
 
     def dot(u: list[torch.Tensor], v: list[torch.Tensor]) -> torch.Tensor:
-        return sum((ui * vi).sum() for ui, vi in zip(u, v, strict=True))
+        return torch.stack([(ui * vi).sum() for ui, vi in zip(u, v, strict=True)]).sum()
 
     x = [torch.zeros_like(t) for t in b]
     r, p = b, b

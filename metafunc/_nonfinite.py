@@ -4,7 +4,7 @@ training loop does with it, and what it says."""
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
@@ -31,6 +31,12 @@ def verdict(
     return finite, ~finite & state_ok
 
 
+class _Counts(NamedTuple):
+    first_bad: torch.Tensor  # the step of the first non-finite step not skipped (-1: none)
+    streak: torch.Tensor  # skipped steps in a row
+    skipped: torch.Tensor  # skipped steps since the last check
+
+
 class Policy:
     """What :func:`metafunc.train` does with a step that is not finite.
 
@@ -53,9 +59,7 @@ class Policy:
                 "without it such a step writes NaN or inf into the parameters"
             )
         self.mode, self.guarded = mode, guarded
-        self.first_bad: torch.Tensor | None = None  # step of the first non-finite, unskipped
-        self.streak: torch.Tensor | None = None  # skipped steps in a row
-        self.skipped: torch.Tensor | None = None  # since the last check
+        self.counts: _Counts | None = None  # on the device, from the first step of "skip"
         self.checked = 0  # the step of the last check
 
     def after_step(self, run: Any) -> None:
@@ -66,26 +70,30 @@ class Policy:
             return
         bad = ~m.finite & ~m.skipped
         step = torch.full_like(run.state.step, run.done)
-        if self.first_bad is None:
-            self.first_bad, self.streak = torch.full_like(step, -1), torch.zeros_like(step)
-            self.skipped, self.checked = torch.zeros_like(step), run.start_step
-        self.first_bad = torch.where(bad & (self.first_bad < 0), step, self.first_bad)
-        self.streak = torch.where(m.skipped, self.streak + 1, 0)
-        self.skipped = self.skipped + m.skipped
+        c = self.counts
+        if c is None:
+            zero = torch.zeros_like(step)
+            c, self.checked = _Counts(zero - 1, zero, zero), run.start_step
+        self.counts = _Counts(
+            torch.where(bad & (c.first_bad < 0), step, c.first_bad),
+            torch.where(m.skipped, c.streak + 1, 0),
+            c.skipped + m.skipped,
+        )
         if run.done % self.CHECK_EVERY == 0:
             self.verify(run)
 
     def verify(self, run: Any) -> None:
         """Raise if a step wrote a non-finite state, or the run only skips (mode "skip")."""
-        if self.first_bad is None or self.checked == run.done:
+        c = self.counts
+        if c is None or self.checked == run.done:
             return
-        skipped, steps = int(self.skipped), run.done - self.checked
-        self.skipped, self.checked = torch.zeros_like(self.skipped), run.done
+        skipped, steps = int(c.skipped), run.done - self.checked
+        self.counts, self.checked = c._replace(skipped=torch.zeros_like(c.skipped)), run.done
         if skipped:
             logger.warning(
                 "step %d: skipped %d non-finite step(s) of the last %d", run.done, skipped, steps
             )
-        first = int(self.first_bad)
+        first = int(c.first_bad)
         if first >= 0:
             raise FloatingPointError(
                 f"train: step {first} was not finite and the optimizer's guard let it through "
@@ -93,7 +101,7 @@ class Policy:
                 f"state are no longer finite{_last_checkpoint(run)}. Lower the learning rates or "
                 "check the data; max_consecutive_errors=None never lets one through."
             )
-        streak = int(self.streak)
+        streak = int(c.streak)
         if streak >= self.CHECK_EVERY:
             raise FloatingPointError(
                 f"train: the last {streak} steps (to step {run.done}) were all skipped as not "

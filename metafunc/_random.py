@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -34,7 +35,7 @@ def seeded(step: Step) -> Step:
             new, metrics = step(state._replace(rng=None), tasks)
         return new._replace(rng=rng + _ONE_STEP), metrics
 
-    return step._replace(fn=run)
+    return dataclasses.replace(step, fn=run)
 
 
 @contextmanager

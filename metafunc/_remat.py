@@ -17,7 +17,8 @@ remat, with its CSE, pattern matching and reordering for locality switched off t
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from torch.func import vjp, vmap
@@ -36,7 +37,7 @@ def remat_gradient(learner: Learner, meta: Any, tasks: Tasks) -> tuple[Any, Loss
     rule's grad is outside its vmap: the batching, and so the arithmetic, is the same."""
     from ._learner import Losses
 
-    loop: Loop = learner.inner
+    loop = cast(Loop, learner.inner)  # mf.remat checked it
     support, query = tasks
     carries = [start(loop, meta)]
     for k in range(loop.steps):
@@ -46,7 +47,7 @@ def remat_gradient(learner: Learner, meta: Any, tasks: Tasks) -> tuple[Any, Loss
         return learner.outer(finish(loop, meta, (theta, None)), query)
 
     batched = vmap(after, in_dims=(None, 0 if loop.steps else None, 0))
-    mean, pull = vjp(lambda m, t: batched(m, t, query).mean(), meta, carries[-1][0])
+    mean, pull = pullback(lambda m, t: batched(m, t, query).mean(), meta, carries[-1][0])
     grads, theta_cotangent = pull(torch.ones_like(mean))
     # the cotangent of the last carry: the loss reads only its parameters
     floats, _ = _tree.split_leaves(carries.pop(), _is_floating)
@@ -57,7 +58,7 @@ def remat_gradient(learner: Learner, meta: Any, tasks: Tasks) -> tuple[Any, Loss
     for k in reversed(range(loop.steps)):
         g, cotangent = _backward(loop, k, meta, carries[k], support, cotangent)
         grads = _tree.map(torch.add, grads, g)
-    _, pull = vjp(lambda m: _tree.split_leaves(start(loop, m), _is_floating)[0], meta)
+    _, pull = pullback(lambda m: _tree.split_leaves(start(loop, m), _is_floating)[0], meta)
     grads = _tree.map(torch.add, grads, pull(cotangent)[0])
     outer = learner.outer
     before = vmap(lambda m, q: outer(learner.params(m), q), in_dims=(None, 0))(meta, query)
@@ -70,7 +71,9 @@ def _forward(loop: Loop, k: int, meta: Any, carry: Carry, support: Any) -> Carry
     # pass through vmap unchanged.
     tensors, merge = _tree.split_leaves(carry, _is_tensor)
     f = lambda m, t, d: _tree.split_leaves(step(loop, m, merge(t), d), _is_tensor)[0]  # noqa: E731
-    return merge(vmap(f, in_dims=(None, None if k == 0 else 0, 0))(meta, tensors, support))
+    return cast(
+        Carry, merge(vmap(f, in_dims=(None, None if k == 0 else 0, 0))(meta, tensors, support))
+    )
 
 
 def _backward(
@@ -79,8 +82,14 @@ def _backward(
     # vjp of step k, which runs it once more: its activations live only in here.
     floats, merge = _tree.split_leaves(carry, _is_floating)
     f = lambda m, c: _tree.split_leaves(_forward(loop, k, m, merge(c), support), _is_floating)[0]  # noqa: E731
-    _, pull = vjp(f, meta, floats)
-    return pull(cotangent)
+    _, pull = pullback(f, meta, floats)
+    return cast(tuple[Any, Any], pull(cotangent))
+
+
+def pullback(f: Callable[..., Any], *primals: Any) -> tuple[Any, Callable[..., Any]]:
+    """``torch.func.vjp`` without auxiliary outputs: ``(output, pullback)``."""
+    out, pull = vjp(f, *primals)[:2]
+    return out, pull
 
 
 def _is_tensor(leaf: Any) -> bool:

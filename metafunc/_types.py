@@ -4,6 +4,7 @@ reports."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import torch
@@ -70,7 +71,8 @@ class Metrics(NamedTuple):
     finite_leaves: torch.Tensor
 
 
-class Step(NamedTuple):
+@dataclass(frozen=True)
+class Step:
     """A training step, ``step(state, tasks) -> (state, metrics)``, and what the training loop
     needs to know of it; the wrappers of :mod:`metafunc.step` each take one and return one.
 

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import torch
@@ -80,7 +81,7 @@ def _chunk_rule(rule: Rule, size: int) -> Rule:
 
 
 def _slice(tasks: Tasks, start: int, stop: int) -> Tasks:
-    return _tree.map(lambda t: t[start:stop], tasks)
+    return Tasks(*_tree.map(lambda t: t[start:stop], tuple(tasks)))
 
 
 def remat(learner: Learner) -> Learner:
@@ -134,7 +135,7 @@ def first_order(learner: Learner) -> Learner:
             "inner gradients (DAML's adaptation loss), so detaching them would leave them "
             "untrained"
         )
-    return learner._replace(inner=loop._replace(first_order=True))
+    return learner._replace(inner=dataclasses.replace(loop, first_order=True))
 
 
 def stochastic(learner: Learner, randomness: str = "different") -> Learner:

@@ -314,7 +314,7 @@ def _table(args: argparse.Namespace) -> int:
             {
                 "config": settings,
                 "torch": torch.__version__,
-                "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+                "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                 "load_average": _load_average(load),
                 "rows": rows,
             },

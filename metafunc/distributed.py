@@ -107,12 +107,15 @@ def data_parallel(learner: Learner) -> Learner:
         return learner
     # A name, not the process group: a compiled graph that read dist.group.WORLD would keep the
     # group (and gloo's worker threads) alive past destroy_process_group, into shutdown.
-    group = dist.group.WORLD.group_name
+    world = dist.group.WORLD
+    assert world is not None  # active(): a process group exists
+    group = world.group_name
     rule, check_tasks = learner.rule, learner.check
 
     def sharded(learner: Learner, meta: Any, tasks: Tasks) -> tuple[Any, Losses]:
         # the rank is a constant of the compiled graph; the all-reduce is traced into it
-        return all_reduce_mean(rule(learner, meta, shard(tasks)), group)
+        grads, losses = all_reduce_mean(rule(learner, meta, shard(tasks)), group)
+        return grads, losses
 
     def check(where: str, tasks: Tasks, params: Any) -> None:
         check_tasks(where, tasks, params)
@@ -137,7 +140,7 @@ def shard(tasks: Tasks, where: str = "step") -> Tasks:
             f"(got {n} tasks); use a meta-batch that is a multiple of {world}"
         )
     k = n // world
-    return _tree.map(lambda t: t[r * k : (r + 1) * k], tasks)
+    return Tasks(*_tree.map(lambda t: t[r * k : (r + 1) * k], tuple(tasks)))
 
 
 def all_reduce_mean(tree: Any, group: str) -> Any:
@@ -153,7 +156,7 @@ def all_reduce_mean(tree: Any, group: str) -> Any:
     for dtype in dict.fromkeys(t.dtype for t in leaves):
         idx = [i for i, t in enumerate(leaves) if t.dtype == dtype]
         flat = torch.cat([leaves[i].reshape(-1) for i in idx])
-        flat = funcol.all_reduce(flat, "sum", group) / world
+        flat = funcol.all_reduce(flat, "sum", group) / world  # type: ignore[arg-type]
         for i, piece in zip(idx, flat.split([leaves[i].numel() for i in idx]), strict=True):
             out[i] = piece.reshape(leaves[i].shape)
     return _tree.unflatten(tree, out)

@@ -142,6 +142,7 @@ class Logger(Hook):
     def step(self, run: Run) -> None:
         if not _dist.is_main():
             return
+        assert run.metrics is not None  # after a step
         scalars = {
             k: v.detach().to(torch.float64) for k, v in run.metrics._asdict().items() if v.ndim == 0
         }

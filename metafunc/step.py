@@ -3,6 +3,7 @@ wrappers that make it a training step (``make_step``)."""
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import torch
@@ -164,7 +165,7 @@ def validated(step: Step, learner: Learner, optimizer: Optimizer, *, probe: Step
                 raise _diagnose.out_of_memory(e, tasks) from e
             raise
 
-    return step._replace(fn=run)
+    return dataclasses.replace(step, fn=run)
 
 
 def _check_counter(counter: Any) -> None:

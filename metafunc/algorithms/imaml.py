@@ -14,12 +14,13 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from torch.func import grad, vjp, vmap
+from torch.func import grad, vmap
 
 from .. import _checks, _inner, _tree
 from .._inner import Loop
 from .._learner import Learner, Losses, Rule, per_task
 from .._linalg import conjugate_gradient
+from .._remat import pullback
 from .._types import Tasks
 from ..optim import Optimizer
 from .maml import Loss
@@ -71,7 +72,7 @@ def imaml(
 
         def proximal(params: Any, data: Any) -> torch.Tensor:
             distance = _tree.map(lambda p, a: ((p - a) ** 2).sum(), params, anchor)
-            return loss(params, data) + reg / 2 * sum(_tree.leaves(distance))
+            return loss(params, data) + reg / 2 * torch.stack(_tree.leaves(distance)).sum()
 
         return anchor, proximal, _inner.optimizer(inner, meta)
 
@@ -86,13 +87,17 @@ def implicit_gradient(loss: Loss, reg: float, cg_steps: int) -> Rule:
         """One task's meta-gradient: solve ``(I + H/reg) v = ∇L_query(θ*)`` for ``v``."""
         theta, merge = _tree.split(adapted, lambda n: True)
         target = grad(lambda t: loss(merge(t), query))(theta)
+
         # H v by reverse over reverse (H is symmetric): one linearisation, many products
-        _, hvp = vjp(grad(lambda t: loss(merge(t), support)), theta)
-        solution = conjugate_gradient(
-            lambda v: [vi + hi / reg for vi, hi in zip(v, hvp(v)[0], strict=True)],
-            target,
-            steps=cg_steps,
-        )
+        def support_grad(t: list[torch.Tensor]) -> Any:
+            return grad(lambda leaves: loss(merge(leaves), support))(t)
+
+        _, hvp = pullback(support_grad, theta)
+
+        def matvec(v: list[torch.Tensor]) -> list[torch.Tensor]:
+            return [vi + hi / reg for vi, hi in zip(v, hvp(v)[0], strict=True)]
+
+        solution = conjugate_gradient(matvec, target, steps=cg_steps)
         return merge(solution)
 
     def rule(learner: Learner, meta: Any, tasks: Tasks) -> tuple[Any, Losses]:

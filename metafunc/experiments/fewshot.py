@@ -97,7 +97,7 @@ def run(config: FewshotConfig, *, on_log: Callable[[mf.Log], Any] | None = None)
     learner = mf.distributed.data_parallel(learner)
     opt = mf.optim.apply_if_finite(mf.optim.adam(config.outer_lr))
     step = mf.make_step(learner, opt, compile=config.compile)
-    shape = {"ways": config.ways, "shots": config.shots, "queries": config.queries}
+    shape: dict[str, Any] = {"ways": config.ways, "shots": config.shots, "queries": config.queries}
     sampler = functools.partial(
         mf.tasks.fewshot, dataset=train_set, tasks=config.meta_batch, device=config.device, **shape
     )

@@ -86,14 +86,20 @@ class _Setup(NamedTuple):
 
 
 def _setup(config: SineConfig, g: torch.Generator) -> _Setup:
-    inner = {"inner_lr": config.inner_lr, "inner_steps": config.inner_steps}
     if config.algo == "daml":
         net = mf.models.blog_sine_net(g, features=True).to(config.device)
         fn, params = mf.pure(net)
         loss_fn, phi = mf.pure(mf.models.daml_loss_net(g).to(config.device))
         adaptation_loss = daml_adaptation_loss(loss_fn)
         return _Setup(
-            mf.daml(fn, adaptation_loss, phi, mf.losses.l1, **inner),
+            mf.daml(
+                fn,
+                adaptation_loss,
+                phi,
+                mf.losses.l1,
+                inner_lr=config.inner_lr,
+                inner_steps=config.inner_steps,
+            ),
             params,
             lambda p, x: fn(p, x)[0],
             functools.partial(mf.tasks.daml_sine, tasks=config.meta_batch, device=config.device),
@@ -103,7 +109,9 @@ def _setup(config: SineConfig, g: torch.Generator) -> _Setup:
     fn, params = mf.pure(mf.models.blog_sine_net(g).to(config.device))
     loss = mf.supervised(fn, mf.losses.l1)
     return _Setup(
-        build_learner(config.algo, loss, head="4", **inner),  # ANIL: the output layer adapts
+        build_learner(  # ANIL: the output layer adapts
+            config.algo, loss, head="4", inner_lr=config.inner_lr, inner_steps=config.inner_steps
+        ),
         params,
         fn,
         functools.partial(mf.tasks.sine, tasks=config.meta_batch, device=config.device),

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import functools
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -92,7 +92,7 @@ def run_cell(config: TableConfig, algo: str, shots: int) -> dict[str, Any]:
 def run(
     config: TableConfig,
     *,
-    done: list[dict[str, Any]] = (),
+    done: Sequence[dict[str, Any]] = (),
     on_cell: Callable[[list[dict[str, Any]]], Any] | None = None,
 ) -> list[dict[str, Any]]:
     """Every cell of ``config`` not already in ``done`` (rows of an earlier run with the same

@@ -26,7 +26,7 @@ class AdamState(NamedTuple):
 
 
 def adam(
-    lr: float | Schedule,
+    lr: float | torch.Tensor | Schedule,
     *,
     b1: float = 0.9,
     b2: float = 0.999,
@@ -62,7 +62,7 @@ def adam(
 
 
 def adamw(
-    lr: float | Schedule,
+    lr: float | torch.Tensor | Schedule,
     *,
     b1: float = 0.9,
     b2: float = 0.999,
@@ -83,7 +83,7 @@ def adamw(
 
 def _adam(
     where: str,
-    lr: float | Schedule,
+    lr: float | torch.Tensor | Schedule,
     b1: float,
     b2: float,
     eps: float,

@@ -99,7 +99,7 @@ def check_optimizer(where: str, name: str, value: Any) -> Optimizer:
 PROBE_COUNTS = (0, 1, 10, 100, 1000, 10**4, 10**5, 10**6)
 
 
-def learning_rate(where: str, value: Any) -> float | Schedule:
+def learning_rate(where: str, value: Any) -> float | torch.Tensor | Schedule:
     """A positive finite number, or a schedule that returns finite scalars and is positive
     somewhere.
 
