@@ -141,9 +141,10 @@ def learning_rate_like(where: str, name: str, lr: Any, params: Any, params_name:
 
 
 def scalar_rate_like(where: str, name: str, rate: torch.Tensor, params: Any) -> None:
-    """A 0-d tensor rate lives on the parameters' device."""
+    """A 0-d tensor rate lives on the parameters' device or on the CPU (torch reads a 0-d CPU
+    tensor as a scalar on any device)."""
     device = _tree.leaves(params)[0].device
-    if rate.device != device:
+    if rate.device != device and rate.device.type != "cpu":
         raise ValueError(
             f"{where}: {name} must be on the parameters' device {device} (got {rate.device})"
         )

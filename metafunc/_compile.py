@@ -1,16 +1,34 @@
-"""The compile wrapper: a step compiled with ``torch.compile`` as one graph, once per device."""
+"""The compile wrapper: a step compiled with ``torch.compile`` as one graph, once per
+configuration and device, reused within the process and persisted across processes."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import functools
+import hashlib
+import logging
+import platform
+import sys
+import types
+import warnings
+from collections import OrderedDict
 from typing import Any
 
 import torch
 
-from . import _guards, _tree
+from . import _tree
+from ._fingerprint import fingerprint
 from ._types import Step, Tasks, TrainState
 
+logger = logging.getLogger("metafunc")
+
 _CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")
+# Identity guards compare object ids, which no other process shares: the fingerprint stands for
+# them (it keys the compiled function). Value, type and tensor guards stay.
+_IDENTITY = frozenset({"ID_MATCH", "CLOSURE_MATCH", "WEAKREF_ALIVE", "DICT_VERSION"})
+# The compiled functions of this process, by fingerprint, device type and shapes (the last 64).
+_COMPILED: OrderedDict[str, Any] = OrderedDict()
 
 
 def compiled(
@@ -20,10 +38,21 @@ def compiled(
     backend: Any = "inductor",
     options: dict[str, Any] | None = None,
     random: bool = False,
+    cache: bool = True,
 ) -> Step:
     """``step`` (a pure step) compiled with ``torch.compile(fullgraph=True, dynamic=False)``:
     one graph, no graph breaks, compiled on the first call on each device type and reused
     while shapes, dtypes and tree structure stay the same.
+
+    The compiled function is keyed by a fingerprint of what decides its graph
+    (:mod:`metafunc._fingerprint`: the learner's and optimizer's code and settings, the model,
+    the options, the torch and metafunc versions), so a step built again from an equal
+    configuration reuses it, and a step whose numbers live in 0-d tensors (learning rates) runs
+    with new values without a new graph. With ``cache=True`` (and the default backend) the
+    compiled graph is also saved with torch's compile caches, under
+    ``$TORCHINDUCTOR_CACHE_DIR`` (default ``/tmp/torchinductor_$USER``), and a new process
+    loads it instead of compiling: the key names the saved graph, so another configuration's
+    is never loaded, and a damaged file is compiled afresh. Deleting the folder is always safe.
 
     It runs under ``torch.no_grad`` (``grad`` inside it still differentiates). With a
     CUDA-graph ``mode`` (``"reduce-overhead"``, ``"max-autotune"``) each call marks the start
@@ -31,37 +60,44 @@ def compiled(
     would otherwise overwrite. ``state.extra`` (the user's own tree) does not enter the graph.
     An error that Dynamo turned into a compiler message is raised again as the eager step
     raises it. ``random``: the step draws random numbers, so Inductor uses torch's own random
-    kernels (``fallback_random``), which draw what the eager step draws.
+    kernels (``fallback_random``), which draw what the eager step draws. A batch of another
+    shape compiles another graph, with a warning that says so.
     """
     fn = step.fn
-
-    def pure(state: TrainState, tasks: Tasks) -> Any:
-        return fn(state, tasks)
-
-    # Dynamo caches compiled graphs on the function's code object, which every make_step
-    # shares: after 8 steps (learners, shapes) one process would hit its recompile limit. A
-    # private copy of the code object gives each step its own cache.
-    pure.__code__ = pure.__code__.replace()
+    # A step from outer_step is partial(pure step, learner, optimizer): compile the pure step
+    # with the records as arguments, so that tensors in their closures are graph inputs.
+    base: Any = fn
+    records: tuple[Any, ...] = ()
+    if isinstance(fn, functools.partial) and _is_outer(fn):
+        base, records = fn.func, fn.args
+    key = _key(base, records, mode, backend, options, random) if cache else None
     cuda_graphs = mode in _CUDA_GRAPH_MODES
-    per_device: dict[str, Any] = {}  # per device type, compiled on its first call
+    seen: dict[Any, Any] = {}  # (device type, shapes) -> its compiled function
 
     def run(state: TrainState, tasks: Tasks) -> tuple[TrainState, Any]:
-        kind = _tree.leaves(state.meta)[0].device.type
-        if kind not in per_device:
-            per_device[kind] = _compile(pure, kind, mode, backend, random, options or {})
-        extra = state.extra
-        state = state._replace(extra=None)
+        extra, state = state.extra, state._replace(extra=None)
+        signature = (_tree.leaves(state.meta)[0].device.type, _shapes(state, tasks))
+        function: Any = seen.get(signature)
+        first = function is None
+        if first:
+            if seen:
+                warnings.warn(_recompile_message(len(seen)), RuntimeWarning, stacklevel=3)
+            function = seen[signature] = _function(
+                key, signature, base, mode, backend, options, random
+            )
         if cuda_graphs:
             torch.compiler.cudagraph_mark_step_begin()  # type: ignore[no-untyped-call]
         try:
-            with torch.no_grad():
-                out = per_device[kind](state, tasks)
+            with torch.no_grad(), _tracing(first, key is not None):
+                out = function(*records, state, tasks)
         except torch._dynamo.exc.TorchDynamoException:
             # Tracing turns errors raised by user code (a bad loss, a refused model) into
             # compiler messages; the eager step raises the original.
             with torch.no_grad():
                 fn(state, tasks)
             raise
+        if first and key is not None:
+            _save()
         if cuda_graphs:
             out = _tree.map(torch.clone, out)
         return out[0]._replace(extra=extra), out[1]
@@ -69,17 +105,71 @@ def compiled(
     return dataclasses.replace(step, fn=run)
 
 
-def _compile(
-    fn: Any, device: str, mode: str | None, backend: Any, random: bool, given: dict[str, Any]
+def _is_outer(fn: Any) -> bool:
+    from .step import pure_step
+
+    return isinstance(fn, functools.partial) and fn.func is pure_step and not fn.keywords
+
+
+def _key(
+    base: Any, records: tuple[Any, ...], mode: Any, backend: Any, options: Any, random: bool
+) -> str | None:
+    if not isinstance(backend, str) or mode in _CUDA_GRAPH_MODES:
+        return None  # a backend object or CUDA graphs: compiled on its own, not persisted
+    from . import __version__
+
+    versions = (torch.__version__, torch.version.git_version, __version__, sys.version)
+    return fingerprint(base, records, mode, backend, options, random, versions, platform.machine())
+
+
+def _function(
+    key: str | None,
+    signature: tuple[str, Any],
+    base: Any,
+    mode: Any,
+    backend: Any,
+    options: Any,
+    random: bool,
 ) -> Any:
-    """``torch.compile`` of the whole step: one graph, static shapes. With Inductor on the CPU
-    the graph's wrapper is C++ (``cpp_wrapper``): calling each kernel from Python costs the
-    small steps up to a third of their time (``python -m benchmarks.step_variants``). A step
-    with random operations uses torch's own random kernels (``fallback_random``): Inductor's
-    draw other numbers than the eager step does. ``given`` (the caller's options) wins."""
-    # identity checks of torch's and metafunc's own modules and functions are not repeated
-    # on every call (metafunc/_guards.py); everything user code can change stays guarded
-    options: dict[str, Any] = {"guard_filter_fn": _guards.keep}
+    """The compiled function for ``key`` and these inputs: this process's, or a new one (loaded
+    from torch's caches, or compiled on its first call). Each has a code object of its own:
+    Dynamo keeps its graphs (and counts recompiles) per code object, and names a saved graph
+    after the function's qualified name, which holds the key and the inputs' shapes."""
+    kind = signature[0]
+    full = None
+    if key is not None:
+        full = hashlib.sha256(f"{key}{signature!r}".encode()).hexdigest()[:40]
+        if full in _COMPILED:
+            _COMPILED.move_to_end(full)
+            return _COMPILED[full]
+    private = types.FunctionType(base.__code__.replace(), base.__globals__, base.__name__)
+    private.__qualname__ = f"metafunc_step_{full or id(private)}"
+    persist = full is not None and backend == "inductor"
+    with _tracing(True, persist), _loading_guards() if persist else contextlib.nullcontext():
+        function = torch.compile(
+            private,
+            fullgraph=True,
+            dynamic=False,
+            backend=backend,
+            options=_options(kind, mode, backend, random, full is not None, options or {}),
+        )
+    if full is not None:
+        _COMPILED[full] = function
+        if len(_COMPILED) > 64:
+            _COMPILED.popitem(last=False)
+    return function
+
+
+def _options(
+    device: str, mode: str | None, backend: Any, random: bool, keyed: bool, given: dict[str, Any]
+) -> dict[str, Any]:
+    """``torch.compile`` options of the step. With Inductor on the CPU the graph's wrapper is
+    C++ (``cpp_wrapper``): one shared object for the graph compiles faster than one per
+    kernel, and calling each kernel from Python costs the small steps up to a third of their
+    time (``python -m benchmarks.studies.step_variants``). A step with random operations uses
+    torch's own random kernels (``fallback_random``): Inductor's draw other numbers than the
+    eager step does. ``given`` (the caller's options) wins."""
+    options: dict[str, Any] = {"guard_filter_fn": _portable if keyed else _all}
     if backend == "inductor":
         if random:
             options["fallback_random"] = True
@@ -88,4 +178,92 @@ def _compile(
     options.update(given)
     if mode is not None and backend == "inductor":
         options = {**torch._inductor.list_mode_options(mode), **options}
-    return torch.compile(fn, fullgraph=True, dynamic=False, backend=backend, options=options)
+    return options
+
+
+def _portable(entries: Any) -> list[bool]:
+    """Dynamo's ``guard_filter_fn`` for a keyed step: the guards on the step's arguments (the
+    learner and optimizer records, the state, the tasks) and on global state (grad mode, the
+    default device), but no identity checks (the fingerprint stands for them) and none on the
+    globals the traced code reads (torch's and metafunc's modules are fixed by the versions in
+    the key, the user's globals are in the fingerprint; torch 2.13 cannot load those guards
+    outside a trace)."""
+    return [
+        e.guard_type not in _IDENTITY
+        and not (_IDENTITY & set(e.derived_guard_types))
+        and not e.name.startswith("G[")
+        and "__import_" not in e.name
+        for e in entries
+    ]
+
+
+def _all(entries: Any) -> list[bool]:
+    return [True] * len(entries)
+
+
+def _tracing(first: bool, keyed: bool) -> Any:
+    """Dynamo's settings for a call that may trace (the first with these shapes): numbers read
+    from the records are constants of the graph from the start (unspecialised, a float that
+    cannot become a tensor makes Dynamo trace the step twice), and a keyed step is saved."""
+    if not first:
+        return contextlib.nullcontext()
+    stack = contextlib.ExitStack()
+    stack.enter_context(torch._dynamo.config.patch(specialize_float=True))
+    stack.enter_context(_precompile(keyed))
+    return stack
+
+
+@contextlib.contextmanager
+def _precompile(on: bool) -> Any:
+    """While ``on``: Dynamo's caching precompile (saving and loading whole compiled graphs with
+    the compile caches), and Inductor told, rather than asking a compiler in a subprocess in
+    every process, that the CPU's vector instructions work (it still reads which the CPU has)
+    and not to precompile torch's headers (cheaper to compile without, and checking them costs
+    every new process a subprocess)."""
+    if not on:
+        yield
+        return
+    inductor = {"cpp.vec_isa_ok": True, "cpp_cache_precompile_headers": False}
+    with (
+        torch._dynamo.config.patch(caching_precompile=True),
+        torch._inductor.config.patch(inductor),
+    ):
+        yield
+
+
+@contextlib.contextmanager
+def _loading_guards() -> Any:
+    """A tracing context for Dynamo's loading of a saved graph's guards: torch 2.13 rebuilds
+    some of them (on imported modules) as if it were tracing, and fails outside a trace."""
+    if torch._guards.TracingContext.try_get() is not None:
+        yield
+        return
+    with torch._guards.tracing(torch._guards.TracingContext(None)):
+        yield
+
+
+def _save() -> None:
+    """Write the graphs compiled in this process into Dynamo's cache, where a new process
+    finds them; a failure to write loses nothing but the next process's time."""
+    from torch._dynamo.precompile_context import PrecompileContext
+
+    try:
+        PrecompileContext.save_to_dynamo_cache()
+    except Exception as e:  # the cache is an optimisation; the step has already run
+        logger.warning("could not save the compiled step for later processes: %s", e)
+
+
+def _shapes(state: TrainState, tasks: Tasks) -> Any:
+    leaves, spec = _tree.flatten((state, tasks))
+    return spec, tuple(
+        (tuple(t.shape), t.dtype) if isinstance(t, torch.Tensor) else t for t in leaves
+    )
+
+
+def _recompile_message(compiled: int) -> str:
+    return (
+        "step: a meta-batch of new shapes (a last, smaller batch from a DataLoader, or new "
+        "shots) compiles the step again, which takes about as long as its first call; keep "
+        f"batches of one shape (DataLoader(..., drop_last=True)) to avoid it ({compiled} "
+        "shape(s) compiled before)"
+    )

@@ -11,6 +11,7 @@ from torch.func import grad
 
 from . import _checks, _tree
 from .optim import Optimizer, apply_updates
+from .optim._base import rate
 from .optim._sgd import transform as sgd
 
 Loss = Callable[[Any, Any], torch.Tensor]
@@ -114,7 +115,10 @@ def inner_update(
     """A learner's inner update, checked: the optimizer ``opt``, or the learning rate ``lr`` (a
     positive number, a positive 0-d tensor or a tree of rates; 0.01 when neither is given)."""
     if opt is None:
-        return _checks.learning_rate(where, lr_name, 0.01 if lr is None else lr)
+        checked = _checks.learning_rate(where, lr_name, 0.01 if lr is None else lr)
+        # a number or a 0-d tensor is held in a one-element tensor: an input of the compiled
+        # step, not a constant
+        return rate(checked) if isinstance(checked, (float, torch.Tensor)) else checked
     if lr is not None:
         raise ValueError(
             f"{where}: give {lr_name} (plain SGD) or {opt_name} (any optimizer), not both "

@@ -4,6 +4,7 @@ wrappers that make it a training step (``make_step``)."""
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any
 
 import torch
@@ -67,6 +68,7 @@ def make_step(
     mode: str | None = None,
     backend: Any = "inductor",
     options: dict[str, Any] | None = None,
+    cache: bool = True,
 ) -> Step:
     """The training step ``step(state, tasks) -> (state, metrics)``: the pure
     :func:`outer_step`, :func:`compiled` (unless ``compile=False``), drawing from the run's
@@ -89,6 +91,8 @@ def make_step(
             the CPU the step's wrapper is C++ (``cpp_wrapper``; ``{"cpp_wrapper": False}``
             gives the Python one back), and a step with random operations uses torch's own
             random kernels (``fallback_random``).
+        cache: reuse a compiled step of an equal configuration, in this process and from
+            torch's compile caches on disk (see :func:`compiled`); ``False`` compiles afresh.
 
     Example:
         >>> step = mf.make_step(learner, mf.optim.adam(1e-3))
@@ -96,6 +100,7 @@ def make_step(
     """
     _check_types("make_step", learner, optimizer)
     _checks.boolean("make_step", "compile", compile)
+    _checks.boolean("make_step", "cache", cache)
     if options is not None and not isinstance(options, dict):
         raise TypeError(
             f"make_step: options must be a dict of torch.compile options, e.g. "
@@ -103,30 +108,35 @@ def make_step(
         )
     pure = outer_step(learner, optimizer)
     random = learner.batching.randomness != "error"
-    fast = compiled(pure, mode=mode, backend=backend, options=options, random=random)
+    fast = compiled(pure, mode=mode, backend=backend, options=options, random=random, cache=cache)
     return validated(seeded(fast if compile else pure), learner, optimizer, probe=seeded(pure))
 
 
 def outer_step(learner: Learner, optimizer: Optimizer) -> Step:
     """The pure outer step: the meta-gradient over the meta-batch, the optimizer update and the
     metrics, with no checks (see :func:`validated`), no random stream (see :func:`seeded`) and
-    nothing outside the graph, so it compiles whole."""
+    nothing outside the graph, so it compiles whole (:func:`compiled`)."""
+    return Step(functools.partial(pure_step, learner, optimizer), guarded=optimizer.guarded)
 
-    def step(state: TrainState, tasks: Tasks) -> tuple[TrainState, Metrics]:
-        grads, losses = learner.rule(learner, state.meta, tasks)
-        leaf_ok = _tree.finite_leaves(grads)
-        grad_norm = _tree.global_norm(grads)
-        # The gradient of a loss that is not finite is no gradient, even where it came out
-        # finite (L1's at a NaN target is): make it NaN, so a guard refuses the update.
-        loss_ok = torch.isfinite(losses.loss)
-        grads = _tree.map(lambda g: torch.where(loss_ok, g, torch.nan), grads)
-        updates, opt_state = optimizer.update(grads, state.opt_state, state.meta)
-        meta = apply_updates(state.meta, updates)
-        finite, skipped = _nonfinite.verdict(leaf_ok, loss_ok, meta, opt_state)
-        new = state._replace(meta=meta, opt_state=opt_state, step=state.step + 1)
-        return new, Metrics(*losses, grad_norm, finite, skipped, leaf_ok)
 
-    return Step(step, guarded=optimizer.guarded)
+def pure_step(
+    learner: Learner, optimizer: Optimizer, state: TrainState, tasks: Tasks
+) -> tuple[TrainState, Metrics]:
+    """One outer step of ``learner`` with ``optimizer`` (what :func:`outer_step` binds); the
+    records are arguments, so that what their closures hold in tensors (learning rates) is an
+    input of the compiled graph, not a constant of it."""
+    grads, losses = learner.rule(learner, state.meta, tasks)
+    leaf_ok = _tree.finite_leaves(grads)
+    grad_norm = _tree.global_norm(grads)
+    # The gradient of a loss that is not finite is no gradient, even where it came out
+    # finite (L1's at a NaN target is): make it NaN, so a guard refuses the update.
+    loss_ok = torch.isfinite(losses.loss)
+    grads = _tree.map(lambda g: torch.where(loss_ok, g, torch.nan), grads)
+    updates, opt_state = optimizer.update(grads, state.opt_state, state.meta)
+    meta = apply_updates(state.meta, updates)
+    finite, skipped = _nonfinite.verdict(leaf_ok, loss_ok, meta, opt_state)
+    new = state._replace(meta=meta, opt_state=opt_state, step=state.step + 1)
+    return new, Metrics(*losses, grad_norm, finite, skipped, leaf_ok)
 
 
 def validated(step: Step, learner: Learner, optimizer: Optimizer, *, probe: Step) -> Step:

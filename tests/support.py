@@ -178,3 +178,10 @@ def labelled_dataset(classes=7, examples=6):
     images[:, :, 0, 0, 0] = torch.arange(classes)[:, None]
     images[:, :, 0, 0, 1] = torch.arange(examples)
     return mf.tasks.ImageClasses(images, tuple(map(str, range(classes))))
+
+
+def graphs() -> int:
+    """Compiled graphs of this process so far: traced here, or loaded from torch's caches (a
+    compiled step of the same configuration saved by an earlier process counts as one)."""
+    counters = torch._dynamo.utils.counters
+    return counters["stats"]["unique_graphs"] + counters["dynamo_cache"]["dynamo_cache_hit"]

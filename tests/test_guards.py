@@ -35,19 +35,28 @@ def _same(a, b):
 
 
 @pytest.mark.compile
-def test_a_global_the_loss_reads_rebound_between_steps_recompiles():
+def test_a_step_is_a_snapshot_of_what_the_loss_reads_and_a_new_step_sees_a_rebound_global():
+    """As with jax.jit, a compiled step computes what the loss's globals were when it was
+    built: it is keyed by them (and saved under that key for later processes), not guarded by
+    their identity on every call. make_step again gives the step of the new binding; with
+    cache=False, Dynamo's own identity guards recompile the same step."""
     global ACT
     fn, params = mf.pure(_net())
     learner, opt, compiled, eager = _steps(lambda p, x: ACT(fn(p, x)))
+    unkeyed = mf.make_step(learner, opt, backend="aot_eager", cache=False)
     state, tasks = mf.init_state(learner, opt, params), sine_tasks(n=2)
-    graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
     try:
-        _same(compiled(state, tasks), eager(state, tasks))
+        relu = eager(state, tasks)
+        _same(compiled(state, tasks), relu)
+        _same(unkeyed(state, tasks), relu)
         ACT = torch.tanh  # relu and tanh differ on the negative outputs of the net
-        _same(compiled(state, tasks), eager(state, tasks))
+        tanh = eager(state, tasks)
+        assert not torch.equal(relu[1].loss, tanh[1].loss)
+        _same(compiled(state, tasks), relu)  # the snapshot
+        _same(mf.make_step(learner, opt, backend="aot_eager")(state, tasks), tanh)
+        _same(unkeyed(state, tasks), tanh)
     finally:
         ACT = torch.relu
-    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] - graphs == 2
 
 
 class _Doubles(nn.Module):

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch._dynamo.utils
-from support import assert_equal_states, dropout_net
+from support import assert_equal_states, dropout_net, graphs
 
 import metafunc as mf
 from metafunc import _tree
@@ -128,10 +128,10 @@ def test_compiled_step_with_dropout_equals_eager_one_graph():
     eager = run(
         mf.make_step(learner, opt, compile=False), mf.init_state(learner, opt, params, seed=2), 3
     )
-    graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+    before = graphs()
     step = mf.make_step(learner, opt, backend="aot_eager")
     compiled = run(step, mf.init_state(learner, opt, params, seed=2), 3)
-    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] - graphs == 1
+    assert graphs() - before == 1
     assert_equal_states(compiled, eager)
 
 
@@ -143,9 +143,9 @@ def test_inductor_step_with_random_ops_draws_what_eager_draws():
     eager = run(
         mf.make_step(learner, opt, compile=False), mf.init_state(learner, opt, params, seed=2), 3
     )
-    graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+    before = graphs()
     compiled = run(mf.make_step(learner, opt), mf.init_state(learner, opt, params, seed=2), 3)
-    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] - graphs == 1
+    assert graphs() - before == 1
     for a, b in zip(_tree.leaves(compiled), _tree.leaves(eager), strict=True):
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
 

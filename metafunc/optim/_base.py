@@ -99,9 +99,9 @@ def check_optimizer(where: str, name: str, value: Any) -> Optimizer:
 PROBE_COUNTS = (0, 1, 10, 100, 1000, 10**4, 10**5, 10**6)
 
 
-def learning_rate(where: str, value: Any) -> float | torch.Tensor | Schedule:
-    """A positive finite number, or a schedule that returns finite scalars and is positive
-    somewhere.
+def learning_rate(where: str, value: Any) -> torch.Tensor | Schedule:
+    """A positive finite number or 0-d tensor, as a 0-d tensor (:func:`rate`), or a schedule
+    that returns finite scalars and is positive somewhere.
 
     A schedule is called here, eagerly, at the counts in ``PROBE_COUNTS``, so a mistake
     surfaces when the optimizer is built rather than inside a compiled step. It must return a
@@ -115,7 +115,7 @@ def learning_rate(where: str, value: Any) -> float | torch.Tensor | Schedule:
     if isinstance(value, Real) and not isinstance(value, bool):
         if not (math.isfinite(value) and float(value) > 0):
             raise ValueError(f"{expected} (got {value!r})")
-        return float(value)
+        return rate(float(value))
     if not callable(value):
         raise TypeError(f"{expected} (got {value!r} of type {type(value).__name__})")
     seen: list[tuple[int, float]] = []
@@ -157,6 +157,17 @@ def _scalar(got: Any) -> tuple[str | None, float]:
     return f"{got!r} of type {type(got).__name__}", math.nan
 
 
+def rate(value: float | torch.Tensor) -> torch.Tensor:
+    """A learning rate held in a one-element tensor: a compiled step reads it as an input, so a
+    step built again with another rate (a new learner or optimizer of the same configuration)
+    runs without compiling again, and a rate the user holds in a 0-d tensor can be changed in
+    place. A number becomes a float64 tensor; a tensor is viewed, not copied. (Not 0-d:
+    Dynamo reads a 0-d float64 CPU input as a Python number and traces the step twice.)"""
+    if isinstance(value, torch.Tensor):
+        return value.view(1)
+    return torch.tensor([float(value)], dtype=torch.float64)
+
+
 def tensor_rate(where: str, value: torch.Tensor) -> torch.Tensor:
     """A learning rate held in a 0-d floating-point tensor, checked positive and finite (when
     not compiling). It is an input of a compiled step, not a constant baked into it: change
@@ -170,14 +181,17 @@ def tensor_rate(where: str, value: torch.Tensor) -> torch.Tensor:
         raise ValueError(
             f"{where}: lr must be a positive finite number (got tensor {value.item()!r})"
         )
-    return value
+    return rate(value)
 
 
 def rate_at(
     lr: float | torch.Tensor | Schedule, count: torch.Tensor | None
 ) -> float | torch.Tensor:
-    """The learning rate for this update: a number or tensor, or the schedule at ``count``."""
-    if isinstance(lr, (float, torch.Tensor)):
+    """The learning rate for this update: a number or tensor (0-d), or the schedule at
+    ``count``."""
+    if isinstance(lr, torch.Tensor):
+        return lr.view(())
+    if isinstance(lr, float):
         return lr
     assert count is not None  # a scheduled optimizer keeps its count (static: no graph break)
     value = lr(count)
@@ -185,7 +199,7 @@ def rate_at(
 
 
 def scale(rate: float | torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """``rate * x`` in ``x``'s dtype (a schedule's rate is a float64 tensor)."""
+    """``rate * x`` in ``x``'s dtype (a rate is a float64 tensor)."""
     if isinstance(rate, torch.Tensor):
         rate = rate.to(x.dtype)
     return rate * x

@@ -1,0 +1,170 @@
+"""A fingerprint of everything a compiled step's graph depends on besides its tensor inputs.
+
+The compiled step is keyed by it: in a process, a step built again from an equal configuration
+reuses the compiled graph, and across processes it names the graph saved on disk. Dynamo's own
+guards cannot do this (they compare object identities, which no other process shares), so the
+fingerprint walks the learner and the optimizer as Dynamo would trace them: functions by their
+code, the values their closures and defaults hold and the globals their code reads; modules by
+their class, attributes and submodules; numbers, strings and flags by value; tensors by dtype,
+shape and device only, since their values are inputs of the graph, read on every call (so a
+learning rate held in a 0-d tensor can change without a new graph). Code of torch, optree, the
+standard library and metafunc itself is named, not read (the versions are in the key).
+Anything it cannot describe makes the fingerprint ``None``: the step then compiles on its own,
+as it would without a cache.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import inspect
+import sys
+import types
+from typing import Any
+
+import torch
+
+_LIBRARIES = ("torch", "metafunc", "optree", "functorch", "numpy")
+_PRIMITIVES = (type(None), bool, int, float, complex, str, bytes)
+_REPR = (torch.dtype, torch.device, torch.Size, torch.layout, torch.memory_format)
+
+
+class _Opaque(Exception):
+    """An object the fingerprint cannot describe."""
+
+
+def fingerprint(*objects: Any) -> str | None:
+    """The SHA-256 of ``objects`` (see the module's docstring), or ``None`` when one of them
+    holds something that cannot be described."""
+    walker = _Walker()
+    try:
+        for obj in objects:
+            walker.visit(obj)
+    except (_Opaque, RecursionError):
+        return None
+    return walker.digest.hexdigest()
+
+
+class _Walker:
+    def __init__(self) -> None:
+        self.digest = hashlib.sha256()
+        self.seen: dict[int, int] = {}
+        self.alive: list[Any] = []  # keeps ids unique while walking
+
+    def emit(self, *parts: Any) -> None:
+        self.digest.update(repr(parts).encode())
+        self.digest.update(b"\0")
+
+    def visit(self, obj: Any) -> None:
+        if isinstance(obj, _PRIMITIVES):
+            self.emit("v", type(obj).__name__, obj)
+            return
+        if isinstance(obj, _REPR):
+            self.emit("r", repr(obj))
+            return
+        if isinstance(obj, torch.Tensor):
+            self.emit("t", obj.dtype, tuple(obj.shape), obj.device.type, obj.requires_grad)
+            return
+        if id(obj) in self.seen:  # a cycle, or an object met before
+            self.emit("ref", self.seen[id(obj)])
+            return
+        self.seen[id(obj)] = len(self.seen)
+        self.alive.append(obj)
+        self._visit(obj)
+
+    def _visit(self, obj: Any) -> None:
+        if isinstance(obj, types.ModuleType):
+            self.emit("module", obj.__name__)
+        elif isinstance(obj, type):
+            self._class(obj)
+        elif isinstance(obj, types.FunctionType):
+            self._function(obj)
+        elif isinstance(obj, functools.partial):
+            self.emit("partial")
+            self.visit(obj.func)
+            self.visit(obj.args)
+            self.visit(obj.keywords)
+        elif isinstance(obj, types.MethodType):
+            self.emit("method")
+            self.visit(obj.__self__)
+            self.visit(obj.__func__)
+        elif isinstance(obj, (tuple, list)):
+            self.emit("seq", _qualified(type(obj)), len(obj))
+            for item in obj:
+                self.visit(item)
+        elif isinstance(obj, dict):
+            self.emit("dict", _qualified(type(obj)), len(obj))
+            for k, v in obj.items():
+                self.visit(k)
+                self.visit(v)
+        elif isinstance(obj, (set, frozenset)):
+            self.emit("set", sorted(repr(x) for x in obj))
+        elif dataclasses.is_dataclass(obj):
+            self.emit("dataclass", _qualified(type(obj)))
+            self._class(type(obj))
+            for field in dataclasses.fields(obj):
+                self.visit(field.name)
+                self.visit(getattr(obj, field.name))
+        elif hasattr(obj, "__dict__"):
+            # modules (their parameters, buffers, submodules, hooks and training flag live in
+            # __dict__), metafunc's records and the user's own objects
+            self.emit("object")
+            self._class(type(obj))
+            self.visit(vars(obj))
+        elif callable(obj) and _library(getattr(obj, "__module__", None) or "builtins"):
+            # builtins and torch's ops: named, fixed by the versions in the key
+            self.emit("callable", type(obj).__qualname__, _name(obj))
+        else:
+            raise _Opaque(type(obj))
+
+    def _class(self, cls: type) -> None:
+        self.emit("class", _qualified(cls))
+        if _library(cls.__module__) or cls.__module__ == "builtins":
+            return
+        try:  # the user's class: its source decides what its methods trace to
+            self.emit("source", inspect.getsource(cls))
+        except (OSError, TypeError) as e:
+            raise _Opaque(cls) from e
+
+    def _function(self, fn: types.FunctionType) -> None:
+        self.emit("function", fn.__module__, fn.__qualname__)
+        if not _library(fn.__module__ or ""):
+            self._code(fn.__code__)
+            for name in sorted(_names(fn.__code__)):
+                if name in fn.__globals__:
+                    self.visit(name)
+                    self.visit(fn.__globals__[name])
+        self.visit(fn.__defaults__)
+        self.visit(fn.__kwdefaults__)
+        self.visit([cell.cell_contents for cell in fn.__closure__ or ()])
+
+    def _code(self, code: types.CodeType) -> None:
+        self.emit("code", code.co_code, code.co_names, code.co_varnames, code.co_freevars)
+        for const in code.co_consts:
+            if isinstance(const, types.CodeType):
+                self._code(const)
+            else:
+                self.emit("const", repr(const))
+
+
+def _names(code: types.CodeType) -> set[str]:
+    """The global names ``code`` and the code nested in it may read."""
+    names = set(code.co_names)
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):
+            names |= _names(const)
+    return names
+
+
+def _library(module: str) -> bool:
+    root = module.split(".")[0]
+    return root in _LIBRARIES or root in sys.stdlib_module_names
+
+
+def _qualified(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def _name(obj: Any) -> str:
+    return f"{getattr(obj, '__module__', None)}.{getattr(obj, '__qualname__', None) or getattr(obj, '__name__', repr(obj))}"
