@@ -6,9 +6,11 @@ extras (JAX, optax) are used where installed; the JAX worker's test skips withou
 """
 
 import dataclasses
+import importlib
 import importlib.util
 import json
 import os
+import pkgutil
 import subprocess
 import sys
 import textwrap
@@ -263,3 +265,48 @@ def test_the_workload_rows_are_data():
     assert w == dataclasses.replace(
         WORKLOADS["sine-5step"], name="sine-5step/tasks=1024", tasks=1024
     )
+
+
+STUDIES = ["step_variants", "memory", "nonfinite_guard", "distributed"]
+
+
+def test_importing_any_benchmark_module_runs_nothing():
+    """The harness and every study import without doing work: nothing printed, no error from
+    arguments that are not theirs (a study that parsed ``sys.argv`` on import would fail here)."""
+    import benchmarks
+    import benchmarks.studies
+
+    modules = [
+        m.name
+        for package in (benchmarks, benchmarks.studies)
+        for m in pkgutil.iter_modules(package.__path__, package.__name__ + ".")
+        if m.name != "benchmarks.__main__" and not m.ispkg
+    ]
+    assert {f"benchmarks.studies.{s}" for s in STUDIES} <= set(modules)
+    if not HAS_JAX:
+        modules.remove("benchmarks.impls_jax")
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import importlib, sys\nfor m in sys.argv[1:]: importlib.import_module(m)",
+            *modules,
+        ],
+        cwd=ROOT,
+        env=harness.worker_env(1, "cpu"),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout == ""
+
+
+@pytest.mark.parametrize("name", STUDIES)
+def test_each_study_starts_one_way(name, capsys):
+    study = importlib.import_module(f"benchmarks.studies.{name}")
+    with pytest.raises(SystemExit) as exit_:
+        study.main(["--help"])
+    assert exit_.value.code == 0
+    assert capsys.readouterr().out.startswith(f"usage: python -m benchmarks.studies.{name}")
