@@ -234,7 +234,7 @@ def _compile(
 ) -> Step:
     """``torch.compile`` of the whole step: one graph, static shapes. With Inductor on the CPU
     the graph's wrapper is C++ (``cpp_wrapper``): calling each kernel from Python costs the
-    small steps up to a third of their time (``python -m benchmarks.step_variants``). A step
+    small steps up to a third of their time (``python -m benchmarks.studies.step_variants``). A step
     with random operations uses torch's own random kernels (``fallback_random``): Inductor's
     draw other numbers than the eager step does. ``given`` (the caller's options) wins."""
     # identity checks of torch's and metafunc's own modules and functions are not repeated
