@@ -120,6 +120,7 @@ class WorkerProc:
         payload = {
             "framework": spec.framework,
             "factory": spec.factory,
+            "imports": list(spec.needs),
             "kwargs": kwargs,
             "workload": dataclasses.asdict(w),
             "data": str(data_path),
@@ -433,7 +434,8 @@ def environment(settings: Settings) -> dict[str, Any]:
             if k.endswith("_NUM_THREADS") or k.startswith(("XLA_", "JAX_"))
         },
     }
-    for package in ("torch", "jax", "jaxlib", "optax", "higher", "torchopt", "optree"):
+    packages = ("torch", "jax", "jaxlib", "optax", "higher", "torchopt", "parallel-metalearn")
+    for package in (*packages, "optree"):
         try:
             info[package] = importlib.metadata.version(package)
         except importlib.metadata.PackageNotFoundError:

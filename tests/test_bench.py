@@ -310,3 +310,55 @@ def test_each_study_starts_one_way(name, capsys):
         study.main(["--help"])
     assert exit_.value.code == 0
     assert capsys.readouterr().out.startswith(f"usage: python -m benchmarks.studies.{name}")
+
+
+TINY_CONV = Workload(
+    "tiny-conv", "conv", tasks=2, inner_steps=1, hidden=4, inner_lr=0.4, blocks=1,
+    image_size=8, tolerance=1e-3,
+)  # fmt: skip
+NEW_ROWS = {  # registry name -> what it needs installed
+    "torchopt vmap": "torchopt",
+    "parallel-metalearn": "metalearn",
+}
+
+
+def _meta_grad(name: str, w: Workload) -> dict[str, np.ndarray]:
+    """One step of a registered torch row in this process; its meta-gradient (from Adam)."""
+    import torch
+
+    from benchmarks import data
+    from benchmarks.workloads import B1
+
+    spec = impls.IMPLS[name]
+    module, _, factory = spec.factory.partition(":")
+    impl = getattr(importlib.import_module(module), factory)(
+        w, data.make_net(w), data.make_batch(w), torch.device("cpu"), **spec.kwargs
+    )
+    impl.step()
+    return {k: v / (1 - B1) for k, v in impl.first_moment().items()}
+
+
+@pytest.mark.parametrize("name", list(NEW_ROWS))
+@pytest.mark.parametrize("workload", ["sine", "sine-fo", "conv", "conv-fo"])
+def test_the_new_rows_agree_with_the_blog_loop(name, workload):
+    """What the harness checks before it times a row, at tiny sizes, second and first order
+    (two inner steps first order)."""
+    if importlib.util.find_spec(NEW_ROWS[name]) is None:
+        pytest.skip(f"{NEW_ROWS[name]} is not installed (pip install -e .[bench])")
+    w = {"sine": TINY, "conv": TINY_CONV}[workload.removesuffix("-fo")]
+    if workload.endswith("-fo"):
+        w = dataclasses.replace(w, first_order=True, inner_steps=2)
+    want = _meta_grad("blog loop", w)
+    assert harness.meta_grad_error(_meta_grad(name, w), want) < w.tolerance / 10
+    # and the check would refuse the row had it taken the other order
+    other = dataclasses.replace(w, first_order=not w.first_order)
+    assert harness.meta_grad_error(_meta_grad(name, other), want) > 10 * w.tolerance
+
+
+def test_every_registered_row_names_a_factory_that_exists():
+    for name, spec in impls.IMPLS.items():
+        module, _, factory = spec.factory.partition(":")
+        if spec.framework == "jax" and not HAS_JAX:
+            continue
+        assert callable(getattr(importlib.import_module(module), factory)), name
+    assert {"torchopt loop", "torchopt vmap", "parallel-metalearn"} <= set(impls.IMPLS)
