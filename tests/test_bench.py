@@ -189,6 +189,9 @@ def test_the_command_writes_json_markdown_and_a_chart(tmp_path, capsys):
             "--sweep-rounds",
             "1",
             "--first-calls",
+            "sine-1step",
+            "--measure-time-to-n",
+            "2",
             "--out",
             str(tmp_path),
             "--name",
@@ -211,6 +214,17 @@ def test_the_command_writes_json_markdown_and_a_chart(tmp_path, capsys):
     summary = (tmp_path / "tiny.md").read_text()
     assert "### sine-1step" in summary and "### sweep: meta_batch" in summary
     assert "| metafunc eager |" in capsys.readouterr().out
+    # time to N: computed for every row, and measured end to end in a fresh process per row
+    entry = result["workloads"]["sine-1step"]
+    assert entry["first_calls"] == {}  # eager rows: their timing worker's first call is it
+    assert set(entry["time_to_n"]) == {"blog loop", "metafunc eager"}
+    assert set(entry["time_to_n_measured"]) == {"blog loop", "metafunc eager"}
+    for runs in entry["time_to_n_measured"].values():
+        run_ = runs["2"]["cold"]
+        assert "warm" not in runs["2"]  # an eager row caches nothing: one run
+        assert run_["steps"] == 2 and run_["total_s"] == run_["first_call_s"] + run_["steps_s"]
+    assert "First call + N steps, s, computed" in summary
+    assert "| first call + N steps, measured (computed), s | N = 2 cold | N = 2 warm |" in summary
 
 
 @pytest.mark.skipif(
@@ -362,3 +376,42 @@ def test_every_registered_row_names_a_factory_that_exists():
             continue
         assert callable(getattr(importlib.import_module(module), factory)), name
     assert {"torchopt loop", "torchopt vmap", "parallel-metalearn"} <= set(impls.IMPLS)
+
+
+def test_the_time_to_n_table_is_first_call_plus_n_median_steps():
+    rows = [
+        {"impl": "eager", "compiled": False, "first_call_s": 2.0, "median_ms": 10.0},
+        {"impl": "compiled", "compiled": True, "first_call_s": 9.0, "median_ms": 1.0},
+        {"impl": "jax", "compiled": False, "first_call_s": 2.5, "median_ms": 2.0},
+        {"impl": "compiled, no fresh runs", "compiled": True, "first_call_s": 40, "median_ms": 1.5},
+        {"impl": "refused", "compiled": False, "first_call_s": 1.0, "meta_grad_error": 1.0},
+    ]
+    first_calls = {
+        "compiled": {"cold_s": 30.0, "warm_s": 5.0, "cold": {}, "warm": {}},
+        "jax": {"cold_s": 3.0, "cold": {}},
+    }
+    entry = {"rows": rows, "first_calls": first_calls, "tolerance": 1e-4}
+    got = report.time_to_n(entry)
+    assert list(got) == ["eager", "compiled", "jax", "compiled, no fresh runs"]
+    firsts = {  # cold, warm: where each comes from
+        "eager": (2.0, 2.0),  # the timing worker's (a fresh process; nothing cached)
+        "compiled": (30.0, 5.0),  # fresh processes, cold and warm
+        "jax": (3.0, 3.0),  # a fresh process; JAX caches nothing by default
+        "compiled, no fresh runs": (40.0, 40.0),  # the timing worker's, flagged
+    }
+    for impl, (cold, warm) in firsts.items():
+        row = next(r for r in rows if r["impl"] == impl)
+        assert (got[impl]["first_call_cold_s"], got[impl]["first_call_warm_s"]) == (cold, warm)
+        for n in report.TIME_TO_N:
+            seconds = got[impl]["seconds"][str(n)]
+            assert seconds["cold"] == pytest.approx(cold + n * row["median_ms"] / 1e3)
+            assert seconds["warm"] == pytest.approx(warm + n * row["median_ms"] / 1e3)
+    assert "compile cache" in got["compiled, no fresh runs"]["first_call_from"]
+    table = report.time_to_n_table(got)
+    assert "computed as the first call + N x the median ms per step" in table
+    assert "| compiled | 30.00 | 5.00 | 1 | 30.1 | 5.1 | 31 | 6 | 40 | 15 |" in table
+    assert "| eager | 2.00 | 2.00 | 10 | 3 | 3 | 12 | 12 | 102 | 102 |" in table
+    assert "| compiled, no fresh runs | 40.00* | 40.00* | 1.5 | 40.1* |" in table
+    measured = {"compiled": {"100": {"cold": {"total_s": 31.0}, "warm": {"total_s": 5.5}}}}
+    text = report.time_to_n_table(got, measured)
+    assert "| compiled | 31 (30.1) | 5.5 (5.1) |" in text
