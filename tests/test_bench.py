@@ -259,6 +259,8 @@ def test_the_gpu_script_runs_on_a_cpu_at_tiny_sizes(tmp_path):
             assert row["profile"]["aten_ops_per_step"] > 0
             assert row["first_call_concurrent"]
         assert ("jax jit" in by) == HAS_JAX
+        if HAS_JAX:  # the JAX net (lax.conv, batch statistics) computes the same meta-gradient
+            assert by["jax jit"]["ok"], by["jax jit"]
     points = result["sweeps"]["meta_batch"]["points"]
     assert [p["value"] for p in points] == [2, 3]
     assert all(r["ok"] for p in points for r in p["rows"])
@@ -272,13 +274,17 @@ def test_the_gpu_script_runs_on_a_cpu_at_tiny_sizes(tmp_path):
 
 
 def test_the_workload_rows_are_data():
-    """A sweep point is the base workload with one field changed, named after it."""
+    """A sweep point is the base workload with one field changed, named after it; the conv
+    workload comes second and first order, otherwise the same."""
     from benchmarks.workloads import WORKLOADS, sweep_point
 
     w = sweep_point("tasks", 1024)
     assert w == dataclasses.replace(
         WORKLOADS["sine-5step"], name="sine-5step/tasks=1024", tasks=1024
     )
+    conv, fo = WORKLOADS["conv-5way1shot"], WORKLOADS["conv-5way1shot-fo"]
+    assert fo == dataclasses.replace(conv, name=fo.name, first_order=True)
+    assert (conv.tasks, conv.blocks, conv.hidden, conv.tolerance) == (32, 4, 64, 1e-3)
 
 
 STUDIES = ["step_variants", "memory", "nonfinite_guard", "distributed"]
