@@ -421,9 +421,8 @@ def time_to_n(
                 got = out[name][str(n)] = {}
                 for kind in ("cold", "warm") if spec.compiled else ("cold",):
                     got[kind] = _one_run(name, spec, w, settings, _cache_env(cache), steps=n)
-                    log(
-                        f"  {name}, first call + {n} steps, {kind}: {_seconds(got[kind].get('total_s'))}"
-                    )
+                    total = _seconds(got[kind].get("total_s"))
+                    log(f"  {name}, first call + {n} steps, {kind}: {total}")
     return out
 
 
@@ -480,8 +479,8 @@ def environment(settings: Settings) -> dict[str, Any]:
             if k.endswith("_NUM_THREADS") or k.startswith(("XLA_", "JAX_"))
         },
     }
-    packages = ("torch", "jax", "jaxlib", "optax", "higher", "torchopt", "parallel-metalearn")
-    for package in (*packages, "optree"):
+    packages = ["torch", "jax", "jaxlib", "optax", "higher", "torchopt", "parallel-metalearn"]
+    for package in [*packages, "optree"]:
         try:
             info[package] = importlib.metadata.version(package)
         except importlib.metadata.PackageNotFoundError:
