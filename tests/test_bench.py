@@ -421,3 +421,37 @@ def test_the_time_to_n_table_is_first_call_plus_n_median_steps():
     measured = {"compiled": {"100": {"cold": {"total_s": 31.0}, "warm": {"total_s": 5.5}}}}
     text = report.time_to_n_table(got, measured)
     assert "| compiled | 31 (30.1) | 5.5 (5.1) |" in text
+
+
+@pytest.mark.skipif(not HAS_JAX, reason="JAX and optax are not installed (pip install -e .[bench])")
+def test_the_jax_step_compiles_once(tmp_path):
+    """Its first call is its only compile: a second one on the second call (an Adam state not
+    on the device as the weights are) would go uncounted in the first call and in time to N."""
+    from benchmarks import data
+
+    path = data.write(TINY, tmp_path / "data.npz")
+    script = textwrap.dedent(
+        f"""
+        import dataclasses, jax
+        from pathlib import Path
+        from benchmarks import impls_jax
+        from benchmarks.workloads import Workload, load_arrays
+
+        jax.config.update("jax_log_compiles", True)
+        w = Workload(**{dataclasses.asdict(TINY)!r})
+        impl = impls_jax.jax_jit(w, load_arrays(Path({str(path)!r})), "cpu")
+        for _ in range(3):
+            impl.step()
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=ROOT,
+        env=harness.worker_env(1, "cpu"),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stderr.count("Compiling jit(jstep)") == 1, done.stderr[-3000:]
