@@ -120,6 +120,7 @@ class WorkerProc:
         payload = {
             "framework": spec.framework,
             "factory": spec.factory,
+            "imports": list(spec.needs),
             "kwargs": kwargs,
             "workload": dataclasses.asdict(w),
             "data": str(data_path),
@@ -259,7 +260,10 @@ def compare(
         "description": w.describe(),
         "tolerance": w.tolerance,
     }
-    rows = {n: {"impl": n, "framework": impls[n].framework, "ok": False} for n in names}
+    rows = {
+        n: {"impl": n, "framework": impls[n].framework, "compiled": impls[n].compiled, "ok": False}
+        for n in names
+    }
     entry["rows"] = [rows[n] for n in impls]  # reported in the order asked for
     if settings.time_left() <= 0:
         entry["skipped"] = "the run's time limit was reached before this workload"
@@ -382,14 +386,10 @@ def first_calls(
         if not (spec.compiled or spec.framework == "jax"):
             continue
         with tempfile.TemporaryDirectory() as cache:
-            env = {
-                "TORCHINDUCTOR_CACHE_DIR": cache,
-                "TRITON_CACHE_DIR": str(Path(cache) / "triton"),
-            }
             runs = ("cold", "warm") if spec.compiled else ("cold",)
             got: dict[str, Any] = {}
             for kind in runs:
-                got[kind] = _one_first_call(name, spec, w, settings, env)
+                got[kind] = _one_run(name, spec, w, settings, _cache_env(cache))
                 got[f"{kind}_s"] = got[kind].get("first_call_s")
                 log(f"  {name}, {kind}: {_seconds(got[f'{kind}_s'])}")
         if not spec.compiled:
@@ -398,14 +398,60 @@ def first_calls(
     return out
 
 
-def _one_first_call(
-    name: str, spec: ImplSpec, w: Workload, settings: Settings, env: dict[str, str]
+def time_to_n(
+    w: Workload,
+    impls: dict[str, ImplSpec],
+    settings: Settings,
+    steps: list[int],
+    *,
+    log: Log = print,
+) -> dict[str, dict[str, dict[str, Any]]]:
+    """First call + N steps measured end to end, to check the table that computes them
+    (``report.time_to_n``): for every row and every N in ``steps``, a fresh worker builds the
+    step, takes its first call, then N steps in one block; the time is the first call plus the
+    block (imports not counted, as for first calls). A compiled row runs cold (an empty
+    inductor cache of its own) then warm (a second process reusing it); any other row runs once
+    (it caches nothing, so cold is warm). Returns ``{row: {str(N): {"cold": run, "warm": run}}}``
+    with each run's ``first_call_s``, ``steps_s`` and ``total_s`` (or its ``error``)."""
+    out: dict[str, dict[str, dict[str, Any]]] = {}
+    for name, spec in impls.items():
+        out[name] = {}
+        for n in steps:
+            with tempfile.TemporaryDirectory() as cache:
+                got = out[name][str(n)] = {}
+                for kind in ("cold", "warm") if spec.compiled else ("cold",):
+                    got[kind] = _one_run(name, spec, w, settings, _cache_env(cache), steps=n)
+                    total = _seconds(got[kind].get("total_s"))
+                    log(f"  {name}, first call + {n} steps, {kind}: {total}")
+    return out
+
+
+def _cache_env(cache: str) -> dict[str, str]:
+    """Inductor's (and Triton's) on-disk caches in ``cache`` (empty: a cold start)."""
+    return {"TORCHINDUCTOR_CACHE_DIR": cache, "TRITON_CACHE_DIR": str(Path(cache) / "triton")}
+
+
+def _one_run(
+    name: str,
+    spec: ImplSpec,
+    w: Workload,
+    settings: Settings,
+    env: dict[str, str],
+    *,
+    steps: int = 0,
 ) -> dict[str, Any]:
+    """A fresh worker's build reply (its first call), and with ``steps`` the time of that many
+    more steps (``steps_s``) and of the whole (``total_s``)."""
     with tempfile.TemporaryDirectory() as tmp, _workers() as workers:
         path = data.write(w, Path(tmp) / "data.npz")
         workers[name] = WorkerProc(name, spec, w, path, settings, Path(tmp) / "worker.log", env)
         try:
-            return workers[name].request({"cmd": "build", "grad_out": str(Path(tmp) / "g.npz")})
+            reply = workers[name].request({"cmd": "build", "grad_out": str(Path(tmp) / "g.npz")})
+            if steps:
+                block = workers[name].request({"cmd": "time", "steps": steps})
+                reply.update(steps=steps, steps_s=block["wall_s"])
+                reply["total_s"] = reply["first_call_s"] + block["wall_s"]
+            return reply
         except WorkerError as e:
             return {"error": str(e)[:1000]}
 
@@ -433,7 +479,8 @@ def environment(settings: Settings) -> dict[str, Any]:
             if k.endswith("_NUM_THREADS") or k.startswith(("XLA_", "JAX_"))
         },
     }
-    for package in ("torch", "jax", "jaxlib", "optax", "higher", "torchopt", "optree"):
+    packages = ["torch", "jax", "jaxlib", "optax", "higher", "torchopt", "parallel-metalearn"]
+    for package in [*packages, "optree"]:
         try:
             info[package] = importlib.metadata.version(package)
         except importlib.metadata.PackageNotFoundError:

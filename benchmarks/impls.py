@@ -77,7 +77,9 @@ IMPLS: dict[str, ImplSpec] = {
     ),
     "torch.func compiled": ImplSpec("torch", f"{_TORCH}:torch_func_compiled", compiled=True),
     "higher": ImplSpec("torch", f"{_TORCH}:higher_loop", needs=("higher",)),
-    "torchopt": ImplSpec("torch", f"{_TORCH}:torchopt_loop", needs=("torchopt",)),
+    "torchopt loop": ImplSpec("torch", f"{_TORCH}:torchopt_loop", needs=("torchopt",)),
+    "torchopt vmap": ImplSpec("torch", f"{_TORCH}:torchopt_vmap", needs=("torchopt",)),
+    "parallel-metalearn": ImplSpec("torch", f"{_TORCH}:parallel_metalearn", needs=("metalearn",)),
     "jax jit": ImplSpec("jax", "benchmarks.impls_jax:jax_jit", needs=("jax", "optax")),
 }
 

@@ -51,7 +51,9 @@ def jax_jit(w: Workload, arrays: dict[str, np.ndarray], device: str) -> Impl:
 
     support = tuple(jax.device_put(arrays[f"support/{i}"], target) for i in (0, 1))
     query = tuple(jax.device_put(arrays[f"query/{i}"], target) for i in (0, 1))
-    held = [params, tx.init(params)]
+    # the state on the device as the weights are: an uncommitted Adam count would make the
+    # second call compile the step again (the first returns it committed)
+    held = [params, jax.device_put(tx.init(params), target)]
 
     def step() -> None:
         held[:] = jstep(held[0], held[1], support, query)

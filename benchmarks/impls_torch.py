@@ -188,8 +188,9 @@ def higher_loop(w: Workload, net: nn.Module, tasks: mf.Tasks, device: torch.devi
 
 
 def torchopt_loop(w: Workload, net: nn.Module, tasks: mf.Tasks, device: torch.device) -> Impl:
-    """TorchOpt's functional API: a loop over tasks with ``torchopt.sgd`` inner updates
-    (``inplace=False``, differentiable) and a functional ``torchopt.adam`` outer update."""
+    """TorchOpt's functional optimizers in a Python loop over tasks: ``torchopt.sgd`` inner
+    updates (``inplace=False``, differentiable) and a functional ``torchopt.adam`` outer update
+    with ``torchopt.apply_updates``."""
     import torchopt
 
     fn, params = mf.pure(net)
@@ -227,3 +228,115 @@ def torchopt_loop(w: Workload, net: nn.Module, tasks: mf.Tasks, device: torch.de
         return _numpy(dict(zip(sorted(held[0]), adam_state.mu, strict=True)))
 
     return Impl(step, first_moment, _cuda_peak(device))
+
+
+def torchopt_vmap(w: Workload, net: nn.Module, tasks: mf.Tasks, device: torch.device) -> Impl:
+    """TorchOpt's functional MAML example (``examples/FuncTorch/maml_omniglot_vmap.py``):
+    ``vmap`` over tasks of an inner loop of ``grad`` and differentiable ``torchopt.sgd``
+    updates (``update(..., inplace=False)``, ``torchopt.apply_updates(..., inplace=False)``),
+    one backward of the query losses, ``torch.optim.Adam``.
+
+    As in the example, except: ``torch.func`` where it used functorch's
+    ``make_functional_with_buffers`` (gone from torch), the mean of the query losses where it
+    took their sum (the workload's meta-loss), and first order (which the example does not
+    have) by detaching the inner gradients.
+    """
+    import torchopt
+    from torch.func import grad, vmap
+
+    params = dict(net.named_parameters())
+    meta_opt = torch.optim.Adam(params.values(), lr=OUTER_LR)
+    crit = _criterion(w)
+
+    def compute_loss(new_params, x, y):
+        return crit(functional_call(net, new_params, (x,)), y)
+
+    def loss_for_task(x_spt, y_spt, x_qry, y_qry):
+        opt = torchopt.sgd(lr=w.inner_lr)
+        opt_state = opt.init(params)
+        new_params = params
+        for _ in range(w.inner_steps):
+            grads = grad(compute_loss)(new_params, x_spt, y_spt)
+            if w.first_order:
+                grads = {k: g.detach() for k, g in grads.items()}
+            updates, opt_state = opt.update(grads, opt_state, inplace=False)
+            new_params = torchopt.apply_updates(new_params, updates, inplace=False)
+        return compute_loss(new_params, x_qry, y_qry)
+
+    (xs, ys), (xq, yq) = tasks.support, tasks.query
+
+    def step() -> None:
+        meta_opt.zero_grad()
+        qry_losses = vmap(loss_for_task)(xs, ys, xq, yq)
+        qry_losses.mean().backward()
+        meta_opt.step()
+        _sync(device)
+
+    return Impl(step, lambda: _adam_first_moment(meta_opt, net), _cuda_peak(device))
+
+
+class _Part(nn.Module):
+    """Layers that take and ignore the keyword arguments parallel-metalearn's ``MAML_Model``
+    passes to its backbone and head (``training=``, ``num_step=``)."""
+
+    def __init__(self, layers: nn.Module) -> None:
+        super().__init__()
+        self.layers = layers
+
+    def forward(self, x: torch.Tensor, **_: Any) -> torch.Tensor:
+        return self.layers(x)
+
+
+def parallel_metalearn(w: Workload, net: nn.Module, tasks: mf.Tasks, device: torch.device) -> Impl:
+    """parallel-metalearn 0.5.6 (``metalearn``) used as its README shows MAML: the network as
+    ``MAML_Model(backbone, head)``, ``InnerSGD`` at a fixed rate (``learn_lr=False``: plain
+    MAML, not Meta-SGD), ``torch.optim.Adam``, and ``MAML(...).step(batches)``, which
+    ``vmap``s the inner loop of ``torch.func.grad`` steps over the tasks, calls backward on the
+    mean query loss, steps the optimizer and reads the loss back (``.item()``), eagerly.
+
+    The backbone is the shared network without its last layer, the head that layer (the same
+    parameters every row starts from). It ships no regression loss: ``MSE`` below is the
+    smallest ``BaseLoss`` a user would write. ``chunk_size`` is the whole meta-batch (its
+    default is 80 tasks): one ``vmap``, as metafunc's step.
+    """
+    import itertools
+
+    import torch.nn.functional as F
+    from metalearn.algorithms import MAML
+    from metalearn.inner_optimizers import InnerSGD
+    from metalearn.loss import BaseLoss, CategoricalAccuracy, CrossEntropy
+    from metalearn.model_wrappers import MAML_Model
+
+    class MSE(BaseLoss):
+        def forward(self, out_dict, targets, model_states=None, **kwargs):
+            loss = F.mse_loss(out_dict["logits"], targets)
+            return loss, loss.detach()
+
+    model = MAML_Model(backbone=_Part(net[:-1]), head=_Part(net[-1:]))
+    meta_opt = torch.optim.Adam(model.parameters(), lr=OUTER_LR)
+    inner_opt = InnerSGD(
+        initial_fast_weights=model.get_fast_weights(),
+        inner_lr=w.inner_lr,
+        first_order=w.first_order,
+        max_inner_steps=w.inner_steps,
+        learn_lr=False,
+    )
+    algorithm = MAML(
+        model=model,
+        optimizer=meta_opt,
+        inner_optimizer=inner_opt,
+        support_loss_fn=MSE() if w.kind == "sinusoid" else CrossEntropy(CategoricalAccuracy()),
+        inner_steps=w.inner_steps,
+        chunk_size=w.tasks,
+        device=device,
+    )
+    (xs, ys), (xq, yq) = tasks.support, tasks.query
+    if w.kind != "sinusoid":  # its classification losses read the labels from a dict
+        ys, yq = {"labels": ys}, {"labels": yq}
+    batches = itertools.repeat((xs, ys, xq, yq))
+
+    def step() -> None:
+        algorithm.step(batches)
+        _sync(device)
+
+    return Impl(step, lambda: _adam_first_moment(meta_opt, net), _cuda_peak(device))

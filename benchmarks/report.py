@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .impls import REFERENCE
+from .impls import IMPLS, REFERENCE
 from .worker import COMPILE_PHASES
 
 
@@ -112,7 +112,124 @@ def workload_table(entry: dict[str, Any]) -> str:
         text += "\n\n" + profile_table(rows)
     if entry.get("first_calls"):
         text += "\n\n" + first_call_table(entry["first_calls"])
+    if any("median_ms" in r for r in rows):
+        text += "\n\n" + time_to_n_table(time_to_n(entry), entry.get("time_to_n_measured"))
     return text
+
+
+TIME_TO_N = (100, 1_000, 10_000)
+
+
+def time_to_n(entry: dict[str, Any], steps: tuple[int, ...] = TIME_TO_N) -> dict[str, Any]:
+    """The time a user waits for the first call and ``N`` more steps, for every timed row:
+    ``first call + N x median step``, computed from the workload's measurements.
+
+    The first call is taken, cold and warm, from the fresh processes of ``first_calls`` where
+    they ran (compiled rows: cold with an empty compile cache, warm reusing it; JAX: its first
+    call compiles every time, so warm is cold). A row that caches nothing (eager) has one first
+    call, the timing worker's (a fresh process too): cold is warm. A compiled row without fresh
+    processes uses the timing worker's first call for both, with whatever compile cache the
+    machine had, and says so (``first_call_from``)."""
+    first_calls = entry.get("first_calls") or {}
+    out: dict[str, Any] = {}
+    for r in entry["rows"]:
+        if "median_ms" not in r:
+            continue
+        fresh = first_calls.get(r["impl"], {})
+        if "cold" in fresh:
+            cold = fresh.get("cold_s")
+            warm = fresh.get("warm_s") if "warm" in fresh else cold
+            source = "fresh processes" if "warm" in fresh else "a fresh process (no cache)"
+        elif not r.get("compiled", getattr(IMPLS.get(r["impl"]), "compiled", False)):
+            cold = warm = r["first_call_s"]
+            source = "the timing worker (no cache)"
+        else:
+            cold = warm = r["first_call_s"]
+            source = "the timing worker (the machine's compile cache)"
+        if r.get("first_call_concurrent") and "cold" not in fresh:
+            source += ", built beside the other rows"
+        seconds = {
+            str(n): {
+                kind: None if first is None else first + n * r["median_ms"] / 1e3
+                for kind, first in (("cold", cold), ("warm", warm))
+            }
+            for n in steps
+        }
+        out[r["impl"]] = {
+            "first_call_cold_s": cold,
+            "first_call_warm_s": warm,
+            "first_call_from": source,
+            "median_ms": r["median_ms"],
+            "seconds": seconds,
+        }
+    return out
+
+
+def time_to_n_table(computed: dict[str, Any], measured: dict[str, Any] | None = None) -> str:
+    """The computed time to N steps (:func:`time_to_n`), and where ``harness.time_to_n``
+    measured them end to end, each measurement beside the computed value."""
+    steps = list(next(iter(computed.values()))["seconds"]) if computed else []
+    head = " | ".join(f"N = {int(n):,} cold | N = {int(n):,} warm" for n in steps)
+    lines = [
+        "First call + N steps, s, computed as the first call + N x the median ms per step above "
+        "(not run end to end). Cold: a fresh process with an empty compile cache; warm: a fresh "
+        "process reusing the cache a cold one wrote; a row that caches nothing has one first "
+        "call (cold = warm). * a compiled row whose first call was not measured in fresh "
+        "processes (`--first-calls`): its timing worker's first call, with whatever compile "
+        "cache the machine had, stands for both.",
+        "",
+        f"| first call + N steps, s | first call cold | first call warm | ms/step | {head} |",
+        "|---" * (4 + 2 * len(steps)) + "|",
+    ]
+    for impl, got in computed.items():
+        mark = "*" if "compile cache" in got["first_call_from"] else ""
+        cells = [
+            _seconds(got["first_call_cold_s"]) + mark,
+            _seconds(got["first_call_warm_s"]) + mark,
+            _ms(got["median_ms"]),
+        ]
+        for n in steps:
+            cells += [_total(got["seconds"][n][kind]) + mark for kind in ("cold", "warm")]
+        lines.append(f"| {impl} | " + " | ".join(cells) + " |")
+    if measured:
+        lines += ["", measured_table(computed, measured)]
+    return "\n".join(lines)
+
+
+def measured_table(computed: dict[str, Any], measured: dict[str, Any]) -> str:
+    """First call + N steps run end to end in fresh processes (``--measure-time-to-n``), each
+    beside its computed value in brackets."""
+    steps = list(dict.fromkeys(n for got in measured.values() for n in got))
+    head = " | ".join(f"N = {int(n):,} cold | N = {int(n):,} warm" for n in steps)
+    lines = [
+        "The same, measured: a fresh process per row and N takes its first call and N steps, "
+        "timed end to end (imports not counted); computed values in brackets.",
+        "",
+        f"| first call + N steps, measured (computed), s | {head} |",
+        "|---" * (1 + 2 * len(steps)) + "|",
+    ]
+    for impl, got in measured.items():
+        cells = []
+        for n in steps:
+            runs = got.get(n, {})
+            for kind in ("cold", "warm"):
+                run = runs.get(kind, runs.get("cold"))  # one run: nothing cached, cold = warm
+                row = computed.get(impl)
+                first = None if row is None else row[f"first_call_{kind}_s"]
+                want = None if first is None else first + int(n) * row["median_ms"] / 1e3
+                got_s = None if run is None else run.get("total_s")
+                cells.append(
+                    ("" if run is None else _total(got_s))
+                    + ("" if want is None else f" ({_total(want)})")
+                )
+        lines.append(f"| {impl} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _total(value: float | None) -> str:
+    if value is None:
+        return "failed"
+    return f"{value:.3g}" if value < 1000 else f"{value:.0f}"
 
 
 def profile_table(rows: list[dict[str, Any]]) -> str:
@@ -269,6 +386,9 @@ def rerender(path: Path) -> list[Path]:
         for row in entry.get("rows", []):
             if row.get("blocks"):
                 row.update(summarise(row["blocks"], entry["workload"]["tasks"]))
+    for entry in result.get("workloads", {}).values():
+        if any("median_ms" in row for row in entry.get("rows", [])):
+            entry["time_to_n"] = time_to_n(entry)
     written = [write(result, path), path.with_suffix(".md")]
     for name, sweep in result.get("sweeps", {}).items():
         chart = path.with_name(f"{path.stem}-scaling-{name}.png")

@@ -71,6 +71,16 @@ def parser() -> argparse.ArgumentParser:
         "processes, with JAX's (default sine-5step; none: leave it out)",
     )
     p.add_argument(
+        "--measure-time-to-n",
+        nargs="*",
+        type=int,
+        default=None,
+        metavar="N",
+        help="for the workloads of --first-calls, also run the first call + N steps end to end "
+        "in fresh processes (cold and warm), beside the computed time-to-N table "
+        "(bare: 100 1000)",
+    )
+    p.add_argument(
         "--backend",
         default=None,
         help="torch.compile backend of the compiled torch rows (default: torch's, inductor)",
@@ -139,6 +149,12 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
         if name in args.first_calls:
             log(f"{name}: first calls in fresh processes")
             entry["first_calls"] = harness.first_calls(w, chosen, settings, log=log)
+            if args.measure_time_to_n is not None:
+                steps = args.measure_time_to_n or [100, 1000]
+                log(f"{name}: first call + {steps} steps in fresh processes")
+                agreed = {r["impl"]: chosen[r["impl"]] for r in entry["rows"] if r["ok"]}
+                entry["time_to_n_measured"] = harness.time_to_n(w, agreed, settings, steps, log=log)
+        entry["time_to_n"] = report.time_to_n(entry)
         result["workloads"][name] = entry
         save()
         log(report.workload_table(entry))

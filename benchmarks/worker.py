@@ -38,7 +38,7 @@ COMPILE_PHASES = {
     "PyCodeCache.load_by_key_path": "inductor: loading the compiled module (and the wait)",
 }
 
-WATCHED_MODULES = ("torch", "jax", "jaxlib", "metafunc", "optax", "higher", "torchopt")
+WATCHED_MODULES = ("torch", "jax", "jaxlib", "metafunc", "optax", "higher", "torchopt", "metalearn")
 
 
 def machine_busy_s() -> float | None:
@@ -117,6 +117,8 @@ class Worker:
         device_name = self.setup_framework()
         module, _, name = self.spec["factory"].partition(":")
         factory = getattr(importlib.import_module(module), name)
+        for library in self.spec.get("imports", ()):  # the row's own (optional) library
+            importlib.import_module(library)
         if self.framework == "torch":
             from . import data  # torch and metafunc: the network and batch as tensors
         imported = time.perf_counter()  # the first call is what follows the imports

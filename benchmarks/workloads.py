@@ -56,6 +56,16 @@ WORKLOADS = {
         # in both compiled rows (metafunc's and the hand-written one); in float64 the compiled
         # meta-gradient equals the blog loop's to 2.3e-15
         Workload("conv-5way1shot", "conv", 32, 1, hidden=64, inner_lr=0.4, tolerance=1e-3),
+        Workload(
+            "conv-5way1shot-fo",
+            "conv",
+            32,
+            1,
+            first_order=True,
+            hidden=64,
+            inner_lr=0.4,
+            tolerance=1e-3,
+        ),
     )
 }
 

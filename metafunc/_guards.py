@@ -3,7 +3,7 @@
 Before each call of a compiled function Dynamo checks its guards: the inputs' shapes, dtypes,
 strides and aliasing, the global state (grad mode, autocast), and the identity of every
 module, function and class the traced code looked up. For the step that is about a thousand
-checks, up to a tenth of a small step's time (``python -m benchmarks.step_variants``).
+checks, up to a tenth of a small step's time (``python -m benchmarks.studies.step_variants``).
 :func:`keep` drops only identity checks of objects that no run changes: modules, builtins,
 and functions, classes and code objects of torch, optree, the standard library and metafunc
 itself, looked up through those modules (or the step module's own globals). Everything

@@ -6,9 +6,11 @@ extras (JAX, optax) are used where installed; the JAX worker's test skips withou
 """
 
 import dataclasses
+import importlib
 import importlib.util
 import json
 import os
+import pkgutil
 import subprocess
 import sys
 import textwrap
@@ -189,6 +191,9 @@ def test_the_command_writes_json_markdown_and_a_chart(tmp_path, capsys):
             "--sweep-rounds",
             "1",
             "--first-calls",
+            "sine-1step",
+            "--measure-time-to-n",
+            "2",
             "--out",
             str(tmp_path),
             "--name",
@@ -211,6 +216,17 @@ def test_the_command_writes_json_markdown_and_a_chart(tmp_path, capsys):
     summary = (tmp_path / "tiny.md").read_text()
     assert "### sine-1step" in summary and "### sweep: meta_batch" in summary
     assert "| metafunc eager |" in capsys.readouterr().out
+    # time to N: computed for every row, and measured end to end in a fresh process per row
+    entry = result["workloads"]["sine-1step"]
+    assert entry["first_calls"] == {}  # eager rows: their timing worker's first call is it
+    assert set(entry["time_to_n"]) == {"blog loop", "metafunc eager"}
+    assert set(entry["time_to_n_measured"]) == {"blog loop", "metafunc eager"}
+    for runs in entry["time_to_n_measured"].values():
+        run_ = runs["2"]["cold"]
+        assert "warm" not in runs["2"]  # an eager row caches nothing: one run
+        assert run_["steps"] == 2 and run_["total_s"] == run_["first_call_s"] + run_["steps_s"]
+    assert "First call + N steps, s, computed" in summary
+    assert "| first call + N steps, measured (computed), s | N = 2 cold | N = 2 warm |" in summary
 
 
 @pytest.mark.skipif(
@@ -245,6 +261,8 @@ def test_the_gpu_script_runs_on_a_cpu_at_tiny_sizes(tmp_path):
             assert row["profile"]["aten_ops_per_step"] > 0
             assert row["first_call_concurrent"]
         assert ("jax jit" in by) == HAS_JAX
+        if HAS_JAX:  # the JAX net (lax.conv, batch statistics) computes the same meta-gradient
+            assert by["jax jit"]["ok"], by["jax jit"]
     points = result["sweeps"]["meta_batch"]["points"]
     assert [p["value"] for p in points] == [2, 3]
     assert all(r["ok"] for p in points for r in p["rows"])
@@ -258,10 +276,184 @@ def test_the_gpu_script_runs_on_a_cpu_at_tiny_sizes(tmp_path):
 
 
 def test_the_workload_rows_are_data():
-    """A sweep point is the base workload with one field changed, named after it."""
+    """A sweep point is the base workload with one field changed, named after it; the conv
+    workload comes second and first order, otherwise the same."""
     from benchmarks.workloads import WORKLOADS, sweep_point
 
     w = sweep_point("tasks", 1024)
     assert w == dataclasses.replace(
         WORKLOADS["sine-5step"], name="sine-5step/tasks=1024", tasks=1024
     )
+    conv, fo = WORKLOADS["conv-5way1shot"], WORKLOADS["conv-5way1shot-fo"]
+    assert fo == dataclasses.replace(conv, name=fo.name, first_order=True)
+    assert (conv.tasks, conv.blocks, conv.hidden, conv.tolerance) == (32, 4, 64, 1e-3)
+
+
+STUDIES = ["step_variants", "memory", "nonfinite_guard", "distributed"]
+
+
+def test_importing_any_benchmark_module_runs_nothing():
+    """The harness and every study import without doing work: nothing printed, no error from
+    arguments that are not theirs (a study that parsed ``sys.argv`` on import would fail here)."""
+    import benchmarks
+    import benchmarks.studies
+
+    modules = [
+        m.name
+        for package in (benchmarks, benchmarks.studies)
+        for m in pkgutil.iter_modules(package.__path__, package.__name__ + ".")
+        if m.name != "benchmarks.__main__" and not m.ispkg
+    ]
+    assert {f"benchmarks.studies.{s}" for s in STUDIES} <= set(modules)
+    if not HAS_JAX:
+        modules.remove("benchmarks.impls_jax")
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import importlib, sys\nfor m in sys.argv[1:]: importlib.import_module(m)",
+            *modules,
+        ],
+        cwd=ROOT,
+        env=harness.worker_env(1, "cpu"),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout == ""
+
+
+@pytest.mark.parametrize("name", STUDIES)
+def test_each_study_starts_one_way(name, capsys):
+    study = importlib.import_module(f"benchmarks.studies.{name}")
+    with pytest.raises(SystemExit) as exit_:
+        study.main(["--help"])
+    assert exit_.value.code == 0
+    assert capsys.readouterr().out.startswith(f"usage: python -m benchmarks.studies.{name}")
+
+
+TINY_CONV = Workload(
+    "tiny-conv", "conv", tasks=2, inner_steps=1, hidden=4, inner_lr=0.4, blocks=1,
+    image_size=8, tolerance=1e-3,
+)  # fmt: skip
+NEW_ROWS = {  # registry name -> what it needs installed
+    "torchopt vmap": "torchopt",
+    "parallel-metalearn": "metalearn",
+}
+
+
+def _meta_grad(name: str, w: Workload) -> dict[str, np.ndarray]:
+    """One step of a registered torch row in this process; its meta-gradient (from Adam)."""
+    import torch
+
+    from benchmarks import data
+    from benchmarks.workloads import B1
+
+    spec = impls.IMPLS[name]
+    module, _, factory = spec.factory.partition(":")
+    impl = getattr(importlib.import_module(module), factory)(
+        w, data.make_net(w), data.make_batch(w), torch.device("cpu"), **spec.kwargs
+    )
+    impl.step()
+    return {k: v / (1 - B1) for k, v in impl.first_moment().items()}
+
+
+@pytest.mark.parametrize("name", list(NEW_ROWS))
+@pytest.mark.parametrize("workload", ["sine", "sine-fo", "conv", "conv-fo"])
+def test_the_new_rows_agree_with_the_blog_loop(name, workload):
+    """What the harness checks before it times a row, at tiny sizes, second and first order
+    (two inner steps first order)."""
+    if importlib.util.find_spec(NEW_ROWS[name]) is None:
+        pytest.skip(f"{NEW_ROWS[name]} is not installed (pip install -e .[bench])")
+    w = {"sine": TINY, "conv": TINY_CONV}[workload.removesuffix("-fo")]
+    if workload.endswith("-fo"):
+        w = dataclasses.replace(w, first_order=True, inner_steps=2)
+    want = _meta_grad("blog loop", w)
+    assert harness.meta_grad_error(_meta_grad(name, w), want) < w.tolerance / 10
+    # and the check would refuse the row had it taken the other order
+    other = dataclasses.replace(w, first_order=not w.first_order)
+    assert harness.meta_grad_error(_meta_grad(name, other), want) > 10 * w.tolerance
+
+
+def test_every_registered_row_names_a_factory_that_exists():
+    for name, spec in impls.IMPLS.items():
+        module, _, factory = spec.factory.partition(":")
+        if spec.framework == "jax" and not HAS_JAX:
+            continue
+        assert callable(getattr(importlib.import_module(module), factory)), name
+    assert {"torchopt loop", "torchopt vmap", "parallel-metalearn"} <= set(impls.IMPLS)
+
+
+def test_the_time_to_n_table_is_first_call_plus_n_median_steps():
+    rows = [
+        {"impl": "eager", "compiled": False, "first_call_s": 2.0, "median_ms": 10.0},
+        {"impl": "compiled", "compiled": True, "first_call_s": 9.0, "median_ms": 1.0},
+        {"impl": "jax", "compiled": False, "first_call_s": 2.5, "median_ms": 2.0},
+        {"impl": "compiled, no fresh runs", "compiled": True, "first_call_s": 40, "median_ms": 1.5},
+        {"impl": "refused", "compiled": False, "first_call_s": 1.0, "meta_grad_error": 1.0},
+    ]
+    first_calls = {
+        "compiled": {"cold_s": 30.0, "warm_s": 5.0, "cold": {}, "warm": {}},
+        "jax": {"cold_s": 3.0, "cold": {}},
+    }
+    entry = {"rows": rows, "first_calls": first_calls, "tolerance": 1e-4}
+    got = report.time_to_n(entry)
+    assert list(got) == ["eager", "compiled", "jax", "compiled, no fresh runs"]
+    firsts = {  # cold, warm: where each comes from
+        "eager": (2.0, 2.0),  # the timing worker's (a fresh process; nothing cached)
+        "compiled": (30.0, 5.0),  # fresh processes, cold and warm
+        "jax": (3.0, 3.0),  # a fresh process; JAX caches nothing by default
+        "compiled, no fresh runs": (40.0, 40.0),  # the timing worker's, flagged
+    }
+    for impl, (cold, warm) in firsts.items():
+        row = next(r for r in rows if r["impl"] == impl)
+        assert (got[impl]["first_call_cold_s"], got[impl]["first_call_warm_s"]) == (cold, warm)
+        for n in report.TIME_TO_N:
+            seconds = got[impl]["seconds"][str(n)]
+            assert seconds["cold"] == pytest.approx(cold + n * row["median_ms"] / 1e3)
+            assert seconds["warm"] == pytest.approx(warm + n * row["median_ms"] / 1e3)
+    assert "compile cache" in got["compiled, no fresh runs"]["first_call_from"]
+    table = report.time_to_n_table(got)
+    assert "computed as the first call + N x the median ms per step" in table
+    assert "| compiled | 30.00 | 5.00 | 1 | 30.1 | 5.1 | 31 | 6 | 40 | 15 |" in table
+    assert "| eager | 2.00 | 2.00 | 10 | 3 | 3 | 12 | 12 | 102 | 102 |" in table
+    assert "| compiled, no fresh runs | 40.00* | 40.00* | 1.5 | 40.1* |" in table
+    measured = {"compiled": {"100": {"cold": {"total_s": 31.0}, "warm": {"total_s": 5.5}}}}
+    text = report.time_to_n_table(got, measured)
+    assert "| compiled | 31 (30.1) | 5.5 (5.1) |" in text
+
+
+@pytest.mark.skipif(not HAS_JAX, reason="JAX and optax are not installed (pip install -e .[bench])")
+def test_the_jax_step_compiles_once(tmp_path):
+    """Its first call is its only compile: a second one on the second call (an Adam state not
+    on the device as the weights are) would go uncounted in the first call and in time to N."""
+    from benchmarks import data
+
+    path = data.write(TINY, tmp_path / "data.npz")
+    script = textwrap.dedent(
+        f"""
+        import dataclasses, jax
+        from pathlib import Path
+        from benchmarks import impls_jax
+        from benchmarks.workloads import Workload, load_arrays
+
+        jax.config.update("jax_log_compiles", True)
+        w = Workload(**{dataclasses.asdict(TINY)!r})
+        impl = impls_jax.jax_jit(w, load_arrays(Path({str(path)!r})), "cpu")
+        for _ in range(3):
+            impl.step()
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=ROOT,
+        env=harness.worker_env(1, "cpu"),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stderr.count("Compiling jit(jstep)") == 1, done.stderr[-3000:]

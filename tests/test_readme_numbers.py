@@ -163,8 +163,9 @@ def test_the_benchmark_numbers_are_benchmarks_results_bench_cpu():
 
 
 def test_the_guard_cost_is_quoted_only_from_its_result_file():
-    """``python benchmarks/nonfinite_guard.py 1 --out benchmarks/results/nonfinite-guard-cpu.json``
-    writes the guard's cost; until that file is committed the README quotes no timing of it."""
+    """``python -m benchmarks.studies.nonfinite_guard 1 --out
+    benchmarks/results/nonfinite-guard-cpu.json`` writes the guard's cost; until that file is
+    committed the README quotes no timing of it."""
     path = ROOT / "benchmarks/results/nonfinite-guard-cpu.json"
     section = README[README.index("What the guard costs") :][:1200]
     if not path.exists():

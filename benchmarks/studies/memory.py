@@ -1,6 +1,6 @@
 """Memory and time of long inner loops, implicit MAML and chunked meta-batches (issue 17).
 
-    OMP_NUM_THREADS=1 python benchmarks/memory.py [--tables steps,imaml,conv] [--repeats 3]
+    OMP_NUM_THREADS=1 python -m benchmarks.studies.memory [--tables steps,imaml,conv] [--repeats 3]
 
 Three tables, each row one configuration run in its own fresh Python process (``--probe``):
 
@@ -38,12 +38,13 @@ from typing import Any
 
 import torch
 
-if __package__ in (None, ""):  # run as a file (python benchmarks/memory.py): import the package
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 import metafunc as mf
-from benchmarks import data, impls_torch, worker
-from benchmarks.workloads import OUTER_LR, WAYS, Workload
+
+from .. import data, impls_torch, worker
+from ..harness import ROOT
+from ..workloads import OUTER_LR, WAYS, Workload
+
+RESULTS = ROOT / "benchmarks" / "results"
 
 STEPS_SWEEP = [5, 10, 20, 40, 100]
 COMPILED_STEPS_SWEEP = [5, 20]  # every inner step is traced: compile time grows with them
@@ -166,11 +167,15 @@ def probe(cfg: dict[str, Any]) -> dict[str, Any]:
 
 
 def run_probe(cfg: dict[str, Any]) -> dict[str, Any]:
+    """``probe(cfg)`` in a fresh process (this one's environment, the checkout on the path)."""
+    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
     out = subprocess.run(
-        [sys.executable, __file__, "--probe", json.dumps(cfg)],
+        [sys.executable, "-m", "benchmarks.studies.memory", "--probe", json.dumps(cfg)],
         capture_output=True,
         text=True,
         check=False,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": path},
     )
     if out.returncode != 0:
         lines = out.stderr.strip().splitlines()
@@ -263,16 +268,16 @@ def table(rows: list[dict[str, Any]]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.studies.memory", description=__doc__.split("\n")[0]
+    )
     parser.add_argument("--probe", help=argparse.SUPPRESS)
     parser.add_argument("--tables", default="conv,imaml,steps")
     parser.add_argument("--repeats", type=int, default=3, help="timed steps per configuration")
     parser.add_argument("--steps", type=_ints, default=STEPS_SWEEP, help="eager inner steps")
     parser.add_argument("--compiled-steps", type=_ints, default=COMPILED_STEPS_SWEEP)
     parser.add_argument("--chunks", type=_chunks, default=CHUNKS, help="e.g. none,1,4,8")
-    parser.add_argument(
-        "--out", type=Path, default=Path(__file__).parent / "results" / "memory-cpu.json"
-    )
+    parser.add_argument("--out", type=Path, default=RESULTS / "memory-cpu.json")
     args = parser.parse_args(argv)
     if args.probe:
         print(json.dumps(probe(json.loads(args.probe))))
@@ -283,7 +288,9 @@ def main(argv: list[str] | None = None) -> int:
         "cpus": os.cpu_count(),
         "threads": os.environ.get("OMP_NUM_THREADS"),
         "torch": torch.__version__,
-        "command": " ".join(["python", "benchmarks/memory.py", *(argv or sys.argv[1:])]),
+        "command": " ".join(
+            ["python", "-m", "benchmarks.studies.memory", *(sys.argv[1:] if argv is None else argv)]
+        ),
         "rows": [],
     }
     rows = report["rows"]

@@ -1,6 +1,6 @@
 """What each change to the compiled step buys: variants of one step timed side by side.
 
-    python -m benchmarks.step_variants            # prints a table, writes results/step-variants-cpu.json
+    python -m benchmarks.studies.step_variants    # prints a table, writes results/step-variants-cpu.json
 
 Every variant is the same MAML step (``mf.make_step`` on the benchmark's workload and batch,
 Adam) compiled a different way (the default: C++ wrapper, Dynamo's identity checks of torch's
@@ -24,11 +24,11 @@ from typing import Any
 
 import torch
 
-from . import impls_torch
-from .data import make_batch, make_net
-from .workloads import WORKLOADS, Workload, sweep_point
+from .. import impls_torch
+from ..data import make_batch, make_net
+from ..workloads import WORKLOADS, Workload, sweep_point
 
-RESULTS = Path(__file__).parent / "results"
+RESULTS = Path(__file__).resolve().parents[1] / "results"
 
 # name -> make_step options (None: the hand-written torch.func step of impls_torch)
 VARIANTS: dict[str, dict[str, Any] | None] = {
@@ -89,7 +89,9 @@ def table(results: list[dict[str, Any]]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.step_variants", description=__doc__)
+    p = argparse.ArgumentParser(
+        prog="python -m benchmarks.studies.step_variants", description=__doc__
+    )
     p.add_argument("--blocks", type=int, default=15)
     p.add_argument("--steps", type=int, default=30, help="steps per block")
     p.add_argument("--out", type=Path, default=RESULTS / "step-variants-cpu.json")
@@ -101,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
         results.append(measure(w, args.blocks, args.steps))
         print(f"{w.name}: done", flush=True)
     out = {
-        "command": "python -m benchmarks.step_variants",
+        "command": "python -m benchmarks.studies.step_variants",
         "machine": platform.processor() or platform.machine(),
         "torch": torch.__version__,
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),

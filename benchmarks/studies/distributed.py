@@ -7,9 +7,9 @@ script launches ``torchrun --standalone --nproc_per_node N`` on itself, times ``
 steps after ``--warmup`` steps (compilation included in the warm-up), and writes one JSON file.
 
 Usage:
-  OMP_NUM_THREADS=1 python benchmarks/distributed.py --procs 1 2 \\
+  OMP_NUM_THREADS=1 python -m benchmarks.studies.distributed --procs 1 2 \\
       --out benchmarks/results/distributed-cpu.json
-  python benchmarks/distributed.py --device cuda --procs 1 2 4 8 --compile \\
+  python -m benchmarks.studies.distributed --device cuda --procs 1 2 4 8 --compile \\
       --out benchmarks/results/distributed-cuda.json        # one GPU per process, NCCL
 """
 
@@ -25,6 +25,8 @@ import time
 from pathlib import Path
 
 import torch
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def worker(args: argparse.Namespace) -> None:
@@ -67,8 +69,10 @@ def worker(args: argparse.Namespace) -> None:
         torch.distributed.destroy_process_group()
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(
+        prog="python -m benchmarks.studies.distributed", description=__doc__.split("\n\n")[0]
+    )
     p.add_argument("--procs", type=int, nargs="+", default=[1, 2])
     p.add_argument("--meta-batch", type=int, default=32)
     p.add_argument("--steps", type=int, default=50)
@@ -79,20 +83,23 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/distributed-cpu.json"))
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--result", help=argparse.SUPPRESS)
-    args = p.parse_args()
+    args = p.parse_args(argv)
     if args.worker:
         return worker(args)
     args.out.parent.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ)  # the ranks import this checkout's benchmarks package
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
     runs = []
     for repeat in range(args.repeats):  # interleaved: a shared machine's load drifts
         for n in args.procs:
-            result_file = args.out.with_suffix(f".{n}.tmp")
+            result_file = args.out.resolve().with_suffix(f".{n}.tmp")
             cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
-            cmd += ["--nproc_per_node", str(n), __file__, "--worker", "--result", str(result_file)]
+            cmd += ["--nproc_per_node", str(n), "--module", "benchmarks.studies.distributed"]
+            cmd += ["--worker", "--result", str(result_file)]
             cmd += ["--meta-batch", str(args.meta_batch), "--steps", str(args.steps)]
             cmd += ["--warmup", str(args.warmup), "--device", args.device]
             cmd += ["--compile"] if args.compile else []
-            subprocess.run(cmd, check=True)
+            subprocess.run(cmd, check=True, cwd=ROOT, env=env)
             runs.append({"repeat": repeat, **json.loads(result_file.read_text())})
             result_file.unlink()
             print(json.dumps(runs[-1]), flush=True)
@@ -101,7 +108,7 @@ def main() -> None:
         rates = sorted(r["tasks_per_s"] for r in runs if r["processes"] == n)
         median[str(n)] = rates[len(rates) // 2]
     commit = subprocess.run(
-        ["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).parent
+        ["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=ROOT
     ).stdout.strip()
     out = {
         "what": "tasks per second vs processes, fixed global meta-batch (strong scaling)",
