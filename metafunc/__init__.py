@@ -20,6 +20,7 @@ from ._learner import exact as exact
 from ._model import eval_mode as eval_mode
 from ._model import pure as pure
 from ._tree import combine as combine
+from ._tree import complement as complement
 from ._tree import partition as partition
 from ._types import Metrics as Metrics
 from ._types import Step as Step
@@ -30,6 +31,7 @@ from ._wrappers import first_order as first_order
 from ._wrappers import remat as remat
 from ._wrappers import stochastic as stochastic
 from .algorithms import anil as anil
+from .algorithms import boil as boil
 from .algorithms import daml as daml
 from .algorithms import fomaml as fomaml
 from .algorithms import imaml as imaml
@@ -66,9 +68,11 @@ __all__ = [
     "Tasks",
     "TrainState",
     "anil",
+    "boil",
     "chunked",
     "combine",
     "compiled",
+    "complement",
     "daml",
     "distributed",
     "eval_mode",

@@ -1,6 +1,7 @@
 """One file per algorithm, each a factory returning a :class:`metafunc.Learner`."""
 
 from .anil import anil as anil
+from .boil import boil as boil
 from .daml import daml as daml
 from .imaml import imaml as imaml
 from .maml import fomaml as fomaml
@@ -8,4 +9,4 @@ from .maml import maml as maml
 from .meta_sgd import meta_sgd as meta_sgd
 from .reptile import reptile as reptile
 
-__all__ = ["anil", "daml", "fomaml", "imaml", "maml", "meta_sgd", "reptile"]
+__all__ = ["anil", "boil", "daml", "fomaml", "imaml", "maml", "meta_sgd", "reptile"]
