@@ -32,11 +32,14 @@ from ._wrappers import remat as remat
 from ._wrappers import stochastic as stochastic
 from .algorithms import anil as anil
 from .algorithms import boil as boil
+from .algorithms import classifier as classifier
 from .algorithms import daml as daml
 from .algorithms import fomaml as fomaml
 from .algorithms import imaml as imaml
 from .algorithms import maml as maml
 from .algorithms import meta_sgd as meta_sgd
+from .algorithms import protomaml as protomaml
+from .algorithms import protonet as protonet
 from .algorithms import reptile as reptile
 from .checkpoint import load as load
 from .checkpoint import save as save
@@ -70,6 +73,7 @@ __all__ = [
     "anil",
     "boil",
     "chunked",
+    "classifier",
     "combine",
     "compiled",
     "complement",
@@ -93,6 +97,8 @@ __all__ = [
     "optim",
     "outer_step",
     "partition",
+    "protomaml",
+    "protonet",
     "pure",
     "remat",
     "reptile",
