@@ -64,7 +64,7 @@ class Complement:
         return f"complement({self.selector!r})"
 
 
-def complement(selector: Selector) -> Complement:
+def complement(selector: Selector) -> Selector:
     """Every leaf that ``selector`` does not pick, as a selector itself: the body when
     ``selector`` names the head (:func:`metafunc.boil` adapts it). It is checked as
     ``selector`` is (a name it lists must be in the tree) and must leave at least one leaf.

@@ -28,7 +28,7 @@ from .protonet import Embed, class_means, features, query_loss
 class Head(NamedTuple):
     """One task's adapted classifier: the embedding's parameters and a linear head over its
     features, ``(classes, features)`` weights and ``(classes,)`` biases; ``present`` as in
-    :class:`Prototypes`."""
+    ``Prototypes``."""
 
     params: Any
     weight: torch.Tensor
@@ -62,7 +62,7 @@ def protomaml(
 
     Returns:
         a :class:`metafunc.Learner` whose meta-parameters are the embedding's parameters and
-        whose ``adapt`` gives :class:`Head`; score with ``predict=mf.classifier(embed)``.
+        whose ``adapt`` gives ``Head``; score with ``predict=mf.classifier(embed)``.
 
     Example:
         >>> embed, params = mf.pure(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 8)))

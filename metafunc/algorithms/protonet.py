@@ -61,7 +61,7 @@ def protonet(embed: Embed) -> Learner:
 
     Returns:
         a :class:`metafunc.Learner` whose meta-parameters are the embedding's parameters and
-        whose ``adapt`` gives :class:`Prototypes`; score with ``predict=mf.classifier(embed)``.
+        whose ``adapt`` gives ``Prototypes``; score with ``predict=mf.classifier(embed)``.
 
     Example:
         >>> embed, params = mf.pure(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 8)))
