@@ -20,6 +20,7 @@ from ._learner import exact as exact
 from ._model import eval_mode as eval_mode
 from ._model import pure as pure
 from ._tree import combine as combine
+from ._tree import complement as complement
 from ._tree import partition as partition
 from ._types import Metrics as Metrics
 from ._types import Step as Step
@@ -30,11 +31,15 @@ from ._wrappers import first_order as first_order
 from ._wrappers import remat as remat
 from ._wrappers import stochastic as stochastic
 from .algorithms import anil as anil
+from .algorithms import boil as boil
+from .algorithms import classifier as classifier
 from .algorithms import daml as daml
 from .algorithms import fomaml as fomaml
 from .algorithms import imaml as imaml
 from .algorithms import maml as maml
 from .algorithms import meta_sgd as meta_sgd
+from .algorithms import protomaml as protomaml
+from .algorithms import protonet as protonet
 from .algorithms import reptile as reptile
 from .checkpoint import load as load
 from .checkpoint import save as save
@@ -66,9 +71,12 @@ __all__ = [
     "Tasks",
     "TrainState",
     "anil",
+    "boil",
     "chunked",
+    "classifier",
     "combine",
     "compiled",
+    "complement",
     "daml",
     "distributed",
     "eval_mode",
@@ -89,6 +97,8 @@ __all__ = [
     "optim",
     "outer_step",
     "partition",
+    "protomaml",
+    "protonet",
     "pure",
     "remat",
     "reptile",

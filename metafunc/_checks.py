@@ -295,6 +295,61 @@ def batch(where: str, trees: dict[str, Any], like: Any = None) -> int:
     return n_tasks
 
 
+def class_labels(where: str, value: Any, params: Any) -> None:
+    """Few-shot classification tasks for a learner that classifies by the support's classes
+    (ProtoNet, ProtoMAML): support and query each ``(x, y)`` or, padded, ``(x, y, mask)``,
+    int64 labels ``y`` ``(tasks, examples)`` in ``0..support examples - 1`` (a task's k-th
+    class is labelled k), a bool ``mask`` of their shape, and a support example of every
+    class that a kept query example has, in its task. The labels are read (once per
+    signature, outside compiled code)."""
+    tasks(where, value, like=params)
+    parts = {"support": value.support, "query": value.query}
+    for part, data in parts.items():
+        if not (isinstance(data, (tuple, list)) and len(data) in (2, 3)):
+            raise ValueError(
+                f"{where}: tasks.{part} must be (x, y) with class labels y, or (x, y, mask) for "
+                f"padded tasks (got {_kind(data)})"
+            )
+        y = data[1]
+        if y.dtype != torch.int64 or y.ndim != 2:
+            raise TypeError(
+                f"{where}: tasks.{part}[1] must hold int64 class labels of shape (tasks, "
+                f"examples) (got {y.dtype} of shape {tuple(y.shape)})"
+            )
+        if len(data) == 3 and (data[2].dtype != torch.bool or data[2].shape != y.shape):
+            raise TypeError(
+                f"{where}: tasks.{part}[2], the mask, must be bool of the labels' shape "
+                f"{tuple(y.shape)} (got {data[2].dtype} of shape {tuple(data[2].shape)})"
+            )
+    n = value.support[1].shape[1]
+    classes = torch.arange(n, device=value.support[1].device)
+    have = []
+    for part, data in parts.items():
+        y = data[1]
+        low, high = int(y.min()), int(y.max())
+        if low < 0 or high >= n:
+            raise ValueError(
+                f"{where}: tasks.{part}[1] must hold labels in 0..{n - 1}, fewer than the "
+                f"{n} support examples of a task: a task's k-th class is labelled k (got "
+                f"labels in {low}..{high})"
+            )
+        keep = data[2] if len(data) == 3 else torch.ones_like(y, dtype=torch.bool)
+        have.append(((y[..., None] == classes) & keep[..., None]).any(dim=1))
+    missing = (have[1] & ~have[0]).nonzero()
+    if len(missing):
+        t, k = missing[0].tolist()
+        raise ValueError(
+            f"{where}: every query label must have a support example of its class in its "
+            f"task; task {t} has query label {k} and no support example labelled {k}"
+        )
+
+
+def _kind(value: Any) -> str:
+    if isinstance(value, (tuple, list)):
+        return f"a {type(value).__name__} of {len(value)}"
+    return f"a {type(value).__name__}"
+
+
 def _rank_message(where: str, path: str, t: torch.Tensor, floating: bool) -> str:
     shape = tuple(t.shape)
     if not floating:

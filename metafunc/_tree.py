@@ -20,6 +20,7 @@ import torch.utils._pytree as torch_pytree
 PyTree = Any
 
 __all__ = [
+    "Complement",
     "PyTree",
     "Selector",
     "all_finite",
@@ -27,6 +28,7 @@ __all__ = [
     "by_name",
     "check_same_structure",
     "combine",
+    "complement",
     "copy",
     "describe",
     "detach",
@@ -48,6 +50,36 @@ __all__ = [
 ]
 
 Selector = Any  # None | str | Sequence[str] | Callable[[str], bool] | a pytree of bools
+
+
+class Complement:
+    """The leaves a selector does not pick; made by :func:`complement`."""
+
+    __slots__ = ("selector",)
+
+    def __init__(self, selector: Selector) -> None:
+        self.selector = selector
+
+    def __repr__(self) -> str:
+        return f"complement({self.selector!r})"
+
+
+def complement(selector: Selector) -> Selector:
+    """Every leaf that ``selector`` does not pick, as a selector itself: the body when
+    ``selector`` names the head (:func:`metafunc.boil` adapts it). It is checked as
+    ``selector`` is (a name it lists must be in the tree) and must leave at least one leaf.
+
+    Example:
+        >>> body, head = mf.partition(params, mf.complement("4"))
+        >>> sorted(k for k, v in head.items() if v is not None)
+        ['4.bias', '4.weight']
+    """
+    if selector is None or isinstance(selector, Complement):
+        raise TypeError(
+            "complement: selector must be a name, a list of names, a predicate on dotted names "
+            f"or a tree of bools (got {selector!r})"
+        )
+    return Complement(selector)
 
 
 def map(f: Callable[..., Any], tree: PyTree, *rest: PyTree) -> PyTree:
@@ -102,6 +134,9 @@ def picker(selector: Selector, *, where: str, name: str) -> Callable[[str], bool
     against a tree."""
     if selector is None:
         return lambda n: True
+    if isinstance(selector, Complement):
+        inner = picker(selector.selector, where=where, name=name)
+        return lambda n: not inner(n)
     if callable(selector):
         return cast(Callable[[str], bool], selector)
     wanted = _wanted(selector)
@@ -123,7 +158,17 @@ def picker(selector: Selector, *, where: str, name: str) -> Callable[[str], bool
 def picked(tree: PyTree, selector: Selector, *, where: str, name: str) -> list[str]:
     """The names of the leaves of ``tree`` that ``selector`` picks (see :func:`picker`), checked
     eagerly: a ``ValueError`` names ``where`` and ``name`` when a name it lists is not in the
-    tree, when a tree of bools does not fit, or when it picks nothing."""
+    tree, when a tree of bools does not fit, or when it picks nothing (a :func:`complement`
+    checks its selector so, and must leave a leaf)."""
+    if isinstance(selector, Complement):
+        inner = picked(tree, selector.selector, where=where, name=name)
+        chosen = [n for n in names(tree) if n not in inner]
+        if not chosen:
+            raise ValueError(
+                f"{where}: {name}={selector.selector!r} picks every parameter, leaving none "
+                f"outside it; their names are {names(tree)}"
+            )
+        return chosen
     pick = picker(selector, where=where, name=name)
     all_names = names(tree)
     for w in _wanted(selector) or ():

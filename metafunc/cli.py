@@ -21,6 +21,7 @@ import metafunc as mf
 from metafunc.evaluation import mean_ci95
 from metafunc.experiments import ALGORITHMS, fewshot, sine, table
 from metafunc.experiments._runs import identity
+from metafunc.experiments.algorithms import EMBEDDING
 
 # Options of one task only: (its defaults); None in the parser means "not given".
 FEWSHOT_ONLY = ("data_dir", "ways", "shots", "queries", "channels", "glyph_classes", "eval_tasks")
@@ -59,6 +60,11 @@ def _train(args: argparse.Namespace) -> int:
         )
     if task == "fewshot" and args.algo == "daml":
         return _fail("--algo daml runs on the DAML sine only (--task sine)")
+    if task == "sine" and args.algo in EMBEDDING:
+        return _fail(
+            f"--algo {args.algo} classifies by class prototypes and runs on few-shot "
+            "classification only (--task fewshot)"
+        )
     # Under torchrun: join the process group; every rank trains, rank 0 reports.
     distributed = mf.distributed.init()
     if args.meta_batch is not None and args.meta_batch % mf.distributed.world_size():
@@ -232,12 +238,17 @@ def _report_fewshot(
     mean, half = mean_ci95(result.accuracy)
     label = f"{config.ways}-way {config.shots}-shot"
     steps = "s" if config.inner_steps != 1 else ""
+    adapted = (
+        "classified by the support's prototypes"
+        if config.algo == "protonet"
+        else f"adapted on the support ({config.inner_steps} SGD step{steps})"
+    )
     fig = plotting.fewshot_figure(
         out / f"{config.algo}-fewshot.png",
         result.examples,
         result.predicted,
-        title=f"{config.algo.upper()} on {result.data}, {label}: new classes, adapted on the "
-        f"support ({config.inner_steps} SGD step{steps}); test accuracy {100 * mean:.1f} ± "
+        title=f"{config.algo.upper()} on {result.data}, {label}: new classes, {adapted}; "
+        f"test accuracy {100 * mean:.1f} ± "
         f"{100 * half:.1f}% over {result.accuracy.numel()} tasks",
     )
     curve = _learning_curve(
@@ -429,7 +440,14 @@ def _parser() -> argparse.ArgumentParser:
         "first compile, with an empty cache, takes minutes more); the MAML paper's Omniglot "
         "run is --channels 64 --meta-batch 32 --queries 1 --steps 60000",
     )
-    t.add_argument("--algo", choices=ALGORITHMS, default="maml")
+    t.add_argument(
+        "--algo",
+        choices=ALGORITHMS,
+        default="maml",
+        help="the algorithm (default maml); daml runs on the sine only, protonet and protomaml "
+        "on --task fewshot only (over the conv net without its linear layer); protonet takes "
+        "no inner steps",
+    )
     t.add_argument(
         "--steps",
         type=_positive_int,

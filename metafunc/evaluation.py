@@ -53,7 +53,7 @@ def evaluate(
     Every score is per task, with the mean over the tasks and a 95% interval for it. The loss
     is the learner's own (the one it adapts and meta-learns with), after adapting and at
     ``learner.params(meta)``. With ``predict(params, x)``, the query set must be a pair
-    ``(x, y)``: integer labels ``y`` ``(tasks, examples)`` give the accuracy of the arg-max of
+    ``(x, y)`` (or padded, ``(x, y, mask)``, scored on the examples ``mask`` keeps): integer labels ``y`` ``(tasks, examples)`` give the accuracy of the arg-max of
     ``predict``'s logits ``(examples, classes)``; floating-point targets give the mean squared
     error of ``predict(params, x)`` against ``y`` (same shape). All query examples of a task
     are predicted together (a network with batch normalisation uses their statistics). Nothing
@@ -92,10 +92,10 @@ def evaluate(
     if predict is not None:
         _checks.function(where, "predict", predict, "predict(params, x)")
         query = tasks.query
-        if not (isinstance(query, tuple | list) and len(query) == 2):
+        if not (isinstance(query, tuple | list) and len(query) in (2, 3)):
             raise ValueError(
                 f"{where}: with predict, tasks.query must be a pair (x, y) of inputs and "
-                f"targets (got {type(query).__name__}"
+                f"targets, or (x, y, mask) for padded tasks (got {type(query).__name__}"
                 f"{f' of {len(query)}' if isinstance(query, tuple | list) else ''})"
             )
     check(learner, where, meta, tasks)
@@ -103,7 +103,7 @@ def evaluate(
         adapted, after, before = learner.per_task(meta, tasks)
         accuracy = mse = None
         if predict is not None:
-            x, y = tasks.query
+            x, y, *keep = tasks.query
             out = vmap(predict)(adapted, x)
             if y.is_floating_point():
                 if out.shape != y.shape:
@@ -111,21 +111,30 @@ def evaluate(
                         f"{where}: predict(params, x) must have the targets' shape per task, "
                         f"{tuple(y.shape[1:])} (got {tuple(out.shape[1:])})"
                     )
-                mse = score(((out - y) ** 2).flatten(1).mean(dim=1))
+                mse = score(_per_task((out - y) ** 2, keep))
             elif y.dtype in _INTEGER:
                 if out.shape[:-1] != y.shape:
                     raise ValueError(
                         f"{where}: predict(params, x) must give logits (examples, classes) per "
                         f"task for labels {tuple(y.shape[1:])} (got {tuple(out.shape[1:])})"
                     )
-                hits = (out.argmax(dim=-1) == y).flatten(1)
-                accuracy = score(hits.double().mean(dim=1))
+                accuracy = score(_per_task((out.argmax(dim=-1) == y).double(), keep))
             else:
                 raise TypeError(
                     f"{where}: tasks.query[1] must hold integer labels or floating-point "
                     f"targets (got {y.dtype})"
                 )
     return Evaluation(score(after), score(before), accuracy, mse)
+
+
+def _per_task(values: torch.Tensor, keep: list[torch.Tensor]) -> torch.Tensor:
+    """Per task ``(tasks, examples, ...)`` -> ``(tasks,)``: the mean, or with a mask ``keep``
+    ``[(tasks, examples)]`` the mean over the examples it keeps of each example's mean."""
+    if not keep:
+        return values.flatten(1).mean(dim=1)
+    per_example = values.flatten(2).mean(dim=2) if values.ndim > 2 else values
+    kept = torch.where(keep[0], per_example, torch.zeros_like(per_example)).sum(dim=1)
+    return kept / keep[0].sum(dim=1).clamp_min(1).to(kept.dtype)
 
 
 def score(values: torch.Tensor) -> Score:

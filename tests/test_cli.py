@@ -164,6 +164,7 @@ def test_public_api_is_exported():
         ("reptile", "reptile-sine.png"),
         ("meta-sgd", "meta-sgd-sine.png"),
         ("anil", "anil-sine.png"),
+        ("boil", "boil-sine.png"),
         ("daml", "daml-sine.png"),
     ],
 )

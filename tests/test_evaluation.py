@@ -430,7 +430,7 @@ TASKS = redraw_sinusoid(0, tasks=2, shots=3, queries=3)
             ),
             ValueError,
             r"^evaluate: with predict, tasks\.query must be a pair \(x, y\) of inputs and "
-            r"targets \(got dict\)$",
+            r"targets, or \(x, y, mask\) for padded tasks \(got dict\)$",
         ),
         (
             lambda: mf.evaluate(LEARNER, PARAMS, TASKS, predict=lambda p, x: FN(p, x)[:, 0]),

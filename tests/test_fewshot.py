@@ -15,6 +15,7 @@ from torch._dynamo.testing import CompileCounterWithBackend
 from torch.func import functional_call
 
 import metafunc as mf
+from metafunc import _tree
 from metafunc.cli import main
 from metafunc.evaluation import mean_ci95
 from metafunc.experiments.scores import fewshot_accuracy
@@ -285,34 +286,43 @@ def tiny_setup(dtype=torch.float32, channels=4, blocks=2, size=8, ways=3):
     return net, fn, params, data
 
 
-def learners(loss, head):
+def learners(loss, head, embed):
     return {
         "maml": mf.maml(loss, inner_lr=0.4, inner_steps=1),
         "fomaml": mf.fomaml(loss, inner_lr=0.4, inner_steps=1),
         "reptile": mf.reptile(loss, inner_lr=0.4, inner_steps=2),
         "meta-sgd": mf.meta_sgd(loss, inner_lr=0.4, inner_steps=1),
         "anil": mf.anil(loss, head=head, inner_lr=0.4, inner_steps=1),
+        "boil": mf.boil(loss, head=head, inner_lr=0.4, inner_steps=1),
+        "protonet": mf.protonet(embed),
+        "protomaml": mf.protomaml(embed, inner_lr=0.4, inner_steps=1),
     }
 
 
-@pytest.mark.parametrize("algo", ["maml", "fomaml", "reptile", "meta-sgd", "anil"])
+EVERY = ["maml", "fomaml", "reptile", "meta-sgd", "anil", "boil", "protonet", "protomaml"]
+
+
+@pytest.mark.parametrize("algo", EVERY)
 def test_every_algorithm_adapts_the_conv_net_under_vmap(algo):
     net, fn, params, data = tiny_setup(torch.float64)
-    learner = learners(mf.supervised(fn, mf.losses.cross_entropy), str(len(net) - 1))[algo]
+    embed, body = mf.pure(net[:-1])  # ProtoNet and ProtoMAML: the net without its classifier
+    learner = learners(mf.supervised(fn, mf.losses.cross_entropy), str(len(net) - 1), embed)[algo]
+    params = body if algo in ("protonet", "protomaml") else params
     g = torch.Generator().manual_seed(0)
     tasks = mf.tasks.fewshot(g, data, tasks=3, ways=3, shots=1, queries=2, dtype=torch.float64)
     opt = mf.optim.adam(1e-3)
     state = mf.init_state(learner, opt, params)
     new, metrics = mf.make_step(learner, opt, compile=False)(state, tasks)
     assert bool(metrics.finite) and float(metrics.grad_norm) > 0
-    # Adapting on the support lowers the support loss of each task, as one SGD step should.
-    loss = mf.supervised(fn, mf.losses.cross_entropy)
+    # Adapting on the support lowers the support loss of each task, as one SGD step should
+    # (ProtoNet: its prototypes classify the support better than the uniform guess).
     meta = learner.init(params)
     every = learner.adapt(meta, tasks.support)
     for t in range(3):
         support = tuple(x[t] for x in tasks.support)
-        adapted = {k: v[t] for k, v in every.items()}
-        assert float(loss(adapted, support)) < float(loss(learner.params(meta), support))
+        adapted = _tree.map(lambda v, t=t: v[t], every)
+        after = learner.outer(adapted, support)
+        assert float(after) < float(learner.outer(learner.params(meta), support))
     assert not torch.equal(learner.params(new.meta)["0.weight"], params["0.weight"])
 
 
@@ -424,6 +434,47 @@ def test_train_fewshot_command_writes_figures_and_results(tmp_path, capsys):
     deviation = math.sqrt(sum((r - mean) ** 2 for r in right) / (n - 1))
     half = NormalDist().inv_cdf(0.975) * deviation / math.sqrt(n)
     assert results["test_accuracy"]["ci95"] == pytest.approx(half, rel=1e-9)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("algo", ["boil", "protonet", "protomaml"])
+def test_train_fewshot_runs_the_new_algorithms(tmp_path, capsys, algo):
+    """The command meta-trains each, checkpoints, scores new classes and draws the figures;
+    the reported accuracy is mf.evaluate's with the learner's own predict, recounted here."""
+    out = tmp_path / algo
+    args = ["train", "--task", "fewshot", "--algo", algo, "--steps", "2", "--meta-batch", "2"]
+    args += ["--channels", "4", "--glyph-classes", "15", "--eval-tasks", "5", "--log-every", "1"]
+    assert main([*args, "--no-compile", "--no-progress", "--out", str(out)]) == 0
+    assert "test accuracy on 5 new tasks of 5 new classes" in capsys.readouterr().out
+    assert (out / f"{algo}-fewshot.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    results = json.loads((out / "results.json").read_text())
+    assert results["algo"] == algo and results["history"]["step"] == [1, 2]
+    net = mf.models.conv_net(5, channels=4)  # the architecture; the weights come from the file
+    embedding = algo in ("protonet", "protomaml")
+    fn, _ = mf.pure(net[:-1] if embedding else net)
+    learner = {
+        "boil": lambda: mf.boil(
+            mf.supervised(fn, mf.losses.cross_entropy), head=str(len(net) - 1), inner_lr=0.4
+        ),
+        "protonet": lambda: mf.protonet(fn),
+        "protomaml": lambda: mf.protomaml(fn, inner_lr=0.4),
+    }[algo]()
+    meta = mf.load(out / "checkpoint.pt").meta
+    glyphs = mf.tasks.synthetic_glyphs(torch.Generator().manual_seed(0), classes=15)
+    test = mf.tasks.ImageClasses(glyphs.images[10:], glyphs.names[10:])
+    tasks = mf.tasks.fewshot(torch.Generator().manual_seed(1), test, tasks=5, queries=5)
+    predict = mf.classifier(fn) if embedding else fn
+    want = mf.evaluate(learner, meta, tasks, predict=predict).accuracy.mean
+    assert results["test_accuracy"]["mean"] == pytest.approx(want, abs=1e-12)
+
+
+def test_train_sine_refuses_the_classification_only_algorithms(capsys):
+    for algo in ("protonet", "protomaml"):
+        assert main(["train", "--algo", algo]) == 2
+        assert capsys.readouterr().err == (
+            f"metafunc train: --algo {algo} classifies by class prototypes and runs on few-shot "
+            "classification only (--task fewshot)\n"
+        )
 
 
 def test_train_fewshot_refuses_daml_and_a_folder_without_omniglot(tmp_path, capsys):

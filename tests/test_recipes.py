@@ -54,6 +54,8 @@ def test_recipe_runs(title, code, tmp_path, monkeypatch):
         assert [step for step, _ in scope["history"]] == [3]
         (_, score), learner = scope["history"][0], scope["learner"]
         assert score == mf.evaluate(learner, scope["state"].meta, scope["held_out"]).loss.mean
+    if "accuracy" in scope:  # the prototypes recipe: per task, on padded tasks
+        assert scope["accuracy"].values.shape == (8,) and 0 <= scope["accuracy"].mean <= 1
     if "query_loss" in scope:
         assert isinstance(scope["query_loss"], float) and scope["query_loss"] > 0
     if "batches" in scope:  # the phases ran to 3, then 3 steps on the list of batches

@@ -20,7 +20,7 @@ import metafunc as mf
 
 from . import _runs
 from ._runs import History
-from .algorithms import build_learner
+from .algorithms import EMBEDDING, build_learner
 from .scores import fewshot_accuracy
 
 
@@ -88,11 +88,19 @@ def run(config: FewshotConfig, *, on_log: Callable[[mf.Log], Any] | None = None)
     size = train_set.images.shape[-1]
     init = torch.Generator().manual_seed(config.seed)
     net = mf.models.conv_net(config.ways, channels=config.channels, image_size=size, generator=init)
-    fn, params = mf.pure(net.to(config.device))
+    # ProtoNet and ProtoMAML classify over the embedding: the net without its linear layer
+    embedding = config.algo in EMBEDDING
+    fn, params = mf.pure((net[:-1] if embedding else net).to(config.device))
+    predict = mf.classifier(fn) if embedding else fn
     loss = mf.supervised(fn, mf.losses.cross_entropy)
-    head = str(len(net) - 1)  # ANIL adapts the linear classifier
+    head = str(len(net) - 1)  # ANIL adapts the linear classifier, BOIL freezes it
     learner = build_learner(
-        config.algo, loss, head=head, inner_lr=config.inner_lr, inner_steps=config.inner_steps
+        config.algo,
+        loss,
+        head=head,
+        embed=fn,
+        inner_lr=config.inner_lr,
+        inner_steps=config.inner_steps,
     )
     learner = mf.distributed.data_parallel(learner)
     opt = mf.optim.apply_if_finite(mf.optim.adam(config.outer_lr))
@@ -107,7 +115,7 @@ def run(config: FewshotConfig, *, on_log: Callable[[mf.Log], Any] | None = None)
     start = torch.Generator().manual_seed(config.seed + 1)
     clock = time.perf_counter()
     accuracy = fewshot_accuracy(
-        learner, fn, state.meta, test_set, start, tasks=config.eval_tasks, **shape
+        learner, predict, state.meta, test_set, start, tasks=config.eval_tasks, **shape
     )
     eval_s = time.perf_counter() - clock
     dtype = next(iter(params.values())).dtype
@@ -121,7 +129,7 @@ def run(config: FewshotConfig, *, on_log: Callable[[mf.Log], Any] | None = None)
     )
     with torch.no_grad():
         adapted = learner.adapt(state.meta, examples.support)
-        predicted = torch.func.vmap(fn)(adapted, examples.query[0]).argmax(dim=-1)
+        predicted = torch.func.vmap(predict)(adapted, examples.query[0]).argmax(dim=-1)
     return FewshotResult(
         state,
         learner,

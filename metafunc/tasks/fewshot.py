@@ -65,7 +65,21 @@ def fewshot(
         >>> sorted(y[0].tolist())  # one support image of each of the 5 labels
         [0, 1, 2, 3, 4]
     """
-    where = "fewshot"
+    return _draw("fewshot", generator, dataset, tasks, ways, shots, queries, dtype, device)
+
+
+def _draw(
+    where: str,
+    generator: torch.Generator,
+    dataset: ImageClasses,
+    tasks: int,
+    ways: int,
+    shots: int,
+    queries: int,
+    dtype: torch.dtype,
+    device: torch.device | str | None,
+) -> Tasks:
+    """:func:`fewshot`'s tasks, its errors naming ``where``."""
     if not isinstance(dataset, ImageClasses):
         raise TypeError(
             f"{where}: dataset must be a metafunc.tasks.ImageClasses (got {type(dataset).__name__})"
@@ -104,6 +118,81 @@ def fewshot(
         return x[:, :, lo:hi].reshape(n, ways * k, *images.shape[2:]), labels
 
     return Tasks(part(0, shots), part(shots, shots + queries))
+
+
+def variable_fewshot(
+    generator: torch.Generator,
+    dataset: ImageClasses,
+    *,
+    tasks: int,
+    ways: int | tuple[int, int] = (2, 5),
+    shots: int | tuple[int, int] = (1, 5),
+    queries: int = 15,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str | None = None,
+) -> Tasks:
+    """Tasks of different ways and shots in one meta-batch, padded to the largest: each task
+    draws its ways and its shots uniformly from the inclusive ranges ``ways`` and ``shots``
+    (or takes the one number given), then its classes and images as :func:`fewshot` does.
+
+    Every task has the same shapes whatever it drew (``max ways × max shots`` support slots,
+    ``max ways × queries`` query slots, class by class), so one compiled step serves every
+    meta-batch; a bool mask says which slots hold an example. Padding slots hold zero images
+    and label 0, and every loss of :mod:`metafunc.losses`, :func:`metafunc.evaluate`, and the
+    prototypes of :func:`metafunc.protonet` and :func:`metafunc.protomaml` ignore them:
+    a padded task scores and trains exactly as it would alone. (A network whose batch
+    statistics mix examples, e.g. :class:`metafunc.models.BatchNorm`, would still see the
+    padding; and a classifier with a fixed head of ``max ways`` outputs keeps its unused
+    classes in the softmax, as it would on the task alone.)
+
+    Returns:
+        ``Tasks(support=(x, y, mask), query=(x, y, mask))``; support ``x`` is ``(tasks,
+        max_ways * max_shots, channels, height, width)``, ``y`` and ``mask`` ``(tasks,
+        max_ways * max_shots)``; the query likewise with ``max_ways * queries`` slots.
+
+    Example:
+        >>> g = torch.Generator().manual_seed(0)
+        >>> glyphs = mf.tasks.synthetic_glyphs(g, classes=10, examples=8)
+        >>> tasks = mf.tasks.variable_fewshot(g, glyphs, tasks=4, ways=(2, 5), shots=(1, 3), queries=2)
+        >>> (x, y, mask), _ = tasks
+        >>> x.shape, mask.shape
+        (torch.Size([4, 15, 1, 28, 28]), torch.Size([4, 15]))
+        >>> mask.sum(dim=1).tolist()  # ways x shots examples in each task
+        [2, 8, 5, 8]
+    """
+    where = "variable_fewshot"
+    lo_ways, hi_ways = _range(where, "ways", ways)
+    lo_shots, hi_shots = _range(where, "shots", shots)
+    largest = _draw(where, generator, dataset, tasks, hi_ways, hi_shots, queries, dtype, device)
+    n = largest.support[1].shape[0]
+    task_ways = torch.randint(lo_ways, hi_ways + 1, (n, 1, 1), generator=generator)
+    task_shots = torch.randint(lo_shots, hi_shots + 1, (n, 1, 1), generator=generator)
+    classes = torch.arange(hi_ways)[None, :, None] < task_ways  # (tasks, ways, 1)
+    support = classes & (torch.arange(hi_shots)[None, None, :] < task_shots)
+    query = classes.expand(n, hi_ways, queries)
+
+    def pad(
+        part: tuple[torch.Tensor, torch.Tensor], keep: torch.Tensor
+    ) -> tuple[torch.Tensor, ...]:
+        x, y = part
+        keep = keep.reshape(n, -1).to(y.device)
+        return torch.where(keep[:, :, None, None, None], x, 0), torch.where(keep, y, 0), keep
+
+    return Tasks(pad(largest.support, support), pad(largest.query, query))
+
+
+def _range(where: str, name: str, value: int | tuple[int, int]) -> tuple[int, int]:
+    """An integer >= 1, or an inclusive range ``(low, high)`` of them, as ``(low, high)``."""
+    if isinstance(value, tuple) and len(value) == 2:
+        low = _checks.integer(where, f"{name}[0]", value[0], minimum=1)
+        high = _checks.integer(where, f"{name}[1]", value[1], minimum=low)
+        return low, high
+    if isinstance(value, (tuple, list)):
+        raise TypeError(
+            f"{where}: {name} must be an integer or a range (low, high) of integers (got {value!r})"
+        )
+    value = _checks.integer(where, name, value, minimum=1)
+    return value, value
 
 
 def synthetic_glyphs(
