@@ -32,6 +32,13 @@ def compiled(
     An error that Dynamo turned into a compiler message is raised again as the eager step
     raises it. ``random``: the step draws random numbers, so Inductor uses torch's own random
     kernels (``fallback_random``), which draw what the eager step draws.
+
+    Example:
+        >>> pure = mf.outer_step(learner, opt)
+        >>> fast = mf.compiled(pure)  # compiles on its first call
+        >>> step = mf.validated(mf.seeded(fast), learner, opt, probe=mf.seeded(pure))  # make_step
+        >>> step.guarded  # the optimizer is not wrapped in mf.optim.apply_if_finite
+        False
     """
     fn = step.fn
 
