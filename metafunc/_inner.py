@@ -27,7 +27,7 @@ class Loop:
     ``loss(params, data)`` and the inner optimizer. Whatever the steps depend on that the
     meta-gradient must reach (Meta-SGD's rates, DAML's loss network, the leaves that do not
     adapt) comes out of ``meta`` there and from nowhere else, so each step is a pure function
-    :func:`step` of ``(loop, meta, carry, data)``: the pieces a rematerialised meta-gradient
+    ``step`` of ``(loop, meta, carry, data)``: the pieces a rematerialised meta-gradient
     differentiates one step at a time (:func:`metafunc.remat`). The steps are built with
     ``torch.func.grad`` and a functional optimizer, so the result stays differentiable in
     ``meta`` through every step, the optimizer's own state included.

@@ -91,7 +91,7 @@ def remat(learner: Learner) -> Learner:
     """``learner`` rematerialising its inner steps: only the parameters (and inner optimizer
     state) are kept between steps, and each step's activations are recomputed in the backward
     pass (memory flat in the inner steps, about one more forward pass of the inner loop). The
-    meta-gradient is the same bit for bit (see :mod:`metafunc._remat`).
+    meta-gradient is the same bit for bit (see ``metafunc._remat``).
 
     It replaces the exact meta-gradient of a learner whose inner is a :class:`metafunc.Loop`,
     so apply it before :func:`metafunc.chunked` and

@@ -25,6 +25,8 @@ from . import distributed as _dist
 from ._types import Metrics, TrainState
 from .checkpoint import check_writable, load, read_metadata, save
 
+__all__ = ["Checkpoints", "Every", "Hook", "Log", "Logger", "Run"]
+
 logger = logging.getLogger("metafunc")
 
 
@@ -119,7 +121,7 @@ class Hook:
 
 
 class Log(NamedTuple):
-    """What :class:`Logger`'s ``on_log`` gets at the end of each log window.
+    """What :class:`metafunc.hooks.Logger`'s ``on_log`` gets at the end of each log window.
 
     Attributes:
         step: the step counter at the end of the window.

@@ -149,7 +149,7 @@ def validated(step: Step, learner: Learner, optimizer: Optimizer, *, probe: Step
     """``step`` with its inputs checked eagerly before a call whose signature (structures,
     shapes, dtypes, devices) it has not seen, and ``probe`` (the eager step) run once then on
     one task, so that a model, loss or data that cannot work fails with a message that says
-    why (:mod:`metafunc._diagnose`); an allocation that fails says what to do about it. Calls
+    why (``metafunc._diagnose``); an allocation that fails says what to do about it. Calls
     run under ``torch.no_grad``, so task tensors that require grad leave no graph behind.
 
     Example:
