@@ -5,14 +5,23 @@ gradients.
 MODULES lists the modules whose examples are run; a module whose examples are still sketches
 is added once they run. Nothing here compiles (each example runs eagerly, in well under a
 second), and warnings are errors as in the rest of the suite.
+
+The API reference (docs/api/*.rst, built by ``make docs``) documents every public name: read
+from the pages' autodoc directives, as autodoc would find the names, without building the site.
 """
 
 from __future__ import annotations
 
 import doctest
 import importlib
+import inspect
+import re
+from pathlib import Path
+from typing import Any
 
 import pytest
+
+import metafunc as mf
 
 MODULES = [
     "metafunc",
@@ -119,3 +128,92 @@ def test_docstring_example_runs(test, doctest_globals):
     result = runner.run(test, out=out.append, clear_globs=True)
     assert result.attempted > 0
     assert result.failed == 0, "".join(out)
+
+
+# ---------------------------------------------------------------- the API reference
+
+DOCS = Path(__file__).resolve().parents[1] / "docs"
+PUBLIC_MODULES = [
+    "metafunc.optim",
+    "metafunc.tasks",
+    "metafunc.models",
+    "metafunc.losses",
+    "metafunc.hooks",
+    "metafunc.evaluation",
+    "metafunc.distributed",
+    "metafunc.checkpoint",
+]
+# ".. automodule:: metafunc.hooks" and the option lines under it (":members:", ...)
+DIRECTIVE = re.compile(r"^\.\. (auto\w+|py:\w+):: (\S+)[ \t]*\n((?:[ \t]+:.*\n)*)", re.MULTILINE)
+
+
+def public_names(module: Any) -> list[str]:
+    """A module's public names as autodoc's ``:members:`` lists them: its ``__all__``, or
+    without one the public functions and classes defined in it."""
+    if hasattr(module, "__all__"):
+        return list(module.__all__)
+    return [
+        n
+        for n, v in vars(module).items()
+        if not n.startswith("_")
+        and (inspect.isfunction(v) or inspect.isclass(v))
+        and v.__module__ == module.__name__
+    ]
+
+
+def api_pages() -> tuple[set[str], dict[str, Any]]:
+    """The modules the API pages document with ``automodule``, and every name they document
+    (full name: object): an ``automodule`` with ``:members:`` documents the module's public
+    functions and classes that have a docstring, less its ``:exclude-members:``; ``autodata``,
+    ``autofunction``, ``autoclass`` and ``py:data`` document the one name they give."""
+    modules: set[str] = set()
+    names: dict[str, Any] = {}
+    for page in sorted((DOCS / "api").glob("*.rst")):
+        for kind, target, options in DIRECTIVE.findall(page.read_text()):
+            opts = dict(re.findall(r":([\w-]+):[ \t]*(.*)", options))
+            if kind != "automodule":
+                module, _, name = target.rpartition(".")
+                names[target] = getattr(importlib.import_module(module), name)
+                continue
+            modules.add(target)
+            if "members" not in opts:
+                continue
+            module = importlib.import_module(target)
+            excluded = {n.strip() for n in opts.get("exclude-members", "").split(",")}
+            for name in public_names(module):
+                obj = getattr(module, name)
+                if name in excluded or inspect.ismodule(obj):
+                    continue
+                if (inspect.isfunction(obj) or inspect.isclass(obj)) and obj.__doc__:
+                    names[f"{target}.{name}"] = obj
+    return modules, names
+
+
+def test_the_api_pages_are_in_the_table_of_contents():
+    index = (DOCS / "index.rst").read_text()
+    for page in sorted((DOCS / "api").glob("*.rst")):
+        assert re.search(rf"^   api/{page.stem}$", index, re.MULTILINE), page.name
+
+
+def test_the_api_reference_documents_every_public_name():
+    """Each name of ``metafunc.__all__`` is on the package's page (a module: has its own page),
+    and each public name of the public modules on the module's page, or, where the page leaves
+    it out (``metafunc.tasks.Tasks``), the same object is documented under another name."""
+    modules, names = api_pages()
+    objects = [id(obj) for obj in names.values()]
+    missing = []
+    for name in mf.__all__:
+        if inspect.ismodule(getattr(mf, name)):
+            if f"metafunc.{name}" not in modules:
+                missing.append(f"metafunc.{name} (no page)")
+        elif f"metafunc.{name}" not in names:
+            missing.append(f"metafunc.{name}")
+    for module_name in PUBLIC_MODULES:
+        assert module_name in modules, f"{module_name} has no page"
+        module = importlib.import_module(module_name)
+        for name in public_names(module):
+            obj = getattr(module, name)
+            if f"{module_name}.{name}" not in names and id(obj) not in objects:
+                missing.append(f"{module_name}.{name}")
+    assert not missing, f"not in the API reference (docs/api/*.rst): {missing}"
+    assert {"Checkpoints", "Every", "Hook", "Log", "Logger", "Run"} <= set(mf.hooks.__all__)
