@@ -34,7 +34,5 @@ autodoc_inherit_docstrings = False  # nn.Module.forward's docstring is torch's, 
 nitpicky = True
 nitpick_ignore_regex = [
     (r"py:.*", r"(torch|collections|os|pathlib|typing|numbers|types)(\..*)?"),
-    (r"py:.*", r"(PyTree|Params|Module)"),
-    # in modules being rewritten (_learner.py): their annotations and one reference
-    (r"py:.*", r"(MetaGrad|Scores|check_randomness)"),
+    (r"py:.*", r"PyTree"),
 ]

@@ -3,6 +3,18 @@
 Models are pure functions over parameter pytrees (``pure``), the inner loop is
 ``torch.func.grad``, a meta-batch is ``vmap``-ed, and the whole outer step is one function
 compiled with ``torch.compile`` (``make_step``).
+
+Example:
+    >>> import functools
+    >>> fn, params = mf.pure(mf.models.mlp([1, 40, 40, 1]))
+    >>> learner = mf.maml(mf.supervised(fn, mf.losses.mse), inner_lr=0.01, inner_steps=5)
+    >>> opt = mf.optim.adam(1e-3)
+    >>> state = mf.init_state(learner, opt, params)
+    >>> step = mf.make_step(learner, opt, compile=False)  # compiled by default
+    >>> sampler = functools.partial(mf.tasks.sine, tasks=4)
+    >>> state = mf.train(step, state, sampler, steps=5, progress=False)
+    >>> int(state.step)
+    5
 """
 
 from . import distributed as distributed

@@ -62,6 +62,13 @@ def compiled(
     raises it. ``random``: the step draws random numbers, so Inductor uses torch's own random
     kernels (``fallback_random``), which draw what the eager step draws. A batch of another
     shape compiles another graph, with a warning that says so.
+
+    Example:
+        >>> pure = mf.outer_step(learner, opt)
+        >>> fast = mf.compiled(pure)  # compiles on its first call
+        >>> step = mf.validated(mf.seeded(fast), learner, opt, probe=mf.seeded(pure))  # make_step
+        >>> step.guarded  # the optimizer is not wrapped in mf.optim.apply_if_finite
+        False
     """
     fn = step.fn
     # A step from outer_step is partial(pure step, learner, optimizer): compile the pure step

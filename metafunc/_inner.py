@@ -28,7 +28,7 @@ class Loop:
     ``loss(params, data)`` and the inner optimizer. Whatever the steps depend on that the
     meta-gradient must reach (Meta-SGD's rates, DAML's loss network, the leaves that do not
     adapt) comes out of ``meta`` there and from nowhere else, so each step is a pure function
-    :func:`step` of ``(loop, meta, carry, data)``: the pieces a rematerialised meta-gradient
+    ``step`` of ``(loop, meta, carry, data)``: the pieces a rematerialised meta-gradient
     differentiates one step at a time (:func:`metafunc.remat`). The steps are built with
     ``torch.func.grad`` and a functional optimizer, so the result stays differentiable in
     ``meta`` through every step, the optimizer's own state included.
@@ -40,6 +40,15 @@ class Loop:
             the meta-parameters reach the outer loss only through them, so detaching them is
             refused (DAML's learned loss).
         pick: which leaves of ``params`` adapt (a predicate on dotted names); ``None`` for all.
+
+    Example:
+        >>> loop = mf.Loop(lambda meta: (meta, loss, mf.optim.sgd(0.1)), steps=3)
+        >>> support = tuple(t[0] for t in tasks.support)  # the first task's (x, y)
+        >>> adapted = loop(params, support)
+        >>> bool(loss(adapted, support) < loss(params, support))
+        True
+        >>> learner.inner  # mf.maml's inner is a Loop
+        Loop(setup=<function ...>, steps=1, first_order=False, pick=None)
     """
 
     setup: Callable[[Any], tuple[Any, Loss, Optimizer]]
@@ -189,7 +198,15 @@ def inner_loop(
             ``None`` for all.
 
     Example:
-        >>> adapted = mf.inner_loop(params, (x, y), loss=loss, lr=0.01, steps=5)
+        >>> support = tuple(t[0] for t in tasks.support)  # the first task's (x, y)
+        >>> query = tuple(t[0] for t in tasks.query)
+        >>> adapted = mf.inner_loop(params, support, loss=loss, lr=0.01, steps=5)
+        >>> bool(loss(adapted, support) < loss(params, support))
+        True
+        >>> def meta_loss(params):  # the query loss after adapting, differentiable
+        ...     return loss(mf.inner_loop(params, support, loss=loss, lr=0.01, steps=5), query)
+        >>> torch.func.grad(meta_loss)(params)["0.weight"].shape
+        torch.Size([8, 1])
     """
     where = "inner_loop"
     pick = _tree.picker(mask, where=where, name="mask")

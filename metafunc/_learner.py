@@ -20,6 +20,11 @@ class Losses(NamedTuple):
     Attributes:
         loss: the query loss after adapting.
         loss_before: the query loss at the meta-learned parameters, ``learner.params(meta)``.
+
+    Example:
+        >>> grads, losses = learner.meta_grad(params, tasks)
+        >>> losses.loss.shape, bool(losses.loss < losses.loss_before)  # adapting helped
+        (torch.Size([]), True)
     """
 
     loss: torch.Tensor
@@ -35,6 +40,12 @@ class Batching(NamedTuple):
         randomness: what random operations in the model do under ``vmap`` over tasks:
             ``"error"`` refuses them; ``"different"`` and ``"same"`` draw them from torch's
             generator (``make_step`` seeds it from ``TrainState.rng``).
+
+    Example:
+        >>> learner.batching
+        Batching(chunk_size=None, randomness='error')
+        >>> mf.stochastic(mf.chunked(learner, 4)).batching
+        Batching(chunk_size=4, randomness='different')
     """
 
     chunk_size: int | None = None
@@ -61,7 +72,15 @@ def per_task(learner: Learner, chunk_size: int | None = None) -> Callable[..., A
 
 
 def exact(learner: Learner, meta: Any, tasks: Tasks) -> tuple[Any, Losses]:
-    """The meta-gradient differentiated through adaptation (MAML and its relatives)."""
+    """The meta-gradient differentiated through adaptation (MAML and its relatives).
+
+    Example:
+        >>> learner.rule is mf.exact  # mf.maml's rule
+        True
+        >>> exact_grads, losses = mf.exact(learner, params, tasks)  # meta_grad, unchecked
+        >>> all(torch.equal(exact_grads[k], grads[k]) for k in grads)
+        True
+    """
     batched = per_task(learner)
 
     def objective(meta: Any) -> tuple[torch.Tensor, Losses]:
@@ -108,9 +127,22 @@ class Learner(NamedTuple):
         batching: how tasks are batched (:class:`Batching`).
 
     Example:
-        >>> def init(params): return mf.tree.copy(params)
-        >>> def inner(meta, support): return mf.inner_loop(meta, support, loss=loss, lr=0.1, steps=1)
-        >>> learner = mf.Learner(init, inner, loss)
+        >>> def init(params):
+        ...     return {name: p.clone() for name, p in params.items()}
+        >>> def inner(meta, support):
+        ...     return mf.inner_loop(meta, support, loss=loss, lr=0.1, steps=1)
+        >>> custom = mf.Learner(init, inner, loss)
+        >>> meta = custom.init(params)
+        >>> grads, losses = custom.meta_grad(meta, tasks)  # shaped like meta
+        >>> grads["0.weight"].shape
+        torch.Size([8, 1])
+        >>> adapted, after, before = custom.per_task(meta, tasks)  # task by task
+        >>> adapted["0.weight"].shape, after.shape
+        (torch.Size([2, 8, 1]), torch.Size([2]))
+        >>> torch.allclose(losses.loss, after.mean())
+        True
+        >>> custom.adapt(meta, tasks.support)["0.weight"].shape
+        torch.Size([2, 8, 1])
     """
 
     init: Callable[[Any], Any]

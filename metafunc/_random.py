@@ -25,7 +25,20 @@ def seeded(step: Step) -> Step:
     (not on what ran before or after, or on the global RNG), a resumed run draws exactly what
     the uninterrupted one did, and the new state's ``rng`` counts one more step. The stream
     lives on the CPU, outside the wrapped (perhaps compiled) step, which sees ``rng=None``. A
-    state without a stream passes through."""
+    state without a stream passes through.
+
+    Example:
+        >>> fn, params = mf.pure(nn.Sequential(nn.Linear(1, 8), nn.Dropout(0.5), nn.Linear(8, 1)))
+        >>> learner = mf.stochastic(mf.maml(mf.supervised(fn, mf.losses.mse)))
+        >>> state = mf.init_state(learner, opt, params, seed=0)
+        >>> step = mf.seeded(mf.outer_step(learner, opt))
+        >>> new, metrics = step(state, tasks)
+        >>> new.rng  # (seed, steps drawn)
+        tensor([0, 1])
+        >>> again, _ = step(state, tasks)  # the same step draws the same dropout masks
+        >>> torch.equal(again.meta["0.weight"], new.meta["0.weight"])
+        True
+    """
 
     def run(state: TrainState, tasks: Any) -> Any:
         rng = state.rng

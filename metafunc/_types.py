@@ -74,7 +74,8 @@ class Metrics(NamedTuple):
 @dataclass(frozen=True)
 class Step:
     """A training step, ``step(state, tasks) -> (state, metrics)``, and what the training loop
-    needs to know of it; the wrappers of :mod:`metafunc.step` each take one and return one.
+    needs to know of it; the wrappers :func:`metafunc.compiled`, :func:`metafunc.seeded` and
+    :func:`metafunc.validated` each take one and return one.
 
     Attributes:
         fn: the function.

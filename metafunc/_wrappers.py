@@ -30,7 +30,10 @@ def chunked(learner: Learner, size: int) -> Learner:
     which then chunks each rank's share.
 
     Example:
-        >>> learner = mf.chunked(mf.maml(loss, inner_lr=0.01, inner_steps=5), 4)
+        >>> one_at_a_time = mf.chunked(learner, 1)
+        >>> chunk_grads, _ = one_at_a_time.meta_grad(params, tasks)
+        >>> all(torch.allclose(chunk_grads[k], grads[k]) for k in grads)
+        True
     """
     check_learner("chunked", learner)
     size = _checks.integer("chunked", "size", size, minimum=1)
@@ -88,7 +91,7 @@ def remat(learner: Learner) -> Learner:
     """``learner`` rematerialising its inner steps: only the parameters (and inner optimizer
     state) are kept between steps, and each step's activations are recomputed in the backward
     pass (memory flat in the inner steps, about one more forward pass of the inner loop). The
-    meta-gradient is the same bit for bit (see :mod:`metafunc._remat`).
+    meta-gradient is the same bit for bit (see ``metafunc._remat``).
 
     It replaces the exact meta-gradient of a learner whose inner is a :class:`metafunc.Loop`,
     so apply it before :func:`metafunc.chunked` and
@@ -97,7 +100,12 @@ def remat(learner: Learner) -> Learner:
     not differentiate through its inner loop (Reptile, iMAML).
 
     Example:
-        >>> learner = mf.chunked(mf.remat(mf.maml(loss, inner_lr=0.01, inner_steps=20)), 4)
+        >>> deep = mf.maml(loss, inner_lr=0.01, inner_steps=4)
+        >>> remat_grads, _ = mf.remat(deep).meta_grad(params, tasks)
+        >>> exact_grads, _ = deep.meta_grad(params, tasks)
+        >>> all(torch.equal(remat_grads[k], exact_grads[k]) for k in exact_grads)
+        True
+        >>> learner = mf.chunked(mf.remat(deep), 4)  # remat first
     """
     _loop("remat", learner)
     if learner.batching.randomness != "error":
@@ -127,6 +135,11 @@ def first_order(learner: Learner) -> Learner:
 
     Example:
         >>> learner = mf.first_order(mf.meta_sgd(loss, inner_lr=0.01))
+        >>> learner.inner.first_order
+        True
+        >>> grads, _ = learner.meta_grad(learner.init(params), tasks)
+        >>> bool(grads["lr"]["4.bias"].abs().sum() > 0)  # the rates still learn
+        True
     """
     loop = _loop("first_order", learner)
     if loop.first_order is None:
@@ -148,8 +161,17 @@ def stochastic(learner: Learner, randomness: str = "different") -> Learner:
     training mode does.
 
     Example:
+        >>> fn, params = mf.pure(nn.Sequential(nn.Linear(1, 8), nn.Dropout(0.5), nn.Linear(8, 1)))
+        >>> loss = mf.supervised(fn, mf.losses.mse)
+        >>> mf.maml(loss).meta_grad(params, tasks)
+        Traceback (most recent call last):
+            ...
+        RuntimeError: meta_grad: the model draws random numbers (dropout or another random ...
         >>> learner = mf.stochastic(mf.maml(loss, inner_lr=0.05))
         >>> state = mf.init_state(learner, opt, params, seed=0)
+        >>> state, metrics = mf.make_step(learner, opt, compile=False)(state, tasks)
+        >>> state.rng  # (seed, steps drawn)
+        tensor([0, 1])
     """
     check_learner("stochastic", learner)
     if randomness not in ("different", "same"):

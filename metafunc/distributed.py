@@ -68,8 +68,10 @@ def init(backend: str | None = None, *, timeout: float = 60.0) -> bool:
         ``True`` if a process group is (now) initialised.
 
     Example:
-        >>> mf.distributed.init()           # under: torchrun --nproc_per_node 2 script.py
-        >>> device = f"cuda:{os.environ['LOCAL_RANK']}" if torch.cuda.is_available() else "cpu"
+        >>> mf.distributed.init()  # True under torchrun --nproc_per_node 2 script.py
+        False
+        >>> mf.distributed.rank(), mf.distributed.world_size(), mf.distributed.is_main()
+        (0, 1, True)
     """
     _checks.positive_number("distributed.init", "timeout", timeout)
     if backend not in (None, "gloo", "nccl"):
@@ -99,8 +101,12 @@ def data_parallel(learner: Learner) -> Learner:
 
     Example:
         >>> mf.distributed.init()
-        >>> learner = mf.distributed.data_parallel(mf.maml(loss, inner_lr=0.01))
-        >>> step = mf.make_step(learner, mf.optim.adam(1e-3))
+        False
+        >>> mf.distributed.data_parallel(learner) is learner  # one process: as it is
+        True
+        >>> step = mf.make_step(mf.distributed.data_parallel(learner), opt, compile=False)
+        >>> int(step(state, tasks)[0].step)
+        1
     """
     check_learner("distributed.data_parallel", learner)
     if not active():

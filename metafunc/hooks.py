@@ -25,6 +25,8 @@ from . import distributed as _dist
 from ._types import Metrics, TrainState
 from .checkpoint import check_writable, load, read_metadata, save
 
+__all__ = ["Checkpoints", "Every", "Hook", "Log", "Logger", "Run"]
+
 logger = logging.getLogger("metafunc")
 
 
@@ -42,6 +44,16 @@ class Run:
         stopped: why the run was stopped before ``until`` (``None`` while it goes on).
         checkpoint: ``(path, step)`` of the last checkpoint this run wrote or resumed from.
         postfix: what the progress bar shows beside the count (set by :class:`Logger`).
+
+    Example:
+        >>> class StopAtTwo(mf.hooks.Hook):
+        ...     def step(self, run):
+        ...         if run.done == 2:
+        ...             run.stop("two steps are enough")
+        >>> step = mf.make_step(learner, opt, compile=False)
+        >>> state = mf.train(step, state, [tasks] * 5, steps=5, hooks=[StopAtTwo()], progress=False)
+        >>> int(state.step)
+        2
     """
 
     def __init__(self, state: TrainState, until: int, generator: torch.Generator | None) -> None:
@@ -83,7 +95,20 @@ class Run:
 
 
 class Hook:
-    """A piece of the training loop; subclass it and override what you need."""
+    """A piece of the training loop; subclass it and override what you need.
+
+    Example:
+        >>> class CountSteps(mf.hooks.Hook):
+        ...     def start(self, run):
+        ...         self.count = 0
+        ...     def step(self, run):
+        ...         self.count += 1
+        >>> counter = CountSteps()
+        >>> step = mf.make_step(learner, opt, compile=False)
+        >>> state = mf.train(step, state, [tasks] * 3, steps=3, hooks=[counter], progress=False)
+        >>> counter.count
+        3
+    """
 
     def start(self, run: Run) -> None:
         """Before the first step."""
@@ -96,7 +121,7 @@ class Hook:
 
 
 class Log(NamedTuple):
-    """What :class:`Logger`'s ``on_log`` gets at the end of each log window.
+    """What :class:`metafunc.hooks.Logger`'s ``on_log`` gets at the end of each log window.
 
     Attributes:
         step: the step counter at the end of the window.
@@ -125,8 +150,15 @@ class Logger(Hook):
 
     Example:
         >>> history = []
-        >>> state = mf.train(step, state, sampler, steps=1000,
-        ...                  hooks=[mf.hooks.Logger(100, on_log=history.append)])
+        >>> step = mf.make_step(learner, opt, compile=False)
+        >>> logger = mf.hooks.Logger(2, on_log=history.append)
+        >>> state = mf.train(step, state, [tasks] * 5, steps=5, hooks=[logger], progress=False)
+        >>> [log.step for log in history]  # every 2 steps and after the last
+        [2, 4, 5]
+        >>> list(history[0].metrics)
+        ['loss', 'loss_before', 'grad_norm', 'finite', 'skipped']
+        >>> history[0].metrics["finite"]  # the fraction of finite steps
+        1.0
     """
 
     def __init__(self, every: int = 100, on_log: Callable[[Log], Any] | None = None) -> None:
@@ -169,10 +201,19 @@ class Every(Hook):
     (``run.stop(reason)``), bookkeeping in ``state.extra`` (``run.state = ...``).
 
     Example:
-        >>> def validate(run):
-        ...     score = mf.evaluate(learner, run.state.meta, held_out).loss.mean
-        ...     if score > best: run.stop(f"validation loss rose to {score:.3f}")
-        >>> hooks = [mf.hooks.Every(500, validate)]
+        >>> held_out = mf.tasks.sine(torch.Generator().manual_seed(1), tasks=4)
+        >>> def validate(run):  # stop when the held-out loss rises; the best one in state.extra
+        ...     loss = torch.tensor(mf.evaluate(learner, run.state.meta, held_out).loss.mean)
+        ...     best = run.state.extra["best"]
+        ...     if loss > best:
+        ...         run.stop(f"validation loss rose to {loss:.3f}")
+        ...     run.state = run.state._replace(extra={"best": torch.minimum(loss, best)})
+        >>> state = state._replace(extra={"best": torch.tensor(float("inf"))})
+        >>> step = mf.make_step(learner, opt, compile=False)
+        >>> hooks = [mf.hooks.Every(2, validate)]
+        >>> state = mf.train(step, state, [tasks] * 6, steps=6, hooks=hooks, progress=False)
+        >>> bool(state.extra["best"] < float("inf"))
+        True
     """
 
     def __init__(self, every: int, fn: Callable[[Run], Any]) -> None:
@@ -202,7 +243,14 @@ class Checkpoints(Hook):
     wait for each write.
 
     Example:
-        >>> hooks = [mf.hooks.Checkpoints("run/ckpt.pt", every=1000, resume=True)]
+        >>> step = mf.make_step(learner, opt, compile=False)
+        >>> hooks = [mf.hooks.Checkpoints("run/ckpt.pt", every=2, resume=True)]
+        >>> first = mf.train(step, state, [tasks] * 3, until=3, hooks=hooks, progress=False)
+        >>> int(mf.load("run/ckpt.pt", like=state).step)  # written at step 2 and at the end
+        3
+        >>> last = mf.train(step, state, [tasks] * 2, until=5, hooks=hooks, progress=False)
+        >>> int(last.step)  # resumed at step 3, then two more
+        5
     """
 
     def __init__(

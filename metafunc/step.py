@@ -40,7 +40,11 @@ def init_state(
 
     Example:
         >>> state = mf.init_state(mf.maml(loss), mf.optim.adam(1e-3), params)
+        >>> int(state.step), state.rng is None
+        (0, True)
         >>> state = mf.init_state(mf.stochastic(mf.maml(loss)), opt, params, seed=0)
+        >>> state.rng  # (seed, steps drawn)
+        tensor([0, 0])
     """
     _check_types("init_state", learner, optimizer)
     randomness = learner.batching.randomness
@@ -95,8 +99,10 @@ def make_step(
             torch's compile caches on disk (see :func:`compiled`); ``False`` compiles afresh.
 
     Example:
-        >>> step = mf.make_step(learner, mf.optim.adam(1e-3))
+        >>> step = mf.make_step(learner, opt, compile=False)  # eager; compiled by default
         >>> state, metrics = step(state, tasks)
+        >>> int(state.step), metrics.loss.shape, bool(metrics.finite)
+        (1, torch.Size([]), True)
     """
     _check_types("make_step", learner, optimizer)
     _checks.boolean("make_step", "compile", compile)
@@ -115,7 +121,17 @@ def make_step(
 def outer_step(learner: Learner, optimizer: Optimizer) -> Step:
     """The pure outer step: the meta-gradient over the meta-batch, the optimizer update and the
     metrics, with no checks (see :func:`validated`), no random stream (see :func:`seeded`) and
-    nothing outside the graph, so it compiles whole (:func:`compiled`)."""
+    nothing outside the graph, so it compiles whole (:func:`compiled`).
+
+    Example:
+        >>> pure = mf.outer_step(learner, opt)
+        >>> new, metrics = pure(state, tasks)
+        >>> int(new.step), int(state.step)  # a new state; the one given is unchanged
+        (1, 0)
+        >>> norm = torch.cat([g.flatten() for g in grads.values()]).norm()
+        >>> torch.allclose(metrics.grad_norm, norm)  # the meta-gradient's norm
+        True
+    """
     return Step(functools.partial(pure_step, learner, optimizer), guarded=optimizer.guarded)
 
 
@@ -143,8 +159,17 @@ def validated(step: Step, learner: Learner, optimizer: Optimizer, *, probe: Step
     """``step`` with its inputs checked eagerly before a call whose signature (structures,
     shapes, dtypes, devices) it has not seen, and ``probe`` (the eager step) run once then on
     one task, so that a model, loss or data that cannot work fails with a message that says
-    why (:mod:`metafunc._diagnose`); an allocation that fails says what to do about it. Calls
-    run under ``torch.no_grad``, so task tensors that require grad leave no graph behind."""
+    why (``metafunc._diagnose``); an allocation that fails says what to do about it. Calls
+    run under ``torch.no_grad``, so task tensors that require grad leave no graph behind.
+
+    Example:
+        >>> pure = mf.outer_step(learner, opt)
+        >>> step = mf.validated(pure, learner, opt, probe=pure)
+        >>> step(state, mf.Tasks(tasks.support, tasks.query[0]))  # the query without its y
+        Traceback (most recent call last):
+            ...
+        ValueError: step: tasks.query must have the same tree structure as tasks.support; ...
+    """
 
     @_checks.once_per_signature
     def check_call(state: TrainState, tasks: Tasks) -> None:

@@ -78,9 +78,18 @@ def train(
         the state after the last step.
 
     Example:
-        >>> state = mf.train(step, state, sampler, steps=10_000, generator=g,
-        ...                  hooks=[mf.hooks.Logger(100), mf.hooks.Checkpoints("run/ckpt.pt",
-        ...                         every=1000, resume=True)])
+        >>> import functools
+        >>> step = mf.make_step(learner, opt, compile=False)
+        >>> sampler = functools.partial(mf.tasks.sine, tasks=2)
+        >>> hooks = [mf.hooks.Logger(5), mf.hooks.Checkpoints("run/ckpt.pt", every=5, resume=True)]
+        >>> done = mf.train(step, state, sampler, steps=10, hooks=hooks, progress=False)
+        >>> int(done.step)
+        10
+        >>> again = mf.train(step, state, sampler, until=10, hooks=hooks, progress=False)
+        >>> int(again.step)  # resumed from run/ckpt.pt at step 10: nothing left to run
+        10
+        >>> int(mf.train(step, state, [tasks] * 3, steps=3, progress=False).step)  # a list of batches
+        3
     """
     run, batches = _begin(step, state, data, steps, until, generator, hooks)
     policy = Policy(on_nonfinite, getattr(step, "guarded", False))

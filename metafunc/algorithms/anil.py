@@ -41,6 +41,14 @@ def anil(
     Example:
         >>> fn, params = mf.pure(mf.models.mlp([1, 40, 40, 1]))
         >>> learner = mf.anil(mf.supervised(fn, mf.losses.mse), head="4", inner_lr=0.01)
+        >>> adapted = learner.adapt(params, tasks.support)
+        >>> torch.equal(adapted["0.weight"][0], params["0.weight"])  # the body stays
+        True
+        >>> torch.equal(adapted["4.weight"][0], params["4.weight"])  # the head adapts
+        False
+        >>> grads, _ = learner.meta_grad(params, tasks)
+        >>> bool(grads["0.weight"].abs().sum() > 0)  # the body is meta-learned all the same
+        True
     """
     if head is None:
         raise TypeError(

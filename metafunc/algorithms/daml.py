@@ -57,8 +57,19 @@ def daml(
         a :class:`metafunc.Learner` whose meta-parameters are ``{"params": θ0, "loss": φ}``.
 
     Example:
+        >>> model, params = mf.pure(mf.models.blog_sine_net(g, hidden=8, features=True))
+        >>> loss_net, phi = mf.pure(mf.models.daml_loss_net(g, hidden=8))
+        >>> def adaptation_loss(phi, y, features):
+        ...     h1, h2 = features
+        ...     return loss_net(phi, torch.cat([y, h2, h1], dim=-1)).pow(2).mean()
         >>> learner = mf.daml(model, adaptation_loss, phi, mf.losses.mse, inner_lr=3e-2)
         >>> state = mf.init_state(learner, mf.optim.adam(1e-3), params)
+        >>> sorted(state.meta)
+        ['loss', 'params']
+        >>> tasks = mf.tasks.daml_sine(g, tasks=2)  # unlabeled source inputs to adapt on
+        >>> grads, _ = learner.meta_grad(state.meta, tasks)
+        >>> bool(grads["loss"]["0.weight"].abs().sum() > 0)  # the loss network learns too
+        True
     """
     name = "daml"
     _checks.function(name, "model", model, "model(params, x) -> (output, features)")

@@ -52,9 +52,12 @@ def imaml(
         a :class:`metafunc.Learner` whose meta-parameters are the initial parameters.
 
     Example:
-        >>> learner = mf.imaml(mf.supervised(fn, mf.losses.mse), inner_lr=0.01, inner_steps=50,
-        ...                    reg=1.0, cg_steps=10)
-        >>> step = mf.make_step(learner, mf.optim.adam(1e-3))
+        >>> learner = mf.imaml(mf.supervised(fn, mf.losses.mse), inner_lr=0.01, inner_steps=20,
+        ...                    reg=1.0, cg_steps=5)
+        >>> step = mf.make_step(learner, opt, compile=False)
+        >>> state, metrics = step(mf.init_state(learner, opt, params), tasks)
+        >>> int(state.step), bool(metrics.finite)
+        (1, True)
     """
     name = "imaml"
     _checks.function(name, "loss", loss, "loss(params, data)")

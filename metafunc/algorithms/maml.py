@@ -57,6 +57,10 @@ def maml(
         >>> fn, params = mf.pure(net)
         >>> learner = mf.maml(mf.supervised(fn, mf.losses.mse), inner_lr=0.01, inner_steps=1)
         >>> grads, losses = learner.meta_grad(learner.init(params), tasks)
+        >>> grads["0.weight"].shape, losses.loss.shape  # like the parameters; a mean over tasks
+        (torch.Size([8, 1]), torch.Size([]))
+        >>> learner.adapt(params, tasks.support)["0.weight"].shape  # each task's adapted params
+        torch.Size([2, 8, 1])
     """
     return masked("maml", loss, inner_lr, inner_opt, inner_steps, mask, "mask")
 
@@ -68,6 +72,8 @@ def fomaml(loss: Loss, **options: Any) -> Learner:
 
     Example:
         >>> learner = mf.fomaml(loss, inner_lr=0.01, inner_steps=5)
+        >>> learner.inner.first_order
+        True
     """
     return first_order(maml(loss, **options))
 

@@ -36,7 +36,14 @@ def meta_sgd(loss: Loss, *, inner_lr: float | Any = 0.01, inner_steps: int = 1) 
 
     Example:
         >>> learner = mf.meta_sgd(mf.supervised(fn, mf.losses.mse), inner_lr=0.01)
-        >>> meta = learner.init(params)   # meta["lr"] is shaped like params
+        >>> meta = learner.init(params)
+        >>> sorted(meta), meta["lr"]["0.weight"].shape  # a rate for every parameter entry
+        (['lr', 'params'], torch.Size([8, 1]))
+        >>> meta["lr"]["4.bias"]
+        tensor([0.0100])
+        >>> grads, _ = learner.meta_grad(meta, tasks)  # for the rates too
+        >>> grads["lr"]["4.bias"].shape
+        torch.Size([1])
     """
     name = "meta_sgd"
     _checks.function(name, "loss", loss, "loss(params, data)")

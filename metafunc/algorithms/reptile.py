@@ -42,7 +42,14 @@ def reptile(
 
     Example:
         >>> learner = mf.reptile(mf.supervised(fn, mf.losses.mse), inner_lr=0.02, inner_steps=5)
-        >>> step = mf.make_step(learner, mf.optim.sgd(0.1))
+        >>> pseudo, _ = learner.meta_grad(params, tasks)
+        >>> adapted = learner.adapt(params, tasks.support)
+        >>> torch.allclose(pseudo["4.bias"], params["4.bias"] - adapted["4.bias"].mean(0))
+        True
+        >>> step = mf.make_step(learner, mf.optim.sgd(0.1), compile=False)
+        >>> state, metrics = step(mf.init_state(learner, mf.optim.sgd(0.1), params), tasks)
+        >>> int(state.step)
+        1
     """
     name = "reptile"
     _checks.function(name, "loss", loss, "loss(params, data)")
