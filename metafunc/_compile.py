@@ -7,8 +7,10 @@ import contextlib
 import dataclasses
 import functools
 import hashlib
+import itertools
 import logging
 import platform
+import re
 import sys
 import types
 import warnings
@@ -78,6 +80,8 @@ def compiled(
     if isinstance(fn, functools.partial) and _is_outer(fn):
         base, records = fn.func, fn.args
     key = _key(base, records, mode, backend, options, random) if cache else None
+    # torch saves whole compiled graphs for Inductor only (other backends' are not stored)
+    persist = key is not None and backend == "inductor"
     cuda_graphs = mode in _CUDA_GRAPH_MODES
     seen: dict[Any, Any] = {}  # (device type, shapes) -> its compiled function
 
@@ -85,25 +89,33 @@ def compiled(
         extra, state = state.extra, state._replace(extra=None)
         signature = (_tree.leaves(state.meta)[0].device.type, _shapes(state, tasks))
         function: Any = seen.get(signature)
+        loaded = False
         first = function is None
         if first:
             if seen:
                 warnings.warn(_recompile_message(len(seen)), RuntimeWarning, stacklevel=3)
-            function = seen[signature] = _function(
-                key, signature, base, mode, backend, options, random
-            )
+            function, loaded = _function(key, signature, base, mode, backend, options, random)
+            seen[signature] = function
         if cuda_graphs:
             torch.compiler.cudagraph_mark_step_begin()  # type: ignore[no-untyped-call]
         try:
-            with torch.no_grad(), _tracing(first, key is not None):
+            with torch.no_grad(), _tracing(first, persist), _rng_kept(loaded) as replay:
                 out = function(*records, state, tasks)
+                if loaded and not _agrees(out, replay(lambda: fn(state, tasks))):
+                    # another step's graph saved under this key (a file copied or renamed)
+                    # would have given these numbers: never trusted; compiled afresh
+                    warnings.warn(_MISMATCH, RuntimeWarning, stacklevel=3)
+                    function, _ = _function(None, signature, base, mode, backend, options, random)
+                    seen[signature] = function
+                    with _precompile(False):
+                        out = replay(lambda: function(*records, state, tasks))
         except torch._dynamo.exc.TorchDynamoException:
             # Tracing turns errors raised by user code (a bad loss, a refused model) into
             # compiler messages; the eager step raises the original.
             with torch.no_grad():
                 fn(state, tasks)
             raise
-        if first and key is not None:
+        if first and persist and not loaded:
             _save()
         if cuda_graphs:
             out = _tree.map(torch.clone, out)
@@ -137,9 +149,10 @@ def _function(
     backend: Any,
     options: Any,
     random: bool,
-) -> Any:
-    """The compiled function for ``key`` and these inputs: this process's, or a new one (loaded
-    from torch's caches, or compiled on its first call). Each has a code object of its own:
+) -> tuple[Any, bool]:
+    """``(function, loaded)``: the compiled function for ``key`` and these inputs, this
+    process's or a new one, and whether it was loaded from torch's caches (saved by an earlier
+    process) rather than to be compiled on its first call. Each has a code object of its own:
     Dynamo keeps its graphs (and counts recompiles) per code object, and names a saved graph
     after the function's qualified name, which holds the key and the inputs' shapes."""
     kind = signature[0]
@@ -148,23 +161,94 @@ def _function(
         full = hashlib.sha256(f"{key}{signature!r}".encode()).hexdigest()[:40]
         if full in _COMPILED:
             _COMPILED.move_to_end(full)
-            return _COMPILED[full]
-    private = types.FunctionType(base.__code__.replace(), base.__globals__, base.__name__)
-    private.__qualname__ = f"metafunc_step_{full or id(private)}"
+            return _COMPILED[full], False
     persist = full is not None and backend == "inductor"
-    with _tracing(True, persist), _loading_guards() if persist else contextlib.nullcontext():
-        function = torch.compile(
-            private,
-            fullgraph=True,
-            dynamic=False,
-            backend=backend,
-            options=_options(kind, mode, backend, random, full is not None, options or {}),
-        )
+    settings = _options(kind, mode, backend, random, full is not None, options or {})
+    hits = torch._dynamo.utils.counters["dynamo_cache"]["dynamo_cache_hit"]
+    try:
+        function = _compile(base, full, backend, settings, persist)
+    except Exception as e:  # a saved graph torch could not install: compile afresh
+        logger.warning("the saved compiled step could not be loaded (%s); compiling it", e)
+        function, persist = _compile(base, None, backend, settings, False), False
+    loaded = persist and torch._dynamo.utils.counters["dynamo_cache"]["dynamo_cache_hit"] > hits
     if full is not None:
         _COMPILED[full] = function
         if len(_COMPILED) > 64:
             _COMPILED.popitem(last=False)
+    return function, loaded
+
+
+def _compile(base: Any, name: str | None, backend: Any, options: Any, persist: bool) -> Any:
+    _past_installed_names(base.__globals__)
+    private = types.FunctionType(base.__code__.replace(), base.__globals__, base.__name__)
+    private.__qualname__ = f"metafunc_step_{name or id(private)}"
+    with _tracing(True, persist), _loading_guards() if persist else contextlib.nullcontext():
+        function = torch.compile(
+            private, fullgraph=True, dynamic=False, backend=backend, options=options
+        )
+    _past_installed_names(base.__globals__)  # those of a graph it loaded
     return function
+
+
+def _past_installed_names(scope: dict[str, Any]) -> None:
+    """Move Dynamo's counter of the helper names it installs in a module's globals
+    (``__builtins_dict___0``...) past those a loaded graph installed there: it numbers them
+    from 0 in every process, so a graph traced after one was loaded would reuse a name and
+    fail ("Name '__builtins_dict___0' already exists in scope", torch 2.13)."""
+    from torch._dynamo import bytecode_transformation
+
+    numbers = [int(m.group(1)) for n in scope if (m := _INSTALLED.match(n))]
+    if numbers:
+        start = max(max(numbers) + 1, next(bytecode_transformation._unique_id_counter))
+        bytecode_transformation._unique_id_counter = itertools.count(start)
+
+
+_INSTALLED = re.compile(r"^__\w+?_(\d+)$")
+
+_MISMATCH = (
+    "step: the compiled step loaded from torch's compile cache gave other numbers than the "
+    "eager step on its first call, so it was not this step's (a cache file copied or renamed); "
+    "it was compiled afresh"
+)
+
+
+def _agrees(compiled: Any, eager: Any) -> bool:
+    """The loaded step's first outputs agree with the eager step's, to rounding."""
+    pairs = zip(_tree.leaves(compiled), _tree.leaves(eager), strict=True)
+    return all(
+        torch.allclose(a.double(), b.double(), rtol=1e-3, atol=1e-5, equal_nan=True)
+        if a.is_floating_point()
+        else torch.equal(a, b)
+        for a, b in pairs
+    )
+
+
+@contextlib.contextmanager
+def _rng_kept(on: bool) -> Any:
+    """While ``on``, a ``replay(f)`` that runs ``f`` with torch's generators where they were at
+    the start (the check of a loaded step draws what the step drew) and leaves them where the
+    step left them."""
+    if not on:
+        yield lambda f: f()
+        return
+    start = torch.random.get_rng_state()
+    initialized = torch.cuda.is_initialized()  # type: ignore[no-untyped-call]
+    cuda = torch.cuda.get_rng_state_all() if initialized else None
+
+    def replay(f: Any) -> Any:
+        end = torch.random.get_rng_state()
+        end_cuda = torch.cuda.get_rng_state_all() if cuda is not None else None
+        torch.random.set_rng_state(start)
+        if cuda is not None:
+            torch.cuda.set_rng_state_all(cuda)
+        try:
+            return f()
+        finally:
+            torch.random.set_rng_state(end)
+            if end_cuda is not None:
+                torch.cuda.set_rng_state_all(end_cuda)
+
+    yield replay
 
 
 def _options(
@@ -227,8 +311,9 @@ def _precompile(on: bool) -> Any:
     every process, that the CPU's vector instructions work (it still reads which the CPU has)
     and not to precompile torch's headers (cheaper to compile without, and checking them costs
     every new process a subprocess)."""
-    if not on:
-        yield
+    if not on:  # off, also inside a call where it was on
+        with torch._dynamo.config.patch(caching_precompile=False):
+            yield
         return
     inductor = {"cpp.vec_isa_ok": True, "cpp_cache_precompile_headers": False}
     with (

@@ -1,0 +1,310 @@
+"""The compiled step's cache: keyed by a fingerprint of what decides its graph, reused in the
+process, saved for later processes and never loaded into another configuration's step."""
+
+import json
+import os
+import subprocess
+import sys
+import threading
+
+import pytest
+import torch
+from support import graphs, sine_tasks
+from torch import nn
+from torch._dynamo.types import GuardFilterEntry
+
+import metafunc as mf
+from metafunc import _compile, _fingerprint
+
+ACT = torch.relu  # a global the loss below reads; a test rebinds it
+
+
+def _net():
+    return nn.Sequential(nn.Linear(1, 4), nn.Tanh(), nn.Linear(4, 1)).double()
+
+
+def _steps(fn):
+    learner = mf.maml(mf.supervised(fn, mf.losses.mse), inner_lr=0.1)
+    opt = mf.optim.sgd(0.1)
+    compiled = mf.make_step(learner, opt, backend="aot_eager")
+    eager = mf.make_step(learner, opt, compile=False)
+    return learner, opt, compiled, eager
+
+
+def _same(a, b):
+    for x, y in zip(mf._tree.leaves(a), mf._tree.leaves(b), strict=True):
+        torch.testing.assert_close(x, y, rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.compile
+def test_a_step_is_a_snapshot_of_what_the_loss_reads_and_a_new_step_sees_a_rebound_global():
+    """As with jax.jit, a compiled step computes what the loss's globals were when it was
+    built: it is keyed by them (and saved under that key for later processes), not guarded by
+    their identity on every call. make_step again gives the step of the new binding; with
+    cache=False, Dynamo's own identity guards recompile the same step."""
+    global ACT
+    fn, params = mf.pure(_net())
+    learner, opt, compiled, eager = _steps(lambda p, x: ACT(fn(p, x)))
+    unkeyed = mf.make_step(learner, opt, backend="aot_eager", cache=False)
+    state, tasks = mf.init_state(learner, opt, params), sine_tasks(n=2)
+    try:
+        relu = eager(state, tasks)
+        _same(compiled(state, tasks), relu)
+        _same(unkeyed(state, tasks), relu)
+        ACT = torch.tanh  # relu and tanh differ on the negative outputs of the net
+        tanh = eager(state, tasks)
+        assert not torch.equal(relu[1].loss, tanh[1].loss)
+        _same(compiled(state, tasks), relu)  # the snapshot
+        _same(mf.make_step(learner, opt, backend="aot_eager")(state, tasks), tanh)
+        _same(unkeyed(state, tasks), tanh)
+    finally:
+        ACT = torch.relu
+
+
+class _Doubles(nn.Module):
+    """Doubles its input in training mode only."""
+
+    def forward(self, x):
+        return x * 2 if self.training else x
+
+
+@pytest.mark.compile
+def test_a_model_switched_to_eval_mode_recompiles():
+    # the user's own functional model around a module they keep (mf.pure holds a private copy)
+    net = nn.Sequential(nn.Linear(1, 4), _Doubles(), nn.Linear(4, 1)).double()
+    params = {k: v.detach().clone() for k, v in net.named_parameters()}
+    learner, opt, compiled, eager = _steps(lambda p, x: torch.func.functional_call(net, p, (x,)))
+    state, tasks = mf.init_state(learner, opt, params), sine_tasks(n=2)
+    trained = compiled(state, tasks)
+    _same(trained, eager(state, tasks))
+    net.eval()
+    evaluated = compiled(state, tasks)
+    _same(evaluated, eager(state, tasks))
+    assert not torch.equal(trained[1].loss, evaluated[1].loss)
+
+
+def _entry(name, guard_type, derived=()):
+    return GuardFilterEntry(
+        name=name,
+        has_value=True,
+        value=None,
+        guard_type=guard_type,
+        derived_guard_types=derived,
+        is_global=name.startswith("G["),
+        orig_guard=None,
+    )
+
+
+# One case per rule of the keyed step's guard filter, written out by hand: (rule, entry,
+# kept?). The compile tests compare compiled runs with eager ones and cannot tell a wrong rule.
+RULES = [
+    # identity checks: no other process shares the ids; the fingerprint stands for them
+    ("id-match", _entry("L['learner'].outer", "ID_MATCH"), False),
+    ("closure-match", _entry("L['learner'].inner.setup", "CLOSURE_MATCH"), False),
+    ("weakref", _entry("L['optimizer'].update", "WEAKREF_ALIVE"), False),
+    ("dict-version", _entry("L['learner'].outer.__closure__[0].cell_contents", "DICT_VERSION"), False),
+    ("derived-id", _entry("L['tasks'].support", "TYPE_MATCH", ("ID_MATCH",)), False),
+    # guards on the globals traced code reads: libraries (fixed by the versions in the key) and
+    # the user's (in the fingerprint); torch cannot load them outside a trace
+    ("global-constant", _entry("G['EPS']", "CONSTANT_MATCH"), False),
+    ("global-tensor", _entry("G['mask']", "TENSOR_MATCH"), False),
+    ("imported-module", _entry("__import__('torch').nn", "CONSTANT_MATCH"), False),
+    ("imported-global", _entry("G['__import_torch_dot_nn'].functional", "TYPE_MATCH"), False),
+    # value, type and tensor guards on the step's arguments and global state: kept
+    ("tensor", _entry("L['state'].meta['0.weight']", "TENSOR_MATCH"), True),
+    ("constant", _entry("L['learner'].inner.steps", "CONSTANT_MATCH"), True),
+    ("training-flag", _entry("L['learner'].outer.__closure__[0].cell_contents._module.training", "CONSTANT_MATCH"), True),
+    ("dict-keys", _entry("L['state'].meta", "DICT_KEYS_MATCH"), True),
+    ("type", _entry("L['tasks'].support", "TYPE_MATCH"), True),
+    ("grad-mode", _entry("", "GRAD_MODE"), True),
+    ("global-state", _entry("", "GLOBAL_STATE"), True),
+]  # fmt: skip
+
+
+def test_the_guard_filter_follows_each_rule_against_a_hand_written_expectation():
+    got = _compile._portable([entry for _, entry, _ in RULES])
+    wrong = [
+        f"{rule}: kept={k} (want {want})"
+        for (rule, _, want), k in zip(RULES, got, strict=True)
+        if k != want
+    ]
+    assert not wrong, wrong
+    for rule, entry, want in RULES:  # each entry is judged on its own
+        assert _compile._portable([entry]) == [want], rule
+
+
+# ---------------------------------------------------------------- the fingerprint
+
+
+def _maml(lr=0.1, steps=1, width=3, act=torch.tanh, loss=None):
+    torch.manual_seed(0)  # test-only: nn.Linear's default initialisation
+    net = nn.Sequential(nn.Linear(1, width), nn.Tanh(), nn.Linear(width, 1)).double()
+    fn, params = mf.pure(net)
+    loss = loss or mf.supervised(lambda p, x: act(fn(p, x)), mf.losses.mse)
+    return mf.maml(loss, inner_lr=lr, inner_steps=steps), params
+
+
+def test_the_fingerprint_is_the_same_for_an_equal_configuration_whatever_its_rates():
+    key = lambda learner, opt: _fingerprint.fingerprint(learner, opt)  # noqa: E731
+    a = key(_maml(lr=0.1)[0], mf.optim.adam(1e-3))
+    assert a is not None
+    assert key(_maml(lr=0.1)[0], mf.optim.adam(1e-3)) == a  # rebuilt: new objects
+    assert key(_maml(lr=0.3)[0], mf.optim.adam(2e-3)) == a  # rates are inputs of the graph
+    differ = {
+        "inner steps": key(_maml(steps=2)[0], mf.optim.adam(1e-3)),
+        "model width": key(_maml(width=4)[0], mf.optim.adam(1e-3)),
+        "a function the loss calls": key(_maml(act=torch.relu)[0], mf.optim.adam(1e-3)),
+        "first order": key(mf.first_order(_maml()[0]), mf.optim.adam(1e-3)),
+        "chunked": key(mf.chunked(_maml()[0], 2), mf.optim.adam(1e-3)),
+        "Adam's b1": key(_maml()[0], mf.optim.adam(1e-3, b1=0.8)),
+        "another optimizer": key(_maml()[0], mf.optim.sgd(1e-3)),
+        "a guard": key(_maml()[0], mf.optim.apply_if_finite(mf.optim.adam(1e-3))),
+    }
+    assert len(set(differ.values()) | {a}) == len(differ) + 1, differ
+
+
+def test_the_fingerprint_sees_a_module_put_in_eval_mode_and_a_rebound_global():
+    global ACT
+    net = nn.Sequential(nn.Linear(1, 4), _Doubles(), nn.Linear(4, 1)).double()
+    learner = mf.maml(lambda p, x: ACT(torch.func.functional_call(net, p, x[:1])).mean())
+    trained = _fingerprint.fingerprint(learner)
+    net.eval()
+    evaluated = _fingerprint.fingerprint(learner)
+    try:
+        ACT = torch.tanh
+        rebound = _fingerprint.fingerprint(learner)
+    finally:
+        ACT = torch.relu
+    assert len({trained, evaluated, rebound}) == 3
+
+
+def test_what_it_cannot_describe_makes_no_fingerprint_and_the_step_still_runs():
+    lock = threading.Lock()  # a C object: neither code, value nor attributes
+
+    def loss(p, data):
+        assert lock is not None
+        return mf.losses.mse(data[0] @ p["w"], data[1])
+
+    learner = mf.maml(loss, inner_lr=0.1)
+    assert _fingerprint.fingerprint(learner) is None
+    params = {"w": torch.zeros(1, 1, dtype=torch.float64)}
+    opt = mf.optim.sgd(0.1)
+    step = mf.make_step(learner, opt, backend="eager")  # compiled on its own, not cached
+    state, _ = step(mf.init_state(learner, opt, params), sine_tasks(n=2))
+    assert int(state.step) == 1
+
+
+# ---------------------------------------------------------------- reuse in one process
+
+
+@pytest.mark.compile
+def test_a_step_built_again_or_with_other_rates_reuses_the_compiled_graph():
+    learner, params = _maml(lr=0.1)
+    opt = mf.optim.adam(1e-2)
+    state, tasks = mf.init_state(learner, opt, params), sine_tasks(n=2)
+    mf.make_step(learner, opt, backend="aot_eager")(state, tasks)
+    before = graphs()
+    for lr, outer in ((0.1, 1e-2), (0.3, 5e-3)):
+        other, _ = _maml(lr=lr)
+        opt2 = mf.optim.adam(outer)
+        got = mf.make_step(other, opt2, backend="aot_eager")(state, tasks)
+        _same(got, mf.make_step(other, opt2, compile=False)(state, tasks))
+    assert graphs() == before  # no new graph for the new rates
+
+
+@pytest.mark.compile
+def test_a_rate_held_in_a_tensor_can_change_in_place_between_steps():
+    lr = torch.tensor(0.1, dtype=torch.float64)
+    learner, params = _maml(lr=lr)
+    opt = mf.optim.sgd(0.1)
+    state, tasks = mf.init_state(learner, opt, params), sine_tasks(n=2)
+    step = mf.make_step(learner, opt, backend="aot_eager")
+    eager = mf.make_step(learner, opt, compile=False)
+    _same(step(state, tasks), eager(state, tasks))
+    before = graphs()
+    lr.fill_(0.4)
+    _same(step(state, tasks), eager(state, tasks))
+    assert graphs() == before
+
+
+@pytest.mark.compile
+def test_a_batch_of_new_shapes_compiles_again_and_says_so():
+    learner, params = _maml()
+    opt = mf.optim.sgd(0.1)
+    state = mf.init_state(learner, opt, params)
+    step = mf.make_step(learner, opt, backend="eager")
+    step(state, sine_tasks(n=4))
+    with pytest.warns(RuntimeWarning, match=r"^step: a meta-batch of new shapes \(a last, smaller"):
+        step(state, sine_tasks(n=3))
+    step(state, sine_tasks(n=3))  # once per shape: no warning the second time
+
+
+# ---------------------------------------------------------------- across processes
+
+SCRIPT = """
+import json, sys, warnings
+import torch
+import metafunc as mf
+from torch import nn
+steps, ACT = int(sys.argv[1]), getattr(torch, sys.argv[2])
+torch.manual_seed(0)
+fn, params = mf.pure(nn.Sequential(nn.Linear(1, 3), nn.Tanh(), nn.Linear(3, 1)).double())
+learner = mf.maml(
+    mf.supervised(lambda p, x: ACT(fn(p, x)), mf.losses.mse), inner_lr=0.1, inner_steps=steps
+)
+opt = mf.optim.adam(1e-2)
+state = mf.init_state(learner, opt, params)
+tasks = mf.tasks.sinusoid(torch.Generator().manual_seed(1), tasks=2, dtype=torch.float64)
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    new, _ = mf.make_step(learner, opt)(state, tasks)
+want, _ = mf.make_step(learner, opt, compile=False)(state, tasks)
+counters = torch._dynamo.utils.counters
+print(json.dumps({
+    "hit": counters["dynamo_cache"]["dynamo_cache_hit"],
+    "traced": counters["stats"]["unique_graphs"],
+    "meta": [t.tolist() for t in mf._tree.leaves(new.meta)],
+    "close": all(torch.allclose(a, b, rtol=1e-9, atol=1e-12)
+                 for a, b in zip(mf._tree.leaves(new), mf._tree.leaves(want))),
+    "warnings": [str(w.message) for w in caught if str(w.message).startswith("step:")],
+}))
+"""
+
+
+def _process(cache, steps, act="tanh"):
+    env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(cache), "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(
+        [sys.executable, "-c", SCRIPT, str(steps), act], env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.slow
+def test_a_new_process_loads_the_saved_step_and_never_another_configurations(tmp_path):
+    cache = tmp_path / "cache"
+    first = _process(cache, 1)
+    assert (first["hit"], first["traced"], first["close"]) == (0, 1, True)
+    (mine,) = (cache / "dynamo").glob("*/entry")
+    again = _process(cache, 1)  # loaded, not traced: bit-identical to the process that compiled
+    assert (again["hit"], again["traced"], again["meta"]) == (1, 0, first["meta"])
+    other = _process(cache, 2)  # another configuration finds nothing of the first's
+    assert (other["hit"], other["traced"], other["close"]) == (0, 1, True)
+    (theirs,) = set((cache / "dynamo").glob("*/entry")) - {mine}
+    # foreign, and caught by the guards the graph keeps: the inner steps differ
+    theirs.write_bytes(mine.read_bytes())
+    caught = _process(cache, 2)
+    assert (caught["hit"], caught["traced"], caught["close"]) == (1, 1, True)
+    # foreign, where no guard can tell (the loss calls another function of the same code):
+    # loaded, found to give other numbers than the eager step on its first call, replaced
+    relu = _process(cache, 1, "relu")
+    (slot,) = set((cache / "dynamo").glob("*/entry")) - {mine, theirs}
+    slot.write_bytes(mine.read_bytes())
+    fooled = _process(cache, 1, "relu")
+    assert fooled["hit"] == 1 and fooled["close"] and fooled["meta"] == relu["meta"], fooled
+    assert any("gave other numbers than the eager step" in w for w in fooled["warnings"])
+    # damaged: a saved graph overwritten with bytes that are no package is compiled afresh
+    mine.write_bytes(b"not a package")
+    damaged = _process(cache, 1)
+    assert (damaged["hit"], damaged["traced"], damaged["close"]) == (0, 1, True)
+    assert damaged["meta"] == first["meta"]
