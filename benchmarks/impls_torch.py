@@ -92,9 +92,8 @@ def metafunc_step(
     ``make_step``'s ``torch.compile`` options)."""
     fn, params = mf.pure(net)
     loss = mf.supervised(fn, mf.losses.mse if w.kind == "sinusoid" else mf.losses.cross_entropy)
-    learner = mf.maml(
-        loss, inner_lr=w.inner_lr, inner_steps=w.inner_steps, first_order=w.first_order
-    )
+    learner = mf.maml(loss, inner_lr=w.inner_lr, inner_steps=w.inner_steps)
+    learner = mf.first_order(learner) if w.first_order else learner
     opt = mf.optim.adam(OUTER_LR)
     held = [mf.init_state(learner, opt, params)]
     chosen: dict[str, Any] = {} if backend is None else {"backend": backend}

@@ -75,11 +75,12 @@ def metafunc_step(net, tasks, cfg):
     loss = mf.supervised(fn, mf.losses.cross_entropy)
     common = dict(inner_lr=cfg["inner_lr"], inner_steps=cfg["inner_steps"])
     if cfg["algo"] == "imaml":
-        learner = mf.imaml(loss, **common, reg=1.0, cg_steps=5, chunk_size=cfg.get("chunk_size"))
+        learner = mf.imaml(loss, **common, reg=1.0, cg_steps=5)
     else:
-        learner = mf.maml(
-            loss, **common, remat=cfg.get("remat", False), chunk_size=cfg.get("chunk_size")
-        )
+        learner = mf.maml(loss, **common)
+        learner = mf.remat(learner) if cfg.get("remat", False) else learner
+    if cfg.get("chunk_size") is not None:
+        learner = mf.chunked(learner, cfg["chunk_size"])
     opt = mf.optim.adam(OUTER_LR)
     step = mf.make_step(learner, opt, compile=cfg["compile"])
     held = [mf.init_state(learner, opt, params)]
