@@ -72,12 +72,42 @@ def compiled(
         >>> step.guarded  # the optimizer is not wrapped in mf.optim.apply_if_finite
         False
     """
-    fn = step.fn
-    # A step from outer_step is partial(pure step, learner, optimizer): compile the pure step
-    # with the records as arguments, so that tensors in their closures are graph inputs.
+    call = function(
+        step.fn,
+        where="step",
+        mode=mode,
+        backend=backend,
+        options=options,
+        random=random,
+        cache=cache,
+    )
+
+    def run(state: TrainState, tasks: Tasks) -> tuple[TrainState, Any]:
+        extra, state = state.extra, state._replace(extra=None)
+        new, metrics = call(state, tasks)
+        return new._replace(extra=extra), metrics
+
+    return dataclasses.replace(step, fn=run)
+
+
+def function(
+    fn: Any,
+    *,
+    where: str,
+    mode: str | None = None,
+    backend: Any = "inductor",
+    options: dict[str, Any] | None = None,
+    random: bool = False,
+    cache: bool = True,
+) -> Any:
+    """A pure function of tensor trees ``fn(*args)`` compiled as :func:`compiled` compiles a
+    step (keyed, reused, saved and loaded, checked against ``fn`` when loaded); ``where`` names
+    it in warnings. A ``functools.partial`` of a module-level function (``pure_step`` with the
+    learner and optimizer) is compiled with its bound records as arguments, so that tensors in
+    their closures are graph inputs."""
     base: Any = fn
     records: tuple[Any, ...] = ()
-    if isinstance(fn, functools.partial) and _is_outer(fn):
+    if _is_bound(fn):
         base, records = fn.func, fn.args
     key = _key(base, records, mode, backend, options, random) if cache else None
     # torch saves whole compiled graphs for Inductor only (other backends' are not stored)
@@ -85,49 +115,55 @@ def compiled(
     cuda_graphs = mode in _CUDA_GRAPH_MODES
     seen: dict[Any, Any] = {}  # (device type, shapes) -> its compiled function
 
-    def run(state: TrainState, tasks: Tasks) -> tuple[TrainState, Any]:
-        extra, state = state.extra, state._replace(extra=None)
-        signature = (_tree.leaves(state.meta)[0].device.type, _shapes(state, tasks))
+    def run(*args: Any) -> Any:
+        signature = (_tree.leaves(args)[0].device.type, _shapes(args))
         function: Any = seen.get(signature)
-        loaded = False
+        loaded, origin = False, "seen"
         first = function is None
         if first:
             if seen:
-                warnings.warn(_recompile_message(len(seen)), RuntimeWarning, stacklevel=3)
-            function, loaded = _function(key, signature, base, mode, backend, options, random)
+                warnings.warn(_recompile_message(where, len(seen)), RuntimeWarning, stacklevel=3)
+            function, origin = _function(key, signature, base, mode, backend, options, random)
             seen[signature] = function
+            loaded = origin == "loaded"
         if cuda_graphs:
             torch.compiler.cudagraph_mark_step_begin()  # type: ignore[no-untyped-call]
         try:
             with torch.no_grad(), _tracing(first, persist), _rng_kept(loaded) as replay:
-                out = function(*records, state, tasks)
-                if loaded and not _agrees(out, replay(lambda: fn(state, tasks))):
-                    # another step's graph saved under this key (a file copied or renamed)
-                    # would have given these numbers: never trusted; compiled afresh
-                    warnings.warn(_MISMATCH, RuntimeWarning, stacklevel=3)
+                out = function(*records, *args)
+                if loaded and not _agrees(out, replay(lambda: fn(*args))):
+                    # another function's graph saved under this key (a file copied or
+                    # renamed) would have given these numbers: never trusted; compiled afresh
+                    warnings.warn(_mismatch(where), RuntimeWarning, stacklevel=3)
                     function, _ = _function(None, signature, base, mode, backend, options, random)
                     seen[signature] = function
                     with _precompile(False):
-                        out = replay(lambda: function(*records, state, tasks))
+                        out = replay(lambda: function(*records, *args))
         except torch._dynamo.exc.TorchDynamoException:
             # Tracing turns errors raised by user code (a bad loss, a refused model) into
-            # compiler messages; the eager step raises the original.
+            # compiler messages; the eager function raises the original.
             with torch.no_grad():
-                fn(state, tasks)
+                fn(*args)
             raise
-        if first and persist and not loaded:
+        if first and persist and origin == "compiled":
             _save()
         if cuda_graphs:
             out = _tree.map(torch.clone, out)
-        return out[0]._replace(extra=extra), out[1]
+        return out
 
-    return dataclasses.replace(step, fn=run)
+    return run
 
 
-def _is_outer(fn: Any) -> bool:
-    from .step import pure_step
-
-    return isinstance(fn, functools.partial) and fn.func is pure_step and not fn.keywords
+def _is_bound(fn: Any) -> bool:
+    """``fn`` is records bound to a module-level function (``partial(pure_step, learner,
+    optimizer)``)."""
+    return (
+        isinstance(fn, functools.partial)
+        and isinstance(fn.func, types.FunctionType)
+        and fn.func.__closure__ is None
+        and "<locals>" not in fn.func.__qualname__
+        and not fn.keywords
+    )
 
 
 def _key(
@@ -149,19 +185,20 @@ def _function(
     backend: Any,
     options: Any,
     random: bool,
-) -> tuple[Any, bool]:
-    """``(function, loaded)``: the compiled function for ``key`` and these inputs, this
-    process's or a new one, and whether it was loaded from torch's caches (saved by an earlier
-    process) rather than to be compiled on its first call. Each has a code object of its own:
-    Dynamo keeps its graphs (and counts recompiles) per code object, and names a saved graph
-    after the function's qualified name, which holds the key and the inputs' shapes."""
+) -> tuple[Any, str]:
+    """``(function, origin)``: the compiled function for ``key`` and these inputs, this
+    process's (``"reused"``) or a new one, loaded from torch's caches (saved by an earlier
+    process, ``"loaded"``) or to be compiled on its first call (``"compiled"``). Each has a
+    code object of its own: Dynamo keeps its graphs (and counts recompiles) per code object,
+    and names a saved graph after the function's qualified name, which holds the key and the
+    inputs' shapes."""
     kind = signature[0]
     full = None
     if key is not None:
         full = hashlib.sha256(f"{key}{signature!r}".encode()).hexdigest()[:40]
         if full in _COMPILED:
             _COMPILED.move_to_end(full)
-            return _COMPILED[full], False
+            return _COMPILED[full], "reused"
     persist = full is not None and backend == "inductor"
     settings = _options(kind, mode, backend, random, full is not None, options or {})
     hits = torch._dynamo.utils.counters["dynamo_cache"]["dynamo_cache_hit"]
@@ -175,13 +212,13 @@ def _function(
         _COMPILED[full] = function
         if len(_COMPILED) > 64:
             _COMPILED.popitem(last=False)
-    return function, loaded
+    return function, "loaded" if loaded else "compiled"
 
 
 def _compile(base: Any, name: str | None, backend: Any, options: Any, persist: bool) -> Any:
     _past_installed_names(base.__globals__)
     private = types.FunctionType(base.__code__.replace(), base.__globals__, base.__name__)
-    private.__qualname__ = f"metafunc_step_{name or id(private)}"
+    private.__qualname__ = f"metafunc_{base.__name__}_{name or id(private)}"
     with _tracing(True, persist), _loading_guards() if persist else contextlib.nullcontext():
         function = torch.compile(
             private, fullgraph=True, dynamic=False, backend=backend, options=options
@@ -205,11 +242,13 @@ def _past_installed_names(scope: dict[str, Any]) -> None:
 
 _INSTALLED = re.compile(r"^__\w+?_(\d+)$")
 
-_MISMATCH = (
-    "step: the compiled step loaded from torch's compile cache gave other numbers than the "
-    "eager step on its first call, so it was not this step's (a cache file copied or renamed); "
-    "it was compiled afresh"
-)
+
+def _mismatch(where: str) -> str:
+    return (
+        f"{where}: the compiled {where} loaded from torch's compile cache gave other numbers "
+        f"than the eager {where} on its first call, so it was not this {where}'s (a cache file "
+        "copied or renamed); it was compiled afresh"
+    )
 
 
 def _agrees(compiled: Any, eager: Any) -> bool:
@@ -345,17 +384,17 @@ def _save() -> None:
         logger.warning("could not save the compiled step for later processes: %s", e)
 
 
-def _shapes(state: TrainState, tasks: Tasks) -> Any:
-    leaves, spec = _tree.flatten((state, tasks))
+def _shapes(args: tuple[Any, ...]) -> Any:
+    leaves, spec = _tree.flatten(args)
     return spec, tuple(
         (tuple(t.shape), t.dtype) if isinstance(t, torch.Tensor) else t for t in leaves
     )
 
 
-def _recompile_message(compiled: int) -> str:
+def _recompile_message(where: str, compiled: int) -> str:
     return (
-        "step: a meta-batch of new shapes (a last, smaller batch from a DataLoader, or new "
-        "shots) compiles the step again, which takes about as long as its first call; keep "
+        f"{where}: a meta-batch of new shapes (a last, smaller batch from a DataLoader, or new "
+        f"shots) compiles the {where} again, which takes about as long as its first call; keep "
         f"batches of one shape (DataLoader(..., drop_last=True)) to avoid it ({compiled} "
         "shape(s) compiled before)"
     )

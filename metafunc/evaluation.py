@@ -7,6 +7,7 @@ and, given the model's ``predict``, accuracy or squared error, each per task wit
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from statistics import NormalDist
@@ -15,7 +16,7 @@ from typing import Any, NamedTuple
 import torch
 from torch.func import vmap
 
-from . import _checks
+from . import _checks, _compile
 from ._learner import Learner, check, check_learner
 from ._types import Tasks
 
@@ -47,17 +48,25 @@ def evaluate(
     tasks: Tasks,
     *,
     predict: Callable[[Any, torch.Tensor], torch.Tensor] | None = None,
+    compile: bool = False,
+    backend: Any = "inductor",
 ) -> Evaluation:
     """Adapt on each task's support set and score its query set.
 
     Every score is per task, with the mean over the tasks and a 95% interval for it. The loss
     is the learner's own (the one it adapts and meta-learns with), after adapting and at
     ``learner.params(meta)``. With ``predict(params, x)``, the query set must be a pair
-    ``(x, y)`` (or padded, ``(x, y, mask)``, scored on the examples ``mask`` keeps): integer labels ``y`` ``(tasks, examples)`` give the accuracy of the arg-max of
-    ``predict``'s logits ``(examples, classes)``; floating-point targets give the mean squared
-    error of ``predict(params, x)`` against ``y`` (same shape). All query examples of a task
-    are predicted together (a network with batch normalisation uses their statistics). Nothing
-    is differentiated: the scores are data.
+    ``(x, y)`` (or padded, ``(x, y, mask)``, scored on the examples ``mask`` keeps): integer
+    labels ``y`` ``(tasks, examples)`` give the accuracy of the arg-max of ``predict``'s logits
+    ``(examples, classes)``; floating-point targets give the mean squared error of
+    ``predict(params, x)`` against ``y`` (same shape). All query examples of a task are
+    predicted together (a network with batch normalisation uses their statistics). Nothing is
+    differentiated: the scores are data.
+
+    With ``compile=True`` adapting and scoring run as one compiled function, built as the
+    training step is (:func:`metafunc.compiled`): compiled on the first call for each shape
+    of ``tasks``, reused by later calls with an equal learner and ``predict`` in this process
+    and, with Inductor, saved for later processes. It gives the eager scores to rounding.
 
     Args:
         learner: any :class:`metafunc.Learner`, e.g. ``mf.maml(loss, inner_lr=0.01)``.
@@ -65,6 +74,8 @@ def evaluate(
         tasks: new tasks, ``Tasks(support, query)`` with a leading task dimension.
         predict: ``predict(params, x) -> logits or prediction``, the model (e.g. ``fn`` from
             :func:`metafunc.pure`), for accuracy or squared error.
+        compile: adapt and score in one function compiled with ``torch.compile``.
+        backend: its ``torch.compile`` backend.
 
     Returns:
         an :class:`Evaluation` of :class:`Score` s (``accuracy`` and ``mse`` are ``None``
@@ -85,6 +96,7 @@ def evaluate(
     """
     where = "evaluate"
     check_learner(where, learner)
+    _checks.boolean(where, "compile", compile)
     if not isinstance(tasks, Tasks):
         raise TypeError(
             f"{where}: tasks must be a metafunc.Tasks(support, query) (got {type(tasks).__name__})"
@@ -99,32 +111,58 @@ def evaluate(
                 f"{f' of {len(query)}' if isinstance(query, tuple | list) else ''})"
             )
     check(learner, where, meta, tasks)
+    if compile:
+        random = learner.batching.randomness != "error"
+        run = _compile.function(
+            functools.partial(scores, learner, predict),
+            where=where,
+            backend=backend,
+            random=random,
+        )
+    else:
+        run = functools.partial(scores, learner, predict)
     with torch.no_grad():
-        adapted, after, before = learner.per_task(meta, tasks)
-        accuracy = mse = None
-        if predict is not None:
-            x, y, *keep = tasks.query
-            out = vmap(predict)(adapted, x)
-            if y.is_floating_point():
-                if out.shape != y.shape:
-                    raise ValueError(
-                        f"{where}: predict(params, x) must have the targets' shape per task, "
-                        f"{tuple(y.shape[1:])} (got {tuple(out.shape[1:])})"
-                    )
-                mse = score(_per_task((out - y) ** 2, keep))
-            elif y.dtype in _INTEGER:
-                if out.shape[:-1] != y.shape:
-                    raise ValueError(
-                        f"{where}: predict(params, x) must give logits (examples, classes) per "
-                        f"task for labels {tuple(y.shape[1:])} (got {tuple(out.shape[1:])})"
-                    )
-                accuracy = score(_per_task((out.argmax(dim=-1) == y).double(), keep))
-            else:
-                raise TypeError(
-                    f"{where}: tasks.query[1] must hold integer labels or floating-point "
-                    f"targets (got {y.dtype})"
-                )
-    return Evaluation(score(after), score(before), accuracy, mse)
+        after, before, accuracy, mse = run(meta, tasks)
+    return Evaluation(
+        score(after),
+        score(before),
+        None if accuracy is None else score(accuracy),
+        None if mse is None else score(mse),
+    )
+
+
+def scores(
+    learner: Learner,
+    predict: Callable[[Any, torch.Tensor], torch.Tensor] | None,
+    meta: Any,
+    tasks: Tasks,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """The per-task values of :func:`evaluate` (loss after and before adapting, accuracy, squared
+    error), with no checks: one pure function, so that it compiles whole."""
+    where = "evaluate"
+    adapted, after, before = learner.per_task(meta, tasks)
+    if predict is None:
+        return after, before, None, None
+    x, y, *keep = tasks.query
+    out = vmap(predict)(adapted, x)
+    if y.is_floating_point():
+        if out.shape != y.shape:
+            raise ValueError(
+                f"{where}: predict(params, x) must have the targets' shape per task, "
+                f"{tuple(y.shape[1:])} (got {tuple(out.shape[1:])})"
+            )
+        return after, before, None, _per_task((out - y) ** 2, keep)
+    if y.dtype in _INTEGER:
+        if out.shape[:-1] != y.shape:
+            raise ValueError(
+                f"{where}: predict(params, x) must give logits (examples, classes) per "
+                f"task for labels {tuple(y.shape[1:])} (got {tuple(out.shape[1:])})"
+            )
+        return after, before, _per_task((out.argmax(dim=-1) == y).double(), keep), None
+    raise TypeError(
+        f"{where}: tasks.query[1] must hold integer labels or floating-point "
+        f"targets (got {y.dtype})"
+    )
 
 
 def _per_task(values: torch.Tensor, keep: list[torch.Tensor]) -> torch.Tensor:

@@ -11,11 +11,12 @@ the normal quantile from the standard library.
 from __future__ import annotations
 
 import math
+import warnings
 from statistics import NormalDist
 
 import pytest
 import torch
-from support import labelled_dataset, tanh_net
+from support import graphs, labelled_dataset, tanh_net
 from torch.func import functional_call
 
 import metafunc as mf
@@ -462,3 +463,82 @@ TASKS = redraw_sinusoid(0, tasks=2, shots=3, queries=3)
 def test_evaluate_bad_input(call, error, message):
     with pytest.raises(error, match=message):
         call()
+
+
+# ---------------------------------------------------------------- compiled
+
+
+@pytest.mark.compile
+def test_compiled_evaluate_gives_the_hand_loop_and_the_eager_scores_and_is_reused():
+    net = tanh_net()
+    fn, params = mf.pure(net)
+    tasks = redraw_sinusoid(4, tasks=5, shots=6, queries=7)
+    after, before = hand_losses(net, params, tasks, lr=0.1, steps=3)
+
+    def learner():  # built afresh each time, as a notebook cell would
+        return mf.maml(mf.supervised(fn, mf.losses.mse), inner_lr=0.1, inner_steps=3)
+
+    eager = mf.evaluate(learner(), params, tasks, predict=fn)
+    start = graphs()
+    got = mf.evaluate(learner(), params, tasks, predict=fn, compile=True, backend="aot_eager")
+    assert graphs() == start + 1
+    torch.testing.assert_close(got.loss.values, after, rtol=1e-10, atol=0)
+    torch.testing.assert_close(got.loss_before.values, before, rtol=1e-10, atol=0)
+    for a, b in zip(got, eager, strict=True):
+        if a is not None:
+            torch.testing.assert_close(a.values, b.values, rtol=1e-12, atol=0)
+            assert (a.mean, a.ci95) == pytest.approx((b.mean, b.ci95), rel=1e-12)
+    # an equal learner and predict in this process: no new graph; new numbers in the same
+    # shapes: the same graph
+    again = mf.evaluate(learner(), params, tasks, predict=fn, compile=True, backend="aot_eager")
+    moved = {k: v + 0.1 for k, v in params.items()}
+    other = mf.evaluate(learner(), moved, tasks, predict=fn, compile=True, backend="aot_eager")
+    assert graphs() == start + 1
+    torch.testing.assert_close(again.loss.values, after, rtol=1e-10, atol=0)
+    want = mf.evaluate(learner(), moved, tasks, predict=fn).loss.values
+    torch.testing.assert_close(other.loss.values, want, rtol=1e-12, atol=0)
+
+
+@pytest.mark.compile
+def test_compiled_evaluate_counts_accuracy_as_the_eager_one():
+    _, _, tasks, table, predict = square_logits_tasks()
+    learner = frozen(predict, mf.losses.cross_entropy)
+    eager = mf.evaluate(learner, table, tasks, predict=predict)
+    got = mf.evaluate(learner, table, tasks, predict=predict, compile=True, backend="aot_eager")
+    assert got.accuracy.values.tolist() == eager.accuracy.values.tolist()
+    assert got.mse is None
+
+
+@pytest.mark.compile
+def test_compiled_evaluate_raises_what_the_eager_one_raises():
+    bad = lambda p, x: FN(p, x)[:, 0]  # noqa: E731
+    with pytest.raises(ValueError, match=r"^evaluate: predict\(params, x\) must have the targets'"):
+        mf.evaluate(LEARNER, PARAMS, TASKS, predict=bad, compile=True, backend="aot_eager")
+    with pytest.raises(TypeError, match=r"^evaluate: compile must be True or False \(got 'yes'\)$"):
+        mf.evaluate(LEARNER, PARAMS, TASKS, compile="yes")
+
+
+@pytest.mark.compile
+def test_compiled_fewshot_accuracy_pads_the_last_batch_and_keeps_the_counts(monkeypatch):
+    import metafunc.experiments.scores as scores
+
+    ways, data = 4, labelled_dataset()
+    learner, predict = label_reader(ways)
+    meta = {"xs": torch.zeros(ways, 1, 3, 3, dtype=F64), "ys": torch.zeros(4, dtype=F64)}
+    sizes = []
+
+    def evaluate(*args, **kw):
+        sizes.append(args[2].query[0].shape[0])
+        return mf.evaluate(*args, **kw, backend="aot_eager")
+
+    monkeypatch.setattr(scores, "evaluate", evaluate)
+    accuracy = lambda compile: fewshot_accuracy(  # noqa: E731
+        learner, predict, meta, data, torch.Generator().manual_seed(2), tasks=7, ways=ways,
+        queries=3, batch=3, compile=compile,
+    )  # fmt: skip
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no second graph for the last, smaller batch
+        got = accuracy(True)
+    assert sizes == [3, 3, 3]
+    assert got.tolist() == accuracy(False).tolist() and got.shape == (7,)
+    assert sizes[3:] == [3, 3, 1]

@@ -34,4 +34,6 @@ def test_every_python_m_module_the_readmes_name_exists():
         names = set(re.findall(r"python -m ([A-Za-z_][\w.]*)", readme.read_text()))
         assert names, readme
         for name in sorted(names):
-            assert importlib.util.find_spec(name) is not None, f"{readme.relative_to(ROOT)}: python -m {name}"
+            assert importlib.util.find_spec(name) is not None, (
+                f"{readme.relative_to(ROOT)}: python -m {name}"
+            )

@@ -50,7 +50,7 @@ def worker(args: argparse.Namespace) -> None:
         t0 = time.perf_counter()
         for i in range(n):
             state, metrics = step(state, batches[i % len(batches)])
-        metrics["loss"].item()  # wait for the device
+        metrics.loss.item()  # wait for the device
         mf.distributed.barrier()
         return time.perf_counter() - t0
 

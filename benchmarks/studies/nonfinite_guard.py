@@ -54,7 +54,7 @@ def measure() -> dict[str, list[float]]:
         for b in batches:
             state, m = step(state, b)
             if read:
-                bool(m["finite"])
+                bool(m.finite)
         return (time.perf_counter() - t0) / len(batches) * 1e3
 
     plan = {"plain": ("plain", False), "guarded": ("guarded", False), "+read": ("guarded", True)}

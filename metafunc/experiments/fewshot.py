@@ -115,7 +115,14 @@ def run(config: FewshotConfig, *, on_log: Callable[[mf.Log], Any] | None = None)
     start = torch.Generator().manual_seed(config.seed + 1)
     clock = time.perf_counter()
     accuracy = fewshot_accuracy(
-        learner, predict, state.meta, test_set, start, tasks=config.eval_tasks, **shape
+        learner,
+        predict,
+        state.meta,
+        test_set,
+        start,
+        tasks=config.eval_tasks,
+        compile=config.compile,
+        **shape,
     )
     eval_s = time.perf_counter() - clock
     dtype = next(iter(params.values())).dtype

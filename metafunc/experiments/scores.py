@@ -12,7 +12,7 @@ import optree
 import torch
 from torch.func import vmap
 
-from metafunc import Learner, evaluate
+from metafunc import Learner, Tasks, _tree, evaluate
 from metafunc.tasks import ImageClasses, daml_sine, fewshot, sine, sinusoid
 
 
@@ -125,13 +125,15 @@ def fewshot_accuracy(
     shots: int = 1,
     queries: int = 15,
     batch: int = 50,
+    compile: bool = False,
 ) -> torch.Tensor:
     """Per-task query accuracy on ``tasks`` new N-way K-shot tasks of ``dataset``, after
     adapting on each task's support; a ``(tasks,)`` tensor (see :func:`mean_ci95`).
 
     Tasks are drawn and scored ``batch`` at a time. The query images of a task are classified
     together, so a network with batch normalisation uses their statistics, as in the MAML
-    paper's evaluation.
+    paper's evaluation. ``compile``: score with the compiled evaluation (one graph: a last,
+    smaller batch is padded with repeats of its tasks, whose scores are dropped).
     """
     where = "fewshot_accuracy"
     tasks = _count(where, "tasks", tasks)
@@ -139,20 +141,33 @@ def fewshot_accuracy(
     ref = optree.tree_leaves(meta)[0]
     scores = []
     for start in range(0, tasks, batch):
+        n = min(batch, tasks - start)
         draw = fewshot(
             generator,
             dataset,
-            tasks=min(batch, tasks - start),
+            tasks=n,
             ways=ways,
             shots=shots,
             queries=queries,
             dtype=ref.dtype,
             device=ref.device,
         )
-        accuracy = evaluate(learner, meta, draw, predict=predict).accuracy
+        if compile and n < batch:
+            draw = _padded(draw, batch)
+        accuracy = evaluate(learner, meta, draw, predict=predict, compile=compile).accuracy
         assert accuracy is not None  # fewshot's labels are int64
-        scores.append(accuracy.values.cpu())
+        scores.append(accuracy.values[:n].cpu())
     return torch.cat(scores)
+
+
+def _padded(tasks: Tasks, size: int) -> Tasks:
+    """``tasks`` repeated, in order, up to ``size`` tasks."""
+    n = _tree.leaves(tasks.support)[0].shape[0]
+
+    def pad(t: torch.Tensor) -> torch.Tensor:
+        return t.index_select(0, torch.arange(size, device=t.device) % n)
+
+    return Tasks(*(_tree.map(pad, part) for part in tasks))
 
 
 def _count(where: str, name: str, value: Any) -> int:
