@@ -76,6 +76,7 @@ IMPLS: dict[str, ImplSpec] = {
         cuda_only=True,
     ),
     "torch.func compiled": ImplSpec("torch", f"{_TORCH}:torch_func_compiled", compiled=True),
+    "torch.func eager": ImplSpec("torch", f"{_TORCH}:torch_func_compiled", {"compile": False}),
     "higher": ImplSpec("torch", f"{_TORCH}:higher_loop", needs=("higher",)),
     "torchopt loop": ImplSpec("torch", f"{_TORCH}:torchopt_loop", needs=("torchopt",)),
     "torchopt vmap": ImplSpec("torch", f"{_TORCH}:torchopt_vmap", needs=("torchopt",)),

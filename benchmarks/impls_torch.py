@@ -114,10 +114,12 @@ def torch_func_compiled(
     device: torch.device,
     *,
     backend: str | None = None,
+    compile: bool = True,
 ) -> Impl:
     """The same math written by hand with ``torch.func`` (no metafunc): ``vmap`` over tasks,
-    ``grad`` of ``grad``, Adam on dicts, the whole step under ``torch.compile(fullgraph=True)``.
-    What metafunc's abstractions, checks and guards cost is the gap to the compiled row."""
+    ``grad`` of ``grad``, Adam on dicts, the whole step under ``torch.compile(fullgraph=True)``
+    (``compile=False``: the same function run eagerly). What metafunc's abstractions, checks and
+    guards cost is the gap to the matching metafunc row."""
     from torch.func import grad, vmap
 
     params = {k: v.detach() for k, v in net.named_parameters()}
@@ -145,7 +147,11 @@ def torch_func_compiled(
         }
         return p, m, v, t
 
-    compiled = torch.compile(adam, fullgraph=True, dynamic=False, backend=backend or "inductor")
+    compiled = (
+        torch.compile(adam, fullgraph=True, dynamic=False, backend=backend or "inductor")
+        if compile
+        else adam
+    )
     # two sets of zeros: moments that alias each other would make Dynamo recompile on call 2
     m, v = ({k: torch.zeros_like(t) for k, t in params.items()} for _ in range(2))
     held = [params, m, v, torch.zeros((), device=device)]

@@ -68,7 +68,7 @@ class Loop:
 def start(loop: Loop, meta: Any) -> Carry:
     """The carry before the first step: θ0's adapting leaves and the optimizer's first state."""
     params, _, opt = loop.setup(meta)
-    theta, _ = _tree.split(params, loop.pick or _all)
+    theta, _ = _tree.split(params, loop.pick)
     return theta, opt.init(theta)
 
 
@@ -76,7 +76,7 @@ def step(loop: Loop, meta: Any, carry: Carry, data: Any) -> Carry:
     """One inner update: the gradient of the inner loss at the carried leaves, through the
     optimizer."""
     params, loss, opt = loop.setup(meta)
-    _, merge = _tree.split(params, loop.pick or _all)
+    _, merge = _tree.split(params, loop.pick)
     theta, state = carry
     g = grad(lambda leaves: loss(merge(leaves), data))(theta)
     if loop.first_order:
@@ -88,7 +88,7 @@ def step(loop: Loop, meta: Any, carry: Carry, data: Any) -> Carry:
 def finish(loop: Loop, meta: Any, carry: Carry) -> Any:
     """The adapted parameters: the carried leaves put back among the ones that do not adapt."""
     params, _, _ = loop.setup(meta)
-    _, merge = _tree.split(params, loop.pick or _all)
+    _, merge = _tree.split(params, loop.pick)
     return merge(carry[0])
 
 

@@ -26,6 +26,8 @@ class Pure:
         self._constants = constants  # buffers and frozen parameters
         self._pristine = _tree.copy(constants)
         self._buffers = {name for name, _ in module.named_buffers()}
+        # the names params must have; with exactly these, torch's strict check is skipped
+        self._learned = {name for name, _ in module.named_parameters()} - set(constants)
         self._batchnorms = [
             name
             for name, m in module.named_modules()
@@ -54,8 +56,9 @@ class Pure:
         if torch.compiler.is_compiling():
             return functional_call(self._module, (params, constants), args, kwargs, strict=True)
         versions = {name: b._version for name, b in constants.items()}
+        strict = not (isinstance(params, dict) and params.keys() == self._learned)
         try:
-            out = functional_call(self._module, (params, constants), args, kwargs, strict=True)
+            out = functional_call(self._module, (params, constants), args, kwargs, strict=strict)
         except RuntimeError as e:
             # Under grad or vmap, torch refuses most writes into a buffer with its own message,
             # which names neither the buffer nor the model. Rerun the forward (only on this

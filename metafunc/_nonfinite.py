@@ -23,7 +23,7 @@ def verdict(
     update (``finite``) and kept the state when it refused it; a guard that lets a non-finite
     update through after ``max_consecutive_errors`` leaves a non-finite state, which is not a
     skip. Without a guard the gradient and the new state must be finite themselves."""
-    state_ok = _tree.all_finite((meta, opt_state))
+    state_ok = _tree.all_finite((meta, opt_state), foreach=True)
     guard = last_finite(opt_state)
     if guard is None:
         return leaf_ok.all() & state_ok & loss_ok, torch.zeros_like(loss_ok)

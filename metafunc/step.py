@@ -142,12 +142,14 @@ def pure_step(
     records are arguments, so that what their closures hold in tensors (learning rates) is an
     input of the compiled graph, not a constant of it."""
     grads, losses = learner.rule(learner, state.meta, tasks)
-    leaf_ok = _tree.finite_leaves(grads)
-    grad_norm = _tree.global_norm(grads)
+    # over all leaves at once (foreach): the step is outside every vmap
+    leaf_ok = _tree.finite_leaves(grads, foreach=True)
+    grad_norm = _tree.global_norm(grads, foreach=True)
     # The gradient of a loss that is not finite is no gradient, even where it came out
-    # finite (L1's at a NaN target is): make it NaN, so a guard refuses the update.
+    # finite (L1's at a NaN target is): make it NaN (times 1, or NaN), so a guard refuses it.
     loss_ok = torch.isfinite(losses.loss)
-    grads = _tree.map(lambda g: torch.where(loss_ok, g, torch.nan), grads)
+    keep = torch.where(loss_ok, 1.0, torch.nan)
+    grads = _tree.unflatten(grads, list(torch._foreach_mul(_tree.leaves(grads), keep)))
     updates, opt_state = optimizer.update(grads, state.opt_state, state.meta)
     meta = apply_updates(state.meta, updates)
     finite, skipped = _nonfinite.verdict(leaf_ok, loss_ok, meta, opt_state)

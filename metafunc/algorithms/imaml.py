@@ -88,7 +88,7 @@ def implicit_gradient(loss: Loss, reg: float, cg_steps: int) -> Rule:
 
     def implicit(adapted: Any, support: Any, query: Any) -> Any:
         """One task's meta-gradient: solve ``(I + H/reg) v = ∇L_query(θ*)`` for ``v``."""
-        theta, merge = _tree.split(adapted, lambda n: True)
+        theta, merge = _tree.split(adapted, None)
         target = grad(lambda t: loss(merge(t), query))(theta)
 
         # H v by reverse over reverse (H is symmetric): one linearisation, many products

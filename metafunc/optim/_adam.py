@@ -111,17 +111,23 @@ def _adam(
         count = state.count + 1
         grads = _base.widen(grads)
         if weight_decay and not decoupled:
-            grads = _tree.map(lambda g, p: g + weight_decay * p.to(g.dtype), grads, params)
+            grads = _tree.map(lambda g, p: g + weight_decay * _base.cast(p, g.dtype), grads, params)
         mu = _tree.map(lambda m, g: torch.lerp(m, g, 1 - b1), state.mu, grads)
         nu = _tree.map(lambda v, g: v * b2 + (1 - b2) * g * g, state.nu, grads)
+        # the numbers every leaf shares, once per dtype: -rate / (1 - b1^t) and 1 - b2^t
+        t = _base.in_dtype(count)
+        step_size = _base.in_dtype(-rate)
+        first = _base.per_dtype(lambda dtype: step_size(dtype) / (1 - b1 ** t(dtype)))
+        second = _base.per_dtype(lambda dtype: 1 - b2 ** t(dtype))
 
         def step(m: torch.Tensor, v: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
-            t = count.to(m.dtype)
-            denom = torch.sqrt(v / (1 - b2**t) + eps_root) + eps
-            u = _base.scale(-rate, m) / (1 - b1**t) / denom
+            root = v / second(m.dtype)
+            if eps_root:
+                root = root + eps_root
+            u = m * first(m.dtype) / (torch.sqrt(root) + eps)
             if weight_decay and decoupled:
-                u = u - _base.scale(rate, weight_decay * p.to(m.dtype))
-            return u.to(p.dtype)
+                u = u + step_size(m.dtype) * (weight_decay * _base.cast(p, m.dtype))
+            return _base.cast(u, p.dtype)
 
         return _tree.map(step, mu, nu, params), AdamState(count, mu, nu)
 

@@ -4,9 +4,10 @@ rates that are numbers or schedules, and the wider dtype half-precision paramete
 from __future__ import annotations
 
 import math
+import typing
 from collections.abc import Callable
 from numbers import Real
-from typing import Any, NamedTuple, cast
+from typing import Any, NamedTuple
 
 import torch
 
@@ -141,7 +142,7 @@ def learning_rate(where: str, value: Any) -> torch.Tensor | Schedule:
             f"{where}: lr schedule must become positive (a warmup may start at 0), but it stays "
             f"at or below zero at every count probed (got {values})"
         )
-    return cast(Schedule, value)
+    return typing.cast(Schedule, value)
 
 
 def _scalar(got: Any) -> tuple[str | None, float]:
@@ -201,20 +202,48 @@ def rate_at(
 def scale(rate: float | torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """``rate * x`` in ``x``'s dtype (a rate is a float64 tensor)."""
     if isinstance(rate, torch.Tensor):
-        rate = rate.to(x.dtype)
+        rate = cast(rate, x.dtype)
     return rate * x
+
+
+def in_dtype(value: float | torch.Tensor) -> Callable[[torch.dtype], Any]:
+    """``dtype -> value`` in that dtype: a number as it is, a tensor cast once per dtype (the
+    updates of many leaves then cost no cast each)."""
+    if not isinstance(value, torch.Tensor):
+        return lambda dtype: value
+    return per_dtype(lambda dtype: cast(value, dtype))
+
+
+def per_dtype(f: Callable[[torch.dtype], Any]) -> Callable[[torch.dtype], Any]:
+    """``f`` computed once per dtype, on its first call with it."""
+    values: dict[torch.dtype, Any] = {}
+
+    def get(dtype: torch.dtype) -> Any:
+        if dtype not in values:
+            values[dtype] = f(dtype)
+        return values[dtype]
+
+    return get
+
+
+def cast(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``t`` in ``dtype``: itself when it already is (no operation)."""
+    return t if t.dtype == dtype else t.to(dtype)
 
 
 def wide_dtype(dtype: torch.dtype) -> torch.dtype:
     """The dtype moments and updates are computed in: float32 for float16 and bfloat16
     parameters (``eps=1e-8`` underflows in float16, ``1 - 0.999**t`` rounds to 0 in
     bfloat16), the parameters' own dtype otherwise."""
-    return torch.promote_types(dtype, torch.float32)
+    return _WIDE.get(dtype, dtype)
+
+
+_WIDE = {torch.float16: torch.float32, torch.bfloat16: torch.float32}
 
 
 def widen(tree: PyTree) -> PyTree:
     """The leaves in :func:`wide_dtype` (the same tensors when they already are)."""
-    return _tree.map(lambda t: t.to(wide_dtype(t.dtype)), tree)
+    return _tree.map(lambda t: cast(t, wide_dtype(t.dtype)), tree)
 
 
 def wide_zeros(params: PyTree) -> PyTree:

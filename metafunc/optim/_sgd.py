@@ -100,11 +100,13 @@ def transform(
             direction = _tree.axpy(momentum, buf, grads) if nesterov else buf
         if per_leaf:
             updates = _tree.map(
-                lambda r, d, p: _base.scale(-r, d).to(p.dtype), lr, direction, params
+                lambda r, d, p: _base.cast(_base.scale(-r, d), p.dtype), lr, direction, params
             )
         else:
-            rate = _base.rate_at(lr, state.count)
-            updates = _tree.map(lambda d, p: _base.scale(-rate, d).to(p.dtype), direction, params)
+            step = _base.in_dtype(-_base.rate_at(lr, state.count))
+            updates = _tree.map(
+                lambda d, p: _base.cast(step(d.dtype) * d, p.dtype), direction, params
+            )
         count = None if state.count is None else state.count + 1
         return updates, SGDState(count, buf)
 
