@@ -26,11 +26,14 @@ from . import tasks as tasks
 from ._inner import Loop as Loop
 from ._inner import inner_loop as inner_loop
 from ._learner import Batching as Batching
+from ._learner import Context as Context
 from ._learner import Learner as Learner
 from ._learner import Losses as Losses
 from ._learner import exact as exact
 from ._model import eval_mode as eval_mode
 from ._model import pure as pure
+from ._model import stateful as stateful
+from ._state import Stateful as Stateful
 from ._tree import combine as combine
 from ._tree import complement as complement
 from ._tree import partition as partition
@@ -72,6 +75,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Batching",
+    "Context",
     "Evaluation",
     "Learner",
     "Log",
@@ -79,6 +83,7 @@ __all__ = [
     "Losses",
     "Metrics",
     "Score",
+    "Stateful",
     "Step",
     "Tasks",
     "TrainState",
@@ -116,6 +121,7 @@ __all__ = [
     "reptile",
     "save",
     "seeded",
+    "stateful",
     "stochastic",
     "supervised",
     "tasks",
