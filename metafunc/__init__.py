@@ -33,6 +33,9 @@ from ._learner import exact as exact
 from ._model import eval_mode as eval_mode
 from ._model import pure as pure
 from ._model import stateful as stateful
+from ._per_step import multi_step_weights as multi_step_weights
+from ._phases import derivative_annealing as derivative_annealing
+from ._phases import join_steps as join_steps
 from ._state import Stateful as Stateful
 from ._tree import combine as combine
 from ._tree import complement as complement
@@ -52,6 +55,7 @@ from .algorithms import daml as daml
 from .algorithms import fomaml as fomaml
 from .algorithms import imaml as imaml
 from .algorithms import maml as maml
+from .algorithms import mamlpp as mamlpp
 from .algorithms import meta_sgd as meta_sgd
 from .algorithms import protomaml as protomaml
 from .algorithms import protonet as protonet
@@ -95,6 +99,7 @@ __all__ = [
     "compiled",
     "complement",
     "daml",
+    "derivative_annealing",
     "distributed",
     "eval_mode",
     "evaluate",
@@ -105,12 +110,15 @@ __all__ = [
     "imaml",
     "init_state",
     "inner_loop",
+    "join_steps",
     "load",
     "losses",
     "make_step",
     "maml",
+    "mamlpp",
     "meta_sgd",
     "models",
+    "multi_step_weights",
     "optim",
     "outer_step",
     "partition",
