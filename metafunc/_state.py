@@ -62,6 +62,14 @@ def combine(start: Any, states: Any) -> Any:
     return _tree.map(mean, start, states)
 
 
+def after(skipped: torch.Tensor, old: Any, new: Any) -> Any:
+    """The model state after a step: the new one, or the old one where the non-finite guard
+    skipped the step (its statistics may hold the NaN that made it skip)."""
+    if old is None:
+        return new
+    return _tree.map(lambda o, n: torch.where(skipped, o, n), old, new)
+
+
 def refuse(where: str, loss: Any) -> None:
     """Refuse a :class:`Stateful` loss (or a model from :func:`metafunc.stateful`) in a learner
     that cannot thread model state."""

@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from . import _checks, _diagnose, _nonfinite, _random, _tree
+from . import _checks, _diagnose, _nonfinite, _random, _state, _tree
 from ._compile import compiled
 from ._learner import Context, Learner, check, check_learner, check_state
 from ._random import seeded
@@ -169,7 +169,7 @@ def pure_step(
     meta = apply_updates(state.meta, updates)
     finite, skipped = _nonfinite.verdict(leaf_ok, loss_ok, meta, opt_state)
     new = state._replace(meta=meta, opt_state=opt_state, step=state.step + 1)
-    new = new._replace(model_state=losses.state)
+    new = new._replace(model_state=_state.after(skipped, state.model_state, losses.state))
     return new, Metrics(losses.loss, losses.loss_before, grad_norm, finite, skipped, leaf_ok)
 
 

@@ -233,3 +233,17 @@ def test_learners_and_options_that_cannot_thread_state_say_so():
     with pytest.raises(ValueError, match=r"^remat: the learner's model keeps state"):
         mf.remat(learner)
     assert mf.first_order(learner).inner.first_order  # first order threads it
+
+
+def test_a_step_the_guard_skips_keeps_the_model_state():
+    _fn, params, state, learner = stateful_maml(bn_net())
+    opt = mf.optim.apply_if_finite(mf.optim.sgd(0.1))
+    start = mf.init_state(learner, opt, params, model_state=state)
+    bad = sine_tasks(n=2)
+    bad.query[1][0, 0] = float("nan")  # a NaN target: the loss is NaN, the statistics are not
+    new, metrics = mf.make_step(learner, opt, compile=False)(start, bad)
+    assert bool(metrics.skipped)
+    for k in state:
+        assert torch.equal(new.model_state[k], start.model_state[k]), k
+    good, metrics = mf.make_step(learner, opt, compile=False)(new, sine_tasks(n=2))
+    assert not bool(metrics.skipped) and int(good.model_state["1.num_batches_tracked"]) == 3
