@@ -26,11 +26,17 @@ from . import tasks as tasks
 from ._inner import Loop as Loop
 from ._inner import inner_loop as inner_loop
 from ._learner import Batching as Batching
+from ._learner import Context as Context
 from ._learner import Learner as Learner
 from ._learner import Losses as Losses
 from ._learner import exact as exact
 from ._model import eval_mode as eval_mode
 from ._model import pure as pure
+from ._model import stateful as stateful
+from ._per_step import multi_step_weights as multi_step_weights
+from ._phases import derivative_annealing as derivative_annealing
+from ._phases import join_steps as join_steps
+from ._state import Stateful as Stateful
 from ._tree import combine as combine
 from ._tree import complement as complement
 from ._tree import partition as partition
@@ -49,6 +55,7 @@ from .algorithms import daml as daml
 from .algorithms import fomaml as fomaml
 from .algorithms import imaml as imaml
 from .algorithms import maml as maml
+from .algorithms import mamlpp as mamlpp
 from .algorithms import meta_sgd as meta_sgd
 from .algorithms import protomaml as protomaml
 from .algorithms import protonet as protonet
@@ -72,6 +79,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Batching",
+    "Context",
     "Evaluation",
     "Learner",
     "Log",
@@ -79,6 +87,7 @@ __all__ = [
     "Losses",
     "Metrics",
     "Score",
+    "Stateful",
     "Step",
     "Tasks",
     "TrainState",
@@ -90,6 +99,7 @@ __all__ = [
     "compiled",
     "complement",
     "daml",
+    "derivative_annealing",
     "distributed",
     "eval_mode",
     "evaluate",
@@ -100,12 +110,15 @@ __all__ = [
     "imaml",
     "init_state",
     "inner_loop",
+    "join_steps",
     "load",
     "losses",
     "make_step",
     "maml",
+    "mamlpp",
     "meta_sgd",
     "models",
+    "multi_step_weights",
     "optim",
     "outer_step",
     "partition",
@@ -116,6 +129,7 @@ __all__ = [
     "reptile",
     "save",
     "seeded",
+    "stateful",
     "stochastic",
     "supervised",
     "tasks",

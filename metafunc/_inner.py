@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch.func import grad
@@ -15,8 +15,9 @@ from .optim._base import rate
 from .optim._sgd import transform as sgd
 
 Loss = Callable[[Any, Any], torch.Tensor]
-# The carry between steps: the adapted leaves (in ``_tree.split`` order) and the optimizer state.
-Carry = tuple[list[torch.Tensor], Any]
+# The carry between steps: the adapted leaves (in ``_tree.split`` order) and the optimizer state,
+# and the model state when the loss threads one (a ``Stateful`` loss).
+Carry = tuple[Any, ...]
 
 
 @dataclass(frozen=True)
@@ -56,20 +57,23 @@ class Loop:
     first_order: bool | None = False
     pick: Callable[[str], bool] | None = None
 
-    def __call__(self, meta: Any, data: Any) -> Any:
+    def __call__(self, meta: Any, data: Any, *state: Any) -> Any:
+        # With a loss that threads model state (``Stateful``): loop(meta, data, state) ->
+        # (adapted, state), the state carried through every step's forward pass.
         if self.steps == 0:
-            return self.setup(meta)[0]
-        carry = start(self, meta)
+            return (self.setup(meta)[0], *state) if state else self.setup(meta)[0]
+        carry = start(self, meta, *state)
         for _ in range(self.steps):
             carry = step(self, meta, carry, data)
         return finish(self, meta, carry)
 
 
-def start(loop: Loop, meta: Any) -> Carry:
-    """The carry before the first step: θ0's adapting leaves and the optimizer's first state."""
+def start(loop: Loop, meta: Any, *state: Any) -> Carry:
+    """The carry before the first step: θ0's adapting leaves and the optimizer's first state
+    (and the model state, when there is one)."""
     params, _, opt = loop.setup(meta)
     theta, _ = _tree.split(params, loop.pick)
-    return theta, opt.init(theta)
+    return (theta, opt.init(theta), *state)
 
 
 def step(loop: Loop, meta: Any, carry: Carry, data: Any) -> Carry:
@@ -77,19 +81,25 @@ def step(loop: Loop, meta: Any, carry: Carry, data: Any) -> Carry:
     optimizer."""
     params, loss, opt = loop.setup(meta)
     _, merge = _tree.split(params, loop.pick)
-    theta, state = carry
-    g = grad(lambda leaves: loss(merge(leaves), data))(theta)
+    theta, state, *model = carry
+    if model:  # a Stateful loss: the forward pass's new model state comes out beside the grad
+        threads = cast(Callable[..., tuple[torch.Tensor, Any]], loss)
+        g, new = grad(lambda t: threads(merge(t), model[0], data), has_aux=True)(theta)
+        model = [new]
+    else:
+        g = grad(lambda leaves: loss(merge(leaves), data))(theta)
     if loop.first_order:
         g = _tree.detach(g)
     updates, state = opt.update(g, state, theta)
-    return apply_updates(theta, updates), state
+    return (apply_updates(theta, updates), state, *model)
 
 
 def finish(loop: Loop, meta: Any, carry: Carry) -> Any:
-    """The adapted parameters: the carried leaves put back among the ones that do not adapt."""
+    """The adapted parameters: the carried leaves put back among the ones that do not adapt
+    (and the model state after the steps, when there is one)."""
     params, _, _ = loop.setup(meta)
     _, merge = _tree.split(params, loop.pick)
-    return merge(carry[0])
+    return (merge(carry[0]), carry[2]) if len(carry) > 2 else merge(carry[0])
 
 
 def optimizer(

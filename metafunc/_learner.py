@@ -11,7 +11,8 @@ import torch
 from torch.func import grad, vmap
 
 from . import _checks, _tree
-from ._types import Tasks
+from ._state import Stateful, combine
+from ._types import Tasks, TrainState
 
 
 class Losses(NamedTuple):
@@ -20,6 +21,8 @@ class Losses(NamedTuple):
     Attributes:
         loss: the query loss after adapting.
         loss_before: the query loss at the meta-learned parameters, ``learner.params(meta)``.
+        state: the model state after the meta-batch, for a learner whose model keeps state
+            (:func:`metafunc.stateful`), combined over the tasks (``None`` without).
 
     Example:
         >>> grads, losses = learner.meta_grad(params, tasks)
@@ -29,6 +32,26 @@ class Losses(NamedTuple):
 
     loss: torch.Tensor
     loss_before: torch.Tensor
+    state: Any = None
+
+
+class Context(NamedTuple):
+    """What a step hands its learner besides the meta-parameters and the tasks (set by
+    :meth:`Learner.bind`; :func:`metafunc.make_step` binds each step's state).
+
+    Attributes:
+        step: the int64 count of outer steps taken (MAML++'s multi-step loss weights are a
+            function of it), ``None`` outside a step.
+        state: the model state the learner threads (:func:`metafunc.stateful`), ``None``
+            for a model without.
+
+    Example:
+        >>> learner.bind(state).context.step
+        tensor(0)
+    """
+
+    step: torch.Tensor | None = None
+    state: Any = None
 
 
 class Batching(NamedTuple):
@@ -58,10 +81,17 @@ Rule = Callable[["Learner", Any, Tasks], tuple[Any, Losses]]
 Check = Callable[[str, Tasks, Any], None]
 
 
-def task(learner: Learner, meta: Any, support: Any, query: Any) -> tuple[Any, Any, Any]:
-    """One task: ``(adapted, query loss after adapting, query loss at params(meta))``."""
-    adapted = learner.inner(meta, support)
-    return adapted, learner.outer(adapted, query), learner.outer(learner.params(meta), query)
+def task(learner: Learner, meta: Any, support: Any, query: Any) -> tuple[Any, ...]:
+    """One task: ``(adapted, query loss after adapting, query loss at params(meta))``, and the
+    model state after the inner steps and the query pass for a learner that threads one."""
+    if not isinstance(learner.outer, Stateful):
+        adapted = learner.inner(meta, support)
+        return adapted, learner.outer(adapted, query), learner.outer(learner.params(meta), query)
+    start = learner.context.state
+    adapted, state = learner.inner(meta, support, start)
+    after, state = learner.outer(adapted, state, query)
+    before, _ = learner.outer(learner.params(meta), start, query)
+    return adapted, after, before, state
 
 
 def per_task(learner: Learner, chunk_size: int | None = None) -> Callable[..., Any]:
@@ -83,12 +113,14 @@ def exact(learner: Learner, meta: Any, tasks: Tasks) -> tuple[Any, Losses]:
     """
     batched = per_task(learner)
 
-    def objective(meta: Any) -> tuple[torch.Tensor, Losses]:
-        _, after, before = batched(meta, tasks.support, tasks.query)
+    def objective(meta: Any) -> tuple[torch.Tensor, tuple[Any, ...]]:
+        _, after, before, *state = batched(meta, tasks.support, tasks.query)
         mean = after.mean()
-        return mean, Losses(mean, before.mean())
+        # grad's aux holds tensors only: no None for a model without state
+        return mean, (mean, before.mean(), *(combine(learner.context.state, s) for s in state))
 
-    return cast(tuple[Any, Losses], grad(objective, has_aux=True)(meta))
+    grads, losses = grad(objective, has_aux=True)(meta)
+    return grads, Losses(*losses)
 
 
 def paired(where: str, tasks: Tasks, like: Any) -> None:
@@ -152,11 +184,27 @@ class Learner(NamedTuple):
     rule: Rule = exact
     check: Check = paired
     batching: Batching = Batching()
+    context: Context = Context()
+
+    def bind(self, state: TrainState) -> Learner:
+        """This learner with ``state``'s step count and model state as its :class:`Context`:
+        what ``adapt``, ``meta_grad``, ``per_task`` and :func:`metafunc.evaluate` of a learner
+        whose model keeps state (:func:`metafunc.stateful`) start from, e.g.
+        ``mf.evaluate(learner.bind(state), state.meta, tasks)``."""
+        if not isinstance(state, TrainState):
+            raise TypeError(
+                f"bind: state must be a metafunc.TrainState (got {type(state).__name__})"
+            )
+        return self._replace(context=Context(state.step, state.model_state))
 
     def adapt(self, meta: Any, support: Any) -> Any:
         """The model parameters adapted to each task of the batched ``support`` (each leaf
         with a leading task dimension)."""
-        run = vmap(self.inner, in_dims=(None, 0), **self.batching._asdict())
+        inner: Any = self.inner
+        if isinstance(self.outer, Stateful):
+            start = self.context.state
+            inner = lambda meta, support: self.inner(meta, support, start)[0]  # noqa: E731
+        run = vmap(inner, in_dims=(None, 0), **self.batching._asdict())
         if torch.compiler.is_compiling():
             return run(meta, support)
         _check_support(self, meta, support)
@@ -177,7 +225,7 @@ class Learner(NamedTuple):
         vmapped = per_task(self, self.batching.chunk_size)
 
         def run() -> tuple[Any, torch.Tensor, torch.Tensor]:
-            return cast(tuple[Any, torch.Tensor, torch.Tensor], vmapped(meta, *tasks))
+            return cast(tuple[Any, torch.Tensor, torch.Tensor], vmapped(meta, *tasks)[:3])
 
         if torch.compiler.is_compiling():
             return run()
@@ -201,13 +249,38 @@ def check(learner: Learner, where: str, meta: Any, tasks: Tasks, meta_name: str 
     ``meta_name``; a signature (structure, shapes, dtypes, devices) that passed is not
     checked again."""
     params = check_meta(learner, where, meta, meta_name)
+    check_state(learner, where)
     learner.check(where, tasks, params)
 
 
 @_checks.once_per_signature
 def _check_support(learner: Learner, meta: Any, support: Any) -> None:
     params = check_meta(learner, "adapt", meta, "meta")
+    check_state(learner, "adapt")
     _checks.batch("adapt", {"support": support}, like=params)
+
+
+def check_state(learner: Learner, where: str) -> None:
+    """A learner whose model keeps state has one to start from, and only such a learner."""
+    state = learner.context.state
+    if isinstance(learner.outer, Stateful) and state is None:
+        raise ValueError(
+            f"{where}: the learner's model keeps state (mf.stateful), so it needs the state to "
+            "start from: mf.init_state(learner, opt, params, model_state=state) for a step, "
+            "learner.bind(train_state) for adapt, meta_grad, per_task and mf.evaluate"
+        )
+    if state is not None:
+        if not isinstance(learner.outer, Stateful):
+            raise ValueError(
+                f"{where}: the learner's loss keeps no model state, but a model state was "
+                "given (TrainState.model_state); build the loss on a model from mf.stateful"
+            )
+        bad = [type(t).__name__ for t in _tree.leaves(state) if not isinstance(t, torch.Tensor)]
+        if bad:
+            raise TypeError(
+                f"{where}: the model state must be a pytree of tensors, as mf.stateful returned "
+                f"it (got leaves of type {sorted(set(bad))})"
+            )
 
 
 def check_meta(learner: Learner, where: str, meta: Any, meta_name: str) -> Any:

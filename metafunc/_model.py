@@ -14,6 +14,7 @@ from torch.nn import functional as F
 from torch.overrides import TorchFunctionMode
 
 from . import _tree
+from .models import BatchNorm
 
 Params = dict[str, torch.Tensor]
 
@@ -33,6 +34,12 @@ class Pure:
             for name, m in module.named_modules()
             if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training
         ]
+        # running statistics that a pure function would drop (refused: mf.stateful keeps them)
+        self._tracking_batchnorms = [
+            name
+            for name, m in module.named_modules()
+            if isinstance(m, BatchNorm) and m.training and m.track_running_stats
+        ]
         instancenorms = [
             (name, m)
             for name, m in module.named_modules()
@@ -44,14 +51,10 @@ class Pure:
         self._affine_instancenorms = [n for n, m in instancenorms if m.affine]
 
     def __call__(self, params: Params, *args: Any, **kwargs: Any) -> Any:
-        model = type(self._module).__name__
-        if self._tracking_instancenorms:
-            raise ValueError(_message(_TRACKING_INSTANCENORM, model, self._tracking_instancenorms))
-        if torch._C._functorch.peek_interpreter_stack() is not None:
-            if self._batchnorms:
-                raise ValueError(_message(_BATCHNORM, model, self._batchnorms))
-            if self._affine_instancenorms:
-                raise ValueError(_message(_AFFINE_INSTANCENORM, model, self._affine_instancenorms))
+        self._refuse()
+        if self._tracking_batchnorms:
+            model = type(self._module).__name__
+            raise ValueError(_message(_TRACKING_BATCHNORM, model, self._tracking_batchnorms))
         constants = self._constants
         if torch.compiler.is_compiling():
             return functional_call(self._module, (params, constants), args, kwargs, strict=True)
@@ -73,6 +76,17 @@ class Pure:
             self._undo(versions)
             raise ValueError(self._written_message(written))
         return out
+
+    def _refuse(self) -> None:
+        """The norm layers refused as the docstring of :func:`pure` says."""
+        model = type(self._module).__name__
+        if self._tracking_instancenorms:
+            raise ValueError(_message(_TRACKING_INSTANCENORM, model, self._tracking_instancenorms))
+        if torch._C._functorch.peek_interpreter_stack() is not None:
+            if self._batchnorms:
+                raise ValueError(_message(_BATCHNORM, model, self._batchnorms))
+            if self._affine_instancenorms:
+                raise ValueError(_message(_AFFINE_INSTANCENORM, model, self._affine_instancenorms))
 
     def _find_write(self, params: Params, args: Any, kwargs: Any) -> str | None:
         """The first constant the forward writes into, found by running it again under a mode
@@ -105,6 +119,105 @@ class Pure:
     def __repr__(self) -> str:
         mode = "train" if self._module.training else "eval"
         return f"mf.pure({type(self._module).__name__}, {mode} mode)"
+
+
+class PureStateful(Pure):
+    """A module with model state as a pure function, ``fn(params, state, *inputs) -> (out,
+    state)``; made by :func:`stateful`."""
+
+    def __init__(self, module: nn.Module, constants: Params, state: tuple[str, ...]) -> None:
+        super().__init__(module, constants)
+        self._state = state  # the names of the buffers that are state
+
+    def __call__(self, params: Params, state: Params, *args: Any, **kwargs: Any) -> Any:
+        self._refuse()
+        if torch.compiler.is_compiling():
+            merged = {**params, **self._constants, **state}
+            out = functional_call(self._module, merged, args, kwargs, strict=True)
+            return out, {name: merged[name] for name in state}
+        if not isinstance(state, dict) or set(state) != set(self._state):
+            got = sorted(state) if isinstance(state, dict) else type(state).__name__
+            raise ValueError(
+                f"stateful: state must be a dict of the model's state, named {sorted(self._state)}"
+                f", as mf.stateful(module) returned it (got {got})"
+            )
+        given = {**self._constants, **state}
+        versions = {name: t._version for name, t in given.items()}
+        merged = {**params, **given}
+        # functional_call gives a buffer that the forward rebinds (BatchNorm's new running
+        # statistics) back in the dict it was given
+        out = functional_call(self._module, merged, args, kwargs, strict=True)
+        written = next((n for n, t in given.items() if t._version != versions[n]), None)
+        if written is not None:
+            raise ValueError(
+                self._written_message(written).replace("pure:", "stateful:", 1)
+                + "; a layer that updates state gives its buffer a new value instead "
+                "(self.running_mean = new), which mf.stateful returns"
+            )
+        return out, {name: merged[name] for name in state}
+
+    def __repr__(self) -> str:
+        return super().__repr__().replace("mf.pure", "mf.stateful", 1)
+
+
+def stateful(module: nn.Module) -> tuple[Callable[..., Any], Params, Params]:
+    """Split ``module`` into a pure function of its parameters and its **model state**, the
+    buffers its forward updates (BatchNorm's running statistics), like Flax's ``batch_stats``
+    and equinox's ``State``.
+
+    ``fn(params, state, *inputs) -> (out, state)`` runs the module's forward on a private copy
+    and returns the output and the new state; nothing is written in place, so under ``vmap``
+    each task gets its own state. Every buffer of the module is state (a buffer the forward
+    leaves alone comes back unchanged); frozen parameters are constants, as in :func:`pure`.
+    torch's BatchNorm layers (``nn.BatchNorm1d/2d/3d``) are replaced in the copy by
+    :class:`metafunc.models.BatchNorm` with the same settings, parameters and buffers, the same
+    function in plain ops whose second-order gradients are right under ``vmap``; in training
+    mode they normalise with the batch's statistics and update the running ones, in eval mode
+    (``module.eval()`` before, or :func:`eval_mode`) they normalise with the running ones.
+
+    A learner built on a loss of ``fn`` (``mf.supervised(fn, criterion)``) threads the state
+    through its inner steps and query pass; :func:`metafunc.make_step` keeps it in
+    ``TrainState.model_state`` (give it to :func:`metafunc.init_state`), combined across the
+    tasks of a meta-batch by their mean, and checkpoints it with the rest.
+
+    Args:
+        module: any ``torch.nn.Module``.
+
+    Returns:
+        ``(fn, params, state)``: ``params`` and ``state`` are dicts of detached copies keyed by
+        ``named_parameters()`` and ``named_buffers()`` names.
+
+    Raises:
+        TypeError: ``module`` is not an ``nn.Module``.
+        ValueError: ``module`` has no trainable parameters; from ``fn``: a state that is not
+            the module's, a forward that writes into a buffer in place.
+
+    Example:
+        >>> net = nn.Sequential(nn.Linear(2, 4), nn.BatchNorm1d(4), nn.Linear(4, 1))
+        >>> fn, params, state = mf.stateful(net)
+        >>> sorted(state)
+        ['1.num_batches_tracked', '1.running_mean', '1.running_var']
+        >>> out, new = fn(params, state, torch.randn(8, 2))
+        >>> int(new["1.num_batches_tracked"]), int(state["1.num_batches_tracked"])
+        (1, 0)
+        >>> out, _ = torch.func.vmap(fn, in_dims=(None, None, 0))(params, state, torch.randn(3, 8, 2))
+        >>> out.shape
+        torch.Size([3, 8, 1])
+    """
+    if not isinstance(module, nn.Module):
+        raise TypeError(f"stateful: module must be a torch.nn.Module (got {type(module).__name__})")
+    private = copy.deepcopy(module)
+    for parent in list(private.modules()):
+        for name, child in parent.named_children():
+            if isinstance(child, nn.modules.batchnorm._BatchNorm):
+                setattr(parent, name, BatchNorm.like(child))
+    named = dict(module.named_parameters())
+    params = _tree.copy({k: p for k, p in named.items() if p.requires_grad})
+    if not params:
+        raise ValueError(f"stateful: module {type(module).__name__} has no parameters to learn")
+    frozen = _tree.copy({k: p for k, p in named.items() if not p.requires_grad})
+    state = _tree.copy(dict(private.named_buffers()))
+    return PureStateful(private, frozen, tuple(state)), params, state
 
 
 def pure(module: nn.Module) -> tuple[Callable[..., Any], Params]:
@@ -187,6 +300,8 @@ def eval_mode(fn: Callable[..., Any]) -> Callable[..., Any]:
         raise TypeError(
             f"eval_mode: fn must be a function from mf.pure(module) (got {type(fn).__name__})"
         )
+    if isinstance(fn, PureStateful):
+        return PureStateful(copy.deepcopy(fn._module).eval(), fn._constants, fn._state)
     return Pure(copy.deepcopy(fn._module).eval(), fn._constants)
 
 
@@ -195,8 +310,18 @@ _BATCHNORM = (
     "are refused under vmap and grad: with running statistics every task would write the "
     "same buffers, and without them torch gives wrong second-order gradients under vmap. "
     "Use mf.models.BatchNorm (per-batch statistics in plain ops, as in the MAML paper) or "
-    "nn.GroupNorm, or call module.eval() before mf.pure to use the stored statistics as "
-    "constants."
+    "nn.GroupNorm, call module.eval() before mf.pure to use the stored statistics as "
+    "constants, or fn, params, state = mf.stateful(module) to keep running statistics as model "
+    "state (each task its own, their mean across tasks)."
+)
+
+
+_TRACKING_BATCHNORM = (
+    "pure: {model} has mf.models.BatchNorm layer(s) {names} with track_running_stats=True in "
+    "training mode, whose running statistics are model state that a pure function would drop: "
+    "use fn, params, state = mf.stateful(module), which returns and threads them, build them "
+    "with track_running_stats=False (the batch's statistics only), or call module.eval() "
+    "before mf.pure to use the stored statistics as constants."
 )
 
 

@@ -36,6 +36,11 @@ class TrainState(NamedTuple):
         extra: the user's own pytree (tensors, numbers, strings; e.g. an epoch counter or
             early-stopping bookkeeping), which the step passes through untouched and
             checkpoints keep; ``None`` by default. Hooks of :func:`metafunc.train` update it.
+        model_state: the model's state (BatchNorm's running statistics) for a model from
+            :func:`metafunc.stateful`, a pytree of tensors the step threads through every
+            task's inner steps and query pass and returns, the mean over the tasks (see
+            :func:`metafunc.init_state`); checkpointed with the rest. ``None`` for a model
+            without.
     """
 
     meta: Any
@@ -43,6 +48,7 @@ class TrainState(NamedTuple):
     step: torch.Tensor
     rng: torch.Tensor | None = None
     extra: Any = None
+    model_state: Any = None
 
 
 class Metrics(NamedTuple):

@@ -13,6 +13,7 @@ from . import _checks, _tree
 from ._inner import Loop
 from ._learner import Learner, Losses, Rule, check_learner, exact
 from ._remat import remat_gradient
+from ._state import Stateful
 from ._types import Tasks
 
 
@@ -37,6 +38,7 @@ def chunked(learner: Learner, size: int) -> Learner:
     """
     check_learner("chunked", learner)
     size = _checks.integer("chunked", "size", size, minimum=1)
+    _stateless("chunked", learner)
     if learner.batching.chunk_size is not None:
         raise ValueError(
             f"chunked: the learner is already chunked (size {learner.batching.chunk_size}); "
@@ -57,7 +59,7 @@ def _chunk_rule(rule: Rule, size: int) -> Rule:
         def add(total: Any, chunk: Tasks) -> tuple[Any, tuple[torch.Tensor, ...]]:
             grads, losses = rule(learner, meta, chunk)
             # a plain tuple: scan's body may return tensors only, not a named tuple of them
-            return _tree.map(lambda t, g: t + weight * g, total, grads), tuple(losses)
+            return _tree.map(lambda t, g: t + weight * g, total, grads), tuple(losses)[:2]
 
         zeros = _tree.zeros_like(meta)
         if torch.compiler.is_compiling():
@@ -108,6 +110,7 @@ def remat(learner: Learner) -> Learner:
         >>> learner = mf.chunked(mf.remat(deep), 4)  # remat first
     """
     _loop("remat", learner)
+    _stateless("remat", learner)
     if learner.batching.randomness != "error":
         raise ValueError(_REMAT_RANDOM.format(learner.batching.randomness))
     if learner.rule is not exact:
@@ -141,14 +144,17 @@ def first_order(learner: Learner) -> Learner:
         >>> bool(grads["lr"]["4.bias"].abs().sum() > 0)  # the rates still learn
         True
     """
-    loop = _loop("first_order", learner)
+    check_learner("first_order", learner)
+    loop = learner.inner
+    if not (dataclasses.is_dataclass(loop) and hasattr(loop, "first_order")):
+        loop = _loop("first_order", learner)  # refused with the message that says why
     if loop.first_order is None:
         raise ValueError(
             "first_order: the learner's meta-parameters reach the outer loss only through the "
             "inner gradients (DAML's adaptation loss), so detaching them would leave them "
             "untrained"
         )
-    return learner._replace(inner=dataclasses.replace(loop, first_order=True))
+    return learner._replace(inner=dataclasses.replace(loop, first_order=True))  # type: ignore[type-var]
 
 
 def stochastic(learner: Learner, randomness: str = "different") -> Learner:
@@ -182,6 +188,14 @@ def stochastic(learner: Learner, randomness: str = "different") -> Learner:
     if learner.rule is remat_gradient:
         raise ValueError(_REMAT_RANDOM.format(randomness).replace("remat: ", "stochastic: "))
     return learner._replace(batching=learner.batching._replace(randomness=randomness))
+
+
+def _stateless(where: str, learner: Learner) -> None:
+    if isinstance(learner.outer, Stateful):
+        raise ValueError(
+            f"{where}: the learner's model keeps state (mf.stateful), which {where} does not "
+            "thread yet; use the learner as it is"
+        )
 
 
 def _loop(where: str, learner: Learner) -> Loop:

@@ -488,6 +488,12 @@ def _parser() -> argparse.ArgumentParser:
         help="synthetic classes (default 300); two thirds train, the rest are the new test classes",
     )
     f.add_argument("--eval-tasks", type=_positive_int, help="new test tasks (default 600)")
+    f.add_argument(
+        "--anneal-steps",
+        type=_positive_int,
+        help="--algo mamlpp: the outer steps its schedules span (default 300): the cosine outer "
+        "rate, the multi-step loss annealed over the first tenth, first order for the first third",
+    )
     t.add_argument(
         "--log-every", type=_positive_int, help="steps per log line (default 500; fewshot 25)"
     )

@@ -150,7 +150,7 @@ def shard(tasks: Tasks, where: str = "step") -> Tasks:
 
 
 def all_reduce_mean(tree: Any, group: str) -> Any:
-    """The mean over ranks of every (floating-point) tensor of ``tree``, one ``all_reduce`` per
+    """The mean over ranks of every tensor of ``tree`` (integers floored), one ``all_reduce`` per
     dtype; functional (no in-place op), so ``torch.compile`` traces it into the caller's graph.
 
     ``group`` is the process group's name (``dist.group.WORLD.group_name``), read before
@@ -162,7 +162,9 @@ def all_reduce_mean(tree: Any, group: str) -> Any:
     for dtype in dict.fromkeys(t.dtype for t in leaves):
         idx = [i for i, t in enumerate(leaves) if t.dtype == dtype]
         flat = torch.cat([leaves[i].reshape(-1) for i in idx])
-        flat = funcol.all_reduce(flat, "sum", group) / world  # type: ignore[arg-type]
+        flat = funcol.all_reduce(flat, "sum", group)  # type: ignore[arg-type]
+        # an integer leaf (a model state's count of batches) is the same on every rank
+        flat = flat / world if dtype.is_floating_point else flat // world
         for i, piece in zip(idx, flat.split([leaves[i].numel() for i in idx]), strict=True):
             out[i] = piece.reshape(leaves[i].shape)
     return _tree.unflatten(tree, out)

@@ -19,6 +19,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from ._model import PureStateful
+from ._state import Stateful
+
 
 def mse(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
     """Mean squared error (over the examples ``mask`` keeps).
@@ -117,10 +120,12 @@ def _check_mask(name: str, values: torch.Tensor, mask: Any) -> None:
 
 def supervised(
     fn: Callable[..., torch.Tensor], criterion: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-) -> Callable[[Any, tuple[torch.Tensor, torch.Tensor]], torch.Tensor]:
+) -> Callable[..., Any]:
     """The task loss ``loss(params, (x, y)) = criterion(fn(params, x), y)``; for padded data
     ``(x, y, mask)`` it is ``criterion(fn(params, x), y, mask)`` (every criterion of
-    :mod:`metafunc.losses` takes the mask).
+    :mod:`metafunc.losses` takes the mask). For a model with state (``fn`` from
+    :func:`metafunc.stateful`) it is a :class:`metafunc.Stateful` loss,
+    ``loss(params, state, (x, y)) -> (value, state)``.
 
     Example:
         >>> fn, params = mf.pure(net)
@@ -129,12 +134,11 @@ def supervised(
         torch.Size([])
     """
 
+    if isinstance(fn, PureStateful):
+        return _stateful(fn, criterion)
+
     def loss(params: Any, data: tuple[torch.Tensor, ...]) -> torch.Tensor:
-        if not (isinstance(data, (tuple, list)) and len(data) in (2, 3)):
-            raise TypeError(
-                "supervised: data must be a pair (x, y) or, padded, a triple (x, y, mask) "
-                f"(got {_describe(data)})"
-            )
+        _check_data(data)
         x, y, *mask = data
         pred = fn(params, x)
         if not isinstance(pred, torch.Tensor):
@@ -147,6 +151,26 @@ def supervised(
         return criterion(pred, y, *mask)
 
     return loss
+
+
+def _stateful(fn: Callable[..., Any], criterion: Callable[..., torch.Tensor]) -> Stateful:
+    """``supervised`` of a model with state: ``loss(params, state, (x, y)) -> (value, state)``."""
+
+    def loss(params: Any, state: Any, data: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, Any]:
+        _check_data(data)
+        x, y, *mask = data
+        pred, state = fn(params, state, x)
+        return criterion(pred, y, *mask), state
+
+    return Stateful(loss)
+
+
+def _check_data(data: Any) -> None:
+    if not (isinstance(data, (tuple, list)) and len(data) in (2, 3)):
+        raise TypeError(
+            "supervised: data must be a pair (x, y) or, padded, a triple (x, y, mask) "
+            f"(got {_describe(data)})"
+        )
 
 
 def _describe(value: Any) -> str:

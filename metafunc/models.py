@@ -127,6 +127,7 @@ def conv_net(
     channels: int = 64,
     blocks: int = 4,
     image_size: int = 28,
+    track_running_stats: bool = False,
     generator: torch.Generator | None = None,
 ) -> nn.Sequential:
     """The MAML paper's few-shot classifier (Finn et al., 2017, section 5.2).
@@ -134,7 +135,8 @@ def conv_net(
     ``blocks`` blocks of 3×3 convolution (``channels`` filters, padding 1), batch
     normalisation with the batch's own statistics (:class:`BatchNorm`: no running
     statistics, so it works per task under ``vmap``), ReLU and 2×2 max-pooling, then a linear layer to ``ways`` logits. ``conv_net(5)`` is the 5-way
-    Omniglot network for 28×28 single-channel images. With a ``generator`` the convolution
+    Omniglot network for 28×28 single-channel images. With ``track_running_stats=True`` the
+    batch norms keep running statistics too (MAML++): use it through :func:`metafunc.stateful`. With a ``generator`` the convolution
     and linear layers draw their (PyTorch default) initialisation from it.
 
     Example:
@@ -159,7 +161,7 @@ def conv_net(
     for i in range(blocks):
         layers += [
             nn.Conv2d(in_channels if i == 0 else channels, channels, 3, padding=1),
-            BatchNorm(channels),
+            BatchNorm(channels, track_running_stats=track_running_stats),
             nn.ReLU(),
             nn.MaxPool2d(2),
         ]
@@ -169,33 +171,109 @@ def conv_net(
 
 
 class BatchNorm(nn.Module):
-    """Batch normalisation with the current batch's statistics only, in plain tensor ops.
+    """Batch normalisation in plain tensor ops, with optional running statistics.
 
     For inputs ``(batch, channels, ...)``, the same function as torch's
-    ``nn.BatchNorm1d/2d/3d(channels, track_running_stats=False)`` in training mode (biased
-    variance, ``eps`` inside the square root, learned scale and shift). Those modules' fused
-    kernel gives wrong second-order gradients under ``vmap`` on torch 2.13 (a MAML
-    meta-gradient off silently), so :func:`metafunc.pure` refuses them under
-    transforms; these ops differentiate correctly.
+    ``nn.BatchNorm1d/2d/3d`` (biased variance to normalise, ``eps`` inside the square root,
+    learned scale and shift with ``affine=True``). Those modules' fused kernel gives wrong
+    second-order gradients under ``vmap`` on torch 2.13 (a MAML meta-gradient off silently),
+    so :func:`metafunc.pure` refuses them under transforms; these ops differentiate correctly,
+    and :func:`metafunc.stateful` puts this layer in place of torch's.
+
+    Without running statistics (the default, as the MAML paper's network) it normalises with
+    the batch's statistics in training and in eval mode. With ``track_running_stats=True`` it
+    keeps ``running_mean``, ``running_var`` (of the unbiased batch variance) and
+    ``num_batches_tracked`` as torch does: in training mode it normalises with the batch's
+    statistics and updates them, ``r ← (1 − momentum)·r + momentum·batch`` (``momentum=None``:
+    the cumulative average), by giving the buffers new values rather than writing into them;
+    in eval mode it normalises with them. Those buffers are model state: use the module through
+    :func:`metafunc.stateful`, which returns them as a pytree and threads them through the
+    step (:func:`metafunc.pure` refuses such a layer in training mode, since it would drop the
+    update).
 
     Example:
         >>> norm = mf.models.BatchNorm(3)
         >>> out = norm(torch.randn(8, 3, 5, 5, generator=torch.Generator().manual_seed(0)))
         >>> out.mean(dim=(0, 2, 3)).abs().max() < 1e-6
         tensor(True)
+        >>> tracking = mf.models.BatchNorm(3, track_running_stats=True)
+        >>> sorted(name for name, _ in tracking.named_buffers())
+        ['num_batches_tracked', 'running_mean', 'running_var']
     """
 
-    def __init__(self, channels: int, *, eps: float = 1e-5) -> None:
+    running_mean: torch.Tensor
+    running_var: torch.Tensor
+    num_batches_tracked: torch.Tensor
+
+    def __init__(
+        self,
+        channels: int,
+        *,
+        eps: float = 1e-5,
+        momentum: float | None = 0.1,
+        affine: bool = True,
+        track_running_stats: bool = False,
+    ) -> None:
         super().__init__()
         _checks.integer("BatchNorm", "channels", channels, minimum=1)
         self.eps = _checks.positive_number("BatchNorm", "eps", eps)
-        self.weight = nn.Parameter(torch.ones(channels))
-        self.bias = nn.Parameter(torch.zeros(channels))
+        if momentum is not None:
+            momentum = _checks.positive_number("BatchNorm", "momentum", momentum, allow_zero=True)
+            if momentum > 1:
+                raise ValueError(
+                    f"BatchNorm: momentum must be in [0, 1] or None (got {momentum!r})"
+                )
+        self.momentum = momentum
+        self.affine = _checks.boolean("BatchNorm", "affine", affine)
+        self.track_running_stats = _checks.boolean(
+            "BatchNorm", "track_running_stats", track_running_stats
+        )
+        if affine:
+            self.weight = nn.Parameter(torch.ones(channels))
+            self.bias = nn.Parameter(torch.zeros(channels))
+        if track_running_stats:
+            self.register_buffer("running_mean", torch.zeros(channels))
+            self.register_buffer("running_var", torch.ones(channels))
+            self.register_buffer("num_batches_tracked", torch.tensor(0, dtype=torch.long))
+
+    @classmethod
+    def like(cls, norm: nn.modules.batchnorm._BatchNorm) -> BatchNorm:
+        """This layer in place of torch's ``norm`` (``BatchNorm1d/2d/3d``): the same settings,
+        mode, parameters and buffers (the tensors themselves, not copies)."""
+        new = cls(
+            norm.num_features,
+            eps=norm.eps,
+            momentum=norm.momentum,
+            affine=norm.affine,
+            track_running_stats=norm.track_running_stats,
+        )
+        new._parameters = norm._parameters.copy()
+        new._buffers = {k: v for k, v in norm._buffers.items() if v is not None}
+        return new.train(norm.training)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         dims = (0, *range(2, x.ndim))  # every dimension but the channels
         shape = (-1,) + (1,) * (x.ndim - 2)
-        mean = x.mean(dim=dims, keepdim=True)
-        var = x.var(dim=dims, correction=0, keepdim=True)
-        scale = self.weight.view(shape) * torch.rsqrt(var + self.eps)
-        return (x - mean) * scale + self.bias.view(shape)
+        if self.training or not self.track_running_stats:
+            mean = x.mean(dim=dims, keepdim=True)
+            var = x.var(dim=dims, correction=0, keepdim=True)
+            if self.training and self.track_running_stats:
+                self._track(mean.detach().view(-1), var.detach().view(-1), x.numel() // x.shape[1])
+        else:
+            mean, var = self.running_mean.view(shape), self.running_var.view(shape)
+        scale = torch.rsqrt(var + self.eps)
+        if not self.affine:
+            return (x - mean) * scale
+        return (x - mean) * (self.weight.view(shape) * scale) + self.bias.view(shape)
+
+    def _track(self, mean: torch.Tensor, var: torch.Tensor, n: int) -> None:
+        """New running statistics, as new tensors (never written in place: under ``vmap`` each
+        task gets its own, and :func:`metafunc.stateful` returns them)."""
+        count = self.num_batches_tracked + 1
+        factor: float | torch.Tensor = (
+            1.0 / count.to(mean.dtype) if self.momentum is None else self.momentum
+        )
+        unbiased = var * (n / max(n - 1, 1))
+        self.num_batches_tracked = count
+        self.running_mean = (1 - factor) * self.running_mean + factor * mean
+        self.running_var = (1 - factor) * self.running_var + factor * unbiased

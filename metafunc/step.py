@@ -9,10 +9,11 @@ from typing import Any
 
 import torch
 
-from . import _checks, _diagnose, _nonfinite, _random, _tree
+from . import _checks, _diagnose, _nonfinite, _random, _state, _tree
 from ._compile import compiled
-from ._learner import Learner, check, check_learner
+from ._learner import Context, Learner, check, check_learner, check_state
 from ._random import seeded
+from ._state import Stateful
 from ._types import Metrics, Step, Tasks, TrainState
 from .optim import Optimizer, apply_updates
 from .optim._base import check_optimizer
@@ -21,10 +22,16 @@ __all__ = ["compiled", "init_state", "make_step", "outer_step", "seeded", "valid
 
 
 def init_state(
-    learner: Learner, optimizer: Optimizer, params: Any, *, seed: int | None = None
+    learner: Learner,
+    optimizer: Optimizer,
+    params: Any,
+    *,
+    seed: int | None = None,
+    model_state: Any = None,
 ) -> TrainState:
-    """The state before the first step: meta-parameters, optimizer state, step 0, and with
-    ``seed`` the random stream of the model's random operations.
+    """The state before the first step: meta-parameters, optimizer state, step 0, with
+    ``seed`` the random stream of the model's random operations, and with ``model_state`` the
+    model's state.
 
     Args:
         learner: e.g. ``mf.maml(loss)``.
@@ -34,9 +41,14 @@ def init_state(
             needed, and only used, when the learner draws random numbers
             (:func:`metafunc.stochastic`). It becomes ``TrainState.rng``, saved with the
             checkpoints.
+        model_state: the state of a model from :func:`metafunc.stateful` (its third
+            result), needed, and only allowed, when the learner's loss threads it. It becomes
+            ``TrainState.model_state`` in the learner's layout (``learner.outer.init``: MAML++
+            keeps a copy per inner step), copied.
 
     Raises:
-        ValueError: a learner with random operations and no ``seed``.
+        ValueError: a learner with random operations and no ``seed``; a model state missing
+            or given where the loss keeps none.
 
     Example:
         >>> state = mf.init_state(mf.maml(loss), mf.optim.adam(1e-3), params)
@@ -61,7 +73,10 @@ def init_state(
     device = _tree.leaves(meta)[0].device
     step = torch.zeros((), dtype=torch.int64, device=device)
     rng = None if seed is None else torch.tensor([seed, 0], dtype=torch.int64)
-    return TrainState(meta, optimizer.init(meta), step, rng)
+    if isinstance(learner.outer, Stateful) and model_state is not None:
+        model_state = learner.outer.init(_tree.copy(model_state))
+    check_state(learner._replace(context=Context(step, model_state)), "init_state")
+    return TrainState(meta, optimizer.init(meta), step, rng, model_state=model_state)
 
 
 def make_step(
@@ -141,6 +156,8 @@ def pure_step(
     """One outer step of ``learner`` with ``optimizer`` (what :func:`outer_step` binds); the
     records are arguments, so that what their closures hold in tensors (learning rates) is an
     input of the compiled graph, not a constant of it."""
+    # the step count and the model state, for the rule to read
+    learner = learner._replace(context=Context(state.step, state.model_state))
     grads, losses = learner.rule(learner, state.meta, tasks)
     # over all leaves at once (foreach): the step is outside every vmap
     leaf_ok = _tree.finite_leaves(grads, foreach=True)
@@ -154,7 +171,8 @@ def pure_step(
     meta = apply_updates(state.meta, updates)
     finite, skipped = _nonfinite.verdict(leaf_ok, loss_ok, meta, opt_state)
     new = state._replace(meta=meta, opt_state=opt_state, step=state.step + 1)
-    return new, Metrics(*losses, grad_norm, finite, skipped, leaf_ok)
+    new = new._replace(model_state=_state.after(skipped, state.model_state, losses.state))
+    return new, Metrics(losses.loss, losses.loss_before, grad_norm, finite, skipped, leaf_ok)
 
 
 def validated(step: Step, learner: Learner, optimizer: Optimizer, *, probe: Step) -> Step:
@@ -180,7 +198,8 @@ def validated(step: Step, learner: Learner, optimizer: Optimizer, *, probe: Step
                 "step: state must be a metafunc.TrainState from init_state (got "
                 f"{type(state).__name__})"
             )
-        check(learner, "step", state.meta, tasks, meta_name="state.meta")
+        bound = learner._replace(context=Context(state.step, state.model_state))
+        check(bound, "step", state.meta, tasks, meta_name="state.meta")
         _check_counter(state.step)
         _random.check_rng(state.rng, learner.batching.randomness)
         _tree.check_same_structure(

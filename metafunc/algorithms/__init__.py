@@ -6,6 +6,7 @@ from .daml import daml as daml
 from .imaml import imaml as imaml
 from .maml import fomaml as fomaml
 from .maml import maml as maml
+from .mamlpp import mamlpp as mamlpp
 from .meta_sgd import meta_sgd as meta_sgd
 from .protomaml import protomaml as protomaml
 from .protonet import classifier as classifier
@@ -20,6 +21,7 @@ __all__ = [
     "fomaml",
     "imaml",
     "maml",
+    "mamlpp",
     "meta_sgd",
     "protomaml",
     "protonet",

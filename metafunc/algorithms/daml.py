@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from .. import _checks, _inner, _tree
+from .. import _checks, _inner, _state, _tree
 from .._inner import Loop
 from .._learner import Learner
 from .._types import Tasks
@@ -73,6 +73,7 @@ def daml(
     """
     name = "daml"
     _checks.function(name, "model", model, "model(params, x) -> (output, features)")
+    _state.refuse(name, model)
     _checks.function(
         name, "adaptation_loss", adaptation_loss, "adaptation_loss(loss_params, output, features)"
     )

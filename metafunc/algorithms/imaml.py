@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch.func import grad, vmap
 
-from .. import _checks, _inner, _tree
+from .. import _checks, _inner, _state, _tree
 from .._inner import Loop
 from .._learner import Learner, Losses, Rule, per_task
 from .._linalg import conjugate_gradient
@@ -61,6 +61,7 @@ def imaml(
     """
     name = "imaml"
     _checks.function(name, "loss", loss, "loss(params, data)")
+    _state.refuse(name, loss)
     inner = _inner.inner_update(name, inner_lr, inner_opt)
     inner_steps = _checks.steps(name, "inner_steps", inner_steps, minimum=1)
     reg = _checks.positive_number(name, "reg", reg)

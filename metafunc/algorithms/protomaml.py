@@ -17,7 +17,7 @@ from typing import Any, NamedTuple
 
 import torch
 
-from .. import _checks, _inner, _tree
+from .. import _checks, _inner, _state, _tree
 from .._inner import Loop
 from .._learner import Learner
 from ..losses import cross_entropy
@@ -73,6 +73,7 @@ def protomaml(
     """
     where = "protomaml"
     _checks.function(where, "embed", embed, "embed(params, x) -> features")
+    _state.refuse(where, embed)
     rate = _inner.inner_update(where, inner_lr, inner_opt)
     if not isinstance(rate, (float, torch.Tensor, Optimizer)):
         raise TypeError(

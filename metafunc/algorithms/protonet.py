@@ -20,7 +20,7 @@ from typing import Any, NamedTuple
 
 import torch
 
-from .. import _checks, _tree
+from .. import _checks, _state, _tree
 from .._learner import Learner
 from ..losses import cross_entropy
 
@@ -71,6 +71,7 @@ def protonet(embed: Embed) -> Learner:
         torch.Size([2, 6, 8])
     """
     _checks.function("protonet", "embed", embed, "embed(params, x) -> features")
+    _state.refuse("protonet", embed)
 
     def init(params: Any) -> Any:
         _checks.params_tree("protonet", "params", params)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .. import _checks, _inner, _tree
+from .. import _checks, _inner, _state, _tree
 from .._inner import Loop
 from .._learner import Learner, Losses, per_task
 from .._types import Tasks
@@ -53,6 +53,7 @@ def reptile(
     """
     name = "reptile"
     _checks.function(name, "loss", loss, "loss(params, data)")
+    _state.refuse(name, loss)
     inner = _inner.inner_update(name, inner_lr, inner_opt)
     inner_steps = _checks.steps(name, "inner_steps", inner_steps, minimum=1)
 

@@ -20,7 +20,7 @@ import metafunc as mf
 
 from . import _runs
 from ._runs import History
-from .algorithms import EMBEDDING, build_learner
+from .algorithms import EMBEDDING, STATEFUL, build_learner, build_step, outer_rate
 from .scores import fewshot_accuracy
 
 
@@ -43,6 +43,7 @@ class FewshotConfig(_runs.RunOptions):
     glyph_classes: int = 300
     eval_tasks: int = 600
     log_every: int = 25
+    anneal_steps: int = 300  # MAML++: the outer steps its schedules span (not --steps: resumable)
 
 
 class FewshotResult(NamedTuple):
@@ -87,11 +88,26 @@ def run(config: FewshotConfig, *, on_log: Callable[[mf.Log], Any] | None = None)
     train_set, test_set, data = datasets(config)
     size = train_set.images.shape[-1]
     init = torch.Generator().manual_seed(config.seed)
-    net = mf.models.conv_net(config.ways, channels=config.channels, image_size=size, generator=init)
+    stateful = config.algo in STATEFUL  # MAML++: per-step running statistics, model state
+    net = mf.models.conv_net(
+        config.ways,
+        channels=config.channels,
+        image_size=size,
+        track_running_stats=stateful,
+        generator=init,
+    )
     # ProtoNet and ProtoMAML classify over the embedding: the net without its linear layer
     embedding = config.algo in EMBEDDING
-    fn, params = mf.pure((net[:-1] if embedding else net).to(config.device))
-    predict = mf.classifier(fn) if embedding else fn
+    model_state = None
+    if stateful:
+        fn, params, model_state = mf.stateful(net.to(config.device))
+        # scored in training mode, as MAML++'s code does: the batch's statistics (the state
+        # is read only to be updated, so the first one serves)
+        predict: Callable[..., Any] = lambda p, x: fn(p, model_state, x)[0]  # noqa: E731
+    else:
+        fn, params = mf.pure((net[:-1] if embedding else net).to(config.device))
+        predict = mf.classifier(fn) if embedding else fn
+    norms = [n for n, m in net.named_modules() if isinstance(m, mf.models.BatchNorm)]
     loss = mf.supervised(fn, mf.losses.cross_entropy)
     head = str(len(net) - 1)  # ANIL adapts the linear classifier, BOIL freezes it
     learner = build_learner(
@@ -101,17 +117,22 @@ def run(config: FewshotConfig, *, on_log: Callable[[mf.Log], Any] | None = None)
         embed=fn,
         inner_lr=config.inner_lr,
         inner_steps=config.inner_steps,
+        norms=norms,
+        steps=config.anneal_steps,
     )
     learner = mf.distributed.data_parallel(learner)
-    opt = mf.optim.apply_if_finite(mf.optim.adam(config.outer_lr))
-    step = mf.make_step(learner, opt, compile=config.compile)
+    rate = outer_rate(config.algo, config.outer_lr, config.anneal_steps)
+    opt = mf.optim.apply_if_finite(mf.optim.adam(rate))
+    step = build_step(config.algo, learner, opt, steps=config.anneal_steps, compile=config.compile)
     shape: dict[str, Any] = {"ways": config.ways, "shots": config.shots, "queries": config.queries}
     sampler = functools.partial(
         mf.tasks.fewshot, dataset=train_set, tasks=config.meta_batch, device=config.device, **shape
     )
     history = History(on_log)
     g = torch.Generator().manual_seed(config.seed)  # the task stream
-    state = _runs.train(config, step, mf.init_state(learner, opt, params), sampler, g, history)
+    start_state = mf.init_state(learner, opt, params, model_state=model_state)
+    state = _runs.train(config, step, start_state, sampler, g, history)
+    learner = learner.bind(state)  # the step count and model state adapting starts from
     start = torch.Generator().manual_seed(config.seed + 1)
     clock = time.perf_counter()
     accuracy = fewshot_accuracy(
