@@ -1,0 +1,205 @@
+"""What a user waits for before the compiled step runs: first calls cold and warm, and the
+changes a notebook makes in one process.
+
+Every measurement runs in a fresh process, as a user's would, with its own compile cache
+(``TORCHINDUCTOR_CACHE_DIR``): **cold** with an empty one, **warm** in a new process with the
+cache the cold one left. Two kinds of run:
+
+* ``sine``: the bench's sine step (1-40-40-1 MLP, 25 tasks, MAML with ``inner_steps`` second
+  order steps, Adam), through ``mf.make_step``: the time to import torch and metafunc, the first
+  call, then in the same process a step built again from an equal configuration, a learner with
+  another ``inner_lr`` (a new ``mf.maml``), and 1,000 steps.
+* ``fewshot``: ``metafunc train --task fewshot`` with each algorithm at the command's defaults
+  (conv net, 32 filters, 5-way 1-shot, 8 tasks), a few outer steps and a compiled evaluation of
+  50 tasks: its first call, and the whole run's wall time (MAML++ switches from first to second
+  order during it, so it compiles two steps).
+
+    OMP_NUM_THREADS=1 python -m benchmarks.studies.startup [--sine 1 5 20] [--fewshot maml ...]
+        [--out benchmarks/results/startup-cpu.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[2]
+FEWSHOT = [
+    "maml",
+    "fomaml",
+    "anil",
+    "boil",
+    "meta-sgd",
+    "reptile",
+    "mamlpp",
+    "protonet",
+    "protomaml",
+]
+
+
+def sine_child(inner_steps: int) -> dict[str, Any]:
+    t0 = time.perf_counter()
+    import torch
+
+    imported_torch = time.perf_counter() - t0
+    import metafunc as mf
+
+    imported = time.perf_counter() - t0
+    torch.set_num_threads(1)
+    g = torch.Generator().manual_seed(0)
+    fn, params = mf.pure(mf.models.mlp([1, 40, 40, 1], generator=g))
+    tasks = mf.tasks.sinusoid(g, tasks=25, shots=10, queries=10)
+    opt = mf.optim.adam(1e-3)
+
+    def learner(inner_lr: float) -> mf.Learner:
+        loss = mf.supervised(fn, mf.losses.mse)
+        return mf.maml(loss, inner_lr=inner_lr, inner_steps=inner_steps)
+
+    def first_call(inner_lr: float) -> tuple[float, Any]:
+        t = time.perf_counter()
+        chosen = learner(inner_lr)
+        step = mf.make_step(chosen, opt)
+        state = mf.init_state(chosen, opt, params)
+        state, metrics = step(state, tasks)
+        metrics.loss.item()
+        return time.perf_counter() - t, (step, state)
+
+    counters = torch._dynamo.utils.counters
+    first, (step, state) = first_call(0.01)
+    loaded = counters["dynamo_cache"]["dynamo_cache_hit"]
+    traced = counters["stats"]["unique_graphs"]
+    rebuilt, _ = first_call(0.01)
+    new_lr, _ = first_call(0.02)
+    t = time.perf_counter()
+    for _ in range(1000):
+        state, metrics = step(state, tasks)
+    metrics.loss.item()
+    thousand = time.perf_counter() - t
+    return {
+        "import_torch_s": imported_torch,
+        "import_s": imported,
+        "first_call_s": first,
+        "loaded_graphs": loaded,
+        "traced_graphs": traced,
+        "rebuilt_first_call_s": rebuilt,
+        "new_inner_lr_first_call_s": new_lr,
+        "graphs_after_changes": counters["stats"]["unique_graphs"] + loaded,
+        "steps_1000_s": thousand,
+    }
+
+
+def fewshot_child(algo: str, steps: int) -> dict[str, Any]:
+    import torch
+
+    from metafunc.experiments import fewshot
+
+    torch.set_num_threads(1)
+    config = fewshot.FewshotConfig(
+        algo=algo,
+        steps=steps,
+        anneal_steps=steps + steps // 2,  # MAML++: first order for the first third, then second
+        eval_tasks=50,
+        log_every=steps,
+        compile=True,
+        progress=False,
+    )
+    t = time.perf_counter()
+    result = fewshot.run(config)
+    wall = time.perf_counter() - t
+    counters = torch._dynamo.utils.counters
+    return {
+        "first_call_s": result.first_call_s,
+        "run_s": wall,
+        "eval_s": result.eval_s,
+        "step_ms": result.step_ms,
+        "loaded_graphs": counters["dynamo_cache"]["dynamo_cache_hit"],
+        "traced_graphs": counters["stats"]["unique_graphs"],
+    }
+
+
+def _cpu() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "cpu"
+
+
+def _child(args: list[str], cache: str) -> dict[str, Any]:
+    env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": cache, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks.studies.startup", "--child", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"{args}: {done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def main(argv: list[str] | None = None) -> int:
+    cli = argparse.ArgumentParser(
+        prog="python -m benchmarks.studies.startup",
+        description="first calls of the compiled step, cold and warm, and in-process changes",
+    )
+    cli.add_argument("--sine", type=int, nargs="*", default=[1, 5, 20], help="inner steps")
+    cli.add_argument("--fewshot", nargs="*", default=FEWSHOT, choices=FEWSHOT)
+    cli.add_argument("--fewshot-steps", type=int, default=6, help="outer steps of each run")
+    cli.add_argument("--out", type=Path, help="also write the results to this JSON file")
+    cli.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
+    args = cli.parse_args(argv)
+    if args.child:  # one measurement in this process: its JSON on stdout
+        kind, value, *rest = args.child
+        if kind == "sine":
+            result = sine_child(int(value))
+        else:
+            result = fewshot_child(value, int(rest[0]))
+        print(json.dumps(result))
+        return 0
+    given = sys.argv[1:] if argv is None else argv
+    runs: dict[str, dict[str, Any]] = {}
+    plan = [(f"sine S={s}", ["sine", str(s)]) for s in args.sine]
+    plan += [(f"fewshot {a}", ["fewshot", a, str(args.fewshot_steps)]) for a in args.fewshot]
+    for name, child in plan:
+        with tempfile.TemporaryDirectory() as cache:
+            cold = _child(child, cache)
+            warm = _child(child, cache)
+        runs[name] = {"cold": cold, "warm": warm}
+        fields = ["first_call_s", "run_s", "new_inner_lr_first_call_s", "rebuilt_first_call_s"]
+        shown = "  ".join(
+            f"{f.removesuffix('_s')} {cold[f]:.2f}/{warm[f]:.2f} s" for f in fields if f in cold
+        )
+        print(f"{name:20s} cold/warm: {shown}", flush=True)
+    if args.out is not None:
+        import torch
+
+        record = {
+            "what": "first calls of compiled steps, cold (empty compile cache) and warm (a new "
+            "process, the cache the cold one left), each in its own process, 1 thread",
+            "command": shlex.join(["python", "-m", "benchmarks.studies.startup", *given]),
+            "cpu": _cpu(),
+            "torch": torch.__version__,
+            "runs": runs,
+        }
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(record, indent=2) + "\n")
+        print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
