@@ -217,6 +217,17 @@ def test_the_users_own_state_is_checkpointed_and_resumed_with_the_run(tmp_path):
     assert_equal(resumed, straight)
 
 
+def test_the_step_passes_any_extra_through_and_save_names_a_leaf_it_cannot_keep(tmp_path):
+    step, state, sampler = setup()
+    state = state._replace(extra={"epoch": 3, "note": "warm-up", "best": torch.tensor(1.0)})
+    new, _ = step(state, sampler(torch.Generator().manual_seed(0)))
+    assert new.extra is state.extra
+    with pytest.raises(
+        TypeError, match=r"^save: state\.extra\['epoch'\] must be a tensor \(got int\)$"
+    ):
+        mf.save(tmp_path / "c.pt", new)
+
+
 def test_a_run_of_two_phases_resumes_in_either_phase(tmp_path):
     """First order for 3 steps, then second order to step 6, in one script: killed anywhere and
     started again, it ends where the uninterrupted script ends."""
