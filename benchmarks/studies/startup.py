@@ -97,6 +97,26 @@ def sine_child(inner_steps: int) -> dict[str, Any]:
     }
 
 
+def imports_child() -> dict[str, Any]:
+    """How long a new process takes to import torch, metafunc and torch's compiler (which the
+    first compiled call imports)."""
+    times = {}
+    t = time.perf_counter()
+    import torch
+
+    times["torch_s"] = time.perf_counter() - t
+    t = time.perf_counter()
+    import metafunc  # noqa: F401
+
+    times["metafunc_s"] = time.perf_counter() - t
+    t = time.perf_counter()
+    import torch._dynamo
+    import torch._inductor.compile_fx  # noqa: F401
+
+    times["dynamo_inductor_s"] = time.perf_counter() - t
+    return times
+
+
 def fewshot_child(algo: str, steps: int) -> dict[str, Any]:
     import torch
 
@@ -163,15 +183,21 @@ def main(argv: list[str] | None = None) -> int:
     cli.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = cli.parse_args(argv)
     if args.child:  # one measurement in this process: its JSON on stdout
-        kind, value, *rest = args.child
-        if kind == "sine":
-            result = sine_child(int(value))
+        kind, *rest = args.child
+        if kind == "imports":
+            result = imports_child()
+        elif kind == "sine":
+            result = sine_child(int(rest[0]))
         else:
-            result = fewshot_child(value, int(rest[0]))
+            result = fewshot_child(rest[0], int(rest[1]))
         print(json.dumps(result))
         return 0
     given = sys.argv[1:] if argv is None else argv
     runs: dict[str, dict[str, Any]] = {}
+    with tempfile.TemporaryDirectory() as cache:
+        imports = [_child(["imports"], cache) for _ in range(3)]
+    runs["imports"] = {k: min(i[k] for i in imports) for k in imports[0]}
+    print("imports (best of 3): " + ", ".join(f"{k} {v:.2f}" for k, v in runs["imports"].items()))
     plan = [(f"sine S={s}", ["sine", str(s)]) for s in args.sine]
     plan += [(f"fewshot {a}", ["fewshot", a, str(args.fewshot_steps)]) for a in args.fewshot]
     for name, child in plan:
