@@ -22,15 +22,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
-import shlex
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+from . import child, write
 
 ROOT = Path(__file__).resolve().parents[2]
 FEWSHOT = [
@@ -146,29 +144,8 @@ def fewshot_child(algo: str, steps: int) -> dict[str, Any]:
     }
 
 
-def _cpu() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "cpu"
-
-
 def _child(args: list[str], cache: str) -> dict[str, Any]:
-    env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": cache, "OMP_NUM_THREADS": "1"}
-    done = subprocess.run(
-        [sys.executable, "-m", "benchmarks.studies.startup", "--child", *args],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if done.returncode != 0:
-        raise RuntimeError(f"{args}: {done.stderr[-3000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return child("startup", ["--child", *args], cache)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -200,10 +177,10 @@ def main(argv: list[str] | None = None) -> int:
     print("imports (best of 3): " + ", ".join(f"{k} {v:.2f}" for k, v in runs["imports"].items()))
     plan = [(f"sine S={s}", ["sine", str(s)]) for s in args.sine]
     plan += [(f"fewshot {a}", ["fewshot", a, str(args.fewshot_steps)]) for a in args.fewshot]
-    for name, child in plan:
+    for name, measured in plan:
         with tempfile.TemporaryDirectory() as cache:
-            cold = _child(child, cache)
-            warm = _child(child, cache)
+            cold = _child(measured, cache)
+            warm = _child(measured, cache)
         runs[name] = {"cold": cold, "warm": warm}
         fields = ["first_call_s", "run_s", "new_inner_lr_first_call_s", "rebuilt_first_call_s"]
         shown = "  ".join(
@@ -216,14 +193,10 @@ def main(argv: list[str] | None = None) -> int:
         record = {
             "what": "first calls of compiled steps, cold (empty compile cache) and warm (a new "
             "process, the cache the cold one left), each in its own process, 1 thread",
-            "command": shlex.join(["python", "-m", "benchmarks.studies.startup", *given]),
-            "cpu": _cpu(),
             "torch": torch.__version__,
             "runs": runs,
         }
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(record, indent=2) + "\n")
-        print(f"wrote {args.out}")
+        write(args.out, "startup", given, record)
     return 0
 
 
