@@ -143,6 +143,27 @@ def test_integer_inputs_to_a_float_model_say_convert_them(dtype):
         step(state, mf.Tasks((x,), (x,)))
 
 
+def test_a_parameter_of_another_shape_is_named_not_the_data():
+    """torch says "mat1 and mat2 shapes cannot be multiplied", which reads as the data's fault."""
+    step, state = step_for()
+    meta = {"weight": torch.zeros(1, 2, dtype=F64), "bias": state.meta["bias"]}
+    expected = (
+        r"^pure: params\['weight'\] must have the shape of Linear's parameter 'weight', \(1, 1\) "
+        r"\(got \(1, 2\)\); params must be the parameters of the model fn was made from "
+        r"\(mf\.pure\), or a checkpoint of that model$"
+    )
+    with pytest.raises(ValueError, match=expected) as info:
+        step(state._replace(meta=meta, opt_state=mf.optim.sgd(0.1).init(meta)), sine_tasks())
+    assert "mat1 and mat2 shapes cannot be multiplied" in str(info.value.__cause__)
+    fn, params = mf.pure(nn.Linear(1, 1).double())
+    with pytest.raises(ValueError, match=expected):
+        fn({**params, "weight": meta["weight"]}, torch.zeros(4, 1, dtype=F64))
+    # and a stateful model's function
+    fn, params, buffers = mf.stateful(nn.Sequential(nn.Linear(1, 1), nn.BatchNorm1d(1)).double())
+    with pytest.raises(ValueError, match=r"^pure: params\['0\.weight'\] must have the shape "):
+        fn({**params, "0.weight": meta["weight"]}, buffers, torch.zeros(4, 1, dtype=F64))
+
+
 def test_labels_out_of_range_are_named():
     torch.manual_seed(0)
     fn, params = mf.pure(nn.Linear(2, 3).double())
