@@ -164,6 +164,39 @@ def test_a_parameter_of_another_shape_is_named_not_the_data():
         fn({**params, "0.weight": meta["weight"]}, buffers, torch.zeros(4, 1, dtype=F64))
 
 
+def test_a_checkpoint_loaded_without_a_template_then_stepped_says_to_load_it_with_like(tmp_path):
+    step, state = step_for()
+    opt = mf.optim.sgd(0.1)
+    other, other_params = mf.pure(nn.Sequential(nn.Linear(1, 2), nn.Linear(2, 1)).double())
+    other_learner = mf.maml(mf.supervised(other, mf.losses.mse), inner_lr=0.1)
+    path = mf.save(tmp_path / "other.pt", mf.init_state(other_learner, opt, other_params))
+    loaded = mf.load(path)
+    with pytest.raises(ValueError) as info:
+        step(loaded, sine_tasks())
+    assert str(info.value).startswith(
+        "step: state.opt_state must have the same tree structure as optimizer.init(state.meta)"
+    )
+    assert str(info.value).endswith(
+        "\nstate.opt_state holds dicts where the optimizer's state holds named tuples (SGDState), "
+        "as in a state that mf.load read without like=: load the checkpoint with "
+        "like=mf.init_state(learner, optimizer, params), which also checks that it holds this "
+        "model and optimizer"
+    )
+    # which names the other model
+    with pytest.raises(
+        ValueError, match=r"has no entry state\.meta\['bias'\], which like has \(was it "
+    ):
+        mf.load(path, like=state)
+    # its parameters with a fresh optimizer state: the probe says they do not fit, with torch's line
+    with pytest.raises(RuntimeError) as info:
+        step(loaded._replace(opt_state=opt.init(loaded.meta)), sine_tasks())
+    assert "Unexpected key(s): '0.bias', '0.weight', '1.bias', '1.weight'." in str(info.value)
+    assert "Missing key(s): 'bias', 'weight'." in str(info.value)
+    assert str(info.value).endswith(
+        "a checkpoint of another model, loaded without a template, does not."
+    )
+
+
 def test_labels_out_of_range_are_named():
     torch.manual_seed(0)
     fn, params = mf.pure(nn.Linear(2, 3).double())
