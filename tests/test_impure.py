@@ -143,6 +143,41 @@ def test_integer_inputs_to_a_float_model_say_convert_them(dtype):
         step(state, mf.Tasks((x,), (x,)))
 
 
+def test_uint8_images_to_a_conv_net_say_convert_them_and_nothing_of_purity():
+    g = torch.Generator().manual_seed(0)
+    fn, params = mf.pure(mf.models.conv_net(3, channels=4, blocks=2, image_size=8, generator=g))
+    learner = mf.maml(mf.supervised(fn, mf.losses.cross_entropy), inner_lr=0.1)
+    opt = mf.optim.sgd(0.1)
+    x = torch.randint(0, 255, (2, 3, 1, 8, 8), dtype=torch.uint8, generator=g)
+    y = torch.arange(3).repeat(2, 1)
+    with pytest.raises(RuntimeError) as info:
+        mf.make_step(learner, opt, compile=False)(
+            mf.init_state(learner, opt, params), mf.Tasks((x, y), (x, y))
+        )
+    assert str(info.value).endswith(
+        ": RuntimeError: Input type (unsigned char) and bias type (float) should be the same The "
+        "data's dtype does not fit the model's: convert the inputs, e.g. x.float() for uint8 "
+        "images, and keep labels int64."
+    )
+    assert isinstance(info.value.__cause__, RuntimeError)
+
+
+def test_params_missing_a_key_keep_torchs_whole_message_and_say_they_do_not_fit():
+    step, state = step_for()
+    meta = {"weight": state.meta["weight"]}
+    learner = mf.maml(mf.supervised(mf.pure(nn.Linear(1, 1).double())[0], mf.losses.mse))
+    with pytest.raises(RuntimeError) as info:
+        step(mf.init_state(learner, mf.optim.sgd(0.1), meta), sine_tasks())
+    torchs = "Error(s) in reparametrizing for Linear:\n\tMissing key(s): 'bias'."
+    assert str(info.value.__cause__) == torchs  # the original error, chained
+    assert str(info.value).startswith("step: the model or loss failed on its first call with ")
+    assert str(info.value).endswith(
+        f": RuntimeError: {torchs} The parameters do not fit the model: state.meta must hold the "
+        "parameters of the model fn was made from (mf.pure), by name; a checkpoint of another "
+        "model, loaded without a template, does not."
+    )
+
+
 def test_a_parameter_of_another_shape_is_named_not_the_data():
     """torch says "mat1 and mat2 shapes cannot be multiplied", which reads as the data's fault."""
     step, state = step_for()
