@@ -308,9 +308,10 @@ def test_a_skipped_step_is_counted_and_a_run_that_only_skips_is_stopped(caplog):
         mf.train(step, state, poisoned, steps=300, on_nonfinite="skip", progress=False)
 
 
-def test_a_guard_that_lets_a_nan_through_stops_the_run_before_it_is_checkpointed(tmp_path):
+def test_a_guard_that_lets_a_nan_through_stops_the_run_before_it_is_checkpointed(tmp_path, caplog):
     """apply_if_finite(max_consecutive_errors=1): the second NaN step in a row is applied; the
-    run stops there, naming the step, and the last checkpoint is the finite one before."""
+    run stops there, naming the step, the log counts only the step really skipped, and the last
+    checkpoint is the finite one before."""
     fn, params = mf.pure(tanh_net())
     learner = mf.maml(mf.supervised(fn, mf.losses.mse), inner_lr=0.1)
     opt = mf.optim.apply_if_finite(mf.optim.adam(1e-2), max_consecutive_errors=1)
@@ -327,13 +328,17 @@ def test_a_guard_that_lets_a_nan_through_stops_the_run_before_it_is_checkpointed
 
     path = tmp_path / "c.pt"
     hooks = [mf.hooks.Checkpoints(path, every=2)]
-    with pytest.raises(
-        FloatingPointError,
-        match=r"^train: step 4 was not finite and the optimizer's guard let it through "
-        r"\(apply_if_finite's max_consecutive_errors\), so the parameters or optimizer state are "
-        r"no longer finite; the last checkpoint, '.*c\.pt', is at step 2\.",
+    with (
+        pytest.raises(
+            FloatingPointError,
+            match=r"^train: step 4 was not finite and the optimizer's guard let it through "
+            r"\(apply_if_finite's max_consecutive_errors\), so the parameters or optimizer state "
+            r"are no longer finite; the last checkpoint, '.*c\.pt', is at step 2\.",
+        ),
+        caplog.at_level(logging.WARNING, logger="metafunc"),
     ):
         mf.train(step, state, poisoned, steps=6, on_nonfinite="skip", hooks=hooks, progress=False)
+    assert caplog.messages == ["step 4: skipped 1 non-finite step(s) of the last 2"]
     assert int(mf.load(path, like=state).step) == 2
 
 
