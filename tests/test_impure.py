@@ -178,6 +178,26 @@ def test_params_missing_a_key_keep_torchs_whole_message_and_say_they_do_not_fit(
     )
 
 
+class BadTaskError(Exception):
+    """A user's own error, raised by the loss."""
+
+
+def test_a_users_own_error_keeps_its_type_and_whole_message_without_a_hint():
+    def loss(fn):
+        def per_task(params, data):
+            raise BadTaskError("task has no labels\n  (label column 3 is empty)")
+
+        return per_task
+
+    step, state = step_for(loss=loss)
+    with pytest.raises(BadTaskError) as info:
+        step(state, sine_tasks())
+    assert str(info.value).endswith(
+        "float64): BadTaskError: task has no labels\n  (label column 3 is empty)"
+    )
+    assert isinstance(info.value.__cause__, BadTaskError)
+
+
 def test_a_parameter_of_another_shape_is_named_not_the_data():
     """torch says "mat1 and mat2 shapes cannot be multiplied", which reads as the data's fault."""
     step, state = step_for()
