@@ -47,7 +47,7 @@ def compiled(
     while shapes, dtypes and tree structure stay the same.
 
     The compiled function is keyed by a fingerprint of what decides its graph
-    (:mod:`metafunc._fingerprint`: the learner's and optimizer's code and settings, the model,
+    (``metafunc._fingerprint``: the learner's and optimizer's code and settings, the model,
     the options, the torch and metafunc versions), so a step built again from an equal
     configuration reuses it, and a step whose numbers live in 0-d tensors (learning rates) runs
     with new values without a new graph. With ``cache=True`` (and the default backend) the
