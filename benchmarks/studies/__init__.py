@@ -6,7 +6,8 @@
 - ``nonfinite_guard``: what the non-finite guard costs per compiled step;
 - ``distributed``: data-parallel throughput against the number of processes (torchrun);
 - ``evaluation``: ``mf.evaluate`` compiled against eager on new few-shot tasks;
-- ``startup``: first calls cold and warm, and the changes a notebook makes in one process.
+- ``startup``: first calls cold and warm, and the changes a notebook makes in one process;
+- ``seeds``: the demo's result for several seeds.
 
 Importing a study runs nothing; each runs from its ``main()``.
 """
