@@ -120,6 +120,7 @@ def function(
         function: Any = seen.get(signature)
         loaded, origin = False, "seen"
         first = function is None
+        traced = torch._dynamo.utils.counters["stats"]["unique_graphs"]
         if first:
             if seen:
                 warnings.warn(_recompile_message(where, len(seen)), RuntimeWarning, stacklevel=3)
@@ -145,6 +146,10 @@ def function(
             with torch.no_grad():
                 fn(*args)
             raise
+        if loaded and torch._dynamo.utils.counters["stats"]["unique_graphs"] > traced:
+            # the graph saved under this key failed its guards (saved by another version of
+            # the user's code, or a file copied in) and was traced afresh: saved over it
+            origin = "compiled"
         if first and persist and origin == "compiled":
             _save()
         if cuda_graphs:
