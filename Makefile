@@ -41,12 +41,14 @@ lint: setup
 	$(BIN)/ruff check metafunc tests benchmarks
 	$(BIN)/ruff format --check metafunc tests benchmarks
 
+# one pytest worker per core (pytest-xdist), each file on one worker (its compiled steps shared),
+# one thread each: the tests are mostly compiling, which a second thread does not speed up
 test: lint typecheck
-	$(BIN)/python -m pytest -q
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n auto --dist loadfile
 
 # the edit loop: everything but the tests that compile a step or run for seconds
 test-fast: lint typecheck
-	$(BIN)/python -m pytest -q -m "not compile and not slow"
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n auto --dist loadfile -m "not compile and not slow"
 
 # -W: warnings are errors; -n: every cross-reference must resolve (docs/conf.py lists the
 # exceptions); -E: read every docstring afresh
