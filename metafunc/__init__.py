@@ -44,6 +44,7 @@ from ._types import Metrics as Metrics
 from ._types import Step as Step
 from ._types import Tasks as Tasks
 from ._types import TrainState as TrainState
+from ._version import __version__ as __version__
 from ._wrappers import chunked as chunked
 from ._wrappers import first_order as first_order
 from ._wrappers import remat as remat
@@ -74,8 +75,6 @@ from .step import seeded as seeded
 from .step import validated as validated
 from .train import Log as Log
 from .train import train as train
-
-__version__ = "0.1.0"
 
 __all__ = [
     "Batching",

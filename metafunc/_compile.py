@@ -22,6 +22,7 @@ import torch
 from . import _tree
 from ._fingerprint import fingerprint
 from ._types import Step, Tasks, TrainState
+from ._version import __version__
 
 logger = logging.getLogger("metafunc")
 
@@ -176,8 +177,6 @@ def _key(
 ) -> str | None:
     if not isinstance(backend, str) or mode in _CUDA_GRAPH_MODES:
         return None  # a backend object or CUDA graphs: compiled on its own, not persisted
-    from . import __version__
-
     versions = (torch.__version__, torch.version.git_version, __version__, sys.version)
     return fingerprint(base, records, mode, backend, options, random, versions, platform.machine())
 
