@@ -29,14 +29,10 @@ def boil(
 
     Args:
         loss: ``loss(params, data) -> scalar`` for the support and the query set.
-        head: which parameters stay fixed in the inner loop: a module name (``"4"`` picks
-            ``"4.weight"`` and ``"4.bias"``), a list of names, a predicate on dotted names, or
-            a tree of bools like the parameters. It must leave at least one parameter to adapt.
+        head: the parameters that stay fixed in the inner loop, picked as
+            :func:`metafunc.anil` picks the ones that adapt; at least one must be left to adapt.
         inner_lr, inner_opt, inner_steps: as for :func:`metafunc.maml` (only the body's rates
-            of a tree of rates are used).
-
-    Returns:
-        a :class:`metafunc.Learner` whose meta-parameters are all the parameters.
+            of a tree of rates are used). All parameters are meta-learned.
 
     Example:
         >>> fn, params = mf.pure(mf.models.mlp([1, 40, 40, 1]))
