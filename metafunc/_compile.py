@@ -121,7 +121,7 @@ def function(
         function: Any = seen.get(signature)
         loaded, origin = False, "seen"
         first = function is None
-        traced = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+        traced = _traced()
         if first:
             if seen:
                 warnings.warn(_recompile_message(where, len(seen)), RuntimeWarning, stacklevel=3)
@@ -138,7 +138,7 @@ def function(
                     # renamed) would have given these numbers: never trusted; compiled afresh
                     warnings.warn(_mismatch(where), RuntimeWarning, stacklevel=3)
                     function, _ = _function(None, signature, base, mode, backend, options, random)
-                    seen[signature] = function
+                    seen[signature], origin = function, "replaced"
                     with _precompile(False):
                         out = replay(lambda: function(*records, *args))
         except torch._dynamo.exc.TorchDynamoException:
@@ -147,17 +147,20 @@ def function(
             with torch.no_grad():
                 fn(*args)
             raise
-        if loaded and torch._dynamo.utils.counters["stats"]["unique_graphs"] > traced:
-            # the graph saved under this key failed its guards (saved by another version of
-            # the user's code, or a file copied in) and was traced afresh: saved over it
-            origin = "compiled"
-        if first and persist and origin == "compiled":
+        # saved when traced here: compiled, or loaded and refused by its guards (saved by other
+        # code under this key), never the unkeyed replacement of a mismatch
+        if first and persist and origin != "replaced" and _traced() > traced:
             _save()
         if cuda_graphs:
             out = _tree.map(torch.clone, out)
         return out
 
     return run
+
+
+def _traced() -> int:
+    """The graphs Dynamo traced in this process so far."""
+    return int(torch._dynamo.utils.counters["stats"]["unique_graphs"])
 
 
 def _is_bound(fn: Any) -> bool:
@@ -256,7 +259,15 @@ def _mismatch(where: str) -> str:
 
 
 def _agrees(compiled: Any, eager: Any) -> bool:
-    """The loaded step's first outputs agree with the eager step's, to rounding."""
+    """The loaded function's first outputs agree with the eager function's, to rounding. Of a
+    step's ``(state, metrics)`` the numbers compared are the metrics (losses and gradient norm,
+    from before the update) and the state's counts: Adam's first update moves a parameter whose
+    gradient is rounding noise (a conv bias before a batch norm) by plus or minus its rate
+    either way, so updated parameters differ by more than rounding."""
+    if isinstance(compiled, tuple) and len(compiled) == 2 and isinstance(compiled[0], TrainState):
+        state = _tree.leaves(compiled[0]), _tree.leaves(eager[0])
+        kept = [(a, b) for a, b in zip(*state, strict=True) if not a.is_floating_point()]
+        compiled, eager = (compiled[1], [a for a, _ in kept]), (eager[1], [b for _, b in kept])
     pairs = zip(_tree.leaves(compiled), _tree.leaves(eager), strict=True)
     return all(
         torch.allclose(a.double(), b.double(), rtol=1e-3, atol=1e-5, equal_nan=True)
