@@ -52,6 +52,7 @@ WORKLOADS = {
         Workload("sine-1step", "sinusoid", 25, 1),
         Workload("sine-5step", "sinusoid", 25, 5),
         Workload("sine-5step-fo", "sinusoid", 25, 5, first_order=True),
+        Workload("sine-20step", "sinusoid", 25, 20),  # how compile time grows with the steps
         # float32 rounding, reassociated by inductor's fused reductions, reaches 4.3e-4 here
         # in both compiled rows (metafunc's and the hand-written one); in float64 the compiled
         # meta-gradient equals the blog loop's to 2.3e-15

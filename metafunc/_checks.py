@@ -70,15 +70,22 @@ def function(where: str, name: str, value: Any, usage: str) -> Any:
 MAX_STEPS = 10_000
 
 
-def steps(where: str, name: str, value: Any, *, minimum: int = 0) -> int:
-    """A count of inner steps: an integer in [minimum, MAX_STEPS]."""
+def steps(
+    where: str, name: str, value: Any, *, minimum: int = 0, differentiated: bool = True
+) -> int:
+    """A count of inner steps: an integer in [minimum, MAX_STEPS]; ``differentiated``: the
+    meta-gradient goes through them (not so for iMAML's, which the message then says)."""
     count = integer(where, name, value, minimum=minimum)
     if count > MAX_STEPS:
-        raise ValueError(
-            f"{where}: {name} must be at most {MAX_STEPS} (got {count}): every step is "
+        why = (
             "differentiated through and traced into the compiled step, so a first call would "
-            "run for hours; for long inner loops use mf.imaml, whose memory and graph do not "
-            "grow with the steps"
+            "run for hours; for long inner loops use mf.imaml, whose memory does not grow with "
+            "the steps"
+            if differentiated
+            else "traced into the compiled step, so a first call would run for hours"
+        )
+        raise ValueError(
+            f"{where}: {name} must be at most {MAX_STEPS} (got {count}): every step is {why}"
         )
     return count
 

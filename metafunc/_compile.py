@@ -47,7 +47,7 @@ def compiled(
     while shapes, dtypes and tree structure stay the same.
 
     The compiled function is keyed by a fingerprint of what decides its graph
-    (:mod:`metafunc._fingerprint`: the learner's and optimizer's code and settings, the model,
+    (``metafunc._fingerprint``: the learner's and optimizer's code and settings, the model,
     the options, the torch and metafunc versions), so a step built again from an equal
     configuration reuses it, and a step whose numbers live in 0-d tensors (learning rates) runs
     with new values without a new graph. With ``cache=True`` (and the default backend) the
@@ -120,6 +120,7 @@ def function(
         function: Any = seen.get(signature)
         loaded, origin = False, "seen"
         first = function is None
+        traced = torch._dynamo.utils.counters["stats"]["unique_graphs"]
         if first:
             if seen:
                 warnings.warn(_recompile_message(where, len(seen)), RuntimeWarning, stacklevel=3)
@@ -145,6 +146,10 @@ def function(
             with torch.no_grad():
                 fn(*args)
             raise
+        if loaded and torch._dynamo.utils.counters["stats"]["unique_graphs"] > traced:
+            # the graph saved under this key failed its guards (saved by another version of
+            # the user's code, or a file copied in) and was traced afresh: saved over it
+            origin = "compiled"
         if first and persist and origin == "compiled":
             _save()
         if cuda_graphs:

@@ -20,9 +20,11 @@ def probe(step: Step, state: TrainState, tasks: Tasks) -> None:
     writes into its inputs or parameters in place is caught before it changes the caller's
     tensors."""
     n = min(_tree.leaves(tasks.support)[0].shape[0], _dist.world_size())
-    copy = _tree.map(torch.clone, state)
+    # state.extra (the user's own, perhaps numbers and strings) is passed through untouched
+    copy = _tree.map(torch.clone, state._replace(extra=None))._replace(extra=state.extra)
     few = _tree.map(lambda t: t[:n].clone(), tasks)
-    watched = _tree.named_leaves(copy, "state") + _tree.named_leaves(few, "tasks")
+    watched = _tree.named_leaves(copy._replace(extra=None), "state")
+    watched += _tree.named_leaves(few, "tasks")
     versions = [t._version for _, t in watched]
     try:
         with torch.no_grad():

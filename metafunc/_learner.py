@@ -10,7 +10,7 @@ from typing import Any, NamedTuple, TypeVar, cast
 import torch
 from torch.func import grad, vmap
 
-from . import _checks, _tree
+from . import _checks, _nonfinite, _tree
 from ._state import Stateful, combine
 from ._types import Tasks, TrainState
 
@@ -212,11 +212,19 @@ class Learner(NamedTuple):
 
     def meta_grad(self, meta: Any, tasks: Tasks) -> tuple[Any, Losses]:
         """``(grads, losses)``: the meta-gradient over the batch of ``tasks``, shaped like
-        ``meta``, and the mean query losses after and before adapting."""
+        ``meta``, and the mean query losses after and before adapting.
+
+        Called eagerly (not compiled, not inside a ``torch.func`` transform), it warns with a
+        ``RuntimeWarning`` when the loss or the meta-gradient is not finite, naming the first
+        leaf that is not and the likely cause (one host sync per call; a training step calls
+        ``rule``, not this)."""
         if torch.compiler.is_compiling():
             return self.rule(self, meta, tasks)
         check(self, "meta_grad", meta, tasks)
-        return _explain_randomness("meta_grad", lambda: self.rule(self, meta, tasks))
+        grads, losses = _explain_randomness("meta_grad", lambda: self.rule(self, meta, tasks))
+        if torch._C._functorch.peek_interpreter_stack() is None:
+            _nonfinite.warn("meta_grad", meta, grads, losses.loss)
+        return grads, losses
 
     def per_task(self, meta: Any, tasks: Tasks) -> tuple[Any, torch.Tensor, torch.Tensor]:
         """``(adapted, loss, loss_before)`` task by task (a leading task dimension on each):

@@ -29,6 +29,7 @@ class Pure:
         self._buffers = {name for name, _ in module.named_buffers()}
         # the names params must have; with exactly these, torch's strict check is skipped
         self._learned = {name for name, _ in module.named_parameters()} - set(constants)
+        self._shapes = {name: tuple(p.shape) for name, p in module.named_parameters()}
         self._batchnorms = [
             name
             for name, m in module.named_modules()
@@ -63,6 +64,7 @@ class Pure:
         try:
             out = functional_call(self._module, (params, constants), args, kwargs, strict=strict)
         except RuntimeError as e:
+            self._check_shapes(params, e)
             # Under grad or vmap, torch refuses most writes into a buffer with its own message,
             # which names neither the buffer nor the model. Rerun the forward (only on this
             # failure path) watching for a write into a constant, to name it instead.
@@ -87,6 +89,21 @@ class Pure:
                 raise ValueError(_message(_BATCHNORM, model, self._batchnorms))
             if self._affine_instancenorms:
                 raise ValueError(_message(_AFFINE_INSTANCENORM, model, self._affine_instancenorms))
+
+    def _check_shapes(self, params: Any, error: Exception) -> None:
+        """After a failed forward: a parameter whose shape is not the module's is named as the
+        cause (torch would blame the data: "mat1 and mat2 shapes cannot be multiplied")."""
+        if not isinstance(params, dict):
+            return
+        for name, p in params.items():
+            want = self._shapes.get(name)
+            if want is not None and isinstance(p, torch.Tensor) and tuple(p.shape) != want:
+                raise ValueError(
+                    f"pure: params[{name!r}] must have the shape of "
+                    f"{type(self._module).__name__}'s parameter {name!r}, {want} (got "
+                    f"{tuple(p.shape)}); params must be the parameters of the model fn was made "
+                    "from (mf.pure), or a checkpoint of that model"
+                ) from error
 
     def _find_write(self, params: Params, args: Any, kwargs: Any) -> str | None:
         """The first constant the forward writes into, found by running it again under a mode
@@ -146,7 +163,11 @@ class PureStateful(Pure):
         merged = {**params, **given}
         # functional_call gives a buffer that the forward rebinds (BatchNorm's new running
         # statistics) back in the dict it was given
-        out = functional_call(self._module, merged, args, kwargs, strict=True)
+        try:
+            out = functional_call(self._module, merged, args, kwargs, strict=True)
+        except RuntimeError as e:
+            self._check_shapes(params, e)
+            raise
         written = next((n for n, t in given.items() if t._version != versions[n]), None)
         if written is not None:
             raise ValueError(

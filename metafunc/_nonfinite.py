@@ -4,6 +4,8 @@ training loop does with it, and what it says."""
 from __future__ import annotations
 
 import logging
+import math
+import warnings
 from typing import Any, NamedTuple
 
 import torch
@@ -112,14 +114,10 @@ class Policy:
 
 def message(done: int, run: Any, guarded: bool) -> str:
     """Why step ``done`` is not finite, what became of the state, and what to do."""
-    metrics, state = run.metrics, run.state
+    metrics = run.metrics
     flags = metrics.finite_leaves.tolist()
-    if not all(flags):
-        name = _tree.named_leaves(state.meta, "meta")[flags.index(False)][0]
-        what = f"the meta-gradient of {name} is the first that is not finite"
-    elif not bool(torch.isfinite(metrics.loss)):
-        what = f"the loss is {metrics.loss.item()}"
-    else:
+    what = _what(flags, metrics.loss.item(), run.state.meta)
+    if what is None:
         what = "the gradient is finite but the update is not (is a learning rate too large?)"
     if guarded:
         kept = "The parameters and optimizer state were left as before that step"
@@ -140,8 +138,38 @@ def message(done: int, run: Any, guarded: bool) -> str:
     )
 
 
+def warn(where: str, meta: Any, grads: Any, loss: torch.Tensor) -> None:
+    """Warn (``RuntimeWarning``) when a meta-gradient or its loss, computed eagerly outside a
+    step, is not finite, naming what and the likely cause (one host sync)."""
+    leaves = _tree.finite_leaves(grads, foreach=True)
+    *flags, loss_ok = torch.cat(
+        [leaves, torch.isfinite(loss).reshape(1).to(leaves.device)]
+    ).tolist()
+    if loss_ok and all(flags):
+        return
+    what = _what(flags, loss.item(), meta)
+    warnings.warn(
+        f"{where}: {what}. {_advice_for(loss_ok, all(flags))}", RuntimeWarning, stacklevel=3
+    )
+
+
+def _what(flags: list[bool], loss: float, meta: Any) -> str | None:
+    """What is not finite: the first meta-gradient leaf by name, else the loss (``None``: both
+    are finite); ``flags``, one per leaf of ``meta``, as ``_tree.finite_leaves`` gives them."""
+    if not all(flags):
+        name = _tree.named_leaves(meta, "meta")[flags.index(False)][0]
+        return f"the meta-gradient of {name} is the first that is not finite"
+    if not math.isfinite(loss):
+        return f"the loss is {loss}"
+    return None
+
+
 def _advice(metrics: Any) -> str:
-    if bool(torch.isfinite(metrics.loss)) and not bool(metrics.finite_leaves.all()):
+    return _advice_for(bool(torch.isfinite(metrics.loss)), bool(metrics.finite_leaves.all()))
+
+
+def _advice_for(loss_ok: bool, grads_ok: bool) -> str:
+    if loss_ok and not grads_ok:
         return (
             "A finite loss with a non-finite meta-gradient comes from the backward pass: second "
             "order through an inner Adam or AdamW needs eps_root > 0 (e.g. "

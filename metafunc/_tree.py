@@ -354,6 +354,17 @@ def describe(tree: PyTree, root: str = "") -> Any:
     return node(optree.tree_structure(tree), root or "tree")
 
 
+def named_tuples(tree: PyTree) -> list[str]:
+    """The class names of the named tuples in ``tree``, outermost first."""
+
+    def walk(spec: optree.PyTreeSpec) -> list[str]:
+        named = spec.type if spec.kind == optree.PyTreeKind.NAMEDTUPLE else None
+        own = [named.__name__] if named is not None else []
+        return own + [name for child in spec.children() for name in walk(child)]
+
+    return walk(optree.tree_structure(tree))
+
+
 def axpy(a: float | torch.Tensor | PyTree, x: PyTree, y: PyTree) -> PyTree:
     """``a * x + y`` leaf by leaf; ``a`` is a number or a pytree like ``x``."""
     if isinstance(a, (int, float, torch.Tensor)):

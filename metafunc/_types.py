@@ -33,9 +33,10 @@ class TrainState(NamedTuple):
             wrapped in :func:`metafunc.stochastic`: an int64 CPU tensor ``(seed, steps drawn)``
             from ``init_state(..., seed=...)``; each step seeds torch's generator from it (see
             :func:`metafunc.make_step`). ``None`` for a model without random operations.
-        extra: the user's own pytree (tensors, numbers, strings; e.g. an epoch counter or
-            early-stopping bookkeeping), which the step passes through untouched and
-            checkpoints keep; ``None`` by default. Hooks of :func:`metafunc.train` update it.
+        extra: the user's own pytree (e.g. an epoch counter or early-stopping bookkeeping),
+            which the step passes through untouched (any leaves) and checkpoints keep (tensors
+            only: an epoch counter as ``torch.tensor(0)``; ``save`` names any other leaf);
+            ``None`` by default. Hooks of :func:`metafunc.train` update it.
         model_state: the model's state (BatchNorm's running statistics) for a model from
             :func:`metafunc.stateful`, a pytree of tensors the step threads through every
             task's inner steps and query pass and returns, the mean over the tasks (see

@@ -202,13 +202,7 @@ def validated(step: Step, learner: Learner, optimizer: Optimizer, *, probe: Step
         check(bound, "step", state.meta, tasks, meta_name="state.meta")
         _check_counter(state.step)
         _random.check_rng(state.rng, learner.batching.randomness)
-        _tree.check_same_structure(
-            optimizer.init(state.meta),
-            state.opt_state,
-            where="step",
-            expected_name="optimizer.init(state.meta)",
-            got_name="state.opt_state",
-        )
+        _check_opt_state(optimizer.init(state.meta), state.opt_state)
         _diagnose.probe(probe, state, tasks)
 
     def run(state: TrainState, tasks: Tasks) -> tuple[TrainState, Metrics]:
@@ -222,6 +216,27 @@ def validated(step: Step, learner: Learner, optimizer: Optimizer, *, probe: Step
             raise
 
     return dataclasses.replace(step, fn=run)
+
+
+def _check_opt_state(expected: Any, got: Any) -> None:
+    try:
+        _tree.check_same_structure(
+            expected,
+            got,
+            where="step",
+            expected_name="optimizer.init(state.meta)",
+            got_name="state.opt_state",
+        )
+    except ValueError as e:
+        classes = _tree.named_tuples(expected)
+        if not classes or _tree.named_tuples(got):
+            raise
+        raise ValueError(
+            f"{e}\nstate.opt_state holds dicts where the optimizer's state holds named tuples "
+            f"({classes[0]}), as in a state that mf.load read without like=: load the "
+            "checkpoint with like=mf.init_state(learner, optimizer, params), which also checks "
+            "that it holds this model and optimizer"
+        ) from None
 
 
 def _check_counter(counter: Any) -> None:

@@ -449,3 +449,21 @@ ERRORS = [
 def test_bad_input_is_refused_with_a_message(call, exc, pattern):
     with pytest.raises(exc, match=pattern):
         call()
+
+
+@pytest.mark.parametrize("queries", [2, 10])
+def test_daml_query_data_without_labels_is_refused_by_step_and_evaluate(queries):
+    """Unlabeled target inputs as the query: with 2 points per task, unpacking them per task
+    would read the first as inputs and the second as targets and score a loss."""
+    _, _, params, _, learner, tasks = daml_setup()
+    x = mf.tasks.daml_sine(torch.Generator(), tasks=3, queries=queries, dtype=F64).query[0]
+    unlabeled = mf.Tasks(tasks.support, x)
+    opt = mf.optim.sgd(0.1)
+    got = (
+        rf"tasks\.query must be a pair \(x_target, y_target\): DAML scores on labeled target "
+        rf"data \(got a Tensor of shape \(3, {queries}, 1\)\)$"
+    )
+    with pytest.raises(ValueError, match=r"^step: " + got):
+        mf.make_step(learner, opt, compile=False)(mf.init_state(learner, opt, params), unlabeled)
+    with pytest.raises(ValueError, match=r"^evaluate: " + got):
+        mf.evaluate(learner, learner.init(params), unlabeled)

@@ -165,20 +165,54 @@ def test_last_finite_and_is_guarded_find_the_guard_anywhere():
     assert not bool(mf.optim.last_finite(state))
 
 
-def test_the_guard_compiles_to_one_graph_equal_to_eager():
-    opt = mf.optim.apply_if_finite(mf.optim.adam(0.1), max_consecutive_errors=1)
+def guard_by_hand(inner, max_consecutive_errors, params, sequence):
+    """apply_if_finite's rule written out step by step: each update of the unguarded ``inner``
+    optimizer is applied, with its new state, when the gradient, the update, the new
+    parameters and the new state are finite, or when more than ``max_consecutive_errors`` in a
+    row were not; otherwise parameters and state stay. Yields (params, inner state, finite,
+    in a row, total) after each gradient."""
+    state, in_a_row, total = inner.init(params), 0, 0
+    for grads in sequence:
+        updates, new = inner.update(grads, state, params)
+        moved = mf.optim.apply_updates(params, updates)
+        finite = all(
+            bool(torch.isfinite(t).all()) for t in _tree.leaves((grads, updates, moved, new))
+        )
+        in_a_row = 0 if finite else in_a_row + 1
+        total += not finite
+        if finite or (max_consecutive_errors is not None and in_a_row > max_consecutive_errors):
+            params, state = moved, new
+        yield params, state, finite, in_a_row, total
+
+
+@pytest.mark.parametrize("max_consecutive_errors", [None, 1], ids=["never", "after-1"])
+def test_the_guard_compiled_and_eager_follow_the_rule_written_by_hand(max_consecutive_errors):
+    """One graph, and both the compiled and the eager guard against :func:`guard_by_hand` over
+    gradients that are finite, refused, finite again, then refused or let through (into Adam's
+    moments)."""
+    adam = mf.optim.adam(0.1)
+    opt = mf.optim.apply_if_finite(adam, max_consecutive_errors=max_consecutive_errors)
     params = {"w": torch.tensor([1.0, 2.0], dtype=F64)}
     counter = torch._dynamo.testing.CompileCounter()
     compiled = torch.compile(opt.update, fullgraph=True, dynamic=False, backend=counter)
-    state = c_state = opt.init(params)
-    nan = torch.tensor([float("nan"), 1.0], dtype=F64)
-    ones = torch.ones(2, dtype=F64)
-    for grads in ({"w": ones}, {"w": nan}, {"w": -ones}, {"w": nan}):
-        updates, state = opt.update(grads, state, params)
-        c_updates, c_state = compiled(grads, c_state, params)
-        assert same_bits((c_updates, c_state), (updates, state))
+    ones, nan = torch.ones(2, dtype=F64), torch.tensor([float("nan"), 1.0], dtype=F64)
+    half_inf = torch.tensor([0.5, float("inf")], dtype=F64)
+    sequence = [{"w": g} for g in (ones, nan, -ones, half_inf, half_inf, ones, -ones)]
+    want = list(guard_by_hand(adam, max_consecutive_errors, params, sequence))
+    # let through, the infinite moment makes every later update non-finite
+    after = [True, True] if max_consecutive_errors is None else [False, False]
+    assert [finite for _, _, finite, _, _ in want] == [True, False, True, False, False, *after]
+    for run in (opt.update, compiled):
+        p, state = params, opt.init(params)
+        for grads, (w_params, w_inner, finite, in_a_row, total) in zip(sequence, want, strict=True):
+            updates, state = run(grads, state, p)
+            p = mf.optim.apply_updates(p, updates)
+            assert same_bits(p, w_params) and same_bits(state.inner_state, w_inner)
+            assert bool(state.last_finite) == finite
+            assert (int(state.notfinite_count), int(state.total_notfinite)) == (in_a_row, total)
     assert counter.frame_count == 1
-    assert int(state.total_notfinite) == 2
+    let_through = not torch.isfinite(p["w"]).all()  # the hand rule did let one through
+    assert bool(let_through) == (max_consecutive_errors is not None)
 
 
 def test_under_vmap_each_task_is_guarded_on_its_own():

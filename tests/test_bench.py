@@ -289,7 +289,15 @@ def test_the_workload_rows_are_data():
     assert (conv.tasks, conv.blocks, conv.hidden, conv.tolerance) == (32, 4, 64, 1e-3)
 
 
-STUDIES = ["step_variants", "memory", "nonfinite_guard", "distributed", "evaluation"]
+STUDIES = [
+    "step_variants",
+    "memory",
+    "nonfinite_guard",
+    "distributed",
+    "evaluation",
+    "startup",
+    "seeds",
+]
 
 
 def test_importing_any_benchmark_module_runs_nothing():

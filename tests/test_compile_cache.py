@@ -295,6 +295,8 @@ def test_a_new_process_loads_the_saved_step_and_never_another_configurations(tmp
     theirs.write_bytes(mine.read_bytes())
     caught = _process(cache, 2)
     assert (caught["hit"], caught["traced"], caught["close"]) == (1, 1, True)
+    healed = _process(cache, 2)  # the graph traced in its place was saved over it
+    assert (healed["hit"], healed["traced"], healed["close"]) == (1, 0, True)
     # foreign, where no guard can tell (the loss calls another function of the same code):
     # loaded, found to give other numbers than the eager step on its first call, replaced
     relu = _process(cache, 1, "relu")

@@ -134,6 +134,19 @@ def test_compiled_imaml_step_equals_eager_with_one_graph():
             TypeError,
             r"^imaml: inner_steps must be an integer \(got 2\.5 of type float\)$",
         ),
+        # not "use mf.imaml", and nothing is differentiated through iMAML's steps
+        (
+            dict(inner_steps=10**6),
+            ValueError,
+            r"^imaml: inner_steps must be at most 10000 \(got 1000000\): every step is traced "
+            r"into the compiled step, so a first call would run for hours$",
+        ),
+        (
+            dict(cg_steps=10**6),
+            ValueError,
+            r"^imaml: cg_steps must be at most 10000 \(got 1000000\): every step is traced into "
+            r"the compiled step, so a first call would run for hours$",
+        ),
     ],
 )
 def test_bad_hyper_parameters_are_refused_by_name(kw, exc, pattern):

@@ -143,6 +143,115 @@ def test_integer_inputs_to_a_float_model_say_convert_them(dtype):
         step(state, mf.Tasks((x,), (x,)))
 
 
+def test_uint8_images_to_a_conv_net_say_convert_them_and_nothing_of_purity():
+    g = torch.Generator().manual_seed(0)
+    fn, params = mf.pure(mf.models.conv_net(3, channels=4, blocks=2, image_size=8, generator=g))
+    learner = mf.maml(mf.supervised(fn, mf.losses.cross_entropy), inner_lr=0.1)
+    opt = mf.optim.sgd(0.1)
+    x = torch.randint(0, 255, (2, 3, 1, 8, 8), dtype=torch.uint8, generator=g)
+    y = torch.arange(3).repeat(2, 1)
+    with pytest.raises(RuntimeError) as info:
+        mf.make_step(learner, opt, compile=False)(
+            mf.init_state(learner, opt, params), mf.Tasks((x, y), (x, y))
+        )
+    assert str(info.value).endswith(
+        ": RuntimeError: Input type (unsigned char) and bias type (float) should be the same The "
+        "data's dtype does not fit the model's: convert the inputs, e.g. x.float() for uint8 "
+        "images, and keep labels int64."
+    )
+    assert isinstance(info.value.__cause__, RuntimeError)
+
+
+def test_params_missing_a_key_keep_torchs_whole_message_and_say_they_do_not_fit():
+    step, state = step_for()
+    meta = {"weight": state.meta["weight"]}
+    learner = mf.maml(mf.supervised(mf.pure(nn.Linear(1, 1).double())[0], mf.losses.mse))
+    with pytest.raises(RuntimeError) as info:
+        step(mf.init_state(learner, mf.optim.sgd(0.1), meta), sine_tasks())
+    torchs = "Error(s) in reparametrizing for Linear:\n\tMissing key(s): 'bias'."
+    assert str(info.value.__cause__) == torchs  # the original error, chained
+    assert str(info.value).startswith("step: the model or loss failed on its first call with ")
+    assert str(info.value).endswith(
+        f": RuntimeError: {torchs} The parameters do not fit the model: state.meta must hold the "
+        "parameters of the model fn was made from (mf.pure), by name; a checkpoint of another "
+        "model, loaded without a template, does not."
+    )
+
+
+class BadTaskError(Exception):
+    """A user's own error, raised by the loss."""
+
+
+def test_a_users_own_error_keeps_its_type_and_whole_message_without_a_hint():
+    def loss(fn):
+        def per_task(params, data):
+            raise BadTaskError("task has no labels\n  (label column 3 is empty)")
+
+        return per_task
+
+    step, state = step_for(loss=loss)
+    with pytest.raises(BadTaskError) as info:
+        step(state, sine_tasks())
+    assert str(info.value).endswith(
+        "float64): BadTaskError: task has no labels\n  (label column 3 is empty)"
+    )
+    assert isinstance(info.value.__cause__, BadTaskError)
+
+
+def test_a_parameter_of_another_shape_is_named_not_the_data():
+    """torch says "mat1 and mat2 shapes cannot be multiplied", which reads as the data's fault."""
+    step, state = step_for()
+    meta = {"weight": torch.zeros(1, 2, dtype=F64), "bias": state.meta["bias"]}
+    expected = (
+        r"^pure: params\['weight'\] must have the shape of Linear's parameter 'weight', \(1, 1\) "
+        r"\(got \(1, 2\)\); params must be the parameters of the model fn was made from "
+        r"\(mf\.pure\), or a checkpoint of that model$"
+    )
+    with pytest.raises(ValueError, match=expected) as info:
+        step(state._replace(meta=meta, opt_state=mf.optim.sgd(0.1).init(meta)), sine_tasks())
+    assert "mat1 and mat2 shapes cannot be multiplied" in str(info.value.__cause__)
+    fn, params = mf.pure(nn.Linear(1, 1).double())
+    with pytest.raises(ValueError, match=expected):
+        fn({**params, "weight": meta["weight"]}, torch.zeros(4, 1, dtype=F64))
+    # and a stateful model's function
+    fn, params, buffers = mf.stateful(nn.Sequential(nn.Linear(1, 1), nn.BatchNorm1d(1)).double())
+    with pytest.raises(ValueError, match=r"^pure: params\['0\.weight'\] must have the shape "):
+        fn({**params, "0.weight": meta["weight"]}, buffers, torch.zeros(4, 1, dtype=F64))
+
+
+def test_a_checkpoint_loaded_without_a_template_then_stepped_says_to_load_it_with_like(tmp_path):
+    step, state = step_for()
+    opt = mf.optim.sgd(0.1)
+    other, other_params = mf.pure(nn.Sequential(nn.Linear(1, 2), nn.Linear(2, 1)).double())
+    other_learner = mf.maml(mf.supervised(other, mf.losses.mse), inner_lr=0.1)
+    path = mf.save(tmp_path / "other.pt", mf.init_state(other_learner, opt, other_params))
+    loaded = mf.load(path)
+    with pytest.raises(ValueError) as info:
+        step(loaded, sine_tasks())
+    assert str(info.value).startswith(
+        "step: state.opt_state must have the same tree structure as optimizer.init(state.meta)"
+    )
+    assert str(info.value).endswith(
+        "\nstate.opt_state holds dicts where the optimizer's state holds named tuples (SGDState), "
+        "as in a state that mf.load read without like=: load the checkpoint with "
+        "like=mf.init_state(learner, optimizer, params), which also checks that it holds this "
+        "model and optimizer"
+    )
+    # which names the other model
+    with pytest.raises(
+        ValueError, match=r"has no entry state\.meta\['bias'\], which like has \(was it "
+    ):
+        mf.load(path, like=state)
+    # its parameters with a fresh optimizer state: the probe says they do not fit, with torch's line
+    with pytest.raises(RuntimeError) as info:
+        step(loaded._replace(opt_state=opt.init(loaded.meta)), sine_tasks())
+    assert "Unexpected key(s): '0.bias', '0.weight', '1.bias', '1.weight'." in str(info.value)
+    assert "Missing key(s): 'bias', 'weight'." in str(info.value)
+    assert str(info.value).endswith(
+        "a checkpoint of another model, loaded without a template, does not."
+    )
+
+
 def test_labels_out_of_range_are_named():
     torch.manual_seed(0)
     fn, params = mf.pure(nn.Linear(2, 3).double())

@@ -67,9 +67,12 @@ def reference_protonet(net, params, tasks, ways=WAYS):
     return dict(zip(theta, grads, strict=True)), losses
 
 
-def reference_protomaml(net, params, tasks, *, lr, steps, adapt_body, detach_init=False):
+def reference_protomaml(
+    net, params, tasks, *, lr, steps, adapt_body, detach_init=False, first_order=False
+):
     """Per task: the head W = 2c, b = -|c|^2 from the support prototypes, then SGD on the
-    support cross-entropy (N columns) with autograd.grad(create_graph=True)."""
+    support cross-entropy (N columns) with autograd.grad(create_graph=True); first order: the
+    inner gradients are constants (create_graph=False), the start at the prototypes is not."""
     theta0 = leaves(params)
     n = tasks.support[0].shape[0]
     total = 0.0
@@ -85,7 +88,9 @@ def reference_protomaml(net, params, tasks, *, lr, steps, adapt_body, detach_ini
         keys = sorted(body) if adapt_body else []
         for _ in range(steps):
             loss = F.cross_entropy(functional_call(net, body, (xs,)) @ w.T + b, ys)
-            grads = torch.autograd.grad(loss, [body[k] for k in keys] + [w, b], create_graph=True)
+            grads = torch.autograd.grad(
+                loss, [body[k] for k in keys] + [w, b], create_graph=not first_order
+            )
             body.update({k: body[k] - lr * g for k, g in zip(keys, grads, strict=False)})
             w, b = w - lr * grads[-2], b - lr * grads[-1]
         total = total + F.cross_entropy(functional_call(net, body, (xq,)) @ w.T + b, yq)
@@ -172,6 +177,24 @@ def test_protomaml_equals_the_autograd_loop(steps, adapt_body):
         net, params, tasks, lr=0.3, steps=steps, adapt_body=adapt_body, detach_init=True
     )
     assert not torch.allclose(got["0.weight"], detached["0.weight"], rtol=1e-6)
+
+
+@pytest.mark.parametrize("adapt_body", [True, False])
+def test_first_order_protomaml_equals_the_autograd_loop_with_constant_inner_gradients(adapt_body):
+    net = embed_net()
+    embed, params = mf.pure(net)
+    learner = mf.first_order(
+        mf.protomaml(embed, inner_lr=0.3, inner_steps=2, adapt_body=adapt_body)
+    )
+    tasks = class_tasks()
+    got, metrics = learner.meta_grad(learner.init(params), tasks)
+    want, losses = reference_protomaml(
+        net, params, tasks, lr=0.3, steps=2, adapt_body=adapt_body, first_order=True
+    )
+    assert_trees_close(got, want, rtol=1e-10, atol=1e-12)
+    assert_metrics_equal(metrics, losses)
+    exact, _ = reference_protomaml(net, params, tasks, lr=0.3, steps=2, adapt_body=adapt_body)
+    assert not torch.allclose(got["0.weight"], exact["0.weight"], rtol=1e-6)
 
 
 def test_protomaml_adapts_the_head_alone_or_with_the_body():

@@ -37,3 +37,13 @@ def test_every_python_m_module_the_readmes_name_exists():
             assert importlib.util.find_spec(name) is not None, (
                 f"{readme.relative_to(ROOT)}: python -m {name}"
             )
+
+
+def test_determinism_is_claimed_only_for_one_machine_and_thread_count():
+    """Another CPU rounds differently (a rerun of the demo on another CPU differed from step 500
+    on), so no run is called deterministic without saying where."""
+    text = " ".join(README.split())
+    claims = re.findall(r"\bis (?:deterministic|bitwise)\b.{0,40}", text)
+    assert claims, "the README says nothing of determinism"
+    for claim in claims:
+        assert "on one machine and thread count" in claim, claim

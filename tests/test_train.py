@@ -3,12 +3,16 @@ that stop the run or keep their own state, runs of several phases, any iterable 
 
 import functools
 import logging
+import math
 import os
+import re
 import signal
+import warnings
 
 import pytest
 import torch
 from support import tanh_net
+from torch import nn
 
 import metafunc as mf
 
@@ -217,6 +221,17 @@ def test_the_users_own_state_is_checkpointed_and_resumed_with_the_run(tmp_path):
     assert_equal(resumed, straight)
 
 
+def test_the_step_passes_any_extra_through_and_save_names_a_leaf_it_cannot_keep(tmp_path):
+    step, state, sampler = setup()
+    state = state._replace(extra={"epoch": 3, "note": "warm-up", "best": torch.tensor(1.0)})
+    new, _ = step(state, sampler(torch.Generator().manual_seed(0)))
+    assert new.extra is state.extra
+    with pytest.raises(
+        TypeError, match=r"^save: state\.extra\['epoch'\] must be a tensor \(got int\)$"
+    ):
+        mf.save(tmp_path / "c.pt", new)
+
+
 def test_a_run_of_two_phases_resumes_in_either_phase(tmp_path):
     """First order for 3 steps, then second order to step 6, in one script: killed anywhere and
     started again, it ends where the uninterrupted script ends."""
@@ -304,9 +319,10 @@ def test_a_skipped_step_is_counted_and_a_run_that_only_skips_is_stopped(caplog):
         mf.train(step, state, poisoned, steps=300, on_nonfinite="skip", progress=False)
 
 
-def test_a_guard_that_lets_a_nan_through_stops_the_run_before_it_is_checkpointed(tmp_path):
+def test_a_guard_that_lets_a_nan_through_stops_the_run_before_it_is_checkpointed(tmp_path, caplog):
     """apply_if_finite(max_consecutive_errors=1): the second NaN step in a row is applied; the
-    run stops there, naming the step, and the last checkpoint is the finite one before."""
+    run stops there, naming the step, the log counts only the step really skipped, and the last
+    checkpoint is the finite one before."""
     fn, params = mf.pure(tanh_net())
     learner = mf.maml(mf.supervised(fn, mf.losses.mse), inner_lr=0.1)
     opt = mf.optim.apply_if_finite(mf.optim.adam(1e-2), max_consecutive_errors=1)
@@ -323,11 +339,114 @@ def test_a_guard_that_lets_a_nan_through_stops_the_run_before_it_is_checkpointed
 
     path = tmp_path / "c.pt"
     hooks = [mf.hooks.Checkpoints(path, every=2)]
-    with pytest.raises(
-        FloatingPointError,
-        match=r"^train: step 4 was not finite and the optimizer's guard let it through "
-        r"\(apply_if_finite's max_consecutive_errors\), so the parameters or optimizer state are "
-        r"no longer finite; the last checkpoint, '.*c\.pt', is at step 2\.",
+    with (
+        pytest.raises(
+            FloatingPointError,
+            match=r"^train: step 4 was not finite and the optimizer's guard let it through "
+            r"\(apply_if_finite's max_consecutive_errors\), so the parameters or optimizer state "
+            r"are no longer finite; the last checkpoint, '.*c\.pt', is at step 2\.",
+        ),
+        caplog.at_level(logging.WARNING, logger="metafunc"),
     ):
         mf.train(step, state, poisoned, steps=6, on_nonfinite="skip", hooks=hooks, progress=False)
+    assert caplog.messages == ["step 4: skipped 1 non-finite step(s) of the last 2"]
     assert int(mf.load(path, like=state).step) == 2
+
+
+EPS_ROOT_ADVICE = (
+    r"A finite loss with a non-finite meta-gradient comes from the backward pass: second order "
+    r"through an inner Adam or AdamW needs eps_root > 0 \(e\.g\. mf\.optim\.adam\(lr, "
+    r"eps_root=1e-16\)\) where a gradient is exactly 0 \(a dead ReLU unit"
+)
+
+
+def dead_unit_net():
+    """A 1-4-1 ReLU net whose hidden unit 0 is dead: its input is -1 for every x, so the
+    gradients of its weights are exactly 0."""
+    net = nn.Sequential(nn.Linear(1, 4), nn.ReLU(), nn.Linear(4, 1)).double()
+    with torch.no_grad():
+        net[0].weight.copy_(torch.tensor([[0.0], [1.0], [-0.5], [0.8]]))
+        net[0].bias.copy_(torch.tensor([-1.0, 0.1, 0.2, -0.3]))
+        net[2].weight.copy_(torch.tensor([[0.5, -0.4, 0.3, 0.2]]))
+    return mf.pure(net)
+
+
+def dead_unit_maml(eps_root):
+    """Second-order MAML through an inner Adam on :func:`dead_unit_net`: with ``eps_root=0``
+    the derivative of Adam's sqrt(v) at v = 0 makes the meta-gradient NaN while the loss stays
+    finite."""
+    fn, params = dead_unit_net()
+    inner = mf.optim.adam(0.01, eps_root=eps_root)
+    learner = mf.maml(mf.supervised(fn, mf.losses.mse), inner_opt=inner, inner_steps=2)
+    return learner, params
+
+
+def sinusoids(g):
+    return mf.tasks.sinusoid(g, tasks=2, dtype=torch.float64)
+
+
+@pytest.mark.parametrize("on_nonfinite", ["raise", "skip"])
+def test_adam_without_eps_root_through_a_dead_unit_names_eps_root(on_nonfinite):
+    learner, params = dead_unit_maml(eps_root=0.0)
+    opt = mf.optim.apply_if_finite(mf.optim.adam(1e-3))
+    first = (
+        r"^train: step 1 is not finite: the meta-gradient of meta\['0\.bias'\] is the first that "
+        r"is not finite\. .*"
+        if on_nonfinite == "raise"
+        else r"^train: the last 100 steps \(to step 100\) were all skipped as not finite, .*"
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the step itself never warns: the loop says it
+        with pytest.raises(FloatingPointError, match=first + EPS_ROOT_ADVICE):
+            mf.train(
+                mf.make_step(learner, opt, compile=False),
+                mf.init_state(learner, opt, params),
+                sinusoids,
+                steps=150,
+                on_nonfinite=on_nonfinite,
+                progress=False,
+            )
+    # eps_root > 0 is the cure: the same run trains
+    learner, params = dead_unit_maml(eps_root=1e-16)
+    state = mf.train(
+        mf.make_step(learner, opt, compile=False),
+        mf.init_state(learner, opt, params),
+        sinusoids,
+        steps=3,
+        progress=False,
+    )
+    assert all(bool(torch.isfinite(t).all()) for t in mf._tree.leaves(state.meta))
+
+
+def test_meta_grad_called_directly_warns_naming_what_is_not_finite_and_eps_root():
+    learner, params = dead_unit_maml(eps_root=0.0)
+    tasks = sinusoids(torch.Generator().manual_seed(0))
+    with pytest.warns(RuntimeWarning) as record:
+        grads, losses = learner.meta_grad(params, tasks)
+    assert len(record) == 1 and record[0].filename == __file__  # it points at the caller
+    assert re.match(
+        r"^meta_grad: the meta-gradient of meta\['0\.bias'\] is the first that is not finite\. "
+        + EPS_ROOT_ADVICE,
+        str(record[0].message),
+    )
+    assert bool(torch.isfinite(losses.loss)) and not bool(torch.isfinite(grads["0.bias"]).all())
+    # a loss that is not finite gets the plain advice; it is named where the gradient is finite
+    # (L1's at a NaN target is), else the first gradient that is not
+    y = tasks.query[1].clone()
+    y[1, 0, 0] = math.nan
+    nan = mf.Tasks(tasks.support, (tasks.query[0], y))
+    fn, params = dead_unit_net()
+    gradient = r"the meta-gradient of meta\['0\.bias'\] is the first that is not finite"
+    for criterion, what in ((mf.losses.l1, "the loss is nan"), (mf.losses.mse, gradient)):
+        with pytest.warns(RuntimeWarning) as record:
+            mf.maml(mf.supervised(fn, criterion), inner_steps=0).meta_grad(params, nan)
+        assert re.fullmatch(
+            rf"meta_grad: {what}\. Lower the learning rates or check the data\.",
+            str(record[0].message),
+        ), str(record[0].message)
+    # finite results, and calls inside a torch.func transform, say nothing
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        cured, _ = dead_unit_maml(eps_root=1e-16)
+        cured.meta_grad(params, tasks)
+        torch.func.grad(lambda p: learner.meta_grad(p, tasks)[1].loss)(params)

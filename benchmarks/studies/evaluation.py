@@ -14,20 +14,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
-import shlex
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+from . import child, write
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def child(args: argparse.Namespace) -> dict[str, object]:
+def measure(args: argparse.Namespace) -> dict[str, object]:
     """One mode in this process: the first call's time, the later calls' and the scores."""
     import torch
 
@@ -66,16 +64,6 @@ def child(args: argparse.Namespace) -> dict[str, object]:
     }
 
 
-def _cpu() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "cpu"
-
-
 def main(argv: list[str] | None = None) -> int:
     cli = argparse.ArgumentParser(
         prog="python -m benchmarks.studies.evaluation",
@@ -93,29 +81,17 @@ def main(argv: list[str] | None = None) -> int:
     cli.add_argument("--mode", choices=["eager", "compiled"], help=argparse.SUPPRESS)
     args = cli.parse_args(argv)
     if args.mode is not None:  # a child process: one mode, its result as JSON on stdout
-        print(json.dumps(child(args)))
+        print(json.dumps(measure(args)))
         return 0
     given = sys.argv[1:] if argv is None else argv
     runs: dict[str, dict[str, object]] = {}
     with tempfile.TemporaryDirectory() as cache:
-        env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": cache, "OMP_NUM_THREADS": str(args.threads)}
         for name, mode in (
             ("eager", "eager"),
             ("compiled, cold", "compiled"),
             ("compiled, warm", "compiled"),
         ):
-            done = subprocess.run(
-                [sys.executable, "-m", "benchmarks.studies.evaluation", *given, "--mode", mode],
-                cwd=ROOT,
-                env=env,
-                capture_output=True,
-                text=True,
-                check=False,
-            )
-            if done.returncode != 0:
-                print(done.stderr[-3000:], file=sys.stderr)
-                return done.returncode
-            runs[name] = json.loads(done.stdout.strip().splitlines()[-1])
+            runs[name] = child("evaluation", [*given, "--mode", mode], cache, threads=args.threads)
     eager = runs["eager"]
     print(
         f"mf.evaluate on {args.tasks} new {args.ways}-way {args.shots}-shot tasks, conv net "
@@ -133,22 +109,18 @@ def main(argv: list[str] | None = None) -> int:
             f"accuracy {'equal' if same_accuracy else 'DIFFERS'}, loss within {loss_gap:.1e}"
         )
     if args.out is not None:
+        import torch
+
         record = {
             "what": "mf.evaluate compiled against eager, each mode in its own process",
-            "command": shlex.join(["python", "-m", "benchmarks.studies.evaluation", *given]),
-            "cpu": _cpu(),
+            "torch": torch.__version__,
             "settings": {k: v for k, v in vars(args).items() if k not in ("out", "mode")},
             "runs": {
                 k: {f: v for f, v in r.items() if f not in ("loss", "accuracy")}
                 for k, r in runs.items()
             },
         }
-        import torch
-
-        record["torch"] = torch.__version__
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(record, indent=2) + "\n")
-        print(f"wrote {args.out}")
+        write(args.out, "evaluation", given, record)
     return 0
 
 

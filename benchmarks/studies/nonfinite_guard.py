@@ -16,9 +16,7 @@ written as JSON (the README quotes benchmarks/results/nonfinite-guard-cpu.json).
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import shlex
 import statistics
 import sys
 import time
@@ -27,6 +25,8 @@ from pathlib import Path
 import torch
 
 import metafunc as mf
+
+from . import write
 
 REPEATS = 11
 STEPS = 200  # per timed run
@@ -86,11 +86,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s)")
     print(f"load average {load_start[0]:.1f} at the start, {load_end[0]:.1f} at the end")
     if args.out is not None:
-        command = ["python", "-m", "benchmarks.studies.nonfinite_guard"]
         record = {
             "what": "ms per compiled step of the demo's MAML step: plain, guarded, "
             "guarded + flag read",
-            "command": shlex.join([*command, *(sys.argv[1:] if argv is None else argv)]),
             "torch": torch.__version__,
             "threads": torch.get_num_threads(),
             "steps_per_run": STEPS,
@@ -100,9 +98,7 @@ def main(argv: list[str] | None = None) -> int:
             "min_ms": {k: min(v) for k, v in times.items()},
             "runs_ms": times,
         }
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(record, indent=2) + "\n")
-        print(f"wrote {args.out}")
+        write(args.out, "nonfinite_guard", sys.argv[1:] if argv is None else argv, record)
     return 0
 
 

@@ -63,9 +63,9 @@ def imaml(
     _checks.function(name, "loss", loss, "loss(params, data)")
     _state.refuse(name, loss)
     inner = _inner.inner_update(name, inner_lr, inner_opt)
-    inner_steps = _checks.steps(name, "inner_steps", inner_steps, minimum=1)
+    inner_steps = _checks.steps(name, "inner_steps", inner_steps, minimum=1, differentiated=False)
     reg = _checks.positive_number(name, "reg", reg)
-    cg_steps = _checks.steps(name, "cg_steps", cg_steps, minimum=1)
+    cg_steps = _checks.steps(name, "cg_steps", cg_steps, minimum=1, differentiated=False)
 
     def init(params: Any) -> Any:
         _inner.check_params(name, params, inner)

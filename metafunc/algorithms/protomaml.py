@@ -13,12 +13,13 @@ through the head's initialisation, which depends on the embedding. Classes are c
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import torch
 
 from .. import _checks, _inner, _state, _tree
-from .._inner import Loop
 from .._learner import Learner
 from ..losses import cross_entropy
 from ..optim import Optimizer
@@ -63,6 +64,7 @@ def protomaml(
     Returns:
         a :class:`metafunc.Learner` whose meta-parameters are the embedding's parameters and
         whose ``adapt`` gives ``Head``; score with ``predict=mf.classifier(embed)``.
+        ``mf.first_order(learner)`` is the paper's first-order ProtoMAML.
 
     Example:
         >>> embed, params = mf.pure(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 8)))
@@ -81,27 +83,39 @@ def protomaml(
             f"so a tree of rates has nothing to match (got a {type(rate).__name__})"
         )
     steps = _checks.steps(where, "inner_steps", inner_steps)
-    pick = None if _checks.boolean(where, "adapt_body", adapt_body) else _head
+    pick = None if _checks.boolean(where, "adapt_body", adapt_body) else lambda n: n[:5] == "head."
 
     def init(params: Any) -> Any:
         _inner.check_params(where, params, rate)
         return _tree.copy(params)
 
-    def inner(meta: Any, support: Any) -> Head:
-        x, y, *keep = support
-        c, present = class_means(features(embed, meta, x), y, *keep)
-        start = {"body": meta, "head": {"weight": 2 * c, "bias": -(c**2).sum(1)}}
-
-        def loss(p: Any, data: Any) -> torch.Tensor:
-            head = Head(p["body"], p["head"]["weight"], p["head"]["bias"], present)
-            return cross_entropy(head.logits(features(embed, p["body"], data[0])), *data[1:])
-
-        opt = _inner.optimizer(rate, start, pick)
-        p = Loop(lambda _: (start, loss, opt), steps, pick=pick)(None, support)
-        return Head(p["body"], p["head"]["weight"], p["head"]["bias"], present)
-
+    inner = Adapt(embed, rate, steps, pick)
     return Learner(init, inner, query_loss(embed, Head), check=_checks.class_labels)
 
 
-def _head(name: str) -> bool:
-    return name.startswith("head.")
+@dataclass(frozen=True)
+class Adapt:
+    """ProtoMAML's adaptation of one task, ``inner(meta, support) -> Head``: the head started
+    at the support's prototypes, then ``steps`` updates of the leaves ``pick`` chooses;
+    ``first_order`` detaches the inner gradients (:func:`metafunc.first_order`, the paper's
+    fo-Proto-MAML; the start at the prototypes stays differentiable)."""
+
+    embed: Embed
+    rate: Any
+    steps: int
+    pick: Callable[[str], bool] | None
+    first_order: bool = False
+
+    def __call__(self, meta: Any, support: Any) -> Head:
+        x, y, *keep = support
+        c, present = class_means(features(self.embed, meta, x), y, *keep)
+        start = {"body": meta, "head": {"weight": 2 * c, "bias": -(c**2).sum(1)}}
+
+        def loss(p: Any, data: Any) -> torch.Tensor:
+            logits = Head(p["body"], **p["head"], present=present).logits
+            return cross_entropy(logits(features(self.embed, p["body"], data[0])), *data[1:])
+
+        opt = _inner.optimizer(self.rate, start, self.pick)
+        loop = _inner.Loop(lambda _: (start, loss, opt), self.steps, self.first_order, self.pick)
+        p = loop(None, support)
+        return Head(p["body"], **p["head"], present=present)

@@ -114,17 +114,17 @@ def _adam(
             grads = _tree.map(lambda g, p: g + weight_decay * _base.cast(p, g.dtype), grads, params)
         mu = _tree.map(lambda m, g: torch.lerp(m, g, 1 - b1), state.mu, grads)
         nu = _tree.map(lambda v, g: v * b2 + (1 - b2) * g * g, state.nu, grads)
-        # the numbers every leaf shares, once per dtype: -rate / (1 - b1^t) and 1 - b2^t
+        # the numbers every leaf shares, once per dtype: -rate, 1 - b1^t and 1 - b2^t
         t = _base.in_dtype(count)
         step_size = _base.in_dtype(-rate)
-        first = _base.per_dtype(lambda dtype: step_size(dtype) / (1 - b1 ** t(dtype)))
+        first = _base.per_dtype(lambda dtype: 1 - b1 ** t(dtype))
         second = _base.per_dtype(lambda dtype: 1 - b2 ** t(dtype))
 
         def step(m: torch.Tensor, v: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
             root = v / second(m.dtype)
-            if eps_root:
+            if eps_root:  # adding 0 would change no number
                 root = root + eps_root
-            u = m * first(m.dtype) / (torch.sqrt(root) + eps)
+            u = step_size(m.dtype) * m / first(m.dtype) / (torch.sqrt(root) + eps)
             if weight_decay and decoupled:
                 u = u + step_size(m.dtype) * (weight_decay * _base.cast(p, m.dtype))
             return _base.cast(u, p.dtype)
