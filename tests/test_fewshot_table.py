@@ -140,7 +140,7 @@ def test_a_json_of_other_settings_or_another_table_is_refused(tmp_path, capsys):
 
 def test_a_sine_table_of_other_settings_is_refused_too(tmp_path, capsys):
     """The sine table shares the check (it used to drop the cells of other settings and start
-    afresh); a file of the older format, as the committed one, records no comparable settings."""
+    afresh); the committed file, of an older format, records its options under other names."""
     out = tmp_path / "sine.json"
     args = ["table", "--algos", "maml", "--shots", "5", "--eval-tasks", "2", "--no-compile"]
     args += ["--no-progress", "--out", str(out)]
@@ -150,8 +150,13 @@ def test_a_sine_table_of_other_settings_is_refused_too(tmp_path, capsys):
     assert "holds cells run with --steps 1 but this run has --steps 2" in capsys.readouterr().err
     out.write_text((ROOT / "docs/sinusoid-table.json").read_text())
     assert main([*args, "--steps", "2"]) == 2
+    assert (
+        "holds cells run with --steps 70000 but this run has --steps 2" in capsys.readouterr().err
+    )
+    # Its settings but for the one it does not record (it has no_compile, not compiled).
+    assert main([*args, "--steps", "70000", "--eval-tasks", "4000"]) == 2
     assert capsys.readouterr().err == (
-        f"metafunc table: --out {str(out)!r} does not record the setting 'steps' its cells ran "
+        f"metafunc table: --out {str(out)!r} does not record the setting 'compiled' its cells ran "
         "with (a file of an older format), so no cells can be added to it; give another --out, "
         "or move it away\n"
     )
@@ -183,7 +188,11 @@ def test_data_dir_reaches_the_omniglot_loader(tmp_path, capsys, monkeypatch):
             "metafunc table: argument --settings: must be N-way K-shot written NwKs, N and K at "
             "least 1, e.g. 5w1s (got 5x1)",
         ),
-        (["--task", "fewshot", "--settings", "0w1s"], "(got 0w1s)"),
+        (
+            ["--task", "fewshot", "--settings", "0w1s"],
+            "metafunc table: argument --settings: must be N-way K-shot written NwKs, N and K at "
+            "least 1, e.g. 5w1s (got 0w1s)",
+        ),
         (
             ["--task", "fewshot", "--shots", "5"],
             "metafunc table: --shots does not apply to --task fewshot (it is an option of the "
