@@ -12,7 +12,8 @@ from support import write_omniglot
 
 import metafunc as mf
 from metafunc.cli import main
-from metafunc.experiments import fewshot_table
+from metafunc.experiments import fewshot, fewshot_table
+from metafunc.experiments.algorithms import outer_rate
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -235,3 +236,33 @@ def test_the_markdown_table_has_a_line_per_seed_and_the_mean_over_seeds():
         "| MAML | mean of 2 | **85.00** | **55.00** |",
         "| ANIL | 0 | 70.00 ± 1.00 | – |",
     ]
+
+
+def test_mamlpp_anneals_its_outer_rate_by_a_cosine_only_when_asked():
+    """The table keeps MAML++'s outer rate constant, as every other row's, unless
+    --mamlpp-cosine; `metafunc train` anneals it unless --no-cosine."""
+    assert outer_rate("mamlpp", 1e-3, 10, cosine=False) == outer_rate("maml", 1e-3, 10) == 1e-3
+    schedule = outer_rate("mamlpp", 1e-3, 10)
+    assert [float(schedule(torch.tensor(t))) for t in (0, 5, 10)] == pytest.approx(
+        [1e-3, 0.505e-3, 1e-5]
+    )
+    cell = fewshot_table.Cell("mamlpp", 5, 1, 0)
+    assert fewshot_table.cell_config(fewshot_table.FewshotTableConfig(), cell).cosine is False
+    on = fewshot_table.FewshotTableConfig(mamlpp_cosine=True)
+    assert fewshot_table.cell_config(on, cell).cosine is True
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("flag", "cosine"), [([], True), (["--no-cosine"], False)])
+def test_train_cosine_reaches_the_outer_rate(tmp_path, monkeypatch, flag, cosine):
+    seen = []
+    real = fewshot.outer_rate
+    monkeypatch.setattr(
+        fewshot, "outer_rate", lambda *a, **kw: seen.append(kw["cosine"]) or real(*a, **kw)
+    )
+    train = ["train", "--task", "fewshot", "--algo", "mamlpp", "--ways", "3", "--steps", "1"]
+    train += ["--meta-batch", "2", "--channels", "2", "--queries", "2", "--glyph-classes", "12"]
+    train += ["--eval-tasks", "2", "--no-compile", "--no-progress", "--out", str(tmp_path)]
+    assert main([*train, *flag]) == 0
+    assert seen == [cosine]
+    assert json.loads((tmp_path / "results.json").read_text())["cosine"] is cosine

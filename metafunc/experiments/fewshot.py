@@ -44,9 +44,7 @@ class FewshotConfig(_runs.RunOptions):
     eval_tasks: int = 600
     log_every: int = 25
     anneal_steps: int = 300  # MAML++: the outer steps its schedules span (not --steps: resumable)
-    cosine: bool = (
-        True  # MAML++: the outer rate annealed by a cosine (False: constant, as the rest)
-    )
+    cosine: bool = True  # MAML++: the outer rate annealed by a cosine (False: constant)
 
 
 class FewshotResult(NamedTuple):
