@@ -324,8 +324,8 @@ _TABLES: dict[str, Any] = {"sine": table, "fewshot": fewshot_table}
 def _table(args: argparse.Namespace) -> int:
     task = args.task
     other = "sine" if task == "fewshot" else "fewshot"
-    wrong = [n for n in (TABLE_SINE_ONLY if task == "fewshot" else TABLE_FEWSHOT_ONLY)]
-    wrong = [n for n in wrong if getattr(args, n) is not None]
+    only = TABLE_SINE_ONLY if task == "fewshot" else TABLE_FEWSHOT_ONLY
+    wrong = [n for n in only if getattr(args, n) is not None]
     if wrong:
         return _fail(
             f"--{wrong[0].replace('_', '-')} does not apply to --task {task} (it is an option "
@@ -717,7 +717,7 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument(
         "--meta-batch",
         type=_positive_int,
-        help="tasks per outer step (default: sine 25; fewshot 8)",
+        help="tasks per outer step (default: sine 25; fewshot 4)",
     )
     r.add_argument(
         "--inner-lr",
@@ -730,7 +730,7 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument(
         "--eval-tasks",
         type=_positive_int,
-        help="new tasks each cell is scored on (default: sine 4000; fewshot 600)",
+        help="new tasks each cell is scored on (default: sine 4000; fewshot 300)",
     )
     s = r.add_argument_group("the sine table (--task sine)")
     s.add_argument(
@@ -765,7 +765,7 @@ def _parser() -> argparse.ArgumentParser:
         help="inner SGD steps of every row but Reptile's and ProtoNet's (default 1)",
     )
     f.add_argument("--queries", type=_positive_int, help="query images per class (default 5)")
-    f.add_argument("--channels", type=_positive_int, help="conv filters (default 16)")
+    f.add_argument("--channels", type=_positive_int, help="conv filters (default 8)")
     f.add_argument(
         "--glyph-classes",
         type=_positive_int,
