@@ -9,6 +9,7 @@ import json
 import logging
 import math
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -19,12 +20,22 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 import metafunc as mf
 from metafunc.evaluation import mean_ci95
-from metafunc.experiments import ALGORITHMS, fewshot, sine, table
+from metafunc.experiments import ALGORITHMS, fewshot, fewshot_table, sine, table
 from metafunc.experiments._runs import identity
 from metafunc.experiments.algorithms import EMBEDDING
 
 # Options of one task only: (its defaults); None in the parser means "not given".
-FEWSHOT_ONLY = ("data_dir", "ways", "shots", "queries", "channels", "glyph_classes", "eval_tasks")
+FEWSHOT_ONLY = (
+    "data_dir",
+    "ways",
+    "shots",
+    "queries",
+    "channels",
+    "glyph_classes",
+    "eval_tasks",
+    "anneal_steps",
+    "cosine",
+)
 SINE_ONLY = ("eval_draws",)
 
 
@@ -293,26 +304,60 @@ def _report_fewshot(
     return 0
 
 
+# Options of one table only; None in the parser means "not given" (the table's config holds
+# the defaults).
+TABLE_SINE_ONLY = ("shots", "eval_points", "seed")
+TABLE_FEWSHOT_ONLY = (
+    "settings",
+    "seeds",
+    "seeded_algos",
+    "inner_steps",
+    "queries",
+    "channels",
+    "glyph_classes",
+    "data_dir",
+    "mamlpp_cosine",
+)
+_TABLES: dict[str, Any] = {"sine": table, "fewshot": fewshot_table}
+
+
 def _table(args: argparse.Namespace) -> int:
-    config = table.TableConfig(
-        algos=tuple(args.algos),
-        shots=tuple(args.shots),
-        steps=args.steps,
-        meta_batch=args.meta_batch,
-        inner_lr=args.inner_lr,
-        outer_lr=args.outer_lr,
-        reptile_steps=args.reptile_steps,
-        eval_tasks=args.eval_tasks,
-        eval_points=args.eval_points,
-        seed=args.seed,
-        compile=not args.no_compile,
-        progress=not args.no_progress,
-    )
+    task = args.task
+    other = "sine" if task == "fewshot" else "fewshot"
+    only = TABLE_SINE_ONLY if task == "fewshot" else TABLE_FEWSHOT_ONLY
+    wrong = [n for n in only if getattr(args, n) is not None]
+    if wrong:
+        return _fail(
+            f"--{wrong[0].replace('_', '-')} does not apply to --task {task} (it is an option "
+            f"of the {other} table, --task {other})",
+            command="table",
+        )
+    rows_of = _TABLES[task].ALGORITHMS
+    for option in ("algos", "seeded_algos"):
+        unknown = [a for a in getattr(args, option) or () if a not in rows_of]
+        if unknown:
+            return _fail(
+                f"--{option.replace('_', '-')} {unknown[0]} is not a row of the {task} table "
+                f"(its rows: {', '.join(rows_of)})",
+                command="table",
+            )
+    config_type: Any = table.TableConfig if task == "sine" else fewshot_table.FewshotTableConfig
+    given = {
+        k: tuple(v) if isinstance(v, list) else v
+        for k, v in vars(args).items()
+        if v is not None and k in {f.name for f in dataclasses.fields(config_type)}
+    }
+    config = config_type(**given, compile=not args.no_compile, progress=not args.no_progress)
+    out = args.out or Path(f"out/{'sinusoid' if task == 'sine' else 'fewshot'}-table.json")
+    if task == "fewshot":
+        return _fewshot_table(config, out, args.data_dir)
     settings = {k: v for k, v in _options(config).items() if k not in ("algos", "shots")}
+    done, problem = _table_rows(out, task, settings)
+    if problem:
+        return _fail(problem, command="table")
     load = os.getloadavg()
-    done = _finished_cells(args.out, settings)
     for r in done:
-        print(f"{r['algo']}, {r['shots']}-shot: done in {args.out}, kept")
+        print(f"{r['algo']}, {r['shots']}-shot: done in {out}, kept")
 
     def save(rows: list[dict[str, Any]]) -> None:
         r = rows[-1]
@@ -321,11 +366,11 @@ def _table(args: argparse.Namespace) -> int:
         )
         # written after every cell, so an interrupted run keeps what it finished
         _write_json(
-            args.out,
+            out,
             {
                 "config": settings,
                 "torch": torch.__version__,
-                "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                "date": _now(),
                 "load_average": _load_average(load),
                 "rows": rows,
             },
@@ -333,16 +378,113 @@ def _table(args: argparse.Namespace) -> int:
 
     rows = table.run(config, done=done, on_cell=save)
     print(table.format_table(rows))
-    print(f"wrote {args.out}")
+    print(f"wrote {out}")
     return 0
 
 
-def _finished_cells(path: Path, settings: dict[str, Any]) -> list[dict[str, Any]]:
-    """The rows an earlier run with the same settings already wrote to ``path``."""
+def _fewshot_table(
+    config: fewshot_table.FewshotTableConfig, out: Path, data_dir: Path | None
+) -> int:
+    from . import plotting
+
+    settings = fewshot_table.settings(config)
+    rows, problem = _table_rows(out, "fewshot", settings)
+    if problem:
+        return _fail(problem, command="table")
+    todo = fewshot_table.pending(config, rows)
+    total = len(fewshot_table.cells(config))
+    print(
+        f"{total - len(todo)} of the {total} cells are done in {out} and kept; {len(todo)} to run"
+    )
+    load, data = os.getloadavg(), fewshot_table.Data()
+    for i, cell in enumerate(todo, start=total - len(todo) + 1):
+        name = fewshot_table.NAMES[cell.algo]
+        print(
+            f"[{i}/{total}] {name}, {fewshot_table.setting_name(cell.ways, cell.shots)}, "
+            f"seed {cell.seed}"
+        )
+        try:
+            row = fewshot_table.run_cell(config, cell, data=data)
+        except (OSError, ValueError) as e:
+            if data_dir is not None and str(e).startswith("omniglot: "):
+                return _fail(f"--data-dir {str(data_dir)!r}: {e}", command="table")
+            raise
+        rows.append(row)
+        print(
+            f"    accuracy {100 * row['accuracy']:.2f} +- {100 * row['ci95']:.2f}% on "
+            f"{row['tasks']} new tasks; training {row['train_s']:.0f} s (first call "
+            f"{row['first_call_s']:.1f} s), scoring {row['eval_s']:.0f} s"
+        )
+        # written after every cell, so an interrupted run keeps what it finished
+        _write_json(
+            out,
+            {
+                "task": "fewshot",
+                "config": settings,
+                "date": _now(),
+                "load_average": _load_average(load),
+                "rows": rows,
+                "seed_means": fewshot_table.seed_means(rows),
+            },
+        )
+    if not rows:
+        print("no cells: nothing to write")
+        return 0
+    figure = plotting.fewshot_table_figure(
+        out.with_suffix(".png"),
+        rows,
+        title=f"{rows[0]['data']}: accuracy on new tasks of new classes, mean ± 95% interval",
+    )
+    print(fewshot_table.format_table(rows))
+    minutes = sum(r["wall_s"] for r in rows) / 60
+    print(f"wrote {out} and {figure} ({minutes:.0f} min over the {len(rows)} cells)")
+    return 0
+
+
+def _table_rows(
+    path: Path, task: str, settings: dict[str, Any]
+) -> tuple[list[dict[str, Any]], str | None]:
+    """``(rows, problem)``: the rows an earlier run of the same table wrote to ``path`` (none
+    when there is no such file), or why they cannot be added to: another table, or cells run
+    with other settings (the first option that differs, named)."""
     if not path.exists():
-        return []
-    earlier = json.loads(path.read_text())
-    return earlier["rows"] if earlier.get("config") == settings else []
+        return [], None
+    how = "give another --out, or move it away"
+    try:
+        earlier = json.loads(path.read_text())
+        made, rows = earlier.get("task", "sine"), earlier["rows"]
+        configs = [earlier["config"], *(r["config"] for r in rows if "config" in r)]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+        return [], f"--out {str(path)!r} is not a table's JSON ({type(e).__name__}: {e}); {how}"
+    if made != task:
+        return [], f"--out {str(path)!r} holds the {made} table, not the {task} one; {how}"
+    wanted = json.loads(json.dumps(settings))  # as JSON holds them: tuples are lists
+    for config in configs:
+        for key, now in wanted.items():
+            if key not in config:
+                return [], (
+                    f"--out {str(path)!r} does not record the setting {key!r} its cells ran "
+                    f"with (a file of an older format), so no cells can be added to it; {how}"
+                )
+            was = config[key]
+            if was != now:
+                return [], (
+                    f"--out {str(path)!r} holds cells run with {_option(key, was)} but this "
+                    f"run has {_option(key, now)}: a table's cells share their settings; "
+                    f"rerun with the ones it was made with to add cells, or {how}"
+                )
+    return rows, None
+
+
+def _option(key: str, value: Any) -> str:
+    """An option as the command line spells it."""
+    if key in ("compile", "compiled"):
+        return "a compiled step" if value else "--no-compile"
+    return f"--{key.replace('_', '-')} {value}"
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
 
 def _load_average(start: tuple[float, float, float]) -> dict[str, list[float]]:
@@ -379,8 +521,8 @@ def _write_json(path: Path, record: dict[str, Any]) -> Path:
     return path
 
 
-def _fail(message: str) -> int:
-    print(f"metafunc train: {message}", file=sys.stderr)
+def _fail(message: str, *, command: str = "train") -> int:
+    print(f"metafunc {command}: {message}", file=sys.stderr)
     return 2
 
 
@@ -413,6 +555,15 @@ def _device(text: str) -> str:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise argparse.ArgumentTypeError(f"{text}: CUDA is not available on this machine")
     return text
+
+
+def _setting(text: str) -> tuple[int, int]:
+    match = re.fullmatch(r"(\d+)w(\d+)s", text)
+    if match is None or min(int(match[1]), int(match[2])) < 1:
+        raise argparse.ArgumentTypeError(
+            f"must be N-way K-shot written NwKs, N and K at least 1, e.g. 5w1s (got {text})"
+        )
+    return int(match[1]), int(match[2])
 
 
 def _count(text: str) -> int:
@@ -494,6 +645,12 @@ def _parser() -> argparse.ArgumentParser:
         help="--algo mamlpp: the outer steps its schedules span (default 300): the cosine outer "
         "rate, the multi-step loss annealed over the first tenth, first order for the first third",
     )
+    f.add_argument(
+        "--cosine",
+        action=argparse.BooleanOptionalAction,
+        help="--algo mamlpp: anneal the outer rate by a cosine to 1%% over --anneal-steps "
+        "(default), or keep it constant as the other algorithms do (--no-cosine)",
+    )
     t.add_argument(
         "--log-every", type=_positive_int, help="steps per log line (default 500; fewshot 25)"
     )
@@ -529,34 +686,110 @@ def _parser() -> argparse.ArgumentParser:
     )
     r = sub.add_parser(
         "table",
-        help="reproduce the sine-regression table of Meta-SGD (Li et al. 2017, Table 1)",
-        description=table.__doc__.split("\n\n")[0],
+        help="a table of algorithms against settings: the sine-regression table of Meta-SGD (Li "
+        "et al. 2017, Table 1; default), or the few-shot table (--task fewshot)",
+        description="--task sine: "
+        + table.__doc__.split("\n\n")[0]
+        + " --task fewshot: "
+        + fewshot_table.__doc__.split("\n\n")[0]
+        + " Rerunning a command keeps the cells its --out already holds.",
     )
-    r.add_argument("--algos", nargs="+", choices=table.ALGORITHMS, default=list(table.ALGORITHMS))
-    r.add_argument("--shots", nargs="+", type=_positive_int, default=[5, 10, 20])
+    r.add_argument(
+        "--task",
+        choices=["sine", "fewshot"],
+        default="sine",
+        help="sine: the Meta-SGD sine table (default); fewshot: every few-shot algorithm on "
+        "N-way K-shot classification of new classes, on synthetic glyphs or Omniglot (--data-dir)",
+    )
+    r.add_argument(
+        "--algos",
+        nargs="+",
+        choices=list(dict.fromkeys((*table.ALGORITHMS, *fewshot_table.ALGORITHMS))),
+        help=f"the rows (default: sine {' '.join(table.ALGORITHMS)}; fewshot "
+        f"{' '.join(fewshot_table.ALGORITHMS)})",
+    )
     r.add_argument(
         "--steps",
         type=_positive_int,
-        default=70_000,
-        help="outer steps (default 70000, the MAML paper's)",
+        help="outer steps per cell (default: sine 70000, the MAML paper's; fewshot "
+        f"{fewshot_table.FewshotTableConfig.steps}, sized for one CPU core)",
     )
-    r.add_argument("--meta-batch", type=_positive_int, default=25)
+    r.add_argument(
+        "--meta-batch",
+        type=_positive_int,
+        help="tasks per outer step (default: sine 25; fewshot 4)",
+    )
     r.add_argument(
         "--inner-lr",
         type=_positive_float,
-        default=0.01,
-        help="inner step size; Meta-SGD's initial rate",
+        help="inner step size; Meta-SGD's and MAML++'s initial rates (default: sine 0.01; "
+        "fewshot 0.4)",
     )
-    r.add_argument("--outer-lr", type=_positive_float, default=1e-3, help="outer Adam step size")
-    r.add_argument("--reptile-steps", type=_positive_int, default=5, help="Reptile's inner steps")
-    r.add_argument("--eval-tasks", type=_positive_int, default=4000, help="new tasks per cell")
+    r.add_argument("--outer-lr", type=_positive_float, help="outer Adam step size (default 1e-3)")
+    r.add_argument("--reptile-steps", type=_positive_int, help="Reptile's inner steps (default 5)")
     r.add_argument(
-        "--eval-points", type=_positive_int, default=100, help="query points per new task"
+        "--eval-tasks",
+        type=_positive_int,
+        help="new tasks each cell is scored on (default: sine 4000; fewshot 300)",
     )
-    r.add_argument("--seed", type=int, default=0)
-    r.add_argument("--no-compile", action="store_true")
+    s = r.add_argument_group("the sine table (--task sine)")
+    s.add_argument(
+        "--shots", nargs="+", type=_positive_int, help="the columns, K (default 5 10 20)"
+    )
+    s.add_argument(
+        "--eval-points", type=_positive_int, help="query points per new task (default 100)"
+    )
+    s.add_argument("--seed", type=int, help="(default 0)")
+    f = r.add_argument_group("the few-shot table (--task fewshot)")
+    f.add_argument(
+        "--settings",
+        nargs="+",
+        type=_setting,
+        help="the columns, N-way K-shot as NwKs (default 5w1s 5w5s 20w1s)",
+    )
+    f.add_argument(
+        "--seeds",
+        nargs="+",
+        type=int,
+        help="the seeds of the --seeded-algos rows; the other rows run the first (default 0 1 2)",
+    )
+    f.add_argument(
+        "--seeded-algos",
+        nargs="+",
+        choices=fewshot_table.ALGORITHMS,
+        help="the rows run at every seed (default maml mamlpp protonet)",
+    )
+    f.add_argument(
+        "--inner-steps",
+        type=_positive_int,
+        help="inner SGD steps of every row but Reptile's and ProtoNet's (default 1)",
+    )
+    f.add_argument("--queries", type=_positive_int, help="query images per class (default 5)")
+    f.add_argument("--channels", type=_positive_int, help="conv filters (default 8)")
+    f.add_argument(
+        "--glyph-classes",
+        type=_positive_int,
+        help="synthetic classes (default 300); two thirds train, the rest are the new test classes",
+    )
+    f.add_argument(
+        "--data-dir",
+        type=Path,
+        help="Omniglot's folder (as for metafunc train --task fewshot); default: synthetic glyphs",
+    )
+    f.add_argument(
+        "--mamlpp-cosine",
+        action=argparse.BooleanOptionalAction,
+        help="anneal MAML++'s outer rate by a cosine over --steps, as its paper does over a "
+        "long run (default: no, every row keeps the same constant rate)",
+    )
+    r.add_argument("--no-compile", action="store_true", help="run the eager steps")
     r.add_argument("--no-progress", action="store_true")
-    r.add_argument("--out", type=Path, default=Path("out/sinusoid-table.json"))
+    r.add_argument(
+        "--out",
+        type=Path,
+        help="the JSON, written after every cell (default out/sinusoid-table.json, "
+        "out/fewshot-table.json); the few-shot table's figure goes beside it (.png)",
+    )
     return parser
 
 

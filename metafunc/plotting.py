@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from matplotlib.figure import Figure
@@ -138,6 +139,46 @@ def fewshot_figure(
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout(rect=(0.04, 0, 1, 0.97))
+    return _save(fig, path)
+
+
+def fewshot_table_figure(
+    path: str | Path, rows: Sequence[dict[str, Any]], *, title: str = ""
+) -> Path:
+    """The few-shot table (rows of :func:`metafunc.experiments.fewshot_table.run_cell`): one
+    panel per setting, one line per algorithm, each seed's accuracy with its 95% interval as a
+    dot and bar, and a cross at the mean over the seeds of an algorithm run at several."""
+    from .experiments.fewshot_table import NAMES, seed_means, setting_name
+
+    settings = list(dict.fromkeys((r["ways"], r["shots"]) for r in rows))
+    algos = list(dict.fromkeys(r["algo"] for r in rows))
+    means = {(m["algo"], m["ways"], m["shots"]): m["mean"] for m in seed_means(rows)}
+    fig = Figure(figsize=(4.2 * len(settings), 0.45 * len(algos) + 1.6))
+    axes = fig.subplots(1, len(settings), squeeze=False, sharey=True)[0]
+    for ax, (ways, shots) in zip(axes, settings, strict=True):
+        for y, algo in enumerate(algos):
+            cell = [r for r in rows if (r["algo"], r["ways"], r["shots"]) == (algo, ways, shots)]
+            for k, r in enumerate(cell):
+                offset = 0.0 if len(cell) == 1 else 0.3 * (k / (len(cell) - 1) - 0.5)
+                ax.errorbar(
+                    100 * r["accuracy"],
+                    y + offset,
+                    xerr=100 * r["ci95"],
+                    fmt="o",
+                    ms=3.5,
+                    capsize=2,
+                    color=f"C{y % 10}",
+                )
+            if (algo, ways, shots) in means:
+                ax.plot(100 * means[algo, ways, shots], y, "x", ms=8, color="k")
+        ax.set_title(f"{setting_name(ways, shots)} (chance {100 / ways:.0f}%)")
+        ax.set_xlabel("accuracy on new tasks (%)")
+        ax.grid(alpha=0.3, axis="x")
+    axes[0].set_yticks(range(len(algos)), [NAMES[a] for a in algos])
+    axes[0].invert_yaxis()
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
     return _save(fig, path)
 
 

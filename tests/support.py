@@ -3,6 +3,7 @@ every numerical path is held to."""
 
 import pytest
 import torch
+from PIL import Image
 from torch import nn
 from torch.func import functional_call
 
@@ -185,3 +186,29 @@ def graphs() -> int:
     compiled step of the same configuration saved by an earlier process counts as one)."""
     counters = torch._dynamo.utils.counters
     return counters["stats"]["unique_graphs"] + counters["dynamo_cache"]["dynamo_cache_hit"]
+
+
+ALPHABETS = {"images_background": ["Latin", "Greek"], "images_evaluation": ["Futurama"]}
+DRAWINGS = 3  # Omniglot has 20 per character; the loader takes any equal number
+
+
+def write_omniglot(root, side=12, characters=2):
+    """Omniglot's layout, <part>/<alphabet>/<character>/*.png, white paper and black ink.
+    Character number c has ink in the pixel (0, c) only, drawing d also in (d + 1, 0):
+    every image says where it came from, and is not symmetric under rotation. Returns the
+    characters' names, by number."""
+    names = []
+    for part, alphabets in ALPHABETS.items():
+        for alphabet in alphabets:
+            for k in range(characters):
+                c = len(names)
+                names.append(f"{part}/{alphabet}/character{k + 1:02d}")
+                folder = root / names[-1]
+                folder.mkdir(parents=True)
+                for d in range(DRAWINGS):
+                    pixels = torch.full((side, side), 255, dtype=torch.uint8)
+                    pixels[0, c + 1] = pixels[d + 1, 0] = 0
+                    Image.frombytes("L", (side, side), bytes(pixels.flatten().tolist())).save(
+                        folder / f"{c:04d}_{d + 1:02d}.png"
+                    )
+    return names

@@ -10,7 +10,7 @@ from statistics import NormalDist
 import pytest
 import torch
 from PIL import Image
-from support import assert_trees_close, labelled_dataset
+from support import ALPHABETS, DRAWINGS, assert_trees_close, labelled_dataset, write_omniglot
 from torch._dynamo.testing import CompileCounterWithBackend
 from torch.func import functional_call
 
@@ -21,31 +21,6 @@ from metafunc.evaluation import mean_ci95
 from metafunc.experiments.scores import fewshot_accuracy
 
 # ---------------------------------------------------------------- Omniglot loader
-
-ALPHABETS = {"images_background": ["Latin", "Greek"], "images_evaluation": ["Futurama"]}
-DRAWINGS = 3  # Omniglot has 20 per character; the loader takes any equal number
-
-
-def write_omniglot(root, side=12, characters=2):
-    """Omniglot's layout, <part>/<alphabet>/<character>/*.png, white paper and black ink.
-    Character number c has ink in the pixel (0, c) only, drawing d also in (d + 1, 0):
-    every image says where it came from, and is not symmetric under rotation. Returns the
-    characters' names, by number."""
-    names = []
-    for part, alphabets in ALPHABETS.items():
-        for alphabet in alphabets:
-            for k in range(characters):
-                c = len(names)
-                names.append(f"{part}/{alphabet}/character{k + 1:02d}")
-                folder = root / names[-1]
-                folder.mkdir(parents=True)
-                for d in range(DRAWINGS):
-                    pixels = torch.full((side, side), 255, dtype=torch.uint8)
-                    pixels[0, c + 1] = pixels[d + 1, 0] = 0
-                    Image.frombytes("L", (side, side), bytes(pixels.flatten().tolist())).save(
-                        folder / f"{c:04d}_{d + 1:02d}.png"
-                    )
-    return names
 
 
 def character_of(image):

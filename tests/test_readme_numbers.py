@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from metafunc.experiments import fewshot_table
+
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
 
@@ -106,6 +108,51 @@ def test_the_fewshot_numbers_are_docs_fewshot_synthetic_results():
     quoted(
         f"| the whole run (data, compile, 300 steps, 600 test tasks, figures) | {r['wall_s']:.0f} s |"
     )
+
+
+def test_the_fewshot_table_is_docs_fewshot_table_and_its_claims_hold():
+    """``metafunc table --task fewshot`` (the command in the README) wrote docs/fewshot-table.json."""
+    t = results("docs/fewshot-table.json")
+    rows, config = t["rows"], t["config"]
+    quoted(fewshot_table.format_table(rows))
+    section = README[README.index("## The few-shot table") :]
+    section = " ".join(section[: section.index("\n## ")].split())  # line breaks aside
+    for option in ("steps", "meta_batch", "channels", "eval_tasks"):
+        assert f"--{option.replace('_', '-')} {config[option]}" in section, option
+    assert config["compile"] is False and "--no-compile" in section
+    assert {r["machine"]["cpu"] for r in rows} == {rows[0]["machine"]["cpu"]}
+    assert f"({rows[0]['machine']['cpu']}" in section
+    minutes = sum(r["wall_s"] for r in rows) / 60
+    assert f"{len(rows)} cells took {minutes:.0f} min" in section
+    assert {(r["train_classes"], r["test_classes"]) for r in rows} == {(200, 100)}
+    assert "(200 training classes, 100 new test classes)" in section
+    # every accuracy the prose quotes is a cell's or a mean over seeds
+    known = {f"{100 * r['accuracy']:.2f}" for r in rows}
+    known |= {f"{100 * m['mean']:.2f}" for m in fewshot_table.seed_means(rows)}
+    prose = section[section.index("Best at seed 0") :]
+    percents = set(re.findall(r"(\d+\.\d\d)%", prose))
+    assert percents and percents <= known, percents - known
+    seed0 = [r for r in rows if r["seed"] == 0]
+    for ways, shots in dict.fromkeys((r["ways"], r["shots"]) for r in rows):
+        best = max(
+            (r for r in seed0 if (r["ways"], r["shots"]) == (ways, shots)),
+            key=lambda r: r["accuracy"],
+        )
+        name = fewshot_table.NAMES[best["algo"]]
+        assert f"{ways}-way {shots}-shot: {name} ({100 * best['accuracy']:.2f}%" in section
+    maml, mamlpp = (
+        {r["seed"]: r["accuracy"] for r in rows if (r["algo"], r["ways"], r["shots"]) == (a, 5, 1)}
+        for a in ("maml", "mamlpp")
+    )
+    assert maml.keys() == mamlpp.keys() and len(maml) > 1
+    lost = [s for s in sorted(maml) if not mamlpp[s] > maml[s]]
+    if lost:
+        seeds = ", ".join(map(str, lost))
+        assert f"MAML++ did not beat MAML at 5-way 1-shot at seed {seeds}" in section
+        for s in lost:
+            assert f"({100 * mamlpp[s]:.2f}% against {100 * maml[s]:.2f}%" in section
+    else:
+        assert "MAML++ beat MAML at 5-way 1-shot at every seed" in section
 
 
 def test_the_throughput_is_benchmarks_results_distributed_cpu():

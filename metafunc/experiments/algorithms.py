@@ -73,9 +73,9 @@ def build_step(
     return mf.make_step(learner, opt, compile=compile)
 
 
-def outer_rate(algo: str, lr: float, steps: int) -> Any:
-    """The outer learning rate: MAML++ anneals it by a cosine to 1% over the run (the paper's
-    code: 0.001 to 0.00001), the others keep ``lr``."""
-    if algo == "mamlpp":
+def outer_rate(algo: str, lr: float, steps: int, *, cosine: bool = True) -> Any:
+    """The outer learning rate: MAML++ anneals it by a cosine to 1% over ``steps`` (the paper's
+    code: 0.001 to 0.00001) unless ``cosine`` is False; the others keep ``lr``."""
+    if algo == "mamlpp" and cosine:
         return mf.optim.cosine_decay_schedule(lr, max(steps, 1), alpha=0.01)
     return lr

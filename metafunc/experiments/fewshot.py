@@ -44,6 +44,7 @@ class FewshotConfig(_runs.RunOptions):
     eval_tasks: int = 600
     log_every: int = 25
     anneal_steps: int = 300  # MAML++: the outer steps its schedules span (not --steps: resumable)
+    cosine: bool = True  # MAML++: the outer rate annealed by a cosine (False: constant)
 
 
 class FewshotResult(NamedTuple):
@@ -65,8 +66,12 @@ class FewshotResult(NamedTuple):
     eval_s: float
 
 
-def datasets(config: FewshotConfig) -> tuple[mf.tasks.ImageClasses, mf.tasks.ImageClasses, str]:
-    """The train and test classes, and a name for them."""
+# The train and test classes, and a name for them.
+Datasets = tuple[mf.tasks.ImageClasses, mf.tasks.ImageClasses, str]
+
+
+def datasets(config: FewshotConfig) -> Datasets:
+    """The train and test classes of ``config``, and a name for them."""
     if config.data_dir is not None:
         # The class split is fixed (the loader's seed), whatever the training seed.
         train = mf.tasks.omniglot(config.data_dir, split="train")
@@ -83,9 +88,15 @@ def datasets(config: FewshotConfig) -> tuple[mf.tasks.ImageClasses, mf.tasks.Ima
     )
 
 
-def run(config: FewshotConfig, *, on_log: Callable[[mf.Log], Any] | None = None) -> FewshotResult:
-    """Meta-train ``config.algo`` on the training classes, then score new tasks of new classes."""
-    train_set, test_set, data = datasets(config)
+def run(
+    config: FewshotConfig,
+    *,
+    on_log: Callable[[mf.Log], Any] | None = None,
+    data: Datasets | None = None,
+) -> FewshotResult:
+    """Meta-train ``config.algo`` on the training classes, then score new tasks of new classes;
+    ``data``: the config's :func:`datasets`, when the caller has them loaded already."""
+    train_set, test_set, data_name = datasets(config) if data is None else data
     size = train_set.images.shape[-1]
     init = torch.Generator().manual_seed(config.seed)
     stateful = config.algo in STATEFUL  # MAML++: per-step running statistics, model state
@@ -121,7 +132,7 @@ def run(config: FewshotConfig, *, on_log: Callable[[mf.Log], Any] | None = None)
         steps=config.anneal_steps,
     )
     learner = mf.distributed.data_parallel(learner)
-    rate = outer_rate(config.algo, config.outer_lr, config.anneal_steps)
+    rate = outer_rate(config.algo, config.outer_lr, config.anneal_steps, cosine=config.cosine)
     opt = mf.optim.apply_if_finite(mf.optim.adam(rate))
     step = build_step(config.algo, learner, opt, steps=config.anneal_steps, compile=config.compile)
     shape: dict[str, Any] = {"ways": config.ways, "shots": config.shots, "queries": config.queries}
@@ -161,7 +172,7 @@ def run(config: FewshotConfig, *, on_log: Callable[[mf.Log], Any] | None = None)
     return FewshotResult(
         state,
         learner,
-        data,
+        data_name,
         len(train_set.names),
         len(test_set.names),
         size,
