@@ -144,6 +144,39 @@ def fewshot_child(algo: str, steps: int) -> dict[str, Any]:
     }
 
 
+def tables(runs: dict[str, Any]) -> str:
+    """The README's tables of a run's ``runs``: the sine steps, then the few-shot runs."""
+    sine = [k for k in runs if k.startswith("sine")]
+    fewshot = [k for k in runs if k.startswith("fewshot")]
+    lines = [
+        "| sine step | first call, cold | first call, warm | built again, same process | "
+        "new `inner_lr`, same process | first call + 1,000 steps, cold / warm |",
+        "|---|---|---|---|---|---|",
+    ]
+    for k in sine:
+        cold, warm = runs[k]["cold"], runs[k]["warm"]
+        lines.append(
+            f"| {k.removeprefix('sine ')} | {cold['first_call_s']:.1f} s | "
+            f"{warm['first_call_s']:.2f} s | {warm['rebuilt_first_call_s']:.2f} s | "
+            f"{warm['new_inner_lr_first_call_s']:.2f} s | "
+            f"{cold['first_call_s'] + cold['steps_1000_s']:.1f} s / "
+            f"{warm['first_call_s'] + warm['steps_1000_s']:.1f} s |"
+        )
+    if fewshot:
+        lines += [
+            "",
+            "| few-shot conv step | first call, cold | first call, warm | whole run, cold / warm |",
+            "|---|---|---|---|",
+        ]
+        for k in fewshot:
+            cold, warm = runs[k]["cold"], runs[k]["warm"]
+            lines.append(
+                f"| {k.removeprefix('fewshot ')} | {cold['first_call_s']:.0f} s | "
+                f"{warm['first_call_s']:.1f} s | {cold['run_s']:.0f} s / {warm['run_s']:.0f} s |"
+            )
+    return "\n".join(lines)
+
+
 def _child(args: list[str], cache: str) -> dict[str, Any]:
     return child("startup", ["--child", *args], cache)
 
@@ -187,6 +220,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{f.removesuffix('_s')} {cold[f]:.2f}/{warm[f]:.2f} s" for f in fields if f in cold
         )
         print(f"{name:20s} cold/warm: {shown}", flush=True)
+    print(tables(runs))
     if args.out is not None:
         import torch
 
