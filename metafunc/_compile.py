@@ -28,8 +28,11 @@ logger = logging.getLogger("metafunc")
 
 _CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")
 # Identity guards compare object ids, which no other process shares: the fingerprint stands for
-# them (it keys the compiled function). Value, type and tensor guards stay.
-_IDENTITY = frozenset({"ID_MATCH", "CLOSURE_MATCH", "WEAKREF_ALIVE", "DICT_VERSION"})
+# them (it keys the compiled function, and records an object met twice, DUPLICATE_INPUT's "a is
+# b"). Value, type and tensor guards stay. torch 2.13 can save none of these with a graph.
+_IDENTITY = frozenset(
+    {"ID_MATCH", "CLASS_MATCH", "CLOSURE_MATCH", "WEAKREF_ALIVE", "DICT_VERSION", "DUPLICATE_INPUT"}
+)
 # The compiled functions of this process, by fingerprint, device type and shapes (the last 64).
 _COMPILED: OrderedDict[str, Any] = OrderedDict()
 
@@ -130,17 +133,26 @@ def function(
             loaded = origin == "loaded"
         if cuda_graphs:
             torch.compiler.cudagraph_mark_step_begin()  # type: ignore[no-untyped-call]
+
+        def afresh() -> Any:  # compiled without the key: neither loaded nor saved
+            seen[signature], _ = _function(None, signature, base, mode, backend, options, random)
+            with _precompile(False):
+                return seen[signature](*records, *args)
+
         try:
             with torch.no_grad(), _tracing(first, persist), _rng_kept(loaded) as replay:
-                out = function(*records, *args)
+                try:
+                    out = function(*records, *args)
+                except AssertionError as e:  # torch 2.13 failing to save the graph's guards
+                    if not (first and persist and "guards_state" in str(e)):
+                        raise
+                    logger.warning("%s: torch could not save the compiled %s (%s)", where, where, e)
+                    out, origin = afresh(), "replaced"
                 if loaded and not _agrees(out, replay(lambda: fn(*args))):
                     # another function's graph saved under this key (a file copied or
                     # renamed) would have given these numbers: never trusted; compiled afresh
                     warnings.warn(_mismatch(where), RuntimeWarning, stacklevel=3)
-                    function, _ = _function(None, signature, base, mode, backend, options, random)
-                    seen[signature], origin = function, "replaced"
-                    with _precompile(False):
-                        out = replay(lambda: function(*records, *args))
+                    out, origin = replay(afresh), "replaced"
         except torch._dynamo.exc.TorchDynamoException:
             # Tracing turns errors raised by user code (a bad loss, a refused model) into
             # compiler messages; the eager function raises the original.

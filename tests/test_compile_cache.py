@@ -101,6 +101,8 @@ RULES = [
     # identity checks: no other process shares the ids; the fingerprint stands for them
     ("id-match", _entry("L['learner'].outer", "ID_MATCH"), False),
     ("closure-match", _entry("L['learner'].inner.setup", "CLOSURE_MATCH"), False),
+    ("class-match", _entry("L['learner'].inner.__class__", "CLASS_MATCH"), False),
+    ("aliasing", _entry("L['learner'].inner.embed", "DUPLICATE_INPUT"), False),
     ("weakref", _entry("L['optimizer'].update", "WEAKREF_ALIVE"), False),
     ("dict-version", _entry("L['learner'].outer.__closure__[0].cell_contents", "DICT_VERSION"), False),
     ("derived-id", _entry("L['tasks'].support", "TYPE_MATCH", ("ID_MATCH",)), False),
