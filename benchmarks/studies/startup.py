@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import time
@@ -210,28 +211,34 @@ def main(argv: list[str] | None = None) -> int:
     print("imports (best of 3): " + ", ".join(f"{k} {v:.2f}" for k, v in runs["imports"].items()))
     plan = [(f"sine S={s}", ["sine", str(s)]) for s in args.sine]
     plan += [(f"fewshot {a}", ["fewshot", a, str(args.fewshot_steps)]) for a in args.fewshot]
+    load = os.getloadavg()
     for name, measured in plan:
         with tempfile.TemporaryDirectory() as cache:
             cold = _child(measured, cache)
             warm = _child(measured, cache)
         runs[name] = {"cold": cold, "warm": warm}
+        if args.out is not None:  # after every run: a failing one keeps those before it
+            _write(args.out, given, runs, load)
         fields = ["first_call_s", "run_s", "new_inner_lr_first_call_s", "rebuilt_first_call_s"]
         shown = "  ".join(
             f"{f.removesuffix('_s')} {cold[f]:.2f}/{warm[f]:.2f} s" for f in fields if f in cold
         )
         print(f"{name:20s} cold/warm: {shown}", flush=True)
     print(tables(runs))
-    if args.out is not None:
-        import torch
-
-        record = {
-            "what": "first calls of compiled steps, cold (empty compile cache) and warm (a new "
-            "process, the cache the cold one left), each in its own process, 1 thread",
-            "torch": torch.__version__,
-            "runs": runs,
-        }
-        write(args.out, "startup", given, record)
     return 0
+
+
+def _write(out: Path, given: list[str], runs: dict[str, Any], load: tuple[float, ...]) -> None:
+    import torch
+
+    record = {
+        "what": "first calls of compiled steps, cold (empty compile cache) and warm (a new "
+        "process, the cache the cold one left), each in its own process, 1 thread",
+        "torch": torch.__version__,
+        "load_average": {"start": list(load), "end": list(os.getloadavg())},
+        "runs": runs,
+    }
+    write(out, "startup", given, record)
 
 
 if __name__ == "__main__":
