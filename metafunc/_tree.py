@@ -422,8 +422,12 @@ def _foreach_ready(leaves: list[torch.Tensor]) -> bool:
     """A ``foreach`` norm works on these: floating-point, not empty, on one device, and not
     while compiling (Inductor fuses the per-leaf reductions, and its C++ wrapper runs
     ``_foreach_norm`` through a slow fallback)."""
-    return not torch.compiler.is_compiling() and bool(leaves) and all(
-        t.is_floating_point() and t.numel() > 0 and t.device == leaves[0].device for t in leaves
+    return (
+        not torch.compiler.is_compiling()
+        and bool(leaves)
+        and all(
+            t.is_floating_point() and t.numel() > 0 and t.device == leaves[0].device for t in leaves
+        )
     )
 
 

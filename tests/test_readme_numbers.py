@@ -233,3 +233,18 @@ def test_the_guard_cost_is_quoted_only_from_its_result_file():
 )
 def test_no_number_without_a_result_file(stale):
     assert not re.search(stale, README), re.search(stale, README)
+
+
+def test_the_start_up_tables_are_benchmarks_results_startup_cpu():
+    """``OMP_NUM_THREADS=1 python -m benchmarks.studies.startup --out
+    benchmarks/results/startup-cpu.json`` wrote them; the README shows its tables as printed."""
+    from benchmarks.studies.startup import tables
+
+    r = results("benchmarks/results/startup-cpu.json")
+    for line in tables(r["runs"]).splitlines():
+        quoted(line)
+    imports = r["runs"]["imports"]
+    quoted(f"importing torch's compiler ({imports['dynamo_inductor_s']:.1f} s")
+    load = r["load_average"]
+    quoted(f"load average {load['start'][0]:.1f} at the start and {load['end'][0]:.1f} at the end")
+    assert r["cpu"] in README[README.index("## Start-up") :][:2000]

@@ -166,14 +166,14 @@ def tables(runs: dict[str, Any]) -> str:
     if fewshot:
         lines += [
             "",
-            "| few-shot conv step | first call, cold | first call, warm | whole run, cold / warm |",
-            "|---|---|---|---|",
+            "| few-shot conv step | first call, cold | first call, warm |",
+            "|---|---|---|",
         ]
         for k in fewshot:
             cold, warm = runs[k]["cold"], runs[k]["warm"]
             lines.append(
                 f"| {k.removeprefix('fewshot ')} | {cold['first_call_s']:.0f} s | "
-                f"{warm['first_call_s']:.1f} s | {cold['run_s']:.0f} s / {warm['run_s']:.0f} s |"
+                f"{warm['first_call_s']:.1f} s |"
             )
     return "\n".join(lines)
 
