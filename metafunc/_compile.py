@@ -103,34 +103,30 @@ def function(
     options: dict[str, Any] | None = None,
     random: bool = False,
     cache: bool = True,
+    check: bool = True,
 ) -> Any:
     """A pure function of tensor trees ``fn(*args)`` compiled as :func:`compiled` compiles a
-    step (keyed, reused, saved and loaded, checked against ``fn`` when loaded); ``where`` names
-    it in warnings. A ``functools.partial`` of a module-level function (``pure_step`` with the
-    learner and optimizer) is compiled with its bound records as arguments, so that tensors in
-    their closures are graph inputs."""
-    base: Any = fn
-    records: tuple[Any, ...] = ()
-    if _is_bound(fn):
-        base, records = fn.func, fn.args
+    step (keyed, reused, saved and loaded, checked against ``fn`` when loaded unless ``check``
+    is false: the check costs one eager call); ``where`` names it in warnings. A
+    ``functools.partial`` of a module-level function (``pure_step`` with the learner and
+    optimizer) is compiled with its bound records as arguments, so that tensors in their
+    closures are graph inputs."""
+    base, records = (fn.func, tuple(fn.args)) if _is_bound(fn) else (fn, ())
     key = _key(base, records, mode, backend, options, random) if cache else None
-    # torch saves whole compiled graphs for Inductor only (other backends' are not stored)
-    persist = key is not None and backend == "inductor"
+    persist = key is not None and backend == "inductor"  # torch saves Inductor's graphs only
     cuda_graphs = mode in _CUDA_GRAPH_MODES
     seen: dict[Any, Any] = {}  # (device type, shapes) -> its compiled function
 
     def run(*args: Any) -> Any:
         signature = (_tree.leaves(args)[0].device.type, _shapes(args))
         function: Any = seen.get(signature)
-        loaded, origin = False, "seen"
-        first = function is None
-        traced = _traced()
+        loaded, first, traced = False, function is None, _traced()
         if first:
             if seen:
                 warnings.warn(_recompile_message(where, len(seen)), RuntimeWarning, stacklevel=3)
             function, origin = _function(key, signature, base, mode, backend, options, random)
             seen[signature] = function
-            loaded = origin == "loaded"
+            loaded = check and origin == "loaded"
         if cuda_graphs:
             torch.compiler.cudagraph_mark_step_begin()  # type: ignore[no-untyped-call]
 
@@ -141,18 +137,14 @@ def function(
 
         try:
             with torch.no_grad(), _tracing(first, persist), _rng_kept(loaded) as replay:
-                try:
-                    out = function(*records, *args)
-                except AssertionError as e:  # torch 2.13 failing to save the graph's guards
-                    if not (first and persist and "guards_state" in str(e)):
-                        raise
-                    logger.warning("%s: torch could not save the compiled %s (%s)", where, where, e)
-                    out, origin = afresh(), "replaced"
+                out, replaced = _first_call(
+                    lambda: function(*records, *args), first and persist, where, afresh
+                )
                 if loaded and not _agrees(out, replay(lambda: fn(*args))):
                     # another function's graph saved under this key (a file copied or
                     # renamed) would have given these numbers: never trusted; compiled afresh
                     warnings.warn(_mismatch(where), RuntimeWarning, stacklevel=3)
-                    out, origin = replay(afresh), "replaced"
+                    out, replaced = replay(afresh), True
         except torch._dynamo.exc.TorchDynamoException:
             # Tracing turns errors raised by user code (a bad loss, a refused model) into
             # compiler messages; the eager function raises the original.
@@ -160,14 +152,27 @@ def function(
                 fn(*args)
             raise
         # saved when traced here: compiled, or loaded and refused by its guards (saved by other
-        # code under this key), never the unkeyed replacement of a mismatch
-        if first and persist and origin != "replaced" and _traced() > traced:
+        # code under this key), never an unkeyed replacement
+        if first and persist and not replaced and _traced() > traced:
             _save()
         if cuda_graphs:
             out = _tree.map(torch.clone, out)
         return out
 
     return run
+
+
+def _first_call(call: Any, saving: bool, where: str, afresh: Any) -> tuple[Any, bool]:
+    """``(call(), False)``, or where torch 2.13 fails to save the graph it traced (it asserts
+    "check_fn.guards_state must not be None" after giving up on a guard), ``(afresh(), True)``
+    with a warning in the log."""
+    try:
+        return call(), False
+    except AssertionError as e:
+        if not (saving and "guards_state" in str(e)):
+            raise
+        logger.warning("%s: torch could not save the compiled %s (%s)", where, where, e)
+        return afresh(), True
 
 
 def _traced() -> int:
