@@ -9,6 +9,7 @@ everywhere. optree sorts dict keys when flattening; never zip its leaves against
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 from collections.abc import Callable
@@ -53,13 +54,12 @@ __all__ = [
 Selector = Any  # None | str | Sequence[str] | Callable[[str], bool] | a pytree of bools
 
 
+@dataclasses.dataclass(frozen=True, repr=False)
 class Complement:
-    """The leaves a selector does not pick; made by :func:`complement`."""
+    """The leaves a selector does not pick; made by :func:`complement` (a dataclass, so that
+    the compile cache's fingerprint reads it)."""
 
-    __slots__ = ("selector",)
-
-    def __init__(self, selector: Selector) -> None:
-        self.selector = selector
+    selector: Selector
 
     def __repr__(self) -> str:
         return f"complement({self.selector!r})"

@@ -15,6 +15,7 @@ from torch._dynamo.types import GuardFilterEntry
 
 import metafunc as mf
 from metafunc import _compile, _fingerprint
+from metafunc.experiments.fewshot_table import ALGORITHMS as FEWSHOT
 
 ACT = torch.relu  # a global the loss below reads; a test rebinds it
 
@@ -332,3 +333,28 @@ def test_a_loaded_step_is_checked_on_its_metrics_and_counts_not_on_updated_param
     assert _compile._agrees((scores,), (scores * (1 + 2e-3),))  # rounding, adding up
     assert not _compile._agrees((scores,), (scores * 1.05,))
     assert not _compile._agrees((scores,), (scores[:50],))
+
+
+@pytest.mark.parametrize("algo", FEWSHOT)
+def test_every_few_shot_learner_has_a_fingerprint_so_its_step_is_saved(algo):
+    """A learner the fingerprint cannot read is compiled in every process (BOIL's complement
+    of the head was such a learner: its warm first call took as long as a trace)."""
+    from metafunc.experiments.algorithms import EMBEDDING, STATEFUL, build_learner
+
+    g = torch.Generator().manual_seed(0)
+    net = mf.models.conv_net(
+        5, channels=2, image_size=28, track_running_stats=algo in STATEFUL, generator=g
+    )
+    fn = mf.stateful(net)[0] if algo in STATEFUL else mf.pure(net)[0]
+    norms = [n for n, m in net.named_modules() if isinstance(m, mf.models.BatchNorm)]
+    learner = build_learner(
+        algo,
+        mf.supervised(fn, mf.losses.cross_entropy),
+        head=str(len(net) - 1),
+        embed=mf.pure(net[:-1])[0] if algo in EMBEDDING else fn,
+        inner_lr=0.4,
+        inner_steps=1,
+        norms=norms,
+        steps=10,
+    )
+    assert _fingerprint.fingerprint(learner, mf.optim.adam(1e-3)) is not None
