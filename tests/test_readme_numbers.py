@@ -248,3 +248,18 @@ def test_the_start_up_tables_are_benchmarks_results_startup_cpu():
     load = r["load_average"]
     quoted(f"load average {load['start'][0]:.1f} at the start and {load['end'][0]:.1f} at the end")
     assert r["cpu"] in README[README.index("## Start-up") :][:2000]
+
+
+def test_the_compiled_evaluation_numbers_are_benchmarks_results_evaluation_cpu():
+    """``OMP_NUM_THREADS=1 python -m benchmarks.studies.evaluation --out
+    benchmarks/results/evaluation-cpu.json``."""
+    e = results("benchmarks/results/evaluation-cpu.json")["runs"]
+    eager, cold, warm = e["eager"], e["compiled, cold"], e["compiled, warm"]
+    text = " ".join(README.split())
+    for phrase in (
+        f"a compiled evaluation takes {cold['median_s']:.1f} s a call against "
+        f"{eager['median_s']:.1f} s eager ({eager['median_s'] / cold['median_s']:.1f}×)",
+        f"its first call {cold['first_call_s']:.0f} s cold and {warm['first_call_s']:.1f} s warm",
+    ):
+        assert phrase in text, phrase
+    assert cold["accuracy_equals_eager"] and warm["accuracy_equals_eager"]
