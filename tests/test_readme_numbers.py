@@ -248,6 +248,13 @@ def test_the_start_up_tables_are_benchmarks_results_startup_cpu():
     load = r["load_average"]
     quoted(f"load average {load['start'][0]:.1f} at the start and {load['end'][0]:.1f} at the end")
     assert r["cpu"] in README[README.index("## Start-up") :][:2000]
+    boil = results("benchmarks/results/startup-boil-cpu.json")["runs"]["fewshot boil"]
+    text = " ".join(README.split())
+    assert (
+        f"its first call took {boil['cold']['first_call_s']:.0f} s cold and "
+        f"{boil['warm']['first_call_s']:.1f} s warm" in text
+    )
+    assert boil["warm"]["loaded_graphs"] > 0 and boil["warm"]["traced_graphs"] == 0
 
 
 def test_the_compiled_evaluation_numbers_are_benchmarks_results_evaluation_cpu():
@@ -263,3 +270,47 @@ def test_the_compiled_evaluation_numbers_are_benchmarks_results_evaluation_cpu()
     ):
         assert phrase in text, phrase
     assert cold["accuracy_equals_eager"] and warm["accuracy_equals_eager"]
+
+
+def test_the_epyc_benchmark_numbers_are_its_two_result_files():
+    """``benchmarks/results/bench-cpu-epyc.json`` (every row) and
+    ``bench-cpu-epyc-compiled.json`` (the compiled and eager rows after the foreach change),
+    each written by the command in its Markdown."""
+    full = results("benchmarks/results/bench-cpu-epyc.json")
+    comp = results("benchmarks/results/bench-cpu-epyc-compiled.json")
+
+    def rows(b: dict, w: str) -> dict[str, float]:
+        return {r["impl"]: r.get("median_ms") for r in b["workloads"][w]["rows"]}
+
+    c1, c5, cf = (rows(comp, w) for w in ("sine-1step", "sine-5step", "sine-5step-fo"))
+    f1, f5 = rows(full, "sine-1step"), rows(full, "sine-5step")
+    mf, tf, jx, me, te = (
+        "metafunc compiled",
+        "torch.func compiled",
+        "jax jit",
+        "metafunc eager",
+        "torch.func eager",
+    )
+    first = comp["workloads"]["sine-5step"]["first_calls"]
+    cold, warm, jfirst = first[mf]["cold_s"], first[mf]["warm_s"], first[jx]["cold_s"]
+    load = full["environment"]["load_average"][0], full["environment"]["load_average_end"][0]
+    lc = comp["environment"]["load_average"][0], comp["environment"]["load_average_end"][0]
+    text = " ".join(README[README.index("## Benchmarks") :].split())
+    for phrase in (
+        f"load average {load[0]:.1f} at the start and {load[1]:.1f} at the end",
+        f"load average {lc[0]:.1f} and {lc[1]:.1f}",
+        f"compiled metafunc {ms(c5[mf])} ms per step at S=5 against JAX's {ms(c5[jx])} ms "
+        f"and {ms(c5[tf])} ms by hand with torch.func",
+        f"{ms(c1[mf])} ms against {ms(c1[jx])} ms ({ms(c1[tf])} ms by hand) with one inner step",
+        f"first order {ms(cf[mf])} ms against {ms(cf[jx])} ms ({ms(cf[tf])} ms)",
+        f"metafunc takes {ms(c1[me])} and {ms(c5[me])} ms at S=1 and S=5 against "
+        f"{ms(c1[te])} and {ms(c5[te])} ms",
+        f"TorchOpt's vmapped example took {ms(f1['torchopt vmap'])} and "
+        f"{ms(f5['torchopt vmap'])} ms and parallel-metalearn {ms(f1['parallel-metalearn'])} "
+        f"and {ms(f5['parallel-metalearn'])} ms",
+        f"{cold:.1f} s cold and {warm:.1f} s warm (JAX: {jfirst:.1f} s)",
+        f"first call + 1,000 steps warm {warm + c5[mf]:.1f} s against JAX's "
+        f"{jfirst + c5[jx]:.1f} s",
+    ):
+        assert phrase in text, phrase
+    assert full["environment"]["cpu"] == comp["environment"]["cpu"] == "AMD EPYC"
