@@ -32,6 +32,8 @@ from typing import Any
 from . import child, write
 
 ROOT = Path(__file__).resolve().parents[2]
+# the few-shot table's rows (metafunc.experiments.fewshot_table.ALGORITHMS), written out:
+# importing metafunc here would load torch before a child times its imports
 FEWSHOT = [
     "maml",
     "fomaml",
