@@ -314,3 +314,21 @@ def test_the_epyc_benchmark_numbers_are_its_two_result_files():
     ):
         assert phrase in text, phrase
     assert full["environment"]["cpu"] == comp["environment"]["cpu"] == "AMD EPYC"
+
+
+def test_the_conv_benchmark_numbers_are_benchmarks_results_bench_cpu_epyc_conv():
+    """``OMP_NUM_THREADS=1 python -m benchmarks --workloads conv-5way1shot conv-5way1shot-fo
+    --sweeps --name bench-cpu-epyc-conv`` (stopped after the second-order workload)."""
+    b = results("benchmarks/results/bench-cpu-epyc-conv.json")
+    r = {x["impl"]: x["median_ms"] for x in b["workloads"]["conv-5way1shot"]["rows"]}
+    assert "conv-5way1shot-fo" not in b["workloads"]  # the README says it was not run
+    text = " ".join(README[README.index("## Benchmarks") :].split())
+    for phrase in (
+        f"compiled metafunc takes {ms(r['metafunc compiled'])} ms per step against "
+        f"{ms(r['torch.func compiled'])} ms by hand with torch.func and {ms(r['blog loop'])} ms",
+        f"TorchOpt's loop {ms(r['torchopt loop'])} ms, higher {ms(r['higher'])} ms, "
+        f"parallel-metalearn {ms(r['parallel-metalearn'])} ms",
+        f"JAX's vmapped step takes {ms(r['jax jit'])} ms",
+        "the first-order workload not run for lack of time",
+    ):
+        assert phrase in text, phrase
