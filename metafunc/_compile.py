@@ -15,6 +15,7 @@ import sys
 import types
 import warnings
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -84,6 +85,7 @@ def compiled(
         options=options,
         random=random,
         cache=cache,
+        check=_step_numbers,
     )
 
     def run(state: TrainState, tasks: Tasks) -> tuple[TrainState, Any]:
@@ -103,11 +105,12 @@ def function(
     options: dict[str, Any] | None = None,
     random: bool = False,
     cache: bool = True,
-    check: bool = True,
+    check: Callable[[Any], Any] | None = lambda out: out,
 ) -> Any:
     """A pure function of tensor trees ``fn(*args)`` compiled as :func:`compiled` compiles a
-    step (keyed, reused, saved and loaded, checked against ``fn`` when loaded unless ``check``
-    is false: the check costs one eager call); ``where`` names it in warnings. A
+    step (keyed, reused, saved and loaded); when loaded, ``check(outputs)`` of its first call
+    must agree with that of ``fn`` (one eager call; ``None``: not checked). ``where`` names it
+    in warnings. A
     ``functools.partial`` of a module-level function (``pure_step`` with the learner and
     optimizer) is compiled with its bound records as arguments, so that tensors in their
     closures are graph inputs."""
@@ -126,7 +129,7 @@ def function(
                 warnings.warn(_recompile_message(where, len(seen)), RuntimeWarning, stacklevel=3)
             function, origin = _function(key, signature, base, mode, backend, options, random)
             seen[signature] = function
-            loaded = check and origin == "loaded"
+            loaded = check is not None and origin == "loaded"
         if cuda_graphs:
             torch.compiler.cudagraph_mark_step_begin()  # type: ignore[no-untyped-call]
 
@@ -140,7 +143,7 @@ def function(
                 out, replaced = _first_call(
                     lambda: function(*records, *args), first and persist, where, afresh
                 )
-                if loaded and not _agrees(out, replay(lambda: fn(*args))):
+                if loaded and check and not _agrees(check(out), check(replay(lambda: fn(*args)))):
                     # another function's graph saved under this key (a file copied or
                     # renamed) would have given these numbers: never trusted; compiled afresh
                     warnings.warn(_mismatch(where), RuntimeWarning, stacklevel=3)
@@ -275,18 +278,20 @@ def _mismatch(where: str) -> str:
     )
 
 
+def _step_numbers(out: tuple[TrainState, Any]) -> Any:
+    """What a loaded step is checked on: of its ``(state, metrics)``, the metrics (losses and
+    gradient norm, from before the update) and the state's integers and flags. Adam's first
+    update moves a parameter whose gradient is rounding noise (a conv bias before a batch norm)
+    by plus or minus its rate either way, so updated parameters differ by more than rounding."""
+    state, metrics = out
+    return metrics, [t for t in _tree.leaves(state) if not t.is_floating_point()]
+
+
 def _agrees(compiled: Any, eager: Any) -> bool:
-    """The loaded function's first outputs agree with the eager function's: the same shapes,
+    """A loaded function's checked outputs agree with the eager function's: the same shapes,
     integers and flags, and each floating-point output's mean within 1% (another function's
     graph is off by far more; per-task scores after a few float32 inner steps on a conv net
-    differ by rounding that adds up, 0.2% measured). Of a step's ``(state, metrics)`` the
-    numbers compared are the metrics (losses and gradient norm, from before the update) and
-    the state's counts: Adam's first update moves a parameter whose gradient is rounding noise
-    (a conv bias before a batch norm) by plus or minus its rate either way."""
-    if isinstance(compiled, tuple) and len(compiled) == 2 and isinstance(compiled[0], TrainState):
-        state = _tree.leaves(compiled[0]), _tree.leaves(eager[0])
-        kept = [(a, b) for a, b in zip(*state, strict=True) if not a.is_floating_point()]
-        compiled, eager = (compiled[1], [a for a, _ in kept]), (eager[1], [b for _, b in kept])
+    differ by rounding that adds up, 0.2% measured)."""
     pairs = zip(_tree.leaves(compiled), _tree.leaves(eager), strict=True)
     return all(
         a.shape == b.shape

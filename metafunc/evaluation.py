@@ -118,7 +118,7 @@ def evaluate(
             where=where,
             backend=backend,
             random=random,
-            check=False,  # an eager check would cost as much as evaluating eagerly
+            check=None,  # an eager check would cost as much as evaluating eagerly
         )
     else:
         run = functools.partial(scores, learner, predict)
