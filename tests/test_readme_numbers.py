@@ -22,6 +22,11 @@ def results(path: str) -> dict:
     return json.loads((ROOT / path).read_text())
 
 
+def medians(bench: dict, workload: str) -> dict[str, float | None]:
+    """Each implementation's median ms per step on ``workload`` (None for a row that failed)."""
+    return {r["impl"]: r.get("median_ms") for r in bench["workloads"][workload]["rows"]}
+
+
 def ms(value: float) -> str:
     """Milliseconds as benchmarks/report.py writes them."""
     return f"{value:.3g}" if value < 100 else f"{value:.0f}"
@@ -172,9 +177,6 @@ def test_the_benchmark_numbers_are_benchmarks_results_bench_cpu():
     b = results("benchmarks/results/bench-cpu.json")
     text = " ".join(README[README.index("## Benchmarks") :].split())  # line breaks aside
 
-    def rows(workload: str) -> dict[str, float]:
-        return {r["impl"]: r["median_ms"] for r in b["workloads"][workload]["rows"]}
-
     def sweep(name: str, value: int) -> dict[str, float]:
         point = next(p for p in b["sweeps"][name]["points"] if p["value"] == value)
         return {r["impl"]: r["median_ms"] for r in point["rows"]}
@@ -183,7 +185,7 @@ def test_the_benchmark_numbers_are_benchmarks_results_bench_cpu():
         assert phrase in text, f"the README's Benchmarks section does not say {phrase!r}"
 
     mf, tf, jx = "metafunc compiled", "torch.func compiled", "jax jit"
-    five, one, fo = rows("sine-5step"), rows("sine-1step"), rows("sine-5step-fo")
+    five, one, fo = (medians(b, w) for w in ("sine-5step", "sine-1step", "sine-5step-fo"))
     one_task, many, wide = sweep("meta_batch", 1), sweep("meta_batch", 1024), sweep("hidden", 320)
     says(
         f"compiled metafunc {ms(five[mf])} ms per step, {five['blog loop'] / five[mf]:.0f}× "
@@ -279,11 +281,8 @@ def test_the_epyc_benchmark_numbers_are_its_two_result_files():
     full = results("benchmarks/results/bench-cpu-epyc.json")
     comp = results("benchmarks/results/bench-cpu-epyc-compiled.json")
 
-    def rows(b: dict, w: str) -> dict[str, float]:
-        return {r["impl"]: r.get("median_ms") for r in b["workloads"][w]["rows"]}
-
-    c1, c5, cf = (rows(comp, w) for w in ("sine-1step", "sine-5step", "sine-5step-fo"))
-    f1, f5 = rows(full, "sine-1step"), rows(full, "sine-5step")
+    c1, c5, cf = (medians(comp, w) for w in ("sine-1step", "sine-5step", "sine-5step-fo"))
+    f1, f5 = medians(full, "sine-1step"), medians(full, "sine-5step")
     mf, tf, jx, me, te = (
         "metafunc compiled",
         "torch.func compiled",
@@ -320,7 +319,7 @@ def test_the_conv_benchmark_numbers_are_benchmarks_results_bench_cpu_epyc_conv()
     """``OMP_NUM_THREADS=1 python -m benchmarks --workloads conv-5way1shot conv-5way1shot-fo
     --sweeps --name bench-cpu-epyc-conv`` (stopped after the second-order workload)."""
     b = results("benchmarks/results/bench-cpu-epyc-conv.json")
-    r = {x["impl"]: x["median_ms"] for x in b["workloads"]["conv-5way1shot"]["rows"]}
+    r = medians(b, "conv-5way1shot")
     assert "conv-5way1shot-fo" not in b["workloads"]  # the README says it was not run
     text = " ".join(README[README.index("## Benchmarks") :].split())
     for phrase in (
