@@ -9,6 +9,7 @@ import functools
 import hashlib
 import itertools
 import logging
+import pathlib
 import platform
 import re
 import sys
@@ -53,9 +54,9 @@ def compiled(
 
     The compiled function is keyed by a fingerprint of what decides its graph
     (``metafunc._fingerprint``: the learner's and optimizer's code and settings, the model,
-    the options, the torch and metafunc versions), so a step built again from an equal
-    configuration reuses it, and a step whose numbers live in 0-d tensors (learning rates) runs
-    with new values without a new graph. With ``cache=True`` (and the default backend) the
+    the options, the torch and metafunc versions and metafunc's own code), so a step built
+    again from an equal configuration reuses it, and a step whose numbers live in 0-d tensors
+    (learning rates) runs with new values without a new graph. With ``cache=True`` (and the default backend) the
     compiled graph is also saved with torch's compile caches, under
     ``$TORCHINDUCTOR_CACHE_DIR`` (default ``/tmp/torchinductor_$USER``), and a new process
     loads it instead of compiling: the key names the saved graph, so another configuration's
@@ -200,8 +201,24 @@ def _key(
 ) -> str | None:
     if not isinstance(backend, str) or mode in _CUDA_GRAPH_MODES:
         return None  # a backend object or CUDA graphs: compiled on its own, not persisted
-    versions = (torch.__version__, torch.version.git_version, __version__, sys.version)
+    versions = (
+        torch.__version__,
+        torch.version.git_version,
+        __version__,
+        _own_source(),
+        sys.version,
+    )
     return fingerprint(base, records, mode, backend, options, random, versions, platform.machine())
+
+
+@functools.cache
+def _own_source() -> str:
+    """A digest of metafunc's own code: a saved graph inlined it, and code edited under the same
+    version (a checkout in development) must not load the graph of the code before."""
+    digest = hashlib.sha256()
+    for path in sorted(pathlib.Path(__file__).parent.rglob("*.py")):
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
 
 
 def _function(

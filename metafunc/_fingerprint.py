@@ -4,11 +4,13 @@ The compiled step is keyed by it: in a process, a step built again from an equal
 reuses the compiled graph, and across processes it names the graph saved on disk. Dynamo's own
 guards cannot do this (they compare object identities, which no other process shares), so the
 fingerprint walks the learner and the optimizer as Dynamo would trace them: functions by their
-code, the values their closures and defaults hold and the globals their code reads; modules by
-their class, attributes and submodules; numbers, strings and flags by value; tensors by dtype,
+code, their source and the line it starts on (torch refuses a saved graph once the user's lines
+it inlined moved), the values their closures and defaults hold and the globals their code
+reads; modules by their class (its source and line), attributes and submodules; numbers, strings and flags by value; tensors by dtype,
 shape and device only, since their values are inputs of the graph, read on every call (so a
 learning rate held in a 0-d tensor can change without a new graph). Code of torch, optree, the
-standard library and metafunc itself is named, not read (the versions are in the key).
+standard library and metafunc itself is named, not read (the compile wrapper's key adds the
+versions and a digest of metafunc's code).
 Anything it cannot describe makes the fingerprint ``None``: the step then compiles on its own,
 as it would without a cache.
 """
@@ -122,15 +124,14 @@ class _Walker:
         self.emit("class", _qualified(cls))
         if _library(cls.__module__) or cls.__module__ == "builtins":
             return
-        try:  # the user's class: its source decides what its methods trace to
-            self.emit("source", inspect.getsource(cls))
-        except (OSError, TypeError) as e:
-            raise _Opaque(cls) from e
+        if not self._source(cls):  # the user's class: its source decides what its methods trace to
+            raise _Opaque(cls)
 
     def _function(self, fn: types.FunctionType) -> None:
         self.emit("function", fn.__module__, fn.__qualname__)
         if not _library(fn.__module__ or ""):
             self._code(fn.__code__)
+            self._source(fn)
             for name in sorted(_names(fn.__code__)):
                 if name in fn.__globals__:
                     self.visit(name)
@@ -138,6 +139,18 @@ class _Walker:
         self.visit(fn.__defaults__)
         self.visit(fn.__kwdefaults__)
         self.visit([cell.cell_contents for cell in fn.__closure__ or ()])
+
+    def _source(self, obj: type | types.FunctionType) -> bool:
+        """Emits the user's source of ``obj`` and the line it starts on; ``False`` when there is
+        none (code made by ``exec``). Torch saves a graph with the lines of the user's code it
+        inlined and refuses to load it once they moved (a warning and a traceback, then a
+        compile): code that moved in its file gets another key instead."""
+        try:
+            lines, start = inspect.getsourcelines(obj)
+        except (OSError, TypeError):
+            return False
+        self.emit("source", start, "".join(lines))
+        return True
 
     def _code(self, code: types.CodeType) -> None:
         self.emit("code", code.co_code, code.co_names, code.co_varnames, code.co_freevars)

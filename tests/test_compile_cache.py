@@ -1,6 +1,7 @@
 """The compiled step's cache: keyed by a fingerprint of what decides its graph, reused in the
 process, saved for later processes and never loaded into another configuration's step."""
 
+import importlib
 import json
 import os
 import subprocess
@@ -179,6 +180,46 @@ def test_the_fingerprint_sees_a_module_put_in_eval_mode_and_a_rebound_global():
     finally:
         ACT = torch.relu
     assert len({trained, evaluated, rebound}) == 3
+
+
+def test_the_fingerprint_sees_the_users_code_move_in_its_file(tmp_path, monkeypatch):
+    """Torch saves a graph with the lines of the user's code it inlined and will not load it once
+    they moved (CI met this: a warning, a traceback and a second graph); moved code gets a new
+    key instead, and code that stays where it was keeps its key."""
+    source = (
+        "import torch\n"
+        "class Noise(torch.nn.Module):\n"
+        "    def forward(self, x):\n"
+        "        return x + 1\n"
+        "def loss(p, x):\n"
+        "    return (x * p['w']).sum()\n"
+    )
+    module = tmp_path / "user_code_that_moves.py"
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(sys, "dont_write_bytecode", True)
+
+    def keys(text):
+        module.write_text(text)
+        sys.modules.pop(module.stem, None)
+        user = importlib.import_module(module.stem)
+        return _fingerprint.fingerprint(user.Noise()), _fingerprint.fingerprint(user.loss)
+
+    before = keys(source)
+    assert None not in before
+    assert keys(source) == before
+    moved = keys("# a comment above: every line below moves down one\n" + source)
+    assert moved[0] != before[0] and moved[1] != before[1]
+    sys.modules.pop(module.stem, None)
+
+
+def test_the_key_changes_with_metafuncs_own_code(monkeypatch):
+    """A checkout edited under the same version must not load the graph of the code before."""
+    learner, _ = _maml()
+    key = lambda: _compile._key(learner, (), None, "inductor", None, False)  # noqa: E731
+    assert _compile._own_source() == _compile._own_source.__wrapped__()  # read from the files
+    today = key()
+    monkeypatch.setattr(_compile, "_own_source", lambda: "edited")
+    assert key() != today
 
 
 def test_what_it_cannot_describe_makes_no_fingerprint_and_the_step_still_runs():
