@@ -1,8 +1,26 @@
+# ruff: noqa: E402  (the compile cache is chosen before torch is imported)
+import os
+import shutil
+import tempfile
+
+# The suite compiles into a compile cache of its own, made here by the first pytest process
+# (xdist's workers inherit it) and deleted when it ends: what a test compiles, loads and counts
+# never depends on what an earlier run left in torch's default cache. A cache the caller names
+# in $TORCHINDUCTOR_CACHE_DIR is used as it is.
+_OWN_CACHE = None
+if "TORCHINDUCTOR_CACHE_DIR" not in os.environ:
+    _OWN_CACHE = os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="metafunc-tests-")
+
 import pytest
 import torch
 from torch import nn
 
 import metafunc as mf
+
+
+def pytest_unconfigure(config):
+    if _OWN_CACHE is not None:
+        shutil.rmtree(_OWN_CACHE, ignore_errors=True)
 
 
 @pytest.fixture(autouse=True)
