@@ -153,7 +153,8 @@ def fewshot_table_figure(
     settings = list(dict.fromkeys((r["ways"], r["shots"]) for r in rows))
     algos = list(dict.fromkeys(r["algo"] for r in rows))
     means = {(m["algo"], m["ways"], m["shots"]): m["mean"] for m in seed_means(rows)}
-    fig = Figure(figsize=(4.2 * len(settings), 0.45 * len(algos) + 1.6))
+    # wide enough for the title with one setting
+    fig = Figure(figsize=(max(4.2 * len(settings), 7.0), 0.45 * len(algos) + 1.6))
     axes = fig.subplots(1, len(settings), squeeze=False, sharey=True)[0]
     for ax, (ways, shots) in zip(axes, settings, strict=True):
         for y, algo in enumerate(algos):

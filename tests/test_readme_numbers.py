@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+import statistics
 from pathlib import Path
 
 import pytest
@@ -120,8 +121,7 @@ def test_the_fewshot_table_is_docs_fewshot_table_and_its_claims_hold():
     t = results("docs/fewshot-table.json")
     rows, config = t["rows"], t["config"]
     quoted(fewshot_table.format_table(rows))
-    section = README[README.index("## The few-shot table") :]
-    section = " ".join(section[: section.index("\n## ")].split())  # line breaks aside
+    section = _section("## The few-shot table")
     for option in ("steps", "meta_batch", "channels", "eval_tasks"):
         assert f"--{option.replace('_', '-')} {config[option]}" in section, option
     assert config["compile"] is False and "--no-compile" in section
@@ -145,19 +145,61 @@ def test_the_fewshot_table_is_docs_fewshot_table_and_its_claims_hold():
         )
         name = fewshot_table.NAMES[best["algo"]]
         assert f"{ways}-way {shots}-shot: {name} ({100 * best['accuracy']:.2f}%" in section
+    _mamlpp_against_maml(rows, section)
+
+
+def _section(title):
+    """The README's section (or subsection) under ``title``, its line breaks aside."""
+    text = README[README.index(title) + len(title) :]
+    return " ".join(text[: text.index("\n#")].split())
+
+
+def _mamlpp_against_maml(rows, section):
+    """The section says at which seeds MAML++ did not beat MAML at 5-way 1-shot, or that it beat
+    it at every seed; returns the two rows of each seed."""
     maml, mamlpp = (
-        {r["seed"]: r["accuracy"] for r in rows if (r["algo"], r["ways"], r["shots"]) == (a, 5, 1)}
+        {r["seed"]: r for r in rows if (r["algo"], r["ways"], r["shots"]) == (a, 5, 1)}
         for a in ("maml", "mamlpp")
     )
     assert maml.keys() == mamlpp.keys() and len(maml) > 1
-    lost = [s for s in sorted(maml) if not mamlpp[s] > maml[s]]
+    lost = [s for s in sorted(maml) if not mamlpp[s]["accuracy"] > maml[s]["accuracy"]]
     if lost:
         seeds = ", ".join(map(str, lost))
         assert f"MAML++ did not beat MAML at 5-way 1-shot at seed {seeds}" in section
         for s in lost:
-            assert f"({100 * mamlpp[s]:.2f}% against {100 * maml[s]:.2f}%" in section
+            pp, m = 100 * mamlpp[s]["accuracy"], 100 * maml[s]["accuracy"]
+            assert f"({pp:.2f}% against {m:.2f}%" in section
     else:
         assert "MAML++ beat MAML at 5-way 1-shot at every seed" in section
+    return {s: (maml[s], mamlpp[s]) for s in maml}
+
+
+def test_mamlpp_with_five_inner_steps_is_docs_fewshot_mamlpp_5steps():
+    t = results("docs/fewshot-mamlpp-5steps.json")
+    rows, config = t["rows"], t["config"]
+    quoted(fewshot_table.format_table(rows))
+    section = _section("### MAML++ with its paper's five inner steps")
+    assert (config["inner_steps"], config["inner_lr"]) == (5, 0.1)
+    assert "--inner-steps 5 --inner-lr 0.1 --no-compile" in section
+    table = results("docs/fewshot-table.json")["config"]
+    same = ("steps", "meta_batch", "channels", "eval_tasks", "outer_lr", "queries", "compile")
+    assert all(config[k] == table[k] for k in same)  # "the same budget"
+    pairs = _mamlpp_against_maml(rows, section)
+    if "by more than the intervals" in section:
+        for maml, mamlpp in pairs.values():
+            assert mamlpp["accuracy"] - mamlpp["ci95"] > maml["accuracy"] + maml["ci95"]
+    means = {m["algo"]: 100 * m["mean"] for m in fewshot_table.seed_means(rows)}
+    one_step = results("docs/fewshot-table.json")["rows"]
+    before = [
+        m
+        for m in fewshot_table.seed_means(one_step)
+        if (m["algo"], m["ways"], m["shots"]) == ("maml", 5, 1)
+    ]
+    quoted(f"MAML itself from {100 * before[0]['mean']:.2f}% to {means['maml']:.2f}%")
+    minutes = sum(r["wall_s"] for r in rows) / 60
+    assert f"{len(rows)} cells took {minutes:.0f} min" in section
+    ms = {a: statistics.median(r["step_ms"] for r in rows if r["algo"] == a) for a in means}
+    assert f"about {ms['mamlpp'] / ms['maml']:.1f} times a MAML step" in section
 
 
 def test_the_throughput_is_benchmarks_results_distributed_cpu():
