@@ -5,10 +5,11 @@ reuses the compiled graph, and across processes it names the graph saved on disk
 guards cannot do this (they compare object identities, which no other process shares), so the
 fingerprint walks the learner and the optimizer as Dynamo would trace them: functions by their
 code, their source and the line it starts on (torch refuses a saved graph once the user's lines
-it inlined moved), the values their closures and defaults hold and the globals their code
-reads; modules by their class (its source and line), attributes and submodules; numbers, strings and flags by value; tensors by dtype,
-shape and device only, since their values are inputs of the graph, read on every call (so a
-learning rate held in a 0-d tensor can change without a new graph). Code of torch, optree, the
+it inlined moved), the values their closures and defaults hold, the globals their code
+reads and, in the user's own modules it reads, the attributes it names; ``nn.Module``s by
+their class (its source and line), attributes and submodules; numbers, strings and flags by
+value; tensors by dtype, shape and device only, since their values are inputs of the graph,
+read on every call (so a learning rate held in a 0-d tensor can change without a new graph). Code of torch, optree, the
 standard library and metafunc itself is named, not read (the compile wrapper's key adds the
 versions and a digest of metafunc's code).
 Anything it cannot describe makes the fingerprint ``None``: the step then compiles on its own,
@@ -129,16 +130,38 @@ class _Walker:
 
     def _function(self, fn: types.FunctionType) -> None:
         self.emit("function", fn.__module__, fn.__qualname__)
-        if not _library(fn.__module__ or ""):
+        cells = [cell.cell_contents for cell in fn.__closure__ or ()]
+        users = not _library(fn.__module__ or "")
+        names = sorted(_names(fn.__code__)) if users else []
+        if users:
             self._code(fn.__code__)
             self._source(fn)
-            for name in sorted(_names(fn.__code__)):
+            for name in names:
                 if name in fn.__globals__:
                     self.visit(name)
                     self.visit(fn.__globals__[name])
         self.visit(fn.__defaults__)
         self.visit(fn.__kwdefaults__)
-        self.visit([cell.cell_contents for cell in fn.__closure__ or ()])
+        self.visit(cells)
+        # a module the code reads through a global or a closure: what it names in it
+        for value in [fn.__globals__.get(name) for name in names] + cells:
+            self._attributes(value, names, set())
+
+    def _attributes(self, module: Any, names: list[str], met: set[str]) -> None:
+        """What the code may read from a module of the user's (``mylib.act(x)`` traces
+        ``act``): its attributes that the code names, and theirs in its submodules. A module
+        is otherwise only named, so a function edited and reloaded in it would keep the key of
+        the graph traced from the old one."""
+        if not isinstance(module, types.ModuleType) or _library(module.__name__):
+            return
+        if module.__name__ in met:
+            return
+        met.add(module.__name__)
+        for name in names:
+            if name in vars(module):
+                self.emit("attribute", module.__name__, name)
+                self.visit(vars(module)[name])
+                self._attributes(vars(module)[name], names, met)
 
     def _source(self, obj: type | types.FunctionType) -> bool:
         """Emits the user's source of ``obj`` and the line it starts on; ``False`` when there is

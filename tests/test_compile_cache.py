@@ -212,6 +212,27 @@ def test_the_fingerprint_sees_the_users_code_move_in_its_file(tmp_path, monkeypa
     sys.modules.pop(module.stem, None)
 
 
+def test_the_fingerprint_reads_what_the_loss_calls_in_a_module_of_the_users(tmp_path, monkeypatch):
+    """``mylib.act(x)``: the module is the user's, so ``act`` is read like any function the
+    loss calls; edited and reloaded (a notebook's autoreload), it gives another key, so a step
+    built again is not handed the graph traced from the old code."""
+    lib = tmp_path / "user_lib_of_activations.py"
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(sys, "dont_write_bytecode", True)
+    lib.write_text("import torch\ndef act(x):\n    return torch.tanh(x)\n")
+    sys.modules.pop(lib.stem, None)
+    user = importlib.import_module(lib.stem)
+    try:
+        learner, _ = _maml(act=lambda x: user.act(x))
+        before = _fingerprint.fingerprint(learner)
+        assert before is not None and _fingerprint.fingerprint(learner) == before
+        lib.write_text("import torch\ndef act(x):\n    return torch.relu(x)\n")
+        importlib.reload(user)
+        assert _fingerprint.fingerprint(learner) != before
+    finally:
+        sys.modules.pop(lib.stem, None)
+
+
 def test_the_key_changes_with_metafuncs_own_code(monkeypatch):
     """A checkout edited under the same version must not load the graph of the code before."""
     learner, _ = _maml()
