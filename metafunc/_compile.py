@@ -56,8 +56,8 @@ def compiled(
     (``metafunc._fingerprint``: the learner's and optimizer's code and settings, the model,
     the options, the torch and metafunc versions and metafunc's own code), so a step built
     again from an equal configuration reuses it, and a step whose numbers live in 0-d tensors
-    (learning rates) runs with new values without a new graph. With ``cache=True`` (and the default backend) the
-    compiled graph is also saved with torch's compile caches, under
+    (learning rates) runs with new values without a new graph. With ``cache=True`` (and the
+    default backend) the compiled graph is also saved with torch's compile caches, under
     ``$TORCHINDUCTOR_CACHE_DIR`` (default ``/tmp/torchinductor_$USER``), and a new process
     loads it instead of compiling: the key names the saved graph, so another configuration's
     is never loaded, and a damaged file is compiled afresh. Deleting the folder is always safe.
@@ -111,10 +111,9 @@ def function(
     """A pure function of tensor trees ``fn(*args)`` compiled as :func:`compiled` compiles a
     step (keyed, reused, saved and loaded); when loaded, ``check(outputs)`` of its first call
     must agree with that of ``fn`` (one eager call; ``None``: not checked). ``where`` names it
-    in warnings. A
-    ``functools.partial`` of a module-level function (``pure_step`` with the learner and
-    optimizer) is compiled with its bound records as arguments, so that tensors in their
-    closures are graph inputs."""
+    in warnings. A ``functools.partial`` of a module-level function (``pure_step`` with the
+    learner and optimizer) is compiled with its bound records as arguments, so that tensors in
+    their closures are graph inputs."""
     base, records = (fn.func, tuple(fn.args)) if _is_bound(fn) else (fn, ())
     key = _key(base, records, mode, backend, options, random) if cache else None
     persist = key is not None and backend == "inductor"  # torch saves Inductor's graphs only

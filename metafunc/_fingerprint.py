@@ -9,9 +9,9 @@ it inlined moved), the values their closures and defaults hold, the globals thei
 reads and, in the user's own modules it reads, the attributes it names; ``nn.Module``s by
 their class (its source and line), attributes and submodules; numbers, strings and flags by
 value; tensors by dtype, shape and device only, since their values are inputs of the graph,
-read on every call (so a learning rate held in a 0-d tensor can change without a new graph). Code of torch, optree, the
-standard library and metafunc itself is named, not read (the compile wrapper's key adds the
-versions and a digest of metafunc's code).
+read on every call (so a learning rate held in a 0-d tensor can change without a new graph).
+Code of torch, optree, the standard library and metafunc itself is named, not read (the
+compile wrapper's key adds the versions and a digest of metafunc's code).
 Anything it cannot describe makes the fingerprint ``None``: the step then compiles on its own,
 as it would without a cache.
 """
@@ -131,30 +131,31 @@ class _Walker:
     def _function(self, fn: types.FunctionType) -> None:
         self.emit("function", fn.__module__, fn.__qualname__)
         cells = [cell.cell_contents for cell in fn.__closure__ or ()]
-        users = not _library(fn.__module__ or "")
-        names = sorted(_names(fn.__code__)) if users else []
-        if users:
+        if not _library(fn.__module__ or ""):
+            names = sorted(_names(fn.__code__))
             self._code(fn.__code__)
             self._source(fn)
             for name in names:
                 if name in fn.__globals__:
                     self.visit(name)
                     self.visit(fn.__globals__[name])
+            # a module of the user's read through a global or a closure: what the code names in it
+            for value in [fn.__globals__.get(name) for name in names] + cells:
+                self._attributes(value, names, set())
         self.visit(fn.__defaults__)
         self.visit(fn.__kwdefaults__)
         self.visit(cells)
-        # a module the code reads through a global or a closure: what it names in it
-        for value in [fn.__globals__.get(name) for name in names] + cells:
-            self._attributes(value, names, set())
 
     def _attributes(self, module: Any, names: list[str], met: set[str]) -> None:
         """What the code may read from a module of the user's (``mylib.act(x)`` traces
         ``act``): its attributes that the code names, and theirs in its submodules. A module
         is otherwise only named, so a function edited and reloaded in it would keep the key of
         the graph traced from the old one."""
-        if not isinstance(module, types.ModuleType) or _library(module.__name__):
-            return
-        if module.__name__ in met:
+        if (
+            not isinstance(module, types.ModuleType)
+            or _library(module.__name__)
+            or module.__name__ in met
+        ):
             return
         met.add(module.__name__)
         for name in names:
