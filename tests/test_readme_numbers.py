@@ -28,6 +28,18 @@ def medians(bench: dict, workload: str) -> dict[str, float | None]:
     return {r["impl"]: r.get("median_ms") for r in bench["workloads"][workload]["rows"]}
 
 
+def load_average(bench: dict) -> tuple[float, float]:
+    """A bench run's one-minute load average at its start and at its end."""
+    env = bench["environment"]
+    return env["load_average"][0], env["load_average_end"][0]
+
+
+def _section(title):
+    """The README's section (or subsection) under ``title``, its line breaks aside."""
+    text = README[README.index(title) + len(title) :]
+    return " ".join(text[: text.index("\n#")].split())
+
+
 def ms(value: float) -> str:
     """Milliseconds as benchmarks/report.py writes them."""
     return f"{value:.3g}" if value < 100 else f"{value:.0f}"
@@ -148,12 +160,6 @@ def test_the_fewshot_table_is_docs_fewshot_table_and_its_claims_hold():
     _mamlpp_against_maml(rows, section)
 
 
-def _section(title):
-    """The README's section (or subsection) under ``title``, its line breaks aside."""
-    text = README[README.index(title) + len(title) :]
-    return " ".join(text[: text.index("\n#")].split())
-
-
 def _mamlpp_against_maml(rows, section):
     """The section says at which seeds MAML++ did not beat MAML at 5-way 1-shot, or that it beat
     it at every seed; returns the two rows of each seed."""
@@ -249,7 +255,7 @@ def test_the_benchmark_numbers_are_benchmarks_results_bench_cpu():
         f"{first[mf]['cold_s']:.0f} s cold and {first[mf]['warm_s']:.0f} s from the cache in a "
         f"fresh process (JAX: {first[jx]['cold_s']:.0f} s)"
     )
-    load = b["environment"]["load_average"][0], b["environment"]["load_average_end"][0]
+    load = load_average(b)
     says(f"load average {load[0]:.1f} at the start and {load[1]:.1f} at the end")
 
 
@@ -334,8 +340,7 @@ def test_the_epyc_benchmark_numbers_are_its_two_result_files():
     )
     first = comp["workloads"]["sine-5step"]["first_calls"]
     cold, warm, jfirst = first[mf]["cold_s"], first[mf]["warm_s"], first[jx]["cold_s"]
-    load = full["environment"]["load_average"][0], full["environment"]["load_average_end"][0]
-    lc = comp["environment"]["load_average"][0], comp["environment"]["load_average_end"][0]
+    load, lc = load_average(full), load_average(comp)
     text = " ".join(README[README.index("## Benchmarks") :].split())
     for phrase in (
         f"load average {load[0]:.1f} at the start and {load[1]:.1f} at the end",
@@ -366,10 +371,7 @@ def test_the_conv_benchmark_numbers_are_benchmarks_results_bench_cpu_epyc_conv()
     assert "conv-5way1shot-fo" not in b["workloads"]  # the README says it was stopped
     fo_bench = results("benchmarks/results/bench-cpu-epyc-conv-fo.json")
     fo = medians(fo_bench, "conv-5way1shot-fo")
-    load = (
-        fo_bench["environment"]["load_average"][0],
-        fo_bench["environment"]["load_average_end"][0],
-    )
+    load = load_average(fo_bench)
     text = " ".join(README[README.index("## Benchmarks") :].split())
     for phrase in (
         "stopped after the second-order workload",
