@@ -121,8 +121,15 @@ def function(
     seen: dict[Any, Any] = {}  # (device type, shapes) -> its compiled function
 
     def run(*args: Any) -> Any:
-        signature = (_tree.leaves(args)[0].device.type, _shapes(args))
+        signature = _signature(args)
         function: Any = seen.get(signature)
+        if function is not None and not cuda_graphs:  # the steady state: nothing else to do
+            try:
+                with torch.no_grad():
+                    return function(*records, *args)
+            except torch._dynamo.exc.TorchDynamoException:
+                _raise_eagerly(fn, args)
+                raise
         loaded, first, traced = False, function is None, _traced()
         if first:
             if seen:
@@ -149,10 +156,7 @@ def function(
                     warnings.warn(_mismatch(where), RuntimeWarning, stacklevel=3)
                     out, replaced = replay(afresh), True
         except torch._dynamo.exc.TorchDynamoException:
-            # Tracing turns errors raised by user code (a bad loss, a refused model) into
-            # compiler messages; the eager function raises the original.
-            with torch.no_grad():
-                fn(*args)
+            _raise_eagerly(fn, args)
             raise
         # saved when traced here: compiled, or loaded and refused by its guards (saved by other
         # code under this key), never an unkeyed replacement
@@ -163,6 +167,13 @@ def function(
         return out
 
     return run
+
+
+def _raise_eagerly(fn: Any, args: tuple[Any, ...]) -> None:
+    """Tracing turns errors raised by user code (a bad loss, a refused model) into compiler
+    messages; the eager function raises the original."""
+    with torch.no_grad():
+        fn(*args)
 
 
 def _first_call(call: Any, saving: bool, where: str, afresh: Any) -> tuple[Any, bool]:
@@ -444,11 +455,13 @@ def _save() -> None:
         logger.warning("could not save the compiled step for later processes: %s", e)
 
 
-def _shapes(args: tuple[Any, ...]) -> Any:
+def _signature(args: tuple[Any, ...]) -> tuple[str, Any]:
+    """What picks the compiled function for ``args``: the device type (of the first leaf, a
+    tensor) and the tree's structure with each tensor's shape and dtype (other leaves by value);
+    one flatten, on every call."""
     leaves, spec = _tree.flatten(args)
-    return spec, tuple(
-        (tuple(t.shape), t.dtype) if isinstance(t, torch.Tensor) else t for t in leaves
-    )
+    shapes = [(t.shape, t.dtype) if isinstance(t, torch.Tensor) else t for t in leaves]
+    return leaves[0].device.type, (spec, tuple(shapes))
 
 
 def _recompile_message(where: str, compiled: int) -> str:
