@@ -67,6 +67,7 @@ from .evaluation import Evaluation as Evaluation
 from .evaluation import Score as Score
 from .evaluation import evaluate as evaluate
 from .losses import supervised as supervised
+from .step import background as background
 from .step import compiled as compiled
 from .step import init_state as init_state
 from .step import make_step as make_step
@@ -91,6 +92,7 @@ __all__ = [
     "Tasks",
     "TrainState",
     "anil",
+    "background",
     "boil",
     "chunked",
     "classifier",

@@ -9,6 +9,7 @@ import functools
 import hashlib
 import itertools
 import logging
+import os
 import pathlib
 import platform
 import re
@@ -95,6 +96,95 @@ def compiled(
         return new._replace(extra=extra), metrics
 
     return dataclasses.replace(step, fn=run)
+
+
+def background(step: Step, eager: Step) -> Step:
+    """``eager`` while a forked process compiles ``step`` (a :func:`compiled` step with the
+    compile cache on) and saves it in torch's compile caches, then ``step``, which loads what
+    that process saved: a cold start compiles on another core while the run goes on, instead
+    of waiting (``make_step(..., compile="background")``).
+
+    The first call forks; each call after it checks, without waiting, whether the compiling
+    process is done, and the first call after that loads the compiled step (a warm first call,
+    about a second). Which step is the first compiled one depends on how long the compile took,
+    and the eager and compiled steps differ in their last bits, so a run is no longer
+    reproducible to the last bit (a resumed run is not bit-identical to an uninterrupted one);
+    use ``compile=True`` where that matters. A compile that fails leaves the step eager, with a
+    warning that says why. It needs ``os.fork`` (Linux, macOS) and a process where CUDA has
+    not started (a forked process cannot use it).
+
+    Example:
+        >>> pure = mf.outer_step(learner, opt)
+        >>> step = mf.background(mf.compiled(pure), pure)  # forks on its first call
+        >>> step.guarded  # make_step(..., compile="background") wraps it as make_step does
+        False
+    """
+    process: dict[str, Any] = {}  # "pid" and "pipe" while compiling, then "ready" or "failed"
+
+    def run(state: TrainState, tasks: Tasks) -> tuple[TrainState, Any]:
+        if not process:
+            process.update(_fork(step, state, tasks))
+        if "pid" in process:
+            _poll(process)
+        return (step if "ready" in process else eager)(state, tasks)
+
+    return dataclasses.replace(step, fn=run)
+
+
+def _fork(step: Step, state: TrainState, tasks: Tasks) -> dict[str, Any]:
+    """A child process that calls ``step`` once (compiling and saving it) and reports a failure
+    through a pipe."""
+    if not hasattr(os, "fork"):
+        raise ValueError(
+            'step: compile="background" forks a process to compile in, which this platform '
+            "cannot do; use compile=True"
+        )
+    if torch.cuda.is_initialized():  # type: ignore[no-untyped-call]
+        raise ValueError(
+            'step: compile="background" forks a process to compile in, and CUDA has started in '
+            "this one, which a forked process cannot use; use compile=True"
+        )
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: compile, save, report; never back into the caller's code
+        code = 0
+        try:
+            os.close(read)
+            # nothing of the caller's output: a pipe it writes to closes when it ends, and
+            # the compile may outlive it (it still fills the cache)
+            quiet = os.open(os.devnull, os.O_RDWR)
+            for fd in (0, 1, 2):
+                os.dup2(quiet, fd)
+            step(state, tasks)
+        except BaseException as e:  # reported to the parent, which warns
+            os.write(write, f"{type(e).__name__}: {e}".encode()[:4096])
+            code = 1
+        finally:
+            os._exit(code)
+    os.close(write)
+    return {"pid": pid, "pipe": read}
+
+
+def _poll(process: dict[str, Any]) -> None:
+    """If the compiling process has ended: ``"ready"``, or ``"failed"`` with a warning."""
+    pid = process["pid"]
+    done, status = os.waitpid(pid, os.WNOHANG)
+    if done == 0:
+        return
+    message = os.read(process["pipe"], 4096).decode(errors="replace")
+    os.close(process.pop("pipe"))
+    del process["pid"]
+    code = os.waitstatus_to_exitcode(status)
+    if code == 0:
+        process["ready"] = True
+        return
+    process["failed"] = True
+    why = message or f"its process ended with code {code}"
+    warnings.warn(
+        f"step: the background compile failed ({why}); the step stays eager",
+        RuntimeWarning,
+        stacklevel=4,
+    )
 
 
 def function(

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 
 from . import _checks, _diagnose, _nonfinite, _random, _state, _tree
-from ._compile import compiled
+from ._compile import _CUDA_GRAPH_MODES, background, compiled
 from ._learner import Context, Learner, check, check_learner, check_state
 from ._random import seeded
 from ._state import Stateful
@@ -18,7 +18,7 @@ from ._types import Metrics, Step, Tasks, TrainState
 from .optim import Optimizer, apply_updates
 from .optim._base import check_optimizer
 
-__all__ = ["compiled", "init_state", "make_step", "outer_step", "seeded", "validated"]
+__all__ = ["background", "compiled", "init_state", "make_step", "outer_step", "seeded", "validated"]
 
 
 def init_state(
@@ -83,7 +83,7 @@ def make_step(
     learner: Learner,
     optimizer: Optimizer,
     *,
-    compile: bool = True,
+    compile: bool | str = True,
     mode: str | None = None,
     backend: Any = "inductor",
     options: dict[str, Any] | None = None,
@@ -103,7 +103,9 @@ def make_step(
     Args:
         learner: e.g. ``mf.maml(...)`` (or ``mf.distributed.data_parallel(mf.maml(...))``).
         optimizer: e.g. ``mf.optim.adam(1e-3)``.
-        compile: compile with ``torch.compile``; ``False`` runs eagerly.
+        compile: compile with ``torch.compile``; ``False`` runs eagerly; ``"background"`` runs
+            eagerly while a forked process compiles (:func:`background`), for a cold start
+            that does not wait, at the cost of bit-reproducibility.
         mode: ``torch.compile`` mode, e.g. ``"reduce-overhead"`` for CUDA graphs.
         backend: ``torch.compile`` backend.
         options: ``torch.compile`` options for Inductor, over metafunc's own: with Inductor on
@@ -120,8 +122,17 @@ def make_step(
         (1, torch.Size([]), True)
     """
     _check_types("make_step", learner, optimizer)
-    _checks.boolean("make_step", "compile", compile)
+    if not (isinstance(compile, bool) or compile == "background"):
+        raise TypeError(f'make_step: compile must be True, False or "background" (got {compile!r})')
     _checks.boolean("make_step", "cache", cache)
+    if compile == "background" and not (
+        cache and backend == "inductor" and mode not in _CUDA_GRAPH_MODES
+    ):
+        raise ValueError(
+            'make_step: compile="background" hands the compiled step over through the compile '
+            "cache, which needs cache=True, backend='inductor' and no CUDA-graph mode (got "
+            f"cache={cache!r}, backend={backend!r}, mode={mode!r})"
+        )
     if options is not None and not isinstance(options, dict):
         raise TypeError(
             f"make_step: options must be a dict of torch.compile options, e.g. "
@@ -130,7 +141,8 @@ def make_step(
     pure = outer_step(learner, optimizer)
     random = learner.batching.randomness != "error"
     fast = compiled(pure, mode=mode, backend=backend, options=options, random=random, cache=cache)
-    return validated(seeded(fast if compile else pure), learner, optimizer, probe=seeded(pure))
+    chosen = background(fast, pure) if compile == "background" else fast if compile else pure
+    return validated(seeded(chosen), learner, optimizer, probe=seeded(pure))
 
 
 def outer_step(learner: Learner, optimizer: Optimizer) -> Step:

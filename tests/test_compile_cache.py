@@ -7,6 +7,8 @@ import os
 import subprocess
 import sys
 import threading
+import time
+import warnings
 
 import pytest
 import torch
@@ -422,3 +424,78 @@ def test_every_few_shot_learner_has_a_fingerprint_so_its_step_is_saved(algo):
         steps=10,
     )
     assert _fingerprint.fingerprint(learner, mf.optim.adam(1e-3)) is not None
+
+
+# ---------------------------------------------------------------- compiled in the background
+
+
+def _until(condition, step, state, tasks, seconds=180):
+    """Steps until ``condition()``, polling; the last step's output."""
+    deadline = time.monotonic() + seconds
+    out = step(state, tasks)
+    while not condition():
+        assert time.monotonic() < deadline, "the background compile did not end in time"
+        time.sleep(0.05)
+        out = step(state, tasks)
+    return out
+
+
+@pytest.mark.compile
+def test_a_background_step_is_eager_until_the_forked_compile_is_saved_then_loads_it():
+    # a net of its own: a step of this configuration compiled earlier in this process would
+    # be reused without loading
+    fn, params = mf.pure(nn.Sequential(nn.Linear(1, 5), nn.Tanh(), nn.Linear(5, 1)).double())
+    learner = mf.maml(mf.supervised(fn, mf.losses.mse), inner_lr=0.1)
+    opt = mf.optim.adam(1e-2)
+    step = mf.make_step(learner, opt, compile="background")
+    eager = mf.make_step(learner, opt, compile=False)
+    state, tasks = mf.init_state(learner, opt, params), sine_tasks(n=2)
+    counters = torch._dynamo.utils.counters["dynamo_cache"]
+    hits, traced = counters["dynamo_cache_hit"], _compile._traced()
+    want = eager(state, tasks)
+    first = step(state, tasks)
+    for a, b in zip(mf._tree.leaves(first), mf._tree.leaves(want), strict=True):
+        assert torch.equal(a, b)  # the eager step itself
+    out = _until(lambda: counters["dynamo_cache_hit"] > hits, step, state, tasks)
+    assert _compile._traced() == traced  # loaded what the forked process compiled and saved
+    _same(out, want)
+    _same(step(state, tasks), want)
+
+
+def _breaks(y):
+    torch._dynamo.graph_break()  # eager: nothing; compiled as one graph: refused
+    return y
+
+
+@pytest.mark.compile
+def test_a_background_compile_that_fails_warns_once_and_the_step_stays_eager():
+    fn, params = mf.pure(_net())
+    learner = mf.maml(mf.supervised(lambda p, x: _breaks(fn(p, x)), mf.losses.mse))
+    opt = mf.optim.sgd(0.1)
+    step = mf.make_step(learner, opt, compile="background")
+    eager = mf.make_step(learner, opt, compile=False)
+    state, tasks = mf.init_state(learner, opt, params), sine_tasks(n=2)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        out = _until(lambda: caught, step, state, tasks)
+        step(state, tasks)
+    (warned,) = [str(w.message) for w in caught]
+    assert warned.startswith("step: the background compile failed (") and "graph" in warned
+    assert warned.endswith("; the step stays eager")
+    for a, b in zip(mf._tree.leaves(out), mf._tree.leaves(eager(state, tasks)), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_a_background_step_refuses_what_cannot_hand_it_over(monkeypatch):
+    learner, params = _maml()
+    opt = mf.optim.sgd(0.1)
+    with pytest.raises(TypeError, match=r'compile must be True, False or "background" \(got'):
+        mf.make_step(learner, opt, compile="yes")
+    with pytest.raises(ValueError, match=r"needs cache=True.*got cache=False"):
+        mf.make_step(learner, opt, compile="background", cache=False)
+    with pytest.raises(ValueError, match=r"backend='inductor'.*got .*backend='eager'"):
+        mf.make_step(learner, opt, compile="background", backend="eager")
+    step = mf.make_step(learner, opt, compile="background")
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
+    with pytest.raises(ValueError, match=r"CUDA has started in this one"):
+        step(mf.init_state(learner, opt, params), sine_tasks(n=2))

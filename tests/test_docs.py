@@ -96,6 +96,7 @@ def test_the_examples_cover_the_public_functions_of_these_modules():
         "metafunc.step.outer_step",
         "metafunc.step.validated",
         "metafunc._compile.compiled",
+        "metafunc._compile.background",
         "metafunc._random.seeded",
         "metafunc.train.train",
         "metafunc.hooks.Run",
