@@ -296,6 +296,7 @@ STUDIES = [
     "distributed",
     "evaluation",
     "startup",
+    "background",
     "seeds",
 ]
 

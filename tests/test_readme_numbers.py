@@ -394,3 +394,24 @@ def test_the_conv_benchmark_numbers_are_benchmarks_results_bench_cpu_epyc_conv()
     assert "and eager it is slower" in text
     for row in ("metafunc eager", "torch.func eager"):
         assert fo[row] > r[row], row
+
+
+def test_the_background_compile_table_is_benchmarks_results_background_cpu():
+    """``OMP_NUM_THREADS=1 python -m benchmarks.studies.background --out
+    benchmarks/results/background-cpu.json`` wrote it; the README shows its table as printed,
+    and the claims beside it hold: the background way is as quick to start as the eager step
+    and was the first of the three past the last mark."""
+    from benchmarks.studies.background import table
+
+    r = results("benchmarks/results/background-cpu.json")
+    runs, marks = r["runs"], [1, 100, 1000, 3000, 10000]
+    for line in table(runs, marks).splitlines():
+        quoted(line)
+    section = _section("- **Or both: compile in the background.**")
+    assert f"load average {r['load_start']:.1f} at the start and {r['load_end']:.1f}" in section
+    assert f"took over at step {runs['background']['first_loaded_step']:,}" in section
+    assert r["cpu"] in section and r["command"] in section
+    time_to = {way: run["time_to_n_s"] for way, run in runs.items()}
+    assert time_to["background"]["1"] < time_to["compiled"]["1"] / 5
+    last = str(marks[-1])
+    assert time_to["background"][last] <= min(time_to["eager"][last], time_to["compiled"][last])

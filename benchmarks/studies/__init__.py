@@ -7,6 +7,7 @@
 - ``distributed``: data-parallel throughput against the number of processes (torchrun);
 - ``evaluation``: ``mf.evaluate`` compiled against eager on new few-shot tasks;
 - ``startup``: first calls cold and warm, and the changes a notebook makes in one process;
+- ``background``: time to N steps from a cold start, eager, compiled and compiled in the background;
 - ``seeds``: the demo's result for several seeds.
 
 Importing a study runs nothing; each runs from its ``main()``.
