@@ -496,7 +496,7 @@ CASES = [
         "make_step-compile-not-bool",
         lambda: mf.make_step(mf.maml(LOSS), mf.optim.sgd(0.1), compile="no"),
         TypeError,
-        r"^make_step: compile must be True or False \(got 'no'\)$",
+        r"^make_step: compile must be True, False or \"background\" \(got 'no'\)$",
     ),
     (
         "make_step-options-not-a-dict",
