@@ -415,3 +415,40 @@ def test_the_background_compile_table_is_benchmarks_results_background_cpu():
     assert time_to["background"]["1"] < time_to["compiled"]["1"] / 5
     last = str(marks[-1])
     assert time_to["background"][last] <= min(time_to["eager"][last], time_to["compiled"][last])
+
+
+def test_the_quiet_epyc_numbers_are_benchmarks_results_bench_cpu_epyc_quiet():
+    """``benchmarks/results/bench-cpu-epyc-quiet.json``, written by the command in its
+    Markdown with the second core free: wall and CPU time per step, and JAX's share of a CPU
+    above one thread."""
+    quiet = results("benchmarks/results/bench-cpu-epyc-quiet.json")
+    rows = {
+        w: {r["impl"]: r for r in quiet["workloads"][w]["rows"]}
+        for w in ("sine-1step", "sine-5step", "sine-5step-fo")
+    }
+    one, five, fo = rows["sine-1step"], rows["sine-5step"], rows["sine-5step-fo"]
+    mf, tf, jx = "metafunc compiled", "torch.func compiled", "jax jit"
+
+    def wall(r):
+        return ms(r["median_ms"])
+
+    def cpu(r):
+        return ms(r["cpu_ms_median"])
+
+    first = quiet["workloads"]["sine-5step"]["first_calls"]
+    text = " ".join(README[README.index("## Benchmarks") :].split())
+    for phrase in (
+        f"({100 * one[jx]['on_cpu_median']:.0f}% of a CPU at S=1, "
+        f"{100 * five[jx]['on_cpu_median']:.0f}% at S=5,",
+        f"Compiled metafunc takes {wall(one[mf])} ms at S=1 against JAX's {wall(one[jx])} ms "
+        f"({wall(one[tf])} ms by hand), {float(wall(five[mf])):.2f} ms at S=5 against "
+        f"{wall(five[jx])} ms ({float(wall(five[tf])):.2f} ms by hand) and {wall(fo[mf])} ms "
+        f"first order against {wall(fo[jx])} ms",
+        f"in CPU time a step costs metafunc {cpu(one[mf])} and {cpu(five[mf])} ms at S=1 and "
+        f"S=5 and JAX {cpu(one[jx])} and {cpu(five[jx])} ms",
+        f"took {first[mf]['cold_s']:.1f} s cold and {first[mf]['warm_s']:.1f} s warm "
+        f"(JAX: {first[jx]['cold_s']:.1f} s)",
+    ):
+        assert phrase in text, phrase
+    assert all(r["background_cores_median"] < 0.1 for w in rows.values() for r in w.values())
+    assert quiet["environment"]["cpu"] == "AMD EPYC"
