@@ -452,3 +452,28 @@ def test_the_quiet_epyc_numbers_are_benchmarks_results_bench_cpu_epyc_quiet():
         assert phrase in text, phrase
     assert all(r["background_cores_median"] < 0.1 for w in rows.values() for r in w.values())
     assert quiet["environment"]["cpu"] == "AMD EPYC"
+
+
+def test_the_background_few_shot_table_is_benchmarks_results_background_fewshot_cpu():
+    """The same study with ``--workload fewshot``: its table as printed, where the compiled
+    step took over, and the ratio of the steady times said beside it (from the time between
+    the last two marks)."""
+    from benchmarks.studies.background import table
+
+    r = results("benchmarks/results/background-fewshot-cpu.json")
+    runs, marks = r["runs"], [1, 10, 100, 300]
+    for line in table(runs, marks).splitlines():
+        quoted(line)
+    section = _section("- **Or both: compile in the background.**")
+    assert f"took over at step {runs['background']['first_loaded_step']:,}" in section
+    assert f"load average {r['load_start']:.1f} at the start and {r['load_end']:.1f}" in section
+    assert r["command"] in section
+
+    def steady(way):
+        t = runs[way]["time_to_n_s"]
+        return (t["300"] - t["100"]) / 200
+
+    assert f"about {steady('eager') / steady('compiled'):.1f}× faster" in section
+    assert runs["background"]["time_to_n_s"]["300"] < min(
+        runs["eager"]["time_to_n_s"]["300"], runs["compiled"]["time_to_n_s"]["300"]
+    )
