@@ -111,7 +111,8 @@ def background(step: Step, eager: Step) -> Step:
     reproducible to the last bit (a resumed run is not bit-identical to an uninterrupted one);
     use ``compile=True`` where that matters. A compile that fails leaves the step eager, with a
     warning that says why. It needs ``os.fork`` (Linux, macOS) and a process where CUDA has
-    not started (a forked process cannot use it).
+    not started (a forked process cannot use it). A compile still running when the process
+    ends finishes on its own and fills the cache for the next run.
 
     Example:
         >>> pure = mf.outer_step(learner, opt)
