@@ -4,6 +4,8 @@ process, saved for later processes and never loaded into another configuration's
 import importlib
 import json
 import os
+import pathlib
+import signal
 import subprocess
 import sys
 import threading
@@ -430,21 +432,38 @@ def test_every_few_shot_learner_has_a_fingerprint_so_its_step_is_saved(algo):
 
 
 def _until(condition, step, state, tasks, seconds=180):
-    """Steps until ``condition()``, polling; the last step's output."""
+    """Steps until ``condition()``, polling; the last step's output. A compiling process still
+    there at the deadline is killed: it would hold this process's pipes (pytest's, xdist's)."""
     deadline = time.monotonic() + seconds
     out = step(state, tasks)
     while not condition():
-        assert time.monotonic() < deadline, "the background compile did not end in time"
+        if time.monotonic() > deadline:
+            for children in pathlib.Path("/proc/self/task").glob("*/children"):
+                for pid in children.read_text().split():
+                    os.kill(int(pid), signal.SIGKILL)
+            raise AssertionError("the background compile did not end in time")
         time.sleep(0.05)
         out = step(state, tasks)
     return out
 
 
+@pytest.fixture
+def two_threads():
+    """Two threads for torch's operations, with the caller's OpenMP workers started, as in a
+    process that ran a parallel operation before its first step (the suite runs on one)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    torch.ones(1 << 20).add_(1)  # parallel: OpenMP starts its workers (which a fork loses)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.mark.compile
-def test_a_background_step_is_eager_until_the_forked_compile_is_saved_then_loads_it():
+def test_a_background_step_is_eager_until_the_forked_compile_is_saved_then_loads_it(two_threads):
     # a net of its own: a step of this configuration compiled earlier in this process would
-    # be reused without loading
-    fn, params = mf.pure(nn.Sequential(nn.Linear(1, 5), nn.Tanh(), nn.Linear(5, 1)).double())
+    # be reused without loading; wide enough (2 x 4 x 128 hidden values) that Inductor runs
+    # some of its loops on both threads
+    fn, params = mf.pure(nn.Sequential(nn.Linear(1, 128), nn.Tanh(), nn.Linear(128, 1)).double())
     learner = mf.maml(mf.supervised(fn, mf.losses.mse), inner_lr=0.1)
     opt = mf.optim.adam(1e-2)
     step = mf.make_step(learner, opt, compile="background")
