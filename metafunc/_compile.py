@@ -17,6 +17,7 @@ import sys
 import threading
 import types
 import warnings
+import weakref
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
@@ -113,7 +114,8 @@ def background(step: Step, eager: Step) -> Step:
     use ``compile=True`` where that matters. A compile that fails leaves the step eager, with a
     warning that says why. It needs ``os.fork`` (Linux, macOS) and a process where CUDA has
     not started (a forked process cannot use it). A compile still running when the process
-    ends finishes on its own and fills the cache for the next run.
+    ends, or when the step is dropped, finishes on its own and fills the cache for the next
+    run (the next background step's calls reap it).
 
     Example:
         >>> pure = mf.outer_step(learner, opt)
@@ -130,7 +132,31 @@ def background(step: Step, eager: Step) -> Step:
             _poll(process)
         return (step if "ready" in process else eager)(state, tasks)
 
+    weakref.finalize(run, _abandon, process)
     return dataclasses.replace(step, fn=run)
+
+
+# compiling processes of steps that are gone, reaped when a background step forks or polls
+_ABANDONED: set[int] = set()
+
+
+def _abandon(process: dict[str, Any]) -> None:
+    """A background step is gone: its compiling process, if it still has one, is left to
+    finish (it fills the cache) and reaped later; the pipe it would report on is closed."""
+    if "pid" in process:
+        os.close(process.pop("pipe"))
+        _ABANDONED.add(process.pop("pid"))
+
+
+def _reap() -> None:
+    """Reap, without waiting, the compiling processes of gone steps that have ended."""
+    for pid in list(_ABANDONED):
+        try:
+            ended = os.waitpid(pid, os.WNOHANG)[0] != 0
+        except ChildProcessError:  # reaped by other code
+            ended = True
+        if ended:
+            _ABANDONED.discard(pid)
 
 
 def _fork(step: Step, state: TrainState, tasks: Tasks) -> dict[str, Any]:
@@ -192,6 +218,7 @@ def _on_new_thread(call: Callable[[], Any], threads: int) -> None:
 
 def _poll(process: dict[str, Any]) -> None:
     """If the compiling process has ended: ``"ready"``, or ``"failed"`` with a warning."""
+    _reap()
     pid = process["pid"]
     done, status = os.waitpid(pid, os.WNOHANG)
     if done == 0:

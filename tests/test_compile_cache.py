@@ -1,6 +1,7 @@
 """The compiled step's cache: keyed by a fingerprint of what decides its graph, reused in the
 process, saved for later processes and never loaded into another configuration's step."""
 
+import gc
 import importlib
 import json
 import os
@@ -503,6 +504,42 @@ def test_a_background_compile_that_fails_warns_once_and_the_step_stays_eager():
     assert warned.endswith("; the step stays eager")
     for a, b in zip(mf._tree.leaves(out), mf._tree.leaves(eager(state, tasks)), strict=True):
         assert torch.equal(a, b)
+
+
+def _children():
+    return {
+        int(pid)
+        for children in pathlib.Path("/proc/self/task").glob("*/children")
+        for pid in children.read_text().split()
+    }
+
+
+def _zombie(pid):
+    stat = pathlib.Path(f"/proc/{pid}/stat")
+    return stat.exists() and stat.read_text().rsplit(")", 1)[1].split()[0] == "Z"
+
+
+@pytest.mark.compile
+def test_the_compiling_process_of_a_dropped_background_step_is_reaped_by_the_next_one():
+    fn, params = mf.pure(_net())
+    learner = mf.maml(mf.supervised(lambda p, x: _breaks(fn(p, x)), mf.losses.mse))
+    opt = mf.optim.sgd(0.1)
+    state, tasks = mf.init_state(learner, opt, params), sine_tasks(n=2)
+    step, before = mf.make_step(learner, opt, compile="background"), _children()
+    step(state, tasks)  # forks; its compile fails in a few seconds
+    (pid,) = _children() - before
+    del step  # dropped while compiling: nothing will poll it
+    gc.collect()
+    deadline = time.monotonic() + 120
+    while not _zombie(pid):
+        assert time.monotonic() < deadline, "the background compile did not end in time"
+        time.sleep(0.05)
+    after = mf.make_step(learner, opt, compile="background")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        after(state, tasks)  # forks, polls: the gone step's process is reaped
+        assert pid not in _children() and not _zombie(pid)
+        _until(lambda: caught, after, state, tasks)  # its own compile fails, and is reaped
 
 
 def test_a_background_step_refuses_what_cannot_hand_it_over(monkeypatch):
