@@ -530,6 +530,7 @@ def test_the_compiling_process_of_a_dropped_background_step_is_reaped_by_the_nex
     (pid,) = _children() - before
     del step  # dropped while compiling: nothing will poll it
     gc.collect()
+    assert pid in _compile._ABANDONED
     deadline = time.monotonic() + 120
     while not _zombie(pid):
         assert time.monotonic() < deadline, "the background compile did not end in time"
@@ -538,7 +539,9 @@ def test_the_compiling_process_of_a_dropped_background_step_is_reaped_by_the_nex
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         after(state, tasks)  # forks, polls: the gone step's process is reaped
-        assert pid not in _children() and not _zombie(pid)
+        assert pid not in _compile._ABANDONED
+        with pytest.raises(ChildProcessError):  # no such child: reaped
+            os.waitpid(pid, os.WNOHANG)
         _until(lambda: caught, after, state, tasks)  # its own compile fails, and is reaped
 
 
