@@ -13,6 +13,7 @@ import os
 import pathlib
 import platform
 import re
+import select
 import sys
 import threading
 import types
@@ -160,8 +161,8 @@ def _reap() -> None:
 
 
 def _fork(step: Step, state: TrainState, tasks: Tasks) -> dict[str, Any]:
-    """A child process that calls ``step`` once (compiling and saving it) and reports a failure
-    through a pipe."""
+    """A child process that calls ``step`` once (compiling and saving it) and reports through
+    a pipe, in one write: ``ok``, or what it raised."""
     if not hasattr(os, "fork"):
         raise ValueError(
             'step: compile="background" forks a process to compile in, which this platform '
@@ -185,6 +186,7 @@ def _fork(step: Step, state: TrainState, tasks: Tasks) -> dict[str, Any]:
             for fd in (0, 1, 2):
                 os.dup2(quiet, fd)
             _on_new_thread(lambda: step(state, tasks), threads)
+            os.write(write, b"ok")
         except BaseException as e:  # reported to the parent, which warns
             os.write(write, f"{type(e).__name__}: {e}".encode()[:4096])
             code = 1
@@ -217,26 +219,34 @@ def _on_new_thread(call: Callable[[], Any], threads: int) -> None:
 
 
 def _poll(process: dict[str, Any]) -> None:
-    """If the compiling process has ended: ``"ready"``, or ``"failed"`` with a warning."""
+    """If the compiling process has reported (or ended without a report, killed): ``"ready"``,
+    or ``"failed"`` with a warning. The pipe tells, not the exit status, which other code may
+    have collected (a SIGCHLD handler, or SIGCHLD ignored, which reaps children unasked)."""
     _reap()
-    pid = process["pid"]
-    done, status = os.waitpid(pid, os.WNOHANG)
-    if done == 0:
-        return
-    message = os.read(process["pipe"], 4096).decode(errors="replace")
+    if not select.select([process["pipe"]], [], [], 0)[0]:
+        return  # nothing written, and its end still open: compiling
+    report = os.read(process["pipe"], 4096).decode(errors="replace")
     os.close(process.pop("pipe"))
-    del process["pid"]
-    code = os.waitstatus_to_exitcode(status)
-    if code == 0:
+    code = _wait(process.pop("pid"))  # it has reported, so it is ending: reaped now
+    if report == "ok":
         process["ready"] = True
         return
     process["failed"] = True
-    why = message or f"its process ended with code {code}"
+    ended = "without a report" if code is None else f"with code {code}"
+    why = report or f"its process ended {ended}"
     warnings.warn(
         f"step: the background compile failed ({why}); the step stays eager",
         RuntimeWarning,
         stacklevel=4,
     )
+
+
+def _wait(pid: int) -> int | None:
+    """The exit code of child ``pid`` once it ends, or ``None`` where other code reaped it."""
+    try:
+        return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+    except ChildProcessError:
+        return None
 
 
 def function(
