@@ -13,7 +13,6 @@ import os
 import pathlib
 import platform
 import re
-import select
 import sys
 import threading
 import types
@@ -193,6 +192,7 @@ def _fork(step: Step, state: TrainState, tasks: Tasks) -> dict[str, Any]:
         finally:
             os._exit(code)
     os.close(write)
+    os.set_blocking(read, False)  # polled: a read with nothing written returns at once
     return {"pid": pid, "pipe": read}
 
 
@@ -223,9 +223,10 @@ def _poll(process: dict[str, Any]) -> None:
     or ``"failed"`` with a warning. The pipe tells, not the exit status, which other code may
     have collected (a SIGCHLD handler, or SIGCHLD ignored, which reaps children unasked)."""
     _reap()
-    if not select.select([process["pipe"]], [], [], 0)[0]:
+    try:  # b"" once it has ended without writing
+        report = os.read(process["pipe"], 4096).decode(errors="replace")
+    except BlockingIOError:
         return  # nothing written, and its end still open: compiling
-    report = os.read(process["pipe"], 4096).decode(errors="replace")
     os.close(process.pop("pipe"))
     code = _wait(process.pop("pid"))  # it has reported, so it is ending: reaped now
     if report == "ok":

@@ -526,6 +526,34 @@ def test_a_background_step_hears_its_compile_where_sigchld_is_ignored():
     assert warned.startswith("step: the background compile failed (") and "graph" in warned
 
 
+@pytest.mark.compile
+def test_a_background_step_polls_a_pipe_numbered_above_select_s_limit():
+    # a process with many files open (sockets, a loader's pipes) gets pipes numbered past
+    # FD_SETSIZE (1024), which select() refuses
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 1200:
+        pytest.fail(f"this test needs 1,200 open files; the hard limit is {hard}")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 1200), hard))
+    held = [os.open(os.devnull, os.O_RDONLY) for _ in range(1100)]
+    try:
+        fn, params = mf.pure(_net())
+        learner = mf.maml(mf.supervised(lambda p, x: _breaks(fn(p, x)), mf.losses.mse))
+        opt = mf.optim.sgd(0.1)
+        step = mf.make_step(learner, opt, compile="background")
+        state, tasks = mf.init_state(learner, opt, params), sine_tasks(n=2)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            _until(lambda: caught, step, state, tasks)
+    finally:
+        for fd in held:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    (warned,) = [str(w.message) for w in caught]
+    assert warned.startswith("step: the background compile failed (") and "graph" in warned
+
+
 def _children():
     return {
         int(pid)
