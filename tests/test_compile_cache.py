@@ -487,14 +487,30 @@ def _breaks(y):
     return y
 
 
-@pytest.mark.compile
-def test_a_background_compile_that_fails_warns_once_and_the_step_stays_eager():
+def _failing():
+    """A learner whose compile fails in seconds (a graph break), its optimizer, state and
+    tasks."""
     fn, params = mf.pure(_net())
     learner = mf.maml(mf.supervised(lambda p, x: _breaks(fn(p, x)), mf.losses.mse))
     opt = mf.optim.sgd(0.1)
+    return learner, opt, mf.init_state(learner, opt, params), sine_tasks(n=2)
+
+
+def _warned_once(step, state, tasks):
+    """Steps a background step whose compile fails until it warns; its one warning."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        _until(lambda: caught, step, state, tasks)
+    (warned,) = [str(w.message) for w in caught]
+    assert warned.startswith("step: the background compile failed (") and "graph" in warned
+    return warned
+
+
+@pytest.mark.compile
+def test_a_background_compile_that_fails_warns_once_and_the_step_stays_eager():
+    learner, opt, state, tasks = _failing()
     step = mf.make_step(learner, opt, compile="background")
     eager = mf.make_step(learner, opt, compile=False)
-    state, tasks = mf.init_state(learner, opt, params), sine_tasks(n=2)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         out = _until(lambda: caught, step, state, tasks)
@@ -510,20 +526,13 @@ def test_a_background_compile_that_fails_warns_once_and_the_step_stays_eager():
 def test_a_background_step_hears_its_compile_where_sigchld_is_ignored():
     # ignoring SIGCHLD (a common way to avoid zombies) makes the kernel reap children unasked:
     # the report comes through the pipe, not the exit status
-    fn, params = mf.pure(_net())
-    learner = mf.maml(mf.supervised(lambda p, x: _breaks(fn(p, x)), mf.losses.mse))
-    opt = mf.optim.sgd(0.1)
+    learner, opt, state, tasks = _failing()
     step = mf.make_step(learner, opt, compile="background")
-    state, tasks = mf.init_state(learner, opt, params), sine_tasks(n=2)
     handler = signal.signal(signal.SIGCHLD, signal.SIG_IGN)
     try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            _until(lambda: caught, step, state, tasks)
+        _warned_once(step, state, tasks)
     finally:
         signal.signal(signal.SIGCHLD, handler)
-    (warned,) = [str(w.message) for w in caught]
-    assert warned.startswith("step: the background compile failed (") and "graph" in warned
 
 
 @pytest.mark.compile
@@ -538,20 +547,12 @@ def test_a_background_step_polls_a_pipe_numbered_above_select_s_limit():
     resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 1200), hard))
     held = [os.open(os.devnull, os.O_RDONLY) for _ in range(1100)]
     try:
-        fn, params = mf.pure(_net())
-        learner = mf.maml(mf.supervised(lambda p, x: _breaks(fn(p, x)), mf.losses.mse))
-        opt = mf.optim.sgd(0.1)
-        step = mf.make_step(learner, opt, compile="background")
-        state, tasks = mf.init_state(learner, opt, params), sine_tasks(n=2)
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            _until(lambda: caught, step, state, tasks)
+        learner, opt, state, tasks = _failing()
+        _warned_once(mf.make_step(learner, opt, compile="background"), state, tasks)
     finally:
         for fd in held:
             os.close(fd)
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
-    (warned,) = [str(w.message) for w in caught]
-    assert warned.startswith("step: the background compile failed (") and "graph" in warned
 
 
 def _children():
@@ -569,10 +570,7 @@ def _zombie(pid):
 
 @pytest.mark.compile
 def test_the_compiling_process_of_a_dropped_background_step_is_reaped_by_the_next_one():
-    fn, params = mf.pure(_net())
-    learner = mf.maml(mf.supervised(lambda p, x: _breaks(fn(p, x)), mf.losses.mse))
-    opt = mf.optim.sgd(0.1)
-    state, tasks = mf.init_state(learner, opt, params), sine_tasks(n=2)
+    learner, opt, state, tasks = _failing()
     gc.collect()  # earlier tests' steps, in reference cycles, are dropped here, not below
     step, before = mf.make_step(learner, opt, compile="background"), set(_compile._ABANDONED)
     step(state, tasks)  # forks; its compile fails in a few seconds
