@@ -1,5 +1,6 @@
-"""The compile wrapper: a step compiled with ``torch.compile`` as one graph, once per
-configuration and device, reused within the process and persisted across processes."""
+"""The compile wrapper: a step compiled as one graph (ahead of time on the CPU, see
+``metafunc._ahead``; with ``torch.compile`` otherwise), once per configuration and device,
+reused within the process and persisted across processes."""
 
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ from typing import Any
 
 import torch
 
-from . import _tree
+from . import _ahead, _tree
 from ._fingerprint import fingerprint
 from ._types import Step, Tasks, TrainState
 from ._version import __version__
@@ -60,10 +61,15 @@ def compiled(
     the options, the torch and metafunc versions and metafunc's own code), so a step built
     again from an equal configuration reuses it, and a step whose numbers live in 0-d tensors
     (learning rates) runs with new values without a new graph. With ``cache=True`` (and the
-    default backend) the compiled graph is also saved with torch's compile caches, under
-    ``$TORCHINDUCTOR_CACHE_DIR`` (default ``/tmp/torchinductor_$USER``), and a new process
-    loads it instead of compiling: the key names the saved graph, so another configuration's
-    is never loaded, and a damaged file is compiled afresh. Deleting the folder is always safe.
+    default backend) the compiled step is also saved under ``$TORCHINDUCTOR_CACHE_DIR``
+    (default ``/tmp/torchinductor_$USER``), and a new process loads it instead of compiling:
+    the key names the saved step, so another configuration's is never loaded, and a damaged
+    file is compiled afresh. Deleting the folder is always safe. On the CPU (no CUDA-graph
+    ``mode``) the step is compiled ahead of time (``metafunc._ahead``): traced to one graph,
+    compiled by AOTInductor into one shared object in the folder's ``metafunc/``, and run from
+    C++, so a new process loads it without importing torch's compiler; a step that cannot be
+    traced that way, and every other case, is compiled by ``torch.compile`` and saved with
+    torch's own caches.
 
     It runs under ``torch.no_grad`` (``grad`` inside it still differentiates). With a
     CUDA-graph ``mode`` (``"reduce-overhead"``, ``"max-autotune"``) each call marks the start
@@ -268,9 +274,11 @@ def function(
     learner and optimizer) is compiled with its bound records as arguments, so that tensors in
     their closures are graph inputs."""
     base, records = (fn.func, tuple(fn.args)) if _is_bound(fn) else (fn, ())
-    key = _key(base, records, mode, backend, options, random) if cache else None
+    held: list[torch.Tensor] = []  # the tensors the records hold, in the fingerprint's order
+    key = _key(base, records, mode, backend, options, random, held) if cache else None
     persist = key is not None and backend == "inductor"  # torch saves Inductor's graphs only
     cuda_graphs = mode in _CUDA_GRAPH_MODES
+    ahead = persist and mode is None  # on the CPU, compiled ahead of time (metafunc._ahead)
     seen: dict[Any, Any] = {}  # (device type, shapes) -> its compiled function
 
     def run(*args: Any) -> Any:
@@ -280,13 +288,35 @@ def function(
             try:
                 with torch.no_grad():
                     return function(*records, *args)
-            except torch._dynamo.exc.TorchDynamoException:
-                _raise_eagerly(fn, args)
+            except Exception as e:
+                if _from_dynamo(e):
+                    _raise_eagerly(fn, args)
                 raise
+        if function is None and seen:
+            warnings.warn(_recompile_message(where, len(seen)), RuntimeWarning, stacklevel=3)
+        if function is None and key is not None and ahead and signature[0] == "cpu":
+            found = _ahead_function(key, signature, base, records, held, args, options, random)
+            if found is not None:
+                function, origin = found
+                seen[signature] = function
+                loaded = origin == "loaded" and check is not None
+                with torch.no_grad(), _rng_kept(loaded) as replay:
+                    out = function(*records, *args)
+                    if (
+                        loaded
+                        and check
+                        and not _agrees(check(out), check(replay(lambda: fn(*args))))
+                    ):
+                        # another step's files saved under this key: never trusted
+                        warnings.warn(_mismatch(where), RuntimeWarning, stacklevel=3)
+                        full = _full(key, signature)
+                        again = _ahead_build(full, base, records, held, args, options, random)
+                        if again is not None:
+                            seen[signature] = function = again[0]
+                            out = replay(lambda: function(*records, *args))
+                return out
         loaded, first, traced = False, function is None, _traced()
         if first:
-            if seen:
-                warnings.warn(_recompile_message(where, len(seen)), RuntimeWarning, stacklevel=3)
             function, origin = _function(key, signature, base, mode, backend, options, random)
             seen[signature] = function
             loaded = check is not None and origin == "loaded"
@@ -320,6 +350,84 @@ def function(
         return out
 
     return run
+
+
+def _ahead_function(
+    key: str,
+    signature: tuple[str, Any],
+    base: Any,
+    records: tuple[Any, ...],
+    held: list[torch.Tensor],
+    args: tuple[Any, ...],
+    options: Any,
+    random: bool,
+) -> tuple[Any, str] | None:
+    """``(function, origin)`` on the CPU: the step compiled ahead of time (``metafunc._ahead``),
+    this process's (``"reused"``), loaded from the cache folder (``"loaded"``) or compiled now
+    (``"compiled"``); ``None`` where torch cannot trace or compile it that way (the step is
+    then compiled by ``torch.compile``, with a warning in the log)."""
+    full = _full(key, signature)
+    compiled = _COMPILED.get(full)
+    origin = "reused"
+    if compiled is None:
+        try:
+            compiled, origin = _ahead.load(full), "loaded"
+        except Exception as e:  # a file torch could not load: compiled afresh
+            logger.warning("%s: the saved compiled step could not be loaded (%s)", full, e)
+            compiled = None
+    if compiled is None:
+        return _ahead_build(full, base, records, held, args, options, random)
+    _remember(full, compiled)
+    return _bound(compiled, held, len(records)), origin
+
+
+def _ahead_build(
+    full: str,
+    base: Any,
+    records: tuple[Any, ...],
+    held: list[torch.Tensor],
+    args: tuple[Any, ...],
+    options: Any,
+    random: bool,
+) -> tuple[Any, str] | None:
+    settings = {k: v for k, v in (options or {}).items() if k != "guard_filter_fn"}
+    if random:
+        settings.setdefault("fallback_random", True)
+    try:
+        with torch.random.fork_rng(devices=[]):  # the trace draws nothing from the run's stream
+            compiled = _ahead.build(full, functools.partial(base, *records), held, args, settings)
+    except Exception as e:  # torch.compile's route raises the user's errors as eager does
+        logger.warning("could not compile the step ahead of time (%s); using torch.compile", e)
+        return None
+    _remember(full, compiled)
+    return _bound(compiled, held, len(records)), "compiled"
+
+
+def _full(key: str, signature: tuple[str, Any]) -> str:
+    """The name of a step compiled ahead of time: its key, its inputs, and what its kernels
+    were built for (torch's thread count, the CPU's vector instructions)."""
+    machine = (torch.get_num_threads(), torch.backends.cpu.get_cpu_capability())
+    return hashlib.sha256(f"ahead{key}{signature!r}{machine!r}".encode()).hexdigest()[:40]
+
+
+def _bound(compiled: Any, held: list[torch.Tensor], records: int) -> Any:
+    def function(*args: Any) -> Any:
+        return compiled(held, *args[records:])
+
+    return function
+
+
+def _remember(full: str, function: Any) -> None:
+    _COMPILED[full] = function
+    _COMPILED.move_to_end(full)
+    if len(_COMPILED) > 64:
+        _COMPILED.popitem(last=False)
+
+
+def _from_dynamo(e: BaseException) -> bool:
+    """``e`` is Dynamo's (without importing Dynamo where nothing has)."""
+    exc = sys.modules.get("torch._dynamo.exc")
+    return exc is not None and isinstance(e, exc.TorchDynamoException)
 
 
 def _raise_eagerly(fn: Any, args: tuple[Any, ...]) -> None:
@@ -360,7 +468,13 @@ def _is_bound(fn: Any) -> bool:
 
 
 def _key(
-    base: Any, records: tuple[Any, ...], mode: Any, backend: Any, options: Any, random: bool
+    base: Any,
+    records: tuple[Any, ...],
+    mode: Any,
+    backend: Any,
+    options: Any,
+    random: bool,
+    tensors: list[torch.Tensor] | None = None,
 ) -> str | None:
     if not isinstance(backend, str) or mode in _CUDA_GRAPH_MODES:
         return None  # a backend object or CUDA graphs: compiled on its own, not persisted
@@ -371,7 +485,9 @@ def _key(
         _own_source(),
         sys.version,
     )
-    return fingerprint(base, records, mode, backend, options, random, versions, platform.machine())
+    return fingerprint(
+        base, records, mode, backend, options, random, versions, platform.machine(), tensors=tensors
+    )
 
 
 @functools.cache
@@ -416,9 +532,7 @@ def _function(
         function, persist = _compile(base, None, backend, settings, False), False
     loaded = persist and torch._dynamo.utils.counters["dynamo_cache"]["dynamo_cache_hit"] > hits
     if full is not None:
-        _COMPILED[full] = function
-        if len(_COMPILED) > 64:
-            _COMPILED.popitem(last=False)
+        _remember(full, function)
     return function, "loaded" if loaded else "compiled"
 
 
@@ -452,7 +566,7 @@ _INSTALLED = re.compile(r"^__\w+?_(\d+)$")
 
 def _mismatch(where: str) -> str:
     return (
-        f"{where}: the compiled {where} loaded from torch's compile cache gave other numbers "
+        f"{where}: the compiled {where} loaded from the compile cache gave other numbers "
         f"than the eager {where} on its first call, so it was not this {where}'s (a cache file "
         "copied or renamed); it was compiled afresh"
     )

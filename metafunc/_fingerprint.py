@@ -37,10 +37,11 @@ class _Opaque(Exception):
     """An object the fingerprint cannot describe."""
 
 
-def fingerprint(*objects: Any) -> str | None:
+def fingerprint(*objects: Any, tensors: list[torch.Tensor] | None = None) -> str | None:
     """The SHA-256 of ``objects`` (see the module's docstring), or ``None`` when one of them
-    holds something that cannot be described."""
-    walker = _Walker()
+    holds something that cannot be described. ``tensors``: a list the tensors met are appended
+    to, in the order met (the same for every configuration of the same fingerprint)."""
+    walker = _Walker(tensors)
     try:
         for obj in objects:
             walker.visit(obj)
@@ -50,7 +51,8 @@ def fingerprint(*objects: Any) -> str | None:
 
 
 class _Walker:
-    def __init__(self) -> None:
+    def __init__(self, tensors: list[torch.Tensor] | None = None) -> None:
+        self.tensors = [] if tensors is None else tensors
         self.digest = hashlib.sha256()
         self.seen: dict[int, int] = {}
         self.alive: list[Any] = []  # keeps ids unique while walking
@@ -68,6 +70,7 @@ class _Walker:
             return
         if isinstance(obj, torch.Tensor):
             self.emit("t", obj.dtype, tuple(obj.shape), obj.device.type, obj.requires_grad)
+            self.tensors.append(obj)
             return
         if id(obj) in self.seen:  # a cycle, or an object met before
             self.emit("ref", self.seen[id(obj)])

@@ -182,10 +182,14 @@ def labelled_dataset(classes=7, examples=6):
 
 
 def graphs() -> int:
-    """Compiled graphs of this process so far: traced here, or loaded from torch's caches (a
-    compiled step of the same configuration saved by an earlier process counts as one)."""
+    """Compiled graphs of this process so far: traced here, or loaded from torch's caches or
+    the cache folder of steps compiled ahead of time (a compiled step of the same
+    configuration saved by an earlier process counts as one)."""
+    from metafunc import _ahead
+
     counters = torch._dynamo.utils.counters
-    return counters["stats"]["unique_graphs"] + counters["dynamo_cache"]["dynamo_cache_hit"]
+    dynamo = counters["stats"]["unique_graphs"] + counters["dynamo_cache"]["dynamo_cache_hit"]
+    return dynamo + _ahead.COUNTS["compiled"] + _ahead.COUNTS["loaded"]
 
 
 ALPHABETS = {"images_background": ["Latin", "Greek"], "images_evaluation": ["Futurama"]}

@@ -6,6 +6,7 @@ import importlib
 import json
 import os
 import pathlib
+import pickle
 import signal
 import subprocess
 import sys
@@ -20,7 +21,7 @@ from torch import nn
 from torch._dynamo.types import GuardFilterEntry
 
 import metafunc as mf
-from metafunc import _compile, _fingerprint
+from metafunc import _ahead, _compile, _fingerprint
 from metafunc.experiments.fewshot_table import ALGORITHMS as FEWSHOT
 
 ACT = torch.relu  # a global the loss below reads; a test rebinds it
@@ -267,28 +268,31 @@ def test_what_it_cannot_describe_makes_no_fingerprint_and_the_step_still_runs():
 # ---------------------------------------------------------------- reuse in one process
 
 
+# inductor: on the CPU, compiled ahead of time (metafunc._ahead); aot_eager: by torch.compile
 @pytest.mark.compile
-def test_a_step_built_again_or_with_other_rates_reuses_the_compiled_graph():
+@pytest.mark.parametrize("backend", ["aot_eager", "inductor"])
+def test_a_step_built_again_or_with_other_rates_reuses_the_compiled_graph(backend):
     learner, params = _maml(lr=0.1)
     opt = mf.optim.adam(1e-2)
     state, tasks = mf.init_state(learner, opt, params), sine_tasks(n=2)
-    mf.make_step(learner, opt, backend="aot_eager")(state, tasks)
+    mf.make_step(learner, opt, backend=backend)(state, tasks)
     before = graphs()
     for lr, outer in ((0.1, 1e-2), (0.3, 5e-3)):
         other, _ = _maml(lr=lr)
         opt2 = mf.optim.adam(outer)
-        got = mf.make_step(other, opt2, backend="aot_eager")(state, tasks)
+        got = mf.make_step(other, opt2, backend=backend)(state, tasks)
         _same(got, mf.make_step(other, opt2, compile=False)(state, tasks))
     assert graphs() == before  # no new graph for the new rates
 
 
 @pytest.mark.compile
-def test_a_rate_held_in_a_tensor_can_change_in_place_between_steps():
+@pytest.mark.parametrize("backend", ["aot_eager", "inductor"])
+def test_a_rate_held_in_a_tensor_can_change_in_place_between_steps(backend):
     lr = torch.tensor(0.1, dtype=torch.float64)
     learner, params = _maml(lr=lr)
     opt = mf.optim.sgd(0.1)
     state, tasks = mf.init_state(learner, opt, params), sine_tasks(n=2)
-    step = mf.make_step(learner, opt, backend="aot_eager")
+    step = mf.make_step(learner, opt, backend=backend)
     eager = mf.make_step(learner, opt, compile=False)
     _same(step(state, tasks), eager(state, tasks))
     before = graphs()
@@ -329,14 +333,17 @@ with warnings.catch_warnings(record=True) as caught:
     warnings.simplefilter("always")
     new, _ = mf.make_step(learner, opt)(state, tasks)
 want, _ = mf.make_step(learner, opt, compile=False)(state, tasks)
-counters = torch._dynamo.utils.counters
+from metafunc import _ahead
+dynamo = sys.modules.get("torch._dynamo.utils")
+traced = dynamo.counters["stats"]["unique_graphs"] if dynamo else 0
 print(json.dumps({
-    "hit": counters["dynamo_cache"]["dynamo_cache_hit"],
-    "traced": counters["stats"]["unique_graphs"],
+    "hit": _ahead.COUNTS["loaded"],
+    "traced": _ahead.COUNTS["compiled"] + traced,
     "meta": [t.tolist() for t in mf._tree.leaves(new.meta)],
     "close": all(torch.allclose(a, b, rtol=1e-9, atol=1e-12)
                  for a, b in zip(mf._tree.leaves(new), mf._tree.leaves(want))),
     "warnings": [str(w.message) for w in caught if str(w.message).startswith("step:")],
+    "inductor": "torch._inductor.compile_fx" in sys.modules,
 }))
 """
 
@@ -350,36 +357,64 @@ def _process(cache, steps, act="tanh"):
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+def _saved(cache):
+    return {p.stem for p in (cache / "metafunc").glob("*.pkl")}
+
+
+def _copy(cache, source, target, key=None):
+    """The files saved under ``source`` written under ``target``; with ``key``, a manifest
+    that claims that key (a forgery, which only the step's numbers can catch)."""
+    folder = cache / "metafunc"
+    for suffix in ("so", "json"):
+        if (folder / f"{source}.{suffix}").exists():
+            (folder / f"{target}.{suffix}").write_bytes(
+                (folder / f"{source}.{suffix}").read_bytes()
+            )
+    manifest = pickle.loads((folder / f"{source}.pkl").read_bytes())
+    if key is not None:
+        manifest["key"] = key
+    (folder / f"{target}.pkl").write_bytes(pickle.dumps(manifest))
+
+
 @pytest.mark.slow
 def test_a_new_process_loads_the_saved_step_and_never_another_configurations(tmp_path):
     cache = tmp_path / "cache"
     first = _process(cache, 1)
     assert (first["hit"], first["traced"], first["close"]) == (0, 1, True)
-    (mine,) = (cache / "dynamo").glob("*/entry")
+    (mine,) = _saved(cache)
     again = _process(cache, 1)  # loaded, not traced: bit-identical to the process that compiled
     assert (again["hit"], again["traced"], again["meta"]) == (1, 0, first["meta"])
+    assert first["inductor"] and not again["inductor"]  # loaded without torch's compiler
     other = _process(cache, 2)  # another configuration finds nothing of the first's
     assert (other["hit"], other["traced"], other["close"]) == (0, 1, True)
-    (theirs,) = set((cache / "dynamo").glob("*/entry")) - {mine}
-    # foreign, and caught by the guards the graph keeps: the inner steps differ
-    theirs.write_bytes(mine.read_bytes())
+    (theirs,) = _saved(cache) - {mine}
+    # foreign: another key's files copied in its place; its manifest names its own key
+    _copy(cache, mine, theirs)
     caught = _process(cache, 2)
-    assert (caught["hit"], caught["traced"], caught["close"]) == (1, 1, True)
-    healed = _process(cache, 2)  # the graph traced in its place was saved over it
+    assert (caught["hit"], caught["traced"], caught["close"]) == (0, 1, True)
+    healed = _process(cache, 2)  # the step compiled in its place was saved over it
     assert (healed["hit"], healed["traced"], healed["close"]) == (1, 0, True)
-    # foreign, where no guard can tell (the loss calls another function of the same code):
-    # loaded, found to give other numbers than the eager step on its first call, replaced
+    # foreign, with a manifest forged to claim this key (the loss calls another function of
+    # the same code): loaded, found to give other numbers than the eager step on its first
+    # call, replaced
     relu = _process(cache, 1, "relu")
-    (slot,) = set((cache / "dynamo").glob("*/entry")) - {mine, theirs}
-    slot.write_bytes(mine.read_bytes())
+    (slot,) = _saved(cache) - {mine, theirs}
+    _copy(cache, mine, slot, key=slot)
     fooled = _process(cache, 1, "relu")
     assert fooled["hit"] == 1 and fooled["close"] and fooled["meta"] == relu["meta"], fooled
     assert any("gave other numbers than the eager step" in w for w in fooled["warnings"])
-    # damaged: a saved graph overwritten with bytes that are no package is compiled afresh
-    mine.write_bytes(b"not a package")
+    assert _process(cache, 1, "relu")["hit"] == 1  # and saved over
+    # damaged: one byte of the compiled code changed, or the manifest overwritten
+    so = cache / "metafunc" / f"{mine}.so"
+    data = bytearray(so.read_bytes())
+    data[len(data) // 2] ^= 0x10
+    so.write_bytes(bytes(data))
     damaged = _process(cache, 1)
     assert (damaged["hit"], damaged["traced"], damaged["close"]) == (0, 1, True)
     assert damaged["meta"] == first["meta"]
+    (cache / "metafunc" / f"{mine}.pkl").write_bytes(b"not a manifest")
+    damaged = _process(cache, 1)
+    assert (damaged["hit"], damaged["traced"], damaged["meta"]) == (0, 1, first["meta"])
 
 
 def test_a_loaded_step_is_checked_on_its_metrics_and_counts_not_on_updated_parameters():
@@ -470,20 +505,23 @@ def test_a_background_step_is_eager_until_the_forked_compile_is_saved_then_loads
     step = mf.make_step(learner, opt, compile="background")
     eager = mf.make_step(learner, opt, compile=False)
     state, tasks = mf.init_state(learner, opt, params), sine_tasks(n=2)
-    counters = torch._dynamo.utils.counters["dynamo_cache"]
-    hits, traced = counters["dynamo_cache_hit"], _compile._traced()
+    counts = _ahead.COUNTS
+    loaded, compiled, traced = counts["loaded"], counts["compiled"], _compile._traced()
     want = eager(state, tasks)
     first = step(state, tasks)
     for a, b in zip(mf._tree.leaves(first), mf._tree.leaves(want), strict=True):
         assert torch.equal(a, b)  # the eager step itself
-    out = _until(lambda: counters["dynamo_cache_hit"] > hits, step, state, tasks)
-    assert _compile._traced() == traced  # loaded what the forked process compiled and saved
+    out = _until(lambda: counts["loaded"] > loaded, step, state, tasks)
+    # loaded what the forked process compiled and saved, and compiled nothing here
+    assert (counts["compiled"], _compile._traced()) == (compiled, traced)
     _same(out, want)
     _same(step(state, tasks), want)
 
 
 def _breaks(y):
-    torch._dynamo.graph_break()  # eager: nothing; compiled as one graph: refused
+    # eager: nothing; traced for a compiled graph (where its tensors are fake): refused
+    if torch._subclasses.fake_tensor.is_fake(y):
+        raise RuntimeError("this loss refuses to be traced into a graph")
     return y
 
 

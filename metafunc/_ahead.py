@@ -1,0 +1,201 @@
+"""The compiled step ahead of time, on the CPU: traced once to one graph of torch's operations
+(``make_fx``), compiled by AOTInductor into one shared object saved in the cache folder, and
+run from C++. A new process loads that file and runs it without importing Dynamo or Inductor
+(about a millisecond, where ``torch.compile``'s own caches cost it a second and a half of
+imports and guards), and the step has no Python wrapper around its kernels.
+
+A saved step is three files named by its key: ``<key>.so`` (the compiled code), ``<key>.json``
+(the operations it leaves to torch's own kernels, read by the runner) and ``<key>.pkl`` (its
+key, the SHA-256 of the other two, how to rebuild the output tree). A file of another key, or damaged, is
+never loaded: it is compiled afresh. Deleting the folder is always safe.
+"""
+
+from __future__ import annotations
+
+import collections
+import getpass
+import hashlib
+import os
+import pathlib
+import pickle
+import re
+import tempfile
+import warnings
+from typing import Any
+
+import torch
+
+from . import _tree
+
+# what this process compiled and loaded ahead of time (read by the tests and the benchmarks)
+COUNTS: collections.Counter[str] = collections.Counter()
+# Inductor's precompiled header of torch's runtime: built once per machine and torch (about 9 s
+# on the first compile ever), it saves about 3 s on each compile after; off, so that a first
+# compile is as short as it can be (the test suite, which compiles dozens, turns it on)
+PRECOMPILE_HEADERS = False
+
+
+def folder() -> pathlib.Path:
+    """Where saved steps live: ``$TORCHINDUCTOR_CACHE_DIR/metafunc`` (torch's default
+    ``/tmp/torchinductor_$USER``), beside torch's own caches."""
+    root = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+    if not root:
+        user = re.sub(r'[\\/:*?"<>|]', "_", getpass.getuser())
+        root = os.path.join(tempfile.gettempdir(), f"torchinductor_{user}")
+    return pathlib.Path(root) / "metafunc"
+
+
+class Compiled:
+    """A step compiled ahead of time: ``self(held, *args)`` runs it on the tensors of ``args``
+    (made contiguous, as it was traced) and the tensors its records hold (``held``, in the
+    order the fingerprint met them; those it reads are inputs, so a rate held in a tensor can
+    change), and rebuilds the output tree."""
+
+    def __init__(self, runner: Any, manifest: dict[str, Any]) -> None:
+        self.runner = runner
+        self.spec = manifest["spec"]
+        self.constants: dict[int, Any] = manifest["constants"]
+        self.held: list[int] = manifest["held"]
+        self.count = manifest["leaves"]
+
+    def __call__(self, held: list[torch.Tensor], *args: Any) -> Any:
+        inputs = [t.contiguous() for t in _tree.leaves(args) if isinstance(t, torch.Tensor)]
+        inputs += [held[i] for i in self.held]
+        outputs = iter(self.runner.run(inputs))
+        leaves = [
+            self.constants[i] if i in self.constants else next(outputs) for i in range(self.count)
+        ]
+        return self.spec.unflatten(leaves)
+
+
+def load(key: str) -> Compiled | None:
+    """The step saved under ``key``, or ``None`` where there is none, or where what is there is
+    another key's or damaged (its ``.so`` is not the one its manifest names)."""
+    so = folder() / f"{key}.so"
+    try:
+        manifest = pickle.loads((folder() / f"{key}.pkl").read_bytes())
+        files = {"so": so.read_bytes()}
+        if (folder() / f"{key}.json").exists():
+            files["json"] = (folder() / f"{key}.json").read_bytes()
+    except FileNotFoundError:
+        return None
+    except Exception:  # a damaged manifest
+        return None
+    if (
+        not isinstance(manifest, dict)
+        or manifest.get("key") != key
+        or manifest.get("sha256") != _digest(files)
+    ):
+        return None
+    runner = torch._C._aoti.AOTIModelContainerRunnerCpu(str(so), 1)
+    COUNTS["loaded"] += 1
+    return Compiled(runner, manifest)
+
+
+def build(
+    key: str,
+    fn: Any,
+    held: list[torch.Tensor],
+    args: tuple[Any, ...],
+    options: dict[str, Any],
+) -> Compiled:
+    """``fn(*args)`` traced, compiled, saved under ``key`` and loaded. Tensors met in ``held``
+    (by identity) become inputs of the graph; other tensors the code reads are constants of
+    it, fixed by the key (metafunc's own, and those of the user's code the fingerprint met)."""
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    leaves, spec = _tree.flatten(args)
+    where = [i for i, t in enumerate(leaves) if isinstance(t, torch.Tensor)]
+    out: dict[str, Any] = {}
+
+    def flat(*tensors: torch.Tensor) -> list[torch.Tensor]:
+        given = list(leaves)
+        for i, t in zip(where, tensors, strict=True):
+            given[i] = t
+        result, out["spec"] = _tree.flatten(fn(*spec.unflatten(given)))
+        out["constants"] = {i: v for i, v in enumerate(result) if not isinstance(v, torch.Tensor)}
+        out["leaves"] = len(result)
+        return [v for v in result if isinstance(v, torch.Tensor)]
+
+    inputs = [leaves[i].contiguous() for i in where]
+    with torch.no_grad():
+        graph = make_fx(flat, _DECOMPOSED, tracing_mode="fake", _allow_non_fake_inputs=True)(
+            *inputs
+        )
+    used = _lift(graph, held)
+    folder().mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=folder(), prefix=f"{key}.") as work:
+        settings = {
+            "aot_inductor.output_path": os.path.join(work, "step.so"),
+            "aot_inductor.precompile_headers": PRECOMPILE_HEADERS,
+            **options,
+        }
+        with torch.no_grad(), warnings.catch_warnings():
+            # torch 2.13 pickles its own tree specs with a deprecated check (FutureWarning)
+            warnings.simplefilter("ignore", FutureWarning)
+            example = (*inputs, *[held[i] for i in used])
+            torch._inductor.aot_compile(graph, example, options=settings)
+        # the operations that run outside the compiled code (torch's own kernels), which the
+        # runner reads from a file beside the shared object
+        files = {"so": pathlib.Path(work, "step.so").read_bytes()}
+        for calls in pathlib.Path(work).glob("*.wrapper.json"):  # none, or one
+            files["json"] = calls.read_bytes()
+        manifest = {"key": key, "sha256": _digest(files), "held": used, **out}
+        for suffix, data in files.items():
+            pathlib.Path(work, f"step.{suffix}").write_bytes(data)
+        pathlib.Path(work, "step.pkl").write_bytes(pickle.dumps(manifest))
+        # loaded from where it was built: a process that loaded another file of the final name
+        # (one it then refused) would be handed that one again by the dynamic loader
+        runner = torch._C._aoti.AOTIModelContainerRunnerCpu(str(pathlib.Path(work, "step.so")), 1)
+        # the manifest last: a reader that finds it finds the files it names (or, where two
+        # processes saved the same key at once, files whose digest it refuses)
+        (folder() / f"{key}.json").unlink(missing_ok=True)
+        for suffix in (*files, "pkl"):
+            os.replace(pathlib.Path(work, f"step.{suffix}"), folder() / f"{key}.{suffix}")
+    COUNTS["compiled"] += 1
+    return Compiled(runner, manifest)
+
+
+def _foreach_norm(
+    tensors: list[torch.Tensor], ord: float = 2, dtype: torch.dtype | None = None
+) -> list[torch.Tensor]:
+    return [torch.linalg.vector_norm(t, ord, dtype=dtype) for t in tensors]
+
+
+# Operations traced as others that Inductor compiles: it leaves ``_foreach_norm`` to torch's
+# kernel, which AOTInductor's runner cannot call with an infinite order (torch 2.13 writes
+# ``inf`` as a string where its reader wants a number).
+_DECOMPOSED = {torch.ops.aten._foreach_norm.Scalar: _foreach_norm}
+
+
+def _digest(files: dict[str, bytes]) -> str:
+    digest = hashlib.sha256()
+    for suffix in sorted(files):
+        digest.update(hashlib.sha256(files[suffix]).digest())
+    return digest.hexdigest()
+
+
+def _lift(graph: torch.fx.GraphModule, held: list[torch.Tensor]) -> list[int]:
+    """The constants of ``graph`` that are tensors of ``held`` made inputs (placed after the
+    others, in the order of ``held``); returns their indices in ``held``."""
+    index: dict[int, int] = {}
+    for i, t in enumerate(held):
+        index.setdefault(id(t), i)
+    found: dict[int, list[torch.fx.Node]] = {}
+    for node in graph.graph.nodes:
+        if node.op == "get_attr" and id(getattr(graph, str(node.target))) in index:
+            found.setdefault(index[id(getattr(graph, str(node.target)))], []).append(node)
+    last = [n for n in graph.graph.nodes if n.op == "placeholder"][-1]
+    used = sorted(found)
+    for i in reversed(used):
+        with graph.graph.inserting_after(last):
+            placeholder = graph.graph.placeholder(f"held_{i}")
+        placeholder.meta = dict(found[i][0].meta)
+        for node in found[i]:
+            node.replace_all_uses_with(placeholder)
+            graph.graph.erase_node(node)
+            if hasattr(graph, str(node.target)):
+                delattr(graph, str(node.target))
+    graph.graph.lint()
+    graph.recompile()
+    return used
