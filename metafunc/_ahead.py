@@ -77,9 +77,7 @@ def load(key: str) -> Compiled | None:
         files = {"so": so.read_bytes()}
         if (folder() / f"{key}.json").exists():
             files["json"] = (folder() / f"{key}.json").read_bytes()
-    except FileNotFoundError:
-        return None
-    except Exception:  # a damaged manifest
+    except Exception:  # none saved, or a damaged manifest
         return None
     if (
         not isinstance(manifest, dict)

@@ -295,10 +295,12 @@ def function(
         if function is None and seen:
             warnings.warn(_recompile_message(where, len(seen)), RuntimeWarning, stacklevel=3)
         if function is None and key is not None and ahead and signature[0] == "cpu":
-            found = _ahead_function(key, signature, base, records, held, args, options, random)
-            if found is not None:
-                function, origin = found
-                seen[signature] = function
+            full = _full(key, signature)
+            partial = functools.partial(base, *records)
+            build = functools.partial(_ahead_build, full, partial, held, args, options, random)
+            compiled, origin = _ahead_function(full, build)
+            if compiled is not None:
+                seen[signature] = function = _bound(compiled, held, len(records))
                 loaded = origin == "loaded" and check is not None
                 with torch.no_grad(), _rng_kept(loaded) as replay:
                     out = function(*records, *args)
@@ -309,10 +311,8 @@ def function(
                     ):
                         # another step's files saved under this key: never trusted
                         warnings.warn(_mismatch(where), RuntimeWarning, stacklevel=3)
-                        full = _full(key, signature)
-                        again = _ahead_build(full, base, records, held, args, options, random)
-                        if again is not None:
-                            seen[signature] = function = again[0]
+                        if (again := build()) is not None:
+                            seen[signature] = function = _bound(again, held, len(records))
                             out = replay(lambda: function(*records, *args))
                 return out
         loaded, first, traced = False, function is None, _traced()
@@ -352,55 +352,41 @@ def function(
     return run
 
 
-def _ahead_function(
-    key: str,
-    signature: tuple[str, Any],
-    base: Any,
-    records: tuple[Any, ...],
-    held: list[torch.Tensor],
-    args: tuple[Any, ...],
-    options: Any,
-    random: bool,
-) -> tuple[Any, str] | None:
-    """``(function, origin)`` on the CPU: the step compiled ahead of time (``metafunc._ahead``),
-    this process's (``"reused"``), loaded from the cache folder (``"loaded"``) or compiled now
-    (``"compiled"``); ``None`` where torch cannot trace or compile it that way (the step is
-    then compiled by ``torch.compile``, with a warning in the log)."""
-    full = _full(key, signature)
+def _ahead_function(full: str, build: Callable[[], Any]) -> tuple[Any, str]:
+    """``(compiled, origin)`` on the CPU: the step compiled ahead of time (``metafunc._ahead``)
+    named ``full``, this process's (``"reused"``), loaded from the cache folder (``"loaded"``)
+    or compiled now by ``build()`` (``"compiled"``); ``None`` where torch cannot trace or
+    compile it that way (the step is then compiled by ``torch.compile``)."""
     compiled = _COMPILED.get(full)
-    origin = "reused"
+    if compiled is not None:
+        _remember(full, compiled)
+        return compiled, "reused"
+    try:
+        compiled = _ahead.load(full)
+    except Exception as e:  # a file torch could not load: compiled afresh
+        logger.warning("%s: the saved compiled step could not be loaded (%s)", full, e)
     if compiled is None:
-        try:
-            compiled, origin = _ahead.load(full), "loaded"
-        except Exception as e:  # a file torch could not load: compiled afresh
-            logger.warning("%s: the saved compiled step could not be loaded (%s)", full, e)
-            compiled = None
-    if compiled is None:
-        return _ahead_build(full, base, records, held, args, options, random)
+        return build(), "compiled"
     _remember(full, compiled)
-    return _bound(compiled, held, len(records)), origin
+    return compiled, "loaded"
 
 
 def _ahead_build(
-    full: str,
-    base: Any,
-    records: tuple[Any, ...],
-    held: list[torch.Tensor],
-    args: tuple[Any, ...],
-    options: Any,
-    random: bool,
-) -> tuple[Any, str] | None:
+    full: str, fn: Any, held: list[torch.Tensor], args: tuple[Any, ...], options: Any, random: bool
+) -> Any:
+    """``fn(*args)`` compiled ahead of time and saved as ``full``; ``None`` (with a warning in
+    the log) where torch cannot trace or compile it that way."""
     settings = {k: v for k, v in (options or {}).items() if k != "guard_filter_fn"}
     if random:
         settings.setdefault("fallback_random", True)
     try:
         with torch.random.fork_rng(devices=[]):  # the trace draws nothing from the run's stream
-            compiled = _ahead.build(full, functools.partial(base, *records), held, args, settings)
+            compiled = _ahead.build(full, fn, held, args, settings)
     except Exception as e:  # torch.compile's route raises the user's errors as eager does
         logger.warning("could not compile the step ahead of time (%s); using torch.compile", e)
         return None
     _remember(full, compiled)
-    return _bound(compiled, held, len(records)), "compiled"
+    return compiled
 
 
 def _full(key: str, signature: tuple[str, Any]) -> str:
