@@ -46,10 +46,10 @@ def folder() -> pathlib.Path:
 
 
 class Compiled:
-    """A step compiled ahead of time: ``self(held, *args)`` runs it on the tensors of ``args``
-    (made contiguous, as it was traced) and the tensors its records hold (``held``, in the
-    order the fingerprint met them; those it reads are inputs, so a rate held in a tensor can
-    change), and rebuilds the output tree."""
+    """A step compiled ahead of time: ``self(held, leaves)`` runs it on the tensors among
+    ``leaves`` (its arguments flattened; made contiguous, as they were traced) and the tensors
+    its records hold (``held``, in the order the fingerprint met them; those it reads are
+    inputs, so a rate held in a tensor can change), and rebuilds the output tree."""
 
     def __init__(self, runner: Any, manifest: dict[str, Any]) -> None:
         self.runner = runner
@@ -58,14 +58,16 @@ class Compiled:
         self.held: list[int] = manifest["held"]
         self.count = manifest["leaves"]
 
-    def __call__(self, held: list[torch.Tensor], *args: Any) -> Any:
-        inputs = [t.contiguous() for t in _tree.leaves(args) if isinstance(t, torch.Tensor)]
+    def __call__(self, held: list[torch.Tensor], leaves: list[Any]) -> Any:
+        inputs = [t.contiguous() for t in leaves if isinstance(t, torch.Tensor)]
         inputs += [held[i] for i in self.held]
-        outputs = iter(self.runner.run(inputs))
-        leaves = [
-            self.constants[i] if i in self.constants else next(outputs) for i in range(self.count)
-        ]
-        return self.spec.unflatten(leaves)
+        outputs = self.runner.run(inputs)
+        if self.constants:
+            given = iter(outputs)
+            outputs = [
+                self.constants[i] if i in self.constants else next(given) for i in range(self.count)
+            ]
+        return self.spec.unflatten(outputs)
 
 
 def load(key: str) -> Compiled | None:
@@ -160,10 +162,26 @@ def _foreach_norm(
     return [torch.linalg.vector_norm(t, ord, dtype=dtype) for t in tensors]
 
 
+def _bmm(a: torch.Tensor, b: torch.Tensor) -> Any:
+    """``a @ b`` (tasks' matrices, as ``vmap`` makes them) in the form the CPU computes fastest:
+    an outer product (one column times one row) as a product Inductor fuses into its loops,
+    and a product with few columns as the transposed product (MKL's batched GEMM is about 3x
+    slower with 10 output columns than with 40; the sine step has many); others unchanged."""
+    m, k, n = a.shape[1], a.shape[2], b.shape[2]
+    if k == 1:
+        return a * b
+    if n < 16 and m > n:
+        return torch.bmm(b.transpose(1, 2), a.transpose(1, 2)).transpose(1, 2)
+    return NotImplemented
+
+
 # Operations traced as others that Inductor compiles: it leaves ``_foreach_norm`` to torch's
 # kernel, which AOTInductor's runner cannot call with an infinite order (torch 2.13 writes
-# ``inf`` as a string where its reader wants a number).
-_DECOMPOSED = {torch.ops.aten._foreach_norm.Scalar: _foreach_norm}
+# ``inf`` as a string where its reader wants a number); and the batched matrix products.
+_DECOMPOSED = {
+    torch.ops.aten._foreach_norm.Scalar: _foreach_norm,
+    torch.ops.aten.bmm.default: _bmm,
+}
 
 
 def _digest(files: dict[str, bytes]) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import math
+import operator
 from collections import OrderedDict
 from collections.abc import Callable
 from numbers import Integral, Real
@@ -377,7 +378,13 @@ def _rank_message(where: str, path: str, t: torch.Tensor, floating: bool) -> str
 def signature(tree: Any) -> Any:
     """What the eager checks of ``tree`` depend on: its structure and each tensor's shape, dtype
     and device (other leaves by value); ``None`` when a leaf cannot be hashed."""
-    leaves, spec = _tree.flatten(tree)  # one pass: this runs before every step
+    return signature_of(*_tree.flatten(tree))  # one pass: this runs before every step
+
+
+def signature_of(leaves: list[Any], spec: Any) -> Any:
+    """:func:`signature` of the tree flattened to ``leaves`` and ``spec``."""
+    if _TENSORS.issuperset(map(type, leaves)):  # the usual case, in C
+        return spec, tuple(map(_SHAPE_DTYPE_DEVICE, leaves))
     parts: list[tuple[Any, ...]] = []
     for t in leaves:
         if isinstance(t, torch.Tensor):
@@ -387,6 +394,10 @@ def signature(tree: Any) -> Any:
         else:
             parts.append((type(t), t))
     return spec, tuple(parts)
+
+
+_TENSORS = frozenset({torch.Tensor, torch.nn.Parameter})
+_SHAPE_DTYPE_DEVICE = operator.attrgetter("shape", "dtype", "device")
 
 
 def once_per_signature(check: Callable[..., None], size: int = 64) -> Callable[..., None]:

@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from . import _ahead, _tree
+from . import _ahead, _checks, _tree
 from ._fingerprint import fingerprint
 from ._types import Step, Tasks, TrainState
 from ._version import __version__
@@ -279,59 +279,49 @@ def function(
     persist = key is not None and backend == "inductor"  # torch saves Inductor's graphs only
     cuda_graphs = mode in _CUDA_GRAPH_MODES
     ahead = persist and mode is None  # on the CPU, compiled ahead of time (metafunc._ahead)
-    seen: dict[Any, Any] = {}  # (device type, shapes) -> its compiled function
+    # the inputs' signature (structure, shapes, dtypes, devices) -> its compiled function,
+    # called as ``function(args, leaves)``
+    seen: dict[Any, Any] = {}
 
     def run(*args: Any) -> Any:
-        signature = _signature(args)
+        leaves, spec = _tree.flatten(args)  # once: it picks the function and feeds it
+        signature = _checks.signature_of(leaves, spec)
         function: Any = seen.get(signature)
         if function is not None and not cuda_graphs:  # the steady state: nothing else to do
             try:
                 with torch.no_grad():
-                    return function(*records, *args)
+                    return function(args, leaves)
             except Exception as e:
                 if _from_dynamo(e):
                     _raise_eagerly(fn, args)
                 raise
+        if signature is None:
+            raise TypeError(_unhashable_message(where, leaves))
         if function is None and seen:
             warnings.warn(_recompile_message(where, len(seen)), RuntimeWarning, stacklevel=3)
-        if function is None and key is not None and ahead and signature[0] == "cpu":
-            full = _full(key, signature)
-            partial = functools.partial(base, *records)
-            build = functools.partial(_ahead_build, full, partial, held, args, options, random)
-            compiled, origin = _ahead_function(full, build)
-            if compiled is not None:
-                seen[signature] = function = _bound(compiled, held, len(records))
-                loaded = origin == "loaded" and check is not None
-                with torch.no_grad(), _rng_kept(loaded) as replay:
-                    out = function(*records, *args)
-                    if (
-                        loaded
-                        and check
-                        and not _agrees(check(out), check(replay(lambda: fn(*args))))
-                    ):
-                        # another step's files saved under this key: never trusted
-                        warnings.warn(_mismatch(where), RuntimeWarning, stacklevel=3)
-                        if (again := build()) is not None:
-                            seen[signature] = function = _bound(again, held, len(records))
-                            out = replay(lambda: function(*records, *args))
+        inputs = (leaves[0].device.type, signature)  # what names its compiled function
+        if function is None and key is not None and ahead and inputs[0] == "cpu":
+            done, out = ahead_first_call(_full(key, inputs), signature, args, leaves)
+            if done:
                 return out
         loaded, first, traced = False, function is None, _traced()
         if first:
-            function, origin = _function(key, signature, base, mode, backend, options, random)
-            seen[signature] = function
+            compiled, origin = _function(key, inputs, base, mode, backend, options, random)
+            seen[signature] = function = _positional(compiled, records)
             loaded = check is not None and origin == "loaded"
         if cuda_graphs:
             torch.compiler.cudagraph_mark_step_begin()  # type: ignore[no-untyped-call]
 
         def afresh() -> Any:  # compiled without the key: neither loaded nor saved
-            seen[signature], _ = _function(None, signature, base, mode, backend, options, random)
+            compiled, _ = _function(None, inputs, base, mode, backend, options, random)
+            seen[signature] = _positional(compiled, records)
             with _precompile(False):
-                return seen[signature](*records, *args)
+                return seen[signature](args, leaves)
 
         try:
             with torch.no_grad(), _tracing(first, persist), _rng_kept(loaded) as replay:
                 out, replaced = _first_call(
-                    lambda: function(*records, *args), first and persist, where, afresh
+                    lambda: function(args, leaves), first and persist, where, afresh
                 )
                 if loaded and check and not _agrees(check(out), check(replay(lambda: fn(*args)))):
                     # another function's graph saved under this key (a file copied or
@@ -348,6 +338,29 @@ def function(
         if cuda_graphs:
             out = _tree.map(torch.clone, out)
         return out
+
+    def ahead_first_call(
+        full: str, signature: Any, args: tuple[Any, ...], leaves: list[Any]
+    ) -> tuple[bool, Any]:
+        """``(True, outputs)`` of the first call compiled ahead of time (reused, loaded or
+        built; a loaded one checked against ``fn``), or ``(False, None)`` where torch cannot
+        compile it that way."""
+        partial = functools.partial(base, *records)
+        build = functools.partial(_ahead_build, full, partial, held, args, options, random)
+        compiled, origin = _ahead_function(full, build)
+        if compiled is None:
+            return False, None
+        seen[signature] = function = _bound(compiled, held)
+        loaded = origin == "loaded" and check is not None
+        with torch.no_grad(), _rng_kept(loaded) as replay:
+            out = function(args, leaves)
+            if loaded and check and not _agrees(check(out), check(replay(lambda: fn(*args)))):
+                # another step's files saved under this key: never trusted
+                warnings.warn(_mismatch(where), RuntimeWarning, stacklevel=4)
+                if (again := build()) is not None:
+                    seen[signature] = function = _bound(again, held)
+                    out = replay(lambda: function(args, leaves))
+        return True, out
 
     return run
 
@@ -396,9 +409,20 @@ def _full(key: str, signature: tuple[str, Any]) -> str:
     return hashlib.sha256(f"ahead{key}{signature!r}{machine!r}".encode()).hexdigest()[:40]
 
 
-def _bound(compiled: Any, held: list[torch.Tensor], records: int) -> Any:
-    def function(*args: Any) -> Any:
-        return compiled(held, *args[records:])
+def _bound(compiled: Any, held: list[torch.Tensor]) -> Any:
+    """A function compiled ahead of time, called as ``function(args, leaves)``."""
+
+    def function(args: tuple[Any, ...], leaves: list[Any]) -> Any:
+        return compiled(held, leaves)
+
+    return function
+
+
+def _positional(compiled: Any, records: tuple[Any, ...]) -> Any:
+    """A function compiled by ``torch.compile``, called as ``function(args, leaves)``."""
+
+    def function(args: tuple[Any, ...], leaves: list[Any]) -> Any:
+        return compiled(*records, *args)
 
     return function
 
@@ -708,13 +732,12 @@ def _save() -> None:
         logger.warning("could not save the compiled step for later processes: %s", e)
 
 
-def _signature(args: tuple[Any, ...]) -> tuple[str, Any]:
-    """What picks the compiled function for ``args``: the device type (of the first leaf, a
-    tensor) and the tree's structure with each tensor's shape and dtype (other leaves by value);
-    one flatten, on every call."""
-    leaves, spec = _tree.flatten(args)
-    shapes = [(t.shape, t.dtype) if isinstance(t, torch.Tensor) else t for t in leaves]
-    return leaves[0].device.type, (spec, tuple(shapes))
+def _unhashable_message(where: str, leaves: list[Any]) -> str:
+    kinds = sorted({type(t).__name__ for t in leaves if t.__hash__ is None})
+    return (
+        f"{where}: the compiled {where} takes trees of tensors and hashable values (numbers, "
+        f"strings); got leaves of type {', '.join(kinds)}"
+    )
 
 
 def _recompile_message(where: str, compiled: int) -> str:

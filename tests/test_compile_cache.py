@@ -313,6 +313,50 @@ def test_a_batch_of_new_shapes_compiles_again_and_says_so():
     step(state, sine_tasks(n=3))  # once per shape: no warning the second time
 
 
+def test_batched_products_are_traced_in_the_form_the_cpu_computes_fastest_and_agree():
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    g = torch.Generator().manual_seed(0)
+
+    def traced(a, b):
+        graph = make_fx(torch.bmm, _ahead._DECOMPOSED, tracing_mode="fake")(a, b)
+        ops = [n for n in graph.graph.nodes if n.op == "call_function"]
+        bmm = [n for n in ops if n.target == torch.ops.aten.bmm.default]
+        return graph, bmm
+
+    for shapes, kind in [
+        (((3, 10, 1), (3, 1, 40)), "product"),  # an outer product: no matrix product at all
+        (((3, 40, 40), (3, 40, 10)), "swapped"),  # few columns: (b^T a^T)^T
+        (((3, 10, 40), (3, 40, 40)), "unchanged"),
+    ]:
+        a, b = (torch.randn(s, generator=g, dtype=torch.float64) for s in shapes)
+        graph, bmm = traced(a, b)
+        want = torch.bmm(a, b)
+        got = graph(a, b)
+        assert got.shape == want.shape
+        if kind == "product":
+            assert not bmm
+            assert torch.equal(got, want)  # one product per element: exactly bmm's
+        else:
+            assert len(bmm) == 1
+            first = tuple(bmm[0].args[0].meta["val"].shape)
+            (n, m, k), (_, _, cols) = shapes
+            assert first == ((n, cols, k) if kind == "swapped" else (n, m, k))
+            torch.testing.assert_close(got, want, rtol=1e-13, atol=1e-13)
+
+
+def test_a_compiled_function_refuses_an_unhashable_leaf_by_name():
+    import numpy as np
+
+    run = _compile.function(lambda x, y: x, where="evaluation", backend="eager")
+    with pytest.raises(
+        TypeError,
+        match=r"^evaluation: the compiled evaluation takes trees of "
+        r"tensors and hashable values .*got leaves of type ndarray$",
+    ):
+        run(torch.zeros(2), np.zeros(2))
+
+
 # ---------------------------------------------------------------- across processes
 
 SCRIPT = """
