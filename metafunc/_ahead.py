@@ -21,6 +21,7 @@ import pickle
 import re
 import tempfile
 import warnings
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -178,7 +179,7 @@ def _bmm(a: torch.Tensor, b: torch.Tensor) -> Any:
 # Operations traced as others that Inductor compiles: it leaves ``_foreach_norm`` to torch's
 # kernel, which AOTInductor's runner cannot call with an infinite order (torch 2.13 writes
 # ``inf`` as a string where its reader wants a number); and the batched matrix products.
-_DECOMPOSED = {
+_DECOMPOSED: dict[Any, Callable[..., Any]] = {
     torch.ops.aten._foreach_norm.Scalar: _foreach_norm,
     torch.ops.aten.bmm.default: _bmm,
 }
