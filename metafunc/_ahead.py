@@ -13,6 +13,8 @@ never loaded: it is compiled afresh. Deleting the folder is always safe.
 from __future__ import annotations
 
 import collections
+import concurrent.futures
+import contextlib
 import getpass
 import hashlib
 import os
@@ -21,7 +23,7 @@ import pickle
 import re
 import tempfile
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -129,9 +131,12 @@ def build(
         settings = {
             "aot_inductor.output_path": os.path.join(work, "step.so"),
             "aot_inductor.precompile_headers": PRECOMPILE_HEADERS,
+            # the vector instructions the CPU lists are taken as usable: Inductor otherwise
+            # compiles and loads a test program for each (about 6 s, once per cache folder)
+            "cpp.vec_isa_ok": True,
             **options,
         }
-        with torch.no_grad(), warnings.catch_warnings():
+        with torch.no_grad(), warnings.catch_warnings(), _wrapper_beside_kernels():
             # torch 2.13 pickles its own tree specs with a deprecated check (FutureWarning)
             warnings.simplefilter("ignore", FutureWarning)
             example = (*inputs, *[held[i] for i in used])
@@ -155,6 +160,37 @@ def build(
             os.replace(pathlib.Path(work, f"step.{suffix}"), folder() / f"{key}.{suffix}")
     COUNTS["compiled"] += 1
     return Compiled(runner, manifest)
+
+
+@contextlib.contextmanager
+def _wrapper_beside_kernels() -> Iterator[None]:
+    """AOTInductor compiles the step's C++ wrapper, then its kernels, one after the other (5-7 s
+    each for the sine step); here the wrapper's compiler runs in a thread while the kernels'
+    runs, on another core, and the kernels' build returns when both are done (before they are
+    linked). torch 2.13's ``CppBuilder.build``, replaced while the step compiles."""
+    from torch._inductor import cpp_builder
+
+    build = cpp_builder.CppBuilder.build
+    pending: list[concurrent.futures.Future[None]] = []
+
+    def beside(self: Any) -> None:
+        if self.get_target_file_path().endswith(".wrapper.o"):
+            pending.append(pool.submit(build, self))
+            return
+        try:
+            build(self)
+        finally:
+            while pending:
+                pending.pop().result()  # its error, if it failed
+
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        cpp_builder.CppBuilder.build = beside  # type: ignore[method-assign]
+        try:
+            yield
+        finally:
+            cpp_builder.CppBuilder.build = build  # type: ignore[method-assign]
+            while pending:
+                pending.pop().result()
 
 
 def _foreach_norm(

@@ -345,6 +345,42 @@ def test_batched_products_are_traced_in_the_form_the_cpu_computes_fastest_and_ag
             torch.testing.assert_close(got, want, rtol=1e-13, atol=1e-13)
 
 
+def test_the_wrapper_compiles_beside_the_kernels_and_its_failure_is_raised(monkeypatch):
+    from torch._inductor import cpp_builder
+
+    spans = {}
+
+    class Target:
+        def __init__(self, path, fails=False):
+            self.path, self.fails = path, fails
+
+        def get_target_file_path(self):
+            return self.path
+
+    def build(self):  # a compiler that takes 0.3 s
+        start = time.perf_counter()
+        time.sleep(0.3)
+        spans[self.path] = (start, time.perf_counter())
+        if self.fails:
+            raise RuntimeError(f"{self.path} did not compile")
+
+    monkeypatch.setattr(cpp_builder.CppBuilder, "build", build)
+    with _ahead._wrapper_beside_kernels():
+        cpp_builder.CppBuilder.build(Target("w.wrapper.o"))  # returns at once
+        assert "w.wrapper.o" not in spans
+        cpp_builder.CppBuilder.build(Target("k.kernel.o"))  # returns when both are built
+        assert set(spans) == {"w.wrapper.o", "k.kernel.o"}
+        (w0, w1), (k0, k1) = spans["w.wrapper.o"], spans["k.kernel.o"]
+        assert k0 < w1 and w0 < k1  # at once
+    assert cpp_builder.CppBuilder.build is build  # put back
+
+    with pytest.raises(RuntimeError, match=r"^w.wrapper.o did not compile$"):
+        with _ahead._wrapper_beside_kernels():
+            cpp_builder.CppBuilder.build(Target("w.wrapper.o", fails=True))
+            cpp_builder.CppBuilder.build(Target("k.kernel.o"))
+    assert cpp_builder.CppBuilder.build is build
+
+
 def test_a_compiled_function_refuses_an_unhashable_leaf_by_name():
     import numpy as np
 
