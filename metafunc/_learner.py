@@ -86,17 +86,28 @@ def task(learner: Learner, meta: Any, support: Any, query: Any) -> tuple[Any, ..
     model state after the inner steps and the query pass for a learner that threads one."""
     if not isinstance(learner.outer, Stateful):
         adapted = learner.inner(meta, support)
-        return adapted, learner.outer(adapted, query), learner.outer(learner.params(meta), query)
+        with torch.no_grad():  # reported, never differentiated: no graph to record
+            before = learner.outer(learner.params(meta), query)
+        return adapted, learner.outer(adapted, query), before
     start = learner.context.state
     adapted, state = learner.inner(meta, support, start)
     after, state = learner.outer(adapted, state, query)
-    before, _ = learner.outer(learner.params(meta), start, query)
+    with torch.no_grad():
+        before, _ = learner.outer(learner.params(meta), start, query)
     return adapted, after, before, state
 
 
-def per_task(learner: Learner, chunk_size: int | None = None) -> Callable[..., Any]:
-    """:func:`task` vmapped over tasks: ``f(meta, support, query)`` (unchecked)."""
-    f = functools.partial(task, learner)
+def task_losses(learner: Learner, meta: Any, support: Any, query: Any) -> tuple[Any, ...]:
+    """:func:`task` without the adapted parameters, for a rule that needs only the losses (out
+    of ``vmap``, each output costs a step time)."""
+    return task(learner, meta, support, query)[1:]
+
+
+def per_task(
+    learner: Learner, chunk_size: int | None = None, each: Callable[..., Any] = task
+) -> Callable[..., Any]:
+    """``each`` (:func:`task`) vmapped over tasks: ``f(meta, support, query)`` (unchecked)."""
+    f = functools.partial(each, learner)
     r = learner.batching.randomness
     return vmap(f, in_dims=(None, 0, 0), randomness=r, chunk_size=chunk_size)
 
@@ -111,10 +122,10 @@ def exact(learner: Learner, meta: Any, tasks: Tasks) -> tuple[Any, Losses]:
         >>> all(torch.equal(exact_grads[k], grads[k]) for k in grads)
         True
     """
-    batched = per_task(learner)
+    batched = per_task(learner, each=task_losses)
 
     def objective(meta: Any) -> tuple[torch.Tensor, tuple[Any, ...]]:
-        _, after, before, *state = batched(meta, tasks.support, tasks.query)
+        after, before, *state = batched(meta, tasks.support, tasks.query)
         mean = after.mean()
         # grad's aux holds tensors only: no None for a model without state
         return mean, (mean, before.mean(), *(combine(learner.context.state, s) for s in state))
