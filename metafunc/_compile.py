@@ -41,6 +41,8 @@ _IDENTITY = frozenset(
 )
 # The compiled functions of this process, by fingerprint, device type and shapes (the last 64).
 _COMPILED: OrderedDict[str, Any] = OrderedDict()
+# The steps (by name) that torch could not compile ahead of time in this process: not tried again
+_NOT_AHEAD: set[str] = set()
 
 
 def compiled(
@@ -388,7 +390,9 @@ def _ahead_build(
     full: str, fn: Any, held: list[torch.Tensor], args: tuple[Any, ...], options: Any, random: bool
 ) -> Any:
     """``fn(*args)`` compiled ahead of time and saved as ``full``; ``None`` (with a warning in
-    the log) where torch cannot trace or compile it that way."""
+    the log, once a process) where torch cannot trace or compile it that way."""
+    if full in _NOT_AHEAD:
+        return None
     settings = {k: v for k, v in (options or {}).items() if k != "guard_filter_fn"}
     if random:
         settings.setdefault("fallback_random", True)
@@ -397,6 +401,7 @@ def _ahead_build(
             compiled = _ahead.build(full, fn, held, args, settings)
     except Exception as e:  # torch.compile's route raises the user's errors as eager does
         logger.warning("could not compile the step ahead of time (%s); using torch.compile", e)
+        _NOT_AHEAD.add(full)
         return None
     _remember(full, compiled)
     return compiled

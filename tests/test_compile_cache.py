@@ -302,6 +302,27 @@ def test_a_rate_held_in_a_tensor_can_change_in_place_between_steps(backend):
 
 
 @pytest.mark.compile
+def test_a_step_torch_cannot_compile_ahead_of_time_is_tried_once_a_process(monkeypatch, caplog):
+    tried = []
+
+    def refuse(*args, **kwargs):
+        tried.append(1)
+        raise RuntimeError("this step refuses to be compiled ahead of time")
+
+    monkeypatch.setattr(_ahead, "build", refuse)
+    learner, params = _maml(width=5, act=torch.sin)  # a configuration no other test saves
+    opt = mf.optim.sgd(0.1)
+    state, tasks = mf.init_state(learner, opt, params), sine_tasks(n=2)
+    eager = mf.make_step(learner, opt, compile=False)(state, tasks)
+    with caplog.at_level("WARNING", logger="metafunc"):
+        for _ in range(2):  # a step built twice: torch.compile's route both times
+            _same(mf.make_step(learner, opt)(state, tasks), eager)
+    assert len(tried) == 1
+    (record,) = [r for r in caplog.records if "ahead of time" in r.getMessage()]
+    assert "this step refuses to be compiled ahead of time" in record.getMessage()
+
+
+@pytest.mark.compile
 def test_a_batch_of_new_shapes_compiles_again_and_says_so():
     learner, params = _maml()
     opt = mf.optim.sgd(0.1)
