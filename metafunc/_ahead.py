@@ -134,6 +134,9 @@ def build(
             # the vector instructions the CPU lists are taken as usable: Inductor otherwise
             # compiles and loads a test program for each (about 6 s, once per cache folder)
             "cpp.vec_isa_ok": True,
+            # the wrapper (allocations and calls of the kernels) at -Og, not torch's -O1: about
+            # 1.3 s less to compile for the sine step, and a step no slower (-O0: 6% slower)
+            "aot_inductor.compile_wrapper_opt_level": "Og",
             **options,
         }
         with torch.no_grad(), warnings.catch_warnings(), _wrapper_beside_kernels():
