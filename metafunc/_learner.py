@@ -83,7 +83,8 @@ Check = Callable[[str, Tasks, Any], None]
 
 def task(learner: Learner, meta: Any, support: Any, query: Any) -> tuple[Any, ...]:
     """One task: ``(adapted, query loss after adapting, query loss at params(meta))``, and the
-    model state after the inner steps and the query pass for a learner that threads one."""
+    model state after the inner steps and the query pass for a learner that threads one. The
+    loss at ``params(meta)`` is a reported number, computed without gradient."""
     if not isinstance(learner.outer, Stateful):
         adapted = learner.inner(meta, support)
         with torch.no_grad():  # reported, never differentiated: no graph to record
@@ -240,7 +241,7 @@ class Learner(NamedTuple):
     def per_task(self, meta: Any, tasks: Tasks) -> tuple[Any, torch.Tensor, torch.Tensor]:
         """``(adapted, loss, loss_before)`` task by task (a leading task dimension on each):
         the parameters adapted on each support set and the query loss after adapting and at
-        ``params(meta)`` (what :func:`metafunc.evaluate` scores)."""
+        ``params(meta)`` (what :func:`metafunc.evaluate` scores; the second without gradient)."""
         vmapped = per_task(self, self.batching.chunk_size)
 
         def run() -> tuple[Any, torch.Tensor, torch.Tensor]:
