@@ -52,3 +52,16 @@ def child(study: str, argv: list[str], cache: str, threads: int = 1) -> dict[str
     if done.returncode != 0:
         raise RuntimeError(f"{study} {shlex.join(argv)}: {done.stderr[-3000:]}")
     return dict(json.loads(done.stdout.strip().splitlines()[-1]))
+
+
+def graphs() -> tuple[int, int]:
+    """(loaded, compiled) steps of this process: compiled ahead of time (metafunc's own cache)
+    or by ``torch.compile`` (torch's caches), without importing Dynamo where nothing did."""
+    from metafunc import _ahead
+
+    loaded, traced = _ahead.COUNTS["loaded"], _ahead.COUNTS["compiled"]
+    utils = sys.modules.get("torch._dynamo.utils")
+    if utils is not None:
+        loaded += utils.counters["dynamo_cache"]["dynamo_cache_hit"]
+        traced += utils.counters["stats"]["unique_graphs"]
+    return loaded, traced

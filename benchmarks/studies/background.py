@@ -20,13 +20,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from . import child, write
+from . import child, graphs, write
 
 START = time.perf_counter()
 WAYS = {"eager": False, "compiled": True, "background": "background"}
@@ -71,7 +70,7 @@ def run_child(way: str, workload: str, inner_steps: int, marks: list[int]) -> di
     times, first_loaded = {}, None
     for i in range(1, max(marks) + 1):
         state, metrics = step(state, sample())
-        if first_loaded is None and _loaded():
+        if first_loaded is None and graphs()[0]:
             first_loaded = i
         if i in marks:
             metrics.loss.item()
@@ -81,16 +80,6 @@ def run_child(way: str, workload: str, inner_steps: int, marks: list[int]) -> di
         "first_loaded_step": first_loaded,  # background: the first compiled step
         "loss": metrics.loss.item(),
     }
-
-
-def _loaded() -> int:
-    """Compiled steps this process loaded: compiled ahead of time (metafunc's own cache), or
-    from torch's caches (read without importing Dynamo where nothing did)."""
-    from metafunc import _ahead
-
-    utils = sys.modules.get("torch._dynamo.utils")
-    hits = utils.counters["dynamo_cache"]["dynamo_cache_hit"] if utils is not None else 0
-    return _ahead.COUNTS["loaded"] + hits
 
 
 def flags(args: argparse.Namespace, marks: list[int]) -> list[str]:

@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from . import child, write
+from . import child, graphs, write
 
 ROOT = Path(__file__).resolve().parents[2]
 # the few-shot table's rows (metafunc.experiments.fewshot_table.ALGORITHMS), written out:
@@ -75,7 +75,7 @@ def sine_child(inner_steps: int) -> dict[str, Any]:
         return time.perf_counter() - t, (step, state)
 
     first, (step, state) = first_call(0.01)
-    loaded, traced = _graphs()
+    loaded, traced = graphs()
     rebuilt, _ = first_call(0.01)
     new_lr, _ = first_call(0.02)
     t = time.perf_counter()
@@ -91,7 +91,7 @@ def sine_child(inner_steps: int) -> dict[str, Any]:
         "traced_graphs": traced,
         "rebuilt_first_call_s": rebuilt,
         "new_inner_lr_first_call_s": new_lr,
-        "graphs_after_changes": sum(_graphs()),
+        "graphs_after_changes": sum(graphs()),
         "steps_1000_s": thousand,
     }
 
@@ -134,7 +134,7 @@ def fewshot_child(algo: str, steps: int) -> dict[str, Any]:
     t = time.perf_counter()
     result = fewshot.run(config)
     wall = time.perf_counter() - t
-    loaded, traced = _graphs()
+    loaded, traced = graphs()
     return {
         "first_call_s": result.first_call_s,
         "run_s": wall,
@@ -143,19 +143,6 @@ def fewshot_child(algo: str, steps: int) -> dict[str, Any]:
         "loaded_graphs": loaded,
         "traced_graphs": traced,
     }
-
-
-def _graphs() -> tuple[int, int]:
-    """(loaded, compiled) steps of this process: compiled ahead of time (metafunc's own cache)
-    or by ``torch.compile`` (torch's caches), without importing Dynamo where nothing did."""
-    from metafunc import _ahead
-
-    loaded, traced = _ahead.COUNTS["loaded"], _ahead.COUNTS["compiled"]
-    utils = sys.modules.get("torch._dynamo.utils")
-    if utils is not None:
-        loaded += utils.counters["dynamo_cache"]["dynamo_cache_hit"]
-        traced += utils.counters["stats"]["unique_graphs"]
-    return loaded, traced
 
 
 def tables(runs: dict[str, Any]) -> str:
