@@ -402,6 +402,42 @@ def test_the_wrapper_compiles_beside_the_kernels_and_its_failure_is_raised(monke
     assert cpp_builder.CppBuilder.build is build
 
 
+def test_strides_by_terms_are_torchs_own_strides_for_the_conv_steps_indices():
+    import sympy
+    from torch._inductor import sizevars
+    from torch._inductor.codegen import cpp
+    from torch.utils._sympy.functions import FloorDiv, ModularIndexing
+
+    x0, x1, x2, x1_inner, tmp = sympy.symbols("x0 x1 x2 x1_inner tmp51", integer=True)
+    inner = x1 + x1_inner
+    indices = [  # forms of index the few-shot conv step's compile asks about
+        6272 * x0 + x2 + 156800 * FloorDiv(inner, 32) + 196 * ModularIndexing(inner, 1, 32),
+        1568 * x0 + x2 + 448 * FloorDiv(x1, 3) + 64 * ModularIndexing(x1, 1, 3) + 224,
+        1568 * x0 + x2 + 448 * FloorDiv(x1, 3) + 64 * ModularIndexing(x1, 1, 3) + 32,
+        784 * x0 + 56 * FloorDiv(x1, 14) + 2 * ModularIndexing(x1, 1, 14),
+        25088 * x0 + 784 * x1 + ModularIndexing(tmp + 26 * FloorDiv(tmp, 2), 1, 28),
+        x1 + 32 * FloorDiv(x0, 5) + 200704 * ModularIndexing(x0, 1, 5) + 16 * x1,
+        16 * FloorDiv(x2, 16) + ModularIndexing(x2, 1, 16),  # the variable within a vector
+        7 * x0 + 5,
+        sympy.Integer(3),
+    ]
+    original = cpp.stride_at_vec_range
+    with _ahead._strides_by_terms():
+        replaced = cpp.stride_at_vec_range
+        assert replaced is not original
+        for index in indices:
+            for var in (x0, x1, x2):
+                for vec_length in (16, None):
+                    want = sizevars.stride_at_vec_range(index, var, vec_length)
+                    assert replaced(index, var, vec_length) == want, (index, var, vec_length)
+    assert cpp.stride_at_vec_range is original  # put back
+    # the integer strides come at once; the others are torch's answer for the moving terms
+    with _ahead._strides_by_terms():
+        assert cpp.stride_at_vec_range(indices[0], x2, 16) == 1
+        assert cpp.stride_at_vec_range(indices[5], x1, 16) == 17
+        assert cpp.stride_at_vec_range(indices[7], x1, 16) == 0
+
+
 def test_a_compiled_function_refuses_an_unhashable_leaf_by_name():
     import numpy as np
 
