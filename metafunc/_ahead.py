@@ -22,7 +22,9 @@ import os
 import pathlib
 import pickle
 import re
+import sys
 import tempfile
+import threading
 import warnings
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -33,10 +35,18 @@ from . import _tree
 
 # what this process compiled and loaded ahead of time (read by the tests and the benchmarks)
 COUNTS: collections.Counter[str] = collections.Counter()
-# Inductor's precompiled header of torch's runtime: built once per machine and torch (about 9 s
-# on the first compile ever), it saves about 3 s on each compile after; off, so that a first
-# compile is as short as it can be (the test suite, which compiles dozens, turns it on)
-PRECOMPILE_HEADERS = False
+# Inductor's settings for every build (the caller's options win), and for the threads that
+# prepare it (a patch of Inductor's settings holds in its own thread only)
+_SETTINGS = {
+    # the vector instructions the CPU lists are taken as usable: Inductor otherwise compiles
+    # and loads a test program for each (about 6 s, once per cache folder)
+    "cpp.vec_isa_ok": True,
+    # the wrapper (allocations and calls of the kernels) at -Og, not torch's -O1: about 1.3 s
+    # less to compile for the sine step, and a step no slower (-O0: 6% slower)
+    "aot_inductor.compile_wrapper_opt_level": "Og",
+    # torch's headers precompiled while the step is traced (_headers_precompiled_beside)
+    "aot_inductor.precompile_headers": True,
+}
 
 
 def folder() -> pathlib.Path:
@@ -122,24 +132,17 @@ def build(
         return [v for v in result if isinstance(v, torch.Tensor)]
 
     inputs = [leaves[i].contiguous() for i in where]
-    with torch.no_grad():
-        graph = make_fx(flat, _DECOMPOSED, tracing_mode="fake", _allow_non_fake_inputs=True)(
-            *inputs
-        )
-    used = _lift(graph, held)
     folder().mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=folder(), prefix=f"{key}.") as work:
-        settings = {
-            "aot_inductor.output_path": os.path.join(work, "step.so"),
-            "aot_inductor.precompile_headers": PRECOMPILE_HEADERS,
-            # the vector instructions the CPU lists are taken as usable: Inductor otherwise
-            # compiles and loads a test program for each (about 6 s, once per cache folder)
-            "cpp.vec_isa_ok": True,
-            # the wrapper (allocations and calls of the kernels) at -Og, not torch's -O1: about
-            # 1.3 s less to compile for the sine step, and a step no slower (-O0: 6% slower)
-            "aot_inductor.compile_wrapper_opt_level": "Og",
-            **options,
-        }
+    with (
+        tempfile.TemporaryDirectory(dir=folder(), prefix=f"{key}.") as work,
+        _headers_precompiled_beside(),
+    ):
+        with torch.no_grad():
+            graph = make_fx(flat, _DECOMPOSED, tracing_mode="fake", _allow_non_fake_inputs=True)(
+                *inputs
+            )
+        used = _lift(graph, held)
+        settings = {"aot_inductor.output_path": os.path.join(work, "step.so"), **_SETTINGS}
         with (
             torch.no_grad(),
             warnings.catch_warnings(),
@@ -149,7 +152,7 @@ def build(
             # torch 2.13 pickles its own tree specs with a deprecated check (FutureWarning)
             warnings.simplefilter("ignore", FutureWarning)
             example = (*inputs, *[held[i] for i in used])
-            torch._inductor.aot_compile(graph, example, options=settings)
+            torch._inductor.aot_compile(graph, example, options={**settings, **options})
         # the operations that run outside the compiled code (torch's own kernels), which the
         # runner reads from a file beside the shared object
         files = {"so": pathlib.Path(work, "step.so").read_bytes()}
@@ -172,17 +175,81 @@ def build(
 
 
 @contextlib.contextmanager
+def _headers_precompiled_beside() -> Iterator[None]:
+    """A step's compile checks the CPU's extra vector instructions (three small programs
+    compiled and loaded, about 0.8 s, once per cache folder) and parses torch's headers in each
+    of its two C++ files (1.2-1.6 s each). Here, in a thread while the step is traced and
+    Inductor works in Python on the other core: the checks, then torch's headers precompiled
+    (the wrapper's first; about 3 s each, once per machine, torch and flags, in Inductor's
+    ``$TMPDIR/torchinductor_$USER/precompiled_headers``) with the arguments Inductor gives them.
+    The thread's compilers run at the lowest priority, so they never slow the step's own.
+    Inductor's ``_precompile_header`` (torch 2.13), replaced meanwhile, hands over a header
+    only if it is ready: a file whose header is not compiles without it, and the header is
+    finished in the background for the next compile. A header built with other flags than a
+    file's is ignored by the compiler: slower, never wrong."""
+    from torch._inductor import codecache, cpp_builder, cpu_vec_isa
+
+    original = codecache._precompile_header
+    wrapper = codecache._get_cpp_wrapper_header("cpu", aot_mode=True)
+    kernels = codecache._get_cpp_prefix_header("cpu")
+
+    def prepare(header: str, **flags: Any) -> str:
+        if sys.platform == "linux":  # this thread's compilers yield to the step's
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+        with torch._inductor.config.patch(_SETTINGS):
+            isa = cpu_vec_isa.pick_vec_isa()  # the checks, the first time
+            options = cpp_builder.CppTorchDeviceOptions(
+                vec_isa=isa, device_type="cpu", aot_mode=True
+            )
+            line = cpp_builder.CppBuilder(name="o", sources="i", BuildOption=options)
+            return str(
+                original(
+                    header,
+                    repr(line.get_command_line()),
+                    aot_mode=True,
+                    device_type="cpu",
+                    use_mmap_weights=False,
+                    use_mmap_weights_external=False,
+                    use_relative_path=False,
+                    vec_isa=isa,
+                    **flags,
+                )
+            )
+
+    pool = concurrent.futures.ThreadPoolExecutor(1)
+    ready = {wrapper: pool.submit(prepare, wrapper, min_optimize=True)}
+    if kernels:
+        ready[kernels] = pool.submit(prepare, kernels)
+
+    def precompiled(header: str, *args: Any, **kwargs: Any) -> str | None:
+        if header in ready and ready[header].done() and not ready[header].exception():
+            return ready[header].result()
+        return None
+
+    codecache._precompile_header = precompiled  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        codecache._precompile_header = original
+        pool.shutdown(wait=False, cancel_futures=True)
+
+
+@contextlib.contextmanager
 def _wrapper_beside_kernels() -> Iterator[None]:
-    """AOTInductor compiles the step's C++ wrapper, then its kernels, one after the other (5-7 s
+    """AOTInductor compiles the step's C++ wrapper, then its kernels, one after the other (3-4 s
     each for the sine step); here the wrapper's compiler runs in a thread while the kernels'
     runs, on another core, and the kernels' build returns when both are done (before they are
-    linked). torch 2.13's ``CppBuilder.build``, replaced while the step compiles."""
+    linked). torch 2.13's ``CppBuilder.build``, replaced while the step compiles; builds on
+    other threads (the precompiled headers) run as they would."""
     from torch._inductor import cpp_builder
 
     build = cpp_builder.CppBuilder.build
     pending: list[concurrent.futures.Future[None]] = []
+    owner = threading.get_ident()  # other threads' builds (precompiled headers) are their own
 
     def beside(self: Any) -> None:
+        if threading.get_ident() != owner:
+            return build(self)
         if self.get_target_file_path().endswith(".wrapper.o"):
             pending.append(pool.submit(build, self))
             return

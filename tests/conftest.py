@@ -16,17 +16,11 @@ import torch
 from torch import nn
 
 import metafunc as mf
-import metafunc._ahead
 
 
 def pytest_unconfigure(config):
     if _OWN_CACHE is not None:
         shutil.rmtree(_OWN_CACHE, ignore_errors=True)
-
-
-# The suite compiles dozens of steps ahead of time: Inductor's precompiled header of torch's
-# runtime, built once, makes each of them about 3 s shorter.
-mf._ahead.PRECOMPILE_HEADERS = True
 
 
 @pytest.fixture(autouse=True)

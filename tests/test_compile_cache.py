@@ -402,6 +402,67 @@ def test_the_wrapper_compiles_beside_the_kernels_and_its_failure_is_raised(monke
     assert cpp_builder.CppBuilder.build is build
 
 
+def test_another_threads_build_neither_waits_for_the_wrapper_nor_releases_the_kernels(monkeypatch):
+    from torch._inductor import cpp_builder
+
+    ends = {}
+
+    class Target:
+        def __init__(self, path, seconds):
+            self.path, self.seconds = path, seconds
+
+        def get_target_file_path(self):
+            return self.path
+
+    def build(self):
+        time.sleep(self.seconds)
+        ends[self.path] = time.perf_counter()
+
+    monkeypatch.setattr(cpp_builder.CppBuilder, "build", build)
+    with _ahead._wrapper_beside_kernels():
+        cpp_builder.CppBuilder.build(Target("w.wrapper.o", 0.5))
+        header = threading.Thread(
+            target=cpp_builder.CppBuilder.build, args=(Target("h.gch", 0.05),)
+        )
+        header.start()
+        header.join()
+        assert "w.wrapper.o" not in ends  # the header's build returned on its own
+        cpp_builder.CppBuilder.build(Target("k.kernel.o", 0.05))
+        assert "w.wrapper.o" in ends  # the kernels' build still waited for the wrapper
+
+
+def test_headers_are_precompiled_in_a_thread_that_yields_and_taken_only_when_ready(monkeypatch):
+    from torch._inductor import codecache
+
+    wrapper = codecache._get_cpp_wrapper_header("cpu", aot_mode=True)
+    kernels = codecache._get_cpp_prefix_header("cpu")
+    release = threading.Event()
+    seen = {}
+
+    def precompile(header, line, **flags):  # Inductor's, faked: the kernels' waits for release
+        seen[header] = (flags, os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
+        if header == kernels:
+            release.wait(10)
+        return f"/pch/{header}"
+
+    monkeypatch.setattr(codecache, "_precompile_header", precompile)
+    with _ahead._headers_precompiled_beside():
+        deadline = time.monotonic() + 60
+        while wrapper not in seen or kernels not in seen:  # the wrapper's done, the kernels' not
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        assert codecache._precompile_header(wrapper, "line", min_optimize=True) == f"/pch/{wrapper}"
+        assert codecache._precompile_header(kernels, "line") is None  # not ready: none
+        assert codecache._precompile_header("another.h", "line") is None
+        release.set()
+    assert codecache._precompile_header is precompile  # put back
+    assert seen[wrapper][0]["min_optimize"] and "min_optimize" not in seen[kernels][0]
+    assert all(flags["aot_mode"] and flags["device_type"] == "cpu" for flags, _ in seen.values())
+    if sys.platform == "linux":
+        assert {nice for _, nice in seen.values()} == {19}
+    assert os.getpriority(os.PRIO_PROCESS, 0) == 0  # the caller's own priority is untouched
+
+
 def test_strides_by_terms_are_torchs_own_strides_for_the_conv_steps_indices():
     import sympy
     from torch._inductor import sizevars
