@@ -378,6 +378,9 @@ def test_the_wrapper_compiles_beside_the_kernels_and_its_failure_is_raised(monke
         def get_target_file_path(self):
             return self.path
 
+        def get_command_line(self):  # no kernels' file to compile in halves
+            return f"cc -c -o {self.path}"
+
     def build(self):  # a compiler that takes 0.3 s
         start = time.perf_counter()
         time.sleep(0.3)
@@ -413,6 +416,9 @@ def test_another_threads_build_neither_waits_for_the_wrapper_nor_releases_the_ke
 
         def get_target_file_path(self):
             return self.path
+
+        def get_command_line(self):  # no kernels' file to compile in halves
+            return f"cc -c -o {self.path}"
 
     def build(self):
         time.sleep(self.seconds)
@@ -497,6 +503,36 @@ def test_strides_by_terms_are_torchs_own_strides_for_the_conv_steps_indices():
         assert cpp.stride_at_vec_range(indices[0], x2, 16) == 1
         assert cpp.stride_at_vec_range(indices[5], x1, 16) == 17
         assert cpp.stride_at_vec_range(indices[7], x1, 16) == 0
+
+
+def test_a_large_kernels_file_is_compiled_as_two_halves_joined_into_one_object(
+    tmp_path, monkeypatch
+):
+    import shutil
+
+    compiler = shutil.which("g++") or shutil.which("c++")
+    kernels = [
+        f'#include <cstdint>\nextern "C" int64_t kernel_{i}() {{ return {i}; }}\n' for i in range(3)
+    ]
+    source = tmp_path / "k.kernel.cpp"
+    source.write_text("// the kernels\n" + "".join(kernels))
+    target = tmp_path / "k.kernel.o"
+
+    class Builder:
+        def get_command_line(self):
+            return f"{compiler} {source} -O1 -fPIC -c -o {target}"
+
+    monkeypatch.setattr(_ahead, "_HALVES_FROM", 10**9)
+    assert not _ahead._kernels_in_halves(Builder())  # small: compiled as it is
+    monkeypatch.setattr(_ahead, "_HALVES_FROM", 0)
+    assert _ahead._kernels_in_halves(Builder())
+    halves = [tmp_path / f"k.kernel.{i}.cpp" for i in range(2)]
+    assert "".join(h.read_text() for h in halves) == source.read_text()  # cut between kernels
+    assert all(h.read_text().count("#include") in (1, 2) for h in halves)
+    symbols = subprocess.run(["nm", str(target)], capture_output=True, text=True, check=True)
+    assert {f"kernel_{i}" for i in range(3)} <= {w for w in symbols.stdout.split()}
+    source.write_text('extern "C" int one() { return 1; }\n')  # not Inductor's kernels: as is
+    assert not _ahead._kernels_in_halves(Builder())
 
 
 def test_a_compiled_function_refuses_an_unhashable_leaf_by_name():
