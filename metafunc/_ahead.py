@@ -149,6 +149,7 @@ def build(
             warnings.catch_warnings(),
             _wrapper_beside_kernels(),
             _strides_by_terms(),
+            _joins_where_they_can_match(),
         ):
             # torch 2.13 pickles its own tree specs with a deprecated check (FutureWarning)
             warnings.simplefilter("ignore", FutureWarning)
@@ -321,6 +322,53 @@ def _kernels_in_halves(builder: Any) -> bool:
 
 
 @contextlib.contextmanager
+def _joins_where_they_can_match() -> Iterator[None]:
+    """Inductor simplifies each index with ``join_dimensions``, which tries two patterns on every
+    pair of its terms with ``sympy``'s ``match`` (about 9 ms an index of the conv step; its
+    cache holds 256) and joins ``c*ModularIndexing(b, d, m)`` with ``c*m*ModularIndexing(b, d*m,
+    m2)`` or ``c*m*FloorDiv(b, d*m)``. An index with no such pair is returned unchanged, and
+    where every term is an integer times one ``ModularIndexing`` or ``FloorDiv`` of integer
+    divisors (or holds neither) the pairs are found by comparing those integers; otherwise, or
+    where a pair is found, torch's own function runs. torch 2.13's function, replaced while the
+    step compiles."""
+    import sympy  # type: ignore[import-untyped]
+    from torch._inductor import sizevars
+    from torch.utils._sympy.functions import FloorDiv, ModularIndexing
+
+    original = sizevars.join_dimensions
+
+    def can_match(index: Any) -> bool:
+        mods: list[tuple[Any, ...]] = []
+        floors: list[tuple[Any, ...]] = []
+        for term in index.args:
+            coefficient, rest = term.as_coeff_Mul()
+            if isinstance(rest, ModularIndexing | FloorDiv):
+                if not (coefficient.is_Integer and all(a.is_Integer for a in rest.args[1:])):
+                    return True
+                (mods if isinstance(rest, ModularIndexing) else floors).append(
+                    (coefficient, *rest.args)
+                )
+            elif rest.has(ModularIndexing, FloorDiv):
+                return True  # a term of another form: torch decides
+        return any(
+            base2 == base and scale2 == scale * modulus and divisor2 == divisor * modulus
+            for scale, base, divisor, modulus in mods
+            for scale2, base2, divisor2, *_ in mods + floors
+        )
+
+    def join(expr: Any) -> Any:
+        if isinstance(expr, sympy.Add) and expr.has(ModularIndexing) and can_match(expr):
+            return original(expr)
+        return expr
+
+    sizevars.join_dimensions = join
+    try:
+        yield
+    finally:
+        sizevars.join_dimensions = original
+
+
+@contextlib.contextmanager
 def _strides_by_terms() -> Iterator[None]:
     """Inductor's C++ code generation asks, for each load and store, how far an index moves
     when a loop variable steps by one (``stride_at_vec_range``), and answers with
@@ -329,7 +377,7 @@ def _strides_by_terms() -> Iterator[None]:
     variable, so: terms that are the variable times an integer give that integer at once, and
     otherwise torch's own answer for those terms alone (cached, so indices that differ by an
     offset share it). torch 2.13's function, replaced while the step compiles."""
-    import sympy  # type: ignore[import-untyped]
+    import sympy
     from torch._inductor.codegen import cpp
 
     original = cpp.stride_at_vec_range  # type: ignore[attr-defined]

@@ -505,6 +505,42 @@ def test_strides_by_terms_are_torchs_own_strides_for_the_conv_steps_indices():
         assert cpp.stride_at_vec_range(indices[7], x1, 16) == 0
 
 
+def test_joins_where_they_can_match_are_torchs_own_joins(monkeypatch):
+    import sympy
+    from torch._inductor import sizevars
+    from torch.utils._sympy.functions import FloorDiv, ModularIndexing
+
+    x0, x1, x2, s0 = sympy.symbols("x0 x1 x2 s0", integer=True)
+    indices = [  # forms of index the few-shot conv step's compile simplifies, and joinable ones
+        1568 * x0 + x2 + 448 * FloorDiv(x1, 3) + 64 * ModularIndexing(x1, 1, 3),
+        x1 + 32 * FloorDiv(x0, 5) + 200704 * ModularIndexing(x0, 1, 5),
+        7 * ModularIndexing(x0, 1, 32) + 224 * ModularIndexing(x0, 32, 4) + x1,  # pattern one
+        3 * ModularIndexing(x0, 2, 8) + 24 * FloorDiv(x0, 16) + 5,  # pattern two
+        ModularIndexing(x0, 1, 4) + 4 * ModularIndexing(x0, 4, 2) + 8 * FloorDiv(x0, 8),  # both
+        ModularIndexing(x0, 1, s0) + s0 * FloorDiv(x0, s0),  # a symbolic size: torch decides
+        x2 * ModularIndexing(x0, 1, 4) + 4 * x2 * FloorDiv(x0, 4),  # another form: torch decides
+        64 * ModularIndexing(x1, 1, 3) + 7,
+        x0 + 2 * x1,
+    ]
+    calls = []
+    original = sizevars.join_dimensions
+
+    def counted(expr):
+        calls.append(expr)
+        return original(expr)
+
+    monkeypatch.setattr(sizevars, "join_dimensions", counted)
+    with _ahead._joins_where_they_can_match():
+        joined = [sizevars.join_dimensions(index) for index in indices]
+    assert sizevars.join_dimensions is counted  # put back
+    for index, got in zip(indices, joined, strict=True):
+        assert got == original(index), index  # torch's own answer
+    assert joined[2] != indices[2] and joined[3] != indices[3] and joined[4] == x0  # joined
+    # torch's function ran only where a pair could match or a term is not of the simple form
+    assert indices[0] not in calls and indices[1] not in calls and indices[7] not in calls
+    assert all(indices[i] in calls for i in (2, 3, 4, 5, 6))
+
+
 def test_a_large_kernels_file_is_compiled_as_two_halves_joined_into_one_object(
     tmp_path, monkeypatch
 ):
