@@ -301,6 +301,16 @@ def test_the_start_up_tables_are_benchmarks_results_startup_cpu():
     for name, run in r["runs"].items():  # every warm row loaded its step and traced nothing
         if name != "imports":
             assert run["warm"]["loaded_graphs"] > 0 and run["warm"]["traced_graphs"] == 0, name
+            assert run["cold"]["traced_graphs"] > 0 and run["new"]["traced_graphs"] > 0, name
+    # the same day's run of the commit before this start-up work, for the comparison
+    before = results("benchmarks/results/startup-cpu-f6d8e54.json")["runs"]
+    now = r["runs"]
+    quoted(
+        f"took {before['sine S=5']['cold']['first_call_s']:.1f} s at S=5 and "
+        f"{before['fewshot maml']['cold']['first_call_s']:.0f} s for MAML, cold, where this "
+        f"commit's study took {now['sine S=5']['cold']['first_call_s']:.1f} s and "
+        f"{now['fewshot maml']['cold']['first_call_s']:.0f} s"
+    )
 
 
 def test_the_compiled_evaluation_numbers_are_benchmarks_results_evaluation_cpu():

@@ -37,10 +37,15 @@ def write(path: Path, study: str, argv: list[str], record: dict[str, Any]) -> No
     print(f"wrote {path}")
 
 
-def child(study: str, argv: list[str], cache: str, threads: int = 1) -> dict[str, Any]:
+def child(
+    study: str, argv: list[str], cache: str, threads: int = 1, tmp: str | None = None
+) -> dict[str, Any]:
     """Run ``python -m benchmarks.studies.<study> argv...`` in a new process with the compile
-    cache ``cache`` and ``threads`` threads; the JSON it prints last."""
+    cache ``cache``, ``threads`` threads and, if given, the temporary folder ``tmp`` (where
+    torch keeps its precompiled headers); the JSON it prints last."""
     env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": cache, "OMP_NUM_THREADS": str(threads)}
+    if tmp is not None:
+        env["TMPDIR"] = tmp
     done = subprocess.run(
         [sys.executable, "-m", f"benchmarks.studies.{study}", *argv],
         cwd=Path(__file__).resolve().parents[2],

@@ -2,8 +2,11 @@
 changes a notebook makes in one process.
 
 Every measurement runs in a fresh process, as a user's would, with its own compile cache
-(``TORCHINDUCTOR_CACHE_DIR``): **cold** with an empty one, **warm** in a new process with the
-cache the cold one left. Two kinds of run:
+(``TORCHINDUCTOR_CACHE_DIR``) and temporary folder (``TMPDIR``, where torch keeps the headers
+it precompiles, once per machine): **cold** with both empty (the first compile on a machine),
+**new configuration** with an empty compile cache and the headers the cold run left (what each
+new configuration costs after that), **warm** in a new process with what the cold one left.
+Two kinds of run:
 
 * ``sine``: the bench's sine step (1-40-40-1 MLP, 25 tasks, MAML with ``inner_steps`` second
   order steps, Adam), through ``mf.make_step``: the time to import torch and metafunc, the first
@@ -150,14 +153,16 @@ def tables(runs: dict[str, Any]) -> str:
     sine = [k for k in runs if k.startswith("sine")]
     fewshot = [k for k in runs if k.startswith("fewshot")]
     lines = [
-        "| sine step | first call, cold | first call, warm | built again, same process | "
-        "new `inner_lr`, same process | first call + 1,000 steps, cold / warm |",
-        "|---|---|---|---|---|---|",
+        "| sine step | first call, cold | first call, new configuration | first call, warm | "
+        "built again, same process | new `inner_lr`, same process | "
+        "first call + 1,000 steps, cold / warm |",
+        "|---|---|---|---|---|---|---|",
     ]
     for k in sine:
-        cold, warm = runs[k]["cold"], runs[k]["warm"]
+        cold, new, warm = runs[k]["cold"], runs[k]["new"], runs[k]["warm"]
         lines.append(
             f"| {k.removeprefix('sine ')} | {cold['first_call_s']:.1f} s | "
+            f"{new['first_call_s']:.1f} s | "
             f"{warm['first_call_s']:.2f} s | {warm['rebuilt_first_call_s']:.2f} s | "
             f"{warm['new_inner_lr_first_call_s']:.2f} s | "
             f"{cold['first_call_s'] + cold['steps_1000_s']:.1f} s / "
@@ -166,20 +171,21 @@ def tables(runs: dict[str, Any]) -> str:
     if fewshot:
         lines += [
             "",
-            "| few-shot conv step | first call, cold | first call, warm |",
-            "|---|---|---|",
+            "| few-shot conv step | first call, cold | first call, new configuration | "
+            "first call, warm |",
+            "|---|---|---|---|",
         ]
         for k in fewshot:
-            cold, warm = runs[k]["cold"], runs[k]["warm"]
+            cold, new, warm = runs[k]["cold"], runs[k]["new"], runs[k]["warm"]
             lines.append(
                 f"| {k.removeprefix('fewshot ')} | {cold['first_call_s']:.0f} s | "
-                f"{warm['first_call_s']:.1f} s |"
+                f"{new['first_call_s']:.0f} s | {warm['first_call_s']:.1f} s |"
             )
     return "\n".join(lines)
 
 
-def _child(args: list[str], cache: str) -> dict[str, Any]:
-    return child("startup", ["--child", *args], cache)
+def _child(args: list[str], cache: str, tmp: str | None = None) -> dict[str, Any]:
+    return child("startup", ["--child", *args], cache, tmp=tmp)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -213,17 +219,22 @@ def main(argv: list[str] | None = None) -> int:
     plan += [(f"fewshot {a}", ["fewshot", a, str(args.fewshot_steps)]) for a in args.fewshot]
     load = os.getloadavg()
     for name, measured in plan:
-        with tempfile.TemporaryDirectory() as cache:
-            cold = _child(measured, cache)
-            warm = _child(measured, cache)
-        runs[name] = {"cold": cold, "warm": warm}
+        with tempfile.TemporaryDirectory() as cache, tempfile.TemporaryDirectory() as other:
+            machine = os.path.join(cache, "tmp")  # a new machine's temporary folder
+            os.mkdir(machine)
+            cold = _child(measured, cache, machine)
+            new = _child(measured, other, machine)
+            warm = _child(measured, cache, machine)
+        runs[name] = {"cold": cold, "new": new, "warm": warm}
         if args.out is not None:  # after every run: a failing one keeps those before it
             _write(args.out, given, runs, load)
         fields = ["first_call_s", "run_s", "new_inner_lr_first_call_s", "rebuilt_first_call_s"]
         shown = "  ".join(
-            f"{f.removesuffix('_s')} {cold[f]:.2f}/{warm[f]:.2f} s" for f in fields if f in cold
+            f"{f.removesuffix('_s')} {cold[f]:.2f}/{new[f]:.2f}/{warm[f]:.2f} s"
+            for f in fields
+            if f in cold
         )
-        print(f"{name:20s} cold/warm: {shown}", flush=True)
+        print(f"{name:20s} cold/new/warm: {shown}", flush=True)
     print(tables(runs))
     return 0
 
@@ -232,8 +243,10 @@ def _write(out: Path, given: list[str], runs: dict[str, Any], load: tuple[float,
     import torch
 
     record = {
-        "what": "first calls of compiled steps, cold (empty compile cache) and warm (a new "
-        "process, the cache the cold one left), each in its own process, 1 thread",
+        "what": "first calls of compiled steps, cold (empty compile cache and temporary "
+        "folder: the first compile on a machine), new configuration (empty compile cache, the "
+        "headers the cold run precompiled) and warm (a new process, the cache the cold one "
+        "left), each in its own process, 1 thread",
         "torch": torch.__version__,
         "load_average": {"start": list(load), "end": list(os.getloadavg())},
         "runs": runs,
