@@ -186,9 +186,10 @@ def _headers_precompiled_beside() -> Iterator[None]:
     ``$TMPDIR/torchinductor_$USER/precompiled_headers``) with the arguments Inductor gives them.
     The thread's compilers run at the lowest priority, so they never slow the step's own.
     Inductor's ``_precompile_header`` (torch 2.13), replaced meanwhile, hands over a header
-    only if it is ready: a file whose header is not compiles without it, and the header is
-    finished in the background for the next compile. A header built with other flags than a
-    file's is ignored by the compiler: slower, never wrong."""
+    only if it is ready: a file whose header is not compiles without it; a header already
+    building is finished in the background (a process exits after it), one not yet begun is
+    left to the next compile. A header built with other flags than a file's is ignored by the
+    compiler: slower, never wrong."""
     from torch._inductor import codecache, cpp_builder, cpu_vec_isa
 
     original = codecache._precompile_header
