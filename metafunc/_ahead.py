@@ -29,6 +29,7 @@ import threading
 import warnings
 from collections.abc import Callable, Iterator
 from typing import Any
+from unittest import mock
 
 import torch
 
@@ -229,11 +230,10 @@ def _headers_precompiled_beside() -> Iterator[None]:
             return ready[header].result()
         return None
 
-    codecache._precompile_header = precompiled  # type: ignore[assignment]
     try:
-        yield
+        with mock.patch.object(codecache, "_precompile_header", precompiled):
+            yield
     finally:
-        codecache._precompile_header = original
         pool.shutdown(wait=False, cancel_futures=True)
 
 
@@ -263,12 +263,13 @@ def _wrapper_beside_kernels() -> Iterator[None]:
             while pending:
                 pending.pop().result()  # its error, if it failed
 
-    with concurrent.futures.ThreadPoolExecutor(1) as pool:
-        cpp_builder.CppBuilder.build = beside  # type: ignore[method-assign]
+    with (
+        concurrent.futures.ThreadPoolExecutor(1) as pool,
+        mock.patch.object(cpp_builder.CppBuilder, "build", beside),
+    ):
         try:
             yield
         finally:
-            cpp_builder.CppBuilder.build = build  # type: ignore[method-assign]
             while pending:
                 pending.pop().result()
 
@@ -290,11 +291,13 @@ def _kernels_in_halves(builder: Any) -> bool:
     if len(sources) != 1 or line.count("-o") != 1:
         return False
     source = pathlib.Path(line[sources[0]])
+    if source.stat().st_size < _HALVES_FROM:
+        return False
     text = source.read_text()
     lines = text.splitlines(keepends=True)
     first = next((row for row in lines if row.startswith("#include")), None)
     starts = {i for i, row in enumerate(lines) if row == first}
-    if len(text) < _HALVES_FROM or len(starts) < 2:
+    if len(starts) < 2:
         return False
     size, cut = 0, max(starts, default=0)
     for i, row in enumerate(lines):
@@ -362,11 +365,8 @@ def _joins_where_they_can_match() -> Iterator[None]:
             return original(expr)
         return expr
 
-    sizevars.join_dimensions = join
-    try:
+    with mock.patch.object(sizevars, "join_dimensions", join):
         yield
-    finally:
-        sizevars.join_dimensions = original
 
 
 @contextlib.contextmanager
@@ -393,11 +393,8 @@ def _strides_by_terms() -> Iterator[None]:
             return sympy.Integer(sum(int(coefficient) for coefficient, _ in steps))
         return original(sympy.Add(*moving), var, vec_length)
 
-    cpp.stride_at_vec_range = stride  # type: ignore[attr-defined]
-    try:
+    with mock.patch.object(cpp, "stride_at_vec_range", stride):
         yield
-    finally:
-        cpp.stride_at_vec_range = original  # type: ignore[attr-defined]
 
 
 def _foreach_norm(
