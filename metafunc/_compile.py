@@ -134,6 +134,8 @@ def background(step: Step, eager: Step) -> Step:
     process: dict[str, Any] = {}  # "pid" and "pipe" while compiling, then "ready" or "failed"
 
     def run(state: TrainState, tasks: Tasks) -> tuple[TrainState, Any]:
+        if _ABANDONED:
+            _reap()
         if not process:
             process.update(_fork(step, state, tasks))
         if "pid" in process:
@@ -144,7 +146,8 @@ def background(step: Step, eager: Step) -> Step:
     return dataclasses.replace(step, fn=run)
 
 
-# compiling processes of steps that are gone, reaped when a background step forks or polls
+# compiling processes of steps that are gone, reaped by any background step's calls once
+# they have ended (a process seen as a zombie may still be exiting: its other threads)
 _ABANDONED: set[int] = set()
 
 
@@ -230,7 +233,6 @@ def _poll(process: dict[str, Any]) -> None:
     """If the compiling process has reported (or ended without a report, killed): ``"ready"``,
     or ``"failed"`` with a warning. The pipe tells, not the exit status, which other code may
     have collected (a SIGCHLD handler, or SIGCHLD ignored, which reaps children unasked)."""
-    _reap()
     try:  # b"" once it has ended without writing
         report = os.read(process["pipe"], 4096).decode(errors="replace")
     except BlockingIOError:
