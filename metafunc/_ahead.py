@@ -1,13 +1,15 @@
 """The compiled step ahead of time, on the CPU: traced once to one graph of torch's operations
-(``make_fx``), compiled by AOTInductor into one shared object saved in the cache folder, and
-run from C++. A new process loads that file and runs it without importing Dynamo or Inductor
-(about a millisecond, where ``torch.compile``'s own caches cost it a second and a half of
-imports and guards), and the step has no Python wrapper around its kernels.
+(``make_fx``), compiled by AOTInductor into a shared object saved in the cache folder (a large
+graph into two, compiled at once on two cores), and run from C++. A new process loads that
+file and runs it without importing Dynamo or Inductor (about a millisecond, where
+``torch.compile``'s own caches cost it a second and a half of imports and guards), and the step
+has no Python wrapper around its kernels.
 
 A saved step is three files named by its key: ``<key>.so`` (the compiled code), ``<key>.json``
 (the operations it leaves to torch's own kernels, read by the runner) and ``<key>.pkl`` (its
-key, the SHA-256 of the other two, how to rebuild the output tree). A file of another key, or damaged, is
-never loaded: it is compiled afresh. Deleting the folder is always safe.
+key, the SHA-256 of the others, how to rebuild the output tree), and ``<key>.1.so`` and
+``<key>.1.json`` for a second part. A file of another key, or damaged, is never loaded: it is
+compiled afresh. Deleting the folder is always safe.
 """
 
 from __future__ import annotations
@@ -18,16 +20,19 @@ import contextlib
 import functools
 import getpass
 import hashlib
+import json
+import operator
 import os
 import pathlib
 import pickle
 import re
 import shlex
+import signal
 import sys
 import tempfile
 import threading
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 from unittest import mock
 
@@ -65,10 +70,14 @@ class Compiled:
     """A step compiled ahead of time: ``self(held, leaves)`` runs it on the tensors among
     ``leaves`` (its arguments flattened; made contiguous, as they were traced) and the tensors
     its records hold (``held``, in the order the fingerprint met them; those it reads are
-    inputs, so a rate held in a tensor can change), and rebuilds the output tree."""
+    inputs, so a rate held in a tensor can change), and rebuilds the output tree. A step cut in
+    parts (:func:`_cut`) runs them in order, each on the values its wiring names."""
 
-    def __init__(self, runner: Any, manifest: dict[str, Any]) -> None:
-        self.runner = runner
+    def __init__(self, runners: list[Any], manifest: dict[str, Any]) -> None:
+        self.runners = runners
+        self.wiring: tuple[list[list[tuple[int, int]]], list[tuple[int, int]]] | None = manifest[
+            "wiring"
+        ]
         self.spec = manifest["spec"]
         self.constants: dict[int, Any] = manifest["constants"]
         self.held: list[int] = manifest["held"]
@@ -77,7 +86,7 @@ class Compiled:
     def __call__(self, held: list[torch.Tensor], leaves: list[Any]) -> Any:
         inputs = [t.contiguous() for t in leaves if isinstance(t, torch.Tensor)]
         inputs += [held[i] for i in self.held]
-        outputs = self.runner.run(inputs)
+        outputs = self.runners[0].run(inputs) if self.wiring is None else self._parts(inputs)
         if self.constants:
             given = iter(outputs)
             outputs = [
@@ -85,16 +94,38 @@ class Compiled:
             ]
         return self.spec.unflatten(outputs)
 
+    def _parts(self, inputs: list[torch.Tensor]) -> list[torch.Tensor]:
+        """The parts in order: ``(-1, i)`` is the step's input ``i``, ``(p, k)`` output ``k`` of
+        part ``p``, made contiguous as it was compiled for."""
+        assert self.wiring is not None
+        sources, outputs = self.wiring
+        got: list[list[torch.Tensor]] = []
+
+        def value(p: int, k: int) -> torch.Tensor:
+            return inputs[k] if p < 0 else got[p][k].contiguous()
+
+        for runner, wires in zip(self.runners, sources, strict=True):
+            got.append(runner.run([value(p, k) for p, k in wires]))
+        return [inputs[k] if p < 0 else got[p][k] for p, k in outputs]
+
+
+def _names(part: int) -> tuple[str, str]:
+    """The suffixes of part ``part``'s files: its shared object and the calls it leaves to
+    torch's own kernels."""
+    return ("so", "json") if part == 0 else (f"{part}.so", f"{part}.json")
+
 
 def load(key: str) -> Compiled | None:
     """The step saved under ``key``, or ``None`` where there is none, or where what is there is
-    another key's or damaged (its ``.so`` is not the one its manifest names)."""
-    so = folder() / f"{key}.so"
+    another key's or damaged (its files are not the ones its manifest names)."""
     try:
         manifest = pickle.loads((folder() / f"{key}.pkl").read_bytes())
-        files = {"so": so.read_bytes()}
-        if (folder() / f"{key}.json").exists():
-            files["json"] = (folder() / f"{key}.json").read_bytes()
+        files = {}
+        for part in range(len(manifest["wiring"][0]) if manifest["wiring"] else 1):
+            so, calls = _names(part)
+            files[so] = (folder() / f"{key}.{so}").read_bytes()
+            if (folder() / f"{key}.{calls}").exists():
+                files[calls] = (folder() / f"{key}.{calls}").read_bytes()
     except Exception:  # none saved, or a damaged manifest
         return None
     if (
@@ -103,9 +134,13 @@ def load(key: str) -> Compiled | None:
         or manifest.get("sha256") != _digest(files)
     ):
         return None
-    runner = torch._C._aoti.AOTIModelContainerRunnerCpu(str(so), 1)
+    runners = [
+        torch._C._aoti.AOTIModelContainerRunnerCpu(str(folder() / f"{key}.{so}"), 1)
+        for so in files
+        if so.endswith("so")
+    ]
     COUNTS["loaded"] += 1
-    return Compiled(runner, manifest)
+    return Compiled(runners, manifest)
 
 
 def build(
@@ -117,7 +152,8 @@ def build(
 ) -> Compiled:
     """``fn(*args)`` traced, compiled, saved under ``key`` and loaded. Tensors met in ``held``
     (by identity) become inputs of the graph; other tensors the code reads are constants of
-    it, fixed by the key (metafunc's own, and those of the user's code the fingerprint met)."""
+    it, fixed by the key (metafunc's own, and those of the user's code the fingerprint met).
+    A large graph is compiled in two parts at once (:func:`_cut`, :func:`_at_once`)."""
     from torch.fx.experimental.proxy_tensor import make_fx
 
     leaves, spec = _tree.flatten(args)
@@ -137,48 +173,214 @@ def build(
     folder().mkdir(parents=True, exist_ok=True)
     with (
         tempfile.TemporaryDirectory(dir=folder(), prefix=f"{key}.") as work,
-        _headers_precompiled_beside(),
+        _headers_precompiled_beside() as headers,
     ):
         with torch.no_grad():
             graph = make_fx(flat, _DECOMPOSED, tracing_mode="fake", _allow_non_fake_inputs=True)(
                 *inputs
             )
         used = _lift(graph, held)
-        settings = {"aot_inductor.output_path": os.path.join(work, "step.so"), **_SETTINGS}
-        with (
-            torch.no_grad(),
-            warnings.catch_warnings(),
-            _wrapper_beside_kernels(),
-            _strides_by_terms(),
-            _joins_where_they_can_match(),
-        ):
-            # torch 2.13 pickles its own tree specs with a deprecated check (FutureWarning)
-            warnings.simplefilter("ignore", FutureWarning)
-            example = (*inputs, *[held[i] for i in used])
-            torch._inductor.aot_compile(graph, example, options={**settings, **options})
-        # the operations that run outside the compiled code (torch's own kernels), which the
-        # runner reads from a file beside the shared object
-        files = {"so": pathlib.Path(work, "step.so").read_bytes()}
-        for calls in pathlib.Path(work).glob("*.wrapper.json"):  # none, or one
-            files["json"] = calls.read_bytes()
-        manifest = {"key": key, "sha256": _digest(files), "held": used, **out}
+        parts, wiring = _cut(graph)
+        example = [*inputs, *[held[i] for i in used]]
+        jobs = [
+            functools.partial(_aot, part, _examples(part, example, i, wiring), work, i, options)
+            for i, part in enumerate(parts)
+        ]
+        _at_once(jobs, headers)
+        # each part's files; the calls to torch's own kernels are read by its runner
+        files: dict[str, bytes] = {}
+        for i in range(len(parts)):
+            so, calls = _names(i)
+            files[so] = pathlib.Path(work, str(i), "step.so").read_bytes()
+            for found in pathlib.Path(work, str(i)).glob("*.wrapper.json"):  # none, or one
+                files[calls] = found.read_bytes()
+        manifest = {"key": key, "sha256": _digest(files), "held": used, "wiring": wiring, **out}
         for suffix, data in files.items():
             pathlib.Path(work, f"step.{suffix}").write_bytes(data)
         pathlib.Path(work, "step.pkl").write_bytes(pickle.dumps(manifest))
         # loaded from where it was built: a process that loaded another file of the final name
         # (one it then refused) would be handed that one again by the dynamic loader
-        runner = torch._C._aoti.AOTIModelContainerRunnerCpu(str(pathlib.Path(work, "step.so")), 1)
+        runners = [
+            torch._C._aoti.AOTIModelContainerRunnerCpu(
+                str(pathlib.Path(work, str(i), "step.so")), 1
+            )
+            for i in range(len(parts))
+        ]
         # the manifest last: a reader that finds it finds the files it names (or, where two
         # processes saved the same key at once, files whose digest it refuses)
-        (folder() / f"{key}.json").unlink(missing_ok=True)
+        for i in range(2):
+            (folder() / f"{key}.{_names(i)[1]}").unlink(missing_ok=True)
         for suffix in (*files, "pkl"):
             os.replace(pathlib.Path(work, f"step.{suffix}"), folder() / f"{key}.{suffix}")
     COUNTS["compiled"] += 1
-    return Compiled(runner, manifest)
+    return Compiled(runners, manifest)
+
+
+# a graph whose operations cost this much or more to compile (see _cut) is compiled in two
+# parts at once. Each part's C++ costs about what the whole graph's does (AOTInductor's
+# runtime, torch's headers), so only a graph whose Python phase is long gains: first calls on
+# two cores, one run each: the README's few-shot conv step (MAML, cost 6,345) 27.8 -> 17.6 s,
+# the sine step at 20 inner steps (7,838) 24.5 -> 18.6 s; at 5 (2,273) it would lose
+# (10.2 -> 11.7 s)
+_CUT_AT = 5000
+
+
+def _cut(
+    graph: torch.fx.GraphModule,
+) -> tuple[
+    list[torch.fx.GraphModule], tuple[list[list[tuple[int, int]]], list[tuple[int, int]]] | None
+]:
+    """``graph`` whole where its operations cost less than ``_CUT_AT`` to compile (and ``None``);
+    otherwise cut in two where half that cost is behind (an operation's cost taken as one more
+    than its output's number of dimensions, a view's as none), with the wiring: for each part,
+    where its inputs come from, and where the step's outputs do (``(-1, i)``: the step's input
+    ``i``; ``(p, k)``: output ``k`` of part ``p``)."""
+    from torch.fx.passes.split_module import split_module
+
+    def cost(node: torch.fx.Node) -> int:
+        value = node.meta.get("val")
+        if node.target is operator.getitem or getattr(node.target, "is_view", False):
+            return 0
+        return 1 + (value.dim() if isinstance(value, torch.Tensor) else 0)
+
+    operations = [n for n in graph.graph.nodes if n.op not in ("placeholder", "output")]
+    total, behind, second = sum(map(cost, operations)), 0, set()
+    if total < _CUT_AT:
+        return [graph], None
+    for node in operations:
+        if behind >= total / 2:
+            second.add(node)
+        behind += cost(node)
+    cut = split_module(graph, graph, lambda node: int(node in second))
+    given = [n for n in cut.graph.nodes if n.op == "placeholder"]
+    calls = [n for n in cut.graph.nodes if n.op == "call_module"]
+
+    def source(node: torch.fx.Node) -> tuple[int, int]:
+        if node.op == "placeholder":
+            return -1, given.index(node)
+        if node.op == "call_module":  # a part with one output returns it alone
+            return calls.index(node), 0
+        call, k = node.args  # an output of a part
+        assert isinstance(call, torch.fx.Node) and isinstance(k, int)
+        return calls.index(call), k
+
+    (results,) = next(n for n in cut.graph.nodes if n.op == "output").args
+    wiring = [[source(a) for a in call.args] for call in calls], [source(a) for a in results]
+    return [getattr(cut, str(call.target)) for call in calls], wiring
+
+
+def _examples(
+    part: torch.fx.GraphModule,
+    example: list[torch.Tensor],
+    i: int,
+    wiring: tuple[list[list[tuple[int, int]]], list[tuple[int, int]]] | None,
+) -> list[torch.Tensor]:
+    """Inputs to compile part ``i`` with: the step's own, and zeros shaped as another part's
+    outputs will be (made contiguous, as the runner passes them)."""
+    if wiring is None:
+        return example
+    placeholders = [n for n in part.graph.nodes if n.op == "placeholder"]
+    return [
+        example[k] if p < 0 else torch.zeros(node.meta["val"].shape, dtype=node.meta["val"].dtype)
+        for (p, k), node in zip(wiring[0][i], placeholders, strict=True)
+    ]
+
+
+def _aot(
+    graph: torch.fx.GraphModule,
+    example: list[torch.Tensor],
+    work: str,
+    i: int,
+    options: dict[str, Any],
+) -> None:
+    """AOTInductor's compile of ``graph`` into ``work/<i>/step.so``."""
+    os.makedirs(os.path.join(work, str(i)), exist_ok=True)
+    settings = {"aot_inductor.output_path": os.path.join(work, str(i), "step.so"), **_SETTINGS}
+    with (
+        torch.no_grad(),
+        warnings.catch_warnings(),
+        _wrapper_beside_kernels(),
+        _strides_by_terms(),
+        _joins_where_they_can_match(),
+    ):
+        # torch 2.13 pickles its own tree specs with a deprecated check (FutureWarning)
+        warnings.simplefilter("ignore", FutureWarning)
+        torch._inductor.aot_compile(graph, tuple(example), options={**settings, **options})
+
+
+def _at_once(jobs: Sequence[Callable[[], None]], headers: Callable[[], dict[str, str]]) -> None:
+    """``jobs`` (one or two), the second in a forked process while the first runs here: two
+    cores for the two parts of a large graph (Linux, where this process may use two CPUs;
+    elsewhere one after the other). The forked process reports through a pipe, in one write
+    (what it raised, or nothing); its output goes nowhere (this process writes the same), and
+    it uses the precompiled headers ready when it began (``headers()``) and no others."""
+    if len(jobs) == 1 or sys.platform != "linux" or len(os.sched_getaffinity(0)) < 2:
+        for job in jobs:
+            job()
+        return
+    first, second = jobs
+    ready = headers()
+    threads = torch.get_num_threads()
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: the second part, and never back into the caller's code
+        code = 0
+        try:
+            os.close(read)
+            quiet = os.open(os.devnull, os.O_RDWR)
+            for fd in (0, 1, 2):
+                os.dup2(quiet, fd)
+            from torch._inductor import codecache
+
+            # the parent's thread that prepares headers is not in this process
+            mock.patch.object(
+                codecache, "_precompile_header", lambda h, *_, **__: ready.get(h)
+            ).start()
+            on_new_thread(second, threads)
+        except BaseException as e:
+            os.write(write, f"{type(e).__name__}: {e}".encode()[:4096])
+            code = 1
+        finally:
+            os._exit(code)
+    os.close(write)
+    try:
+        first()
+    except BaseException:
+        os.kill(pid, signal.SIGKILL)
+        raise
+    finally:
+        with os.fdopen(read, "rb") as pipe:
+            report = pipe.read().decode(errors="replace")  # at its end
+        code = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+    if code != 0:
+        why = report or f"its process ended with code {code}"
+        raise RuntimeError(f"the second part of the step's graph did not compile ({why})")
+
+
+def on_new_thread(call: Callable[[], Any], threads: int) -> None:
+    """``call()`` on a thread started in this (forked) process, with ``threads`` threads for
+    torch's operations, as the caller had: GNU OpenMP keeps its worker threads with the thread
+    that started them, which a fork does not copy, so a compiled kernel run on the forking
+    thread waits for them forever once the caller has run a parallel operation; a new thread
+    starts workers of its own."""
+    raised: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            torch.set_num_threads(threads)
+            call()
+        except BaseException as e:
+            raised.append(e)
+
+    thread = threading.Thread(target=target, name="metafunc-compile")
+    thread.start()
+    thread.join()
+    if raised:
+        raise raised[0]
 
 
 @contextlib.contextmanager
-def _headers_precompiled_beside() -> Iterator[None]:
+def _headers_precompiled_beside() -> Iterator[Callable[[], dict[str, str]]]:
     """A step's compile checks the CPU's extra vector instructions (three small programs
     compiled and loaded, about 0.8 s, once per cache folder) and parses torch's headers in each
     of its two C++ files (1.2-1.6 s each). Here, in a thread while the step is traced and
@@ -189,7 +391,8 @@ def _headers_precompiled_beside() -> Iterator[None]:
     Inductor's ``_precompile_header`` (torch 2.13), replaced meanwhile, hands over a header
     only if it is ready: a file whose header is not compiles without it; a header already
     building is finished in the background (a process exits after it), one not yet begun is
-    left to the next compile. A header built with other flags than a file's is ignored by the
+    left to the next compile. Yields what is ready (for a forked process, which has not the
+    thread). A header built with other flags than a file's is ignored by the
     compiler: slower, never wrong."""
     from torch._inductor import codecache, cpp_builder, cpu_vec_isa
 
@@ -197,19 +400,31 @@ def _headers_precompiled_beside() -> Iterator[None]:
     wrapper = codecache._get_cpp_wrapper_header("cpu", aot_mode=True)
     kernels = codecache._get_cpp_prefix_header("cpu")
 
+    memo = folder() / "headers.json"  # where earlier processes found each header's file
+
     def prepare(header: str, **flags: Any) -> str:
-        if sys.platform == "linux":  # this thread's compilers yield to the step's
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
         with torch._inductor.config.patch(_SETTINGS):
             isa = cpu_vec_isa.pick_vec_isa()  # the checks, the first time
             options = cpp_builder.CppTorchDeviceOptions(
                 vec_isa=isa, device_type="cpu", aot_mode=True
             )
-            line = cpp_builder.CppBuilder(name="o", sources="i", BuildOption=options)
-            return str(
+            line = repr(
+                cpp_builder.CppBuilder(
+                    name="o", sources="i", BuildOption=options
+                ).get_command_line()
+            )
+            # Inductor names the file by the preprocessed header (a second of the compiler):
+            # a file found before for this torch, header and command is taken at once
+            name = repr((torch.__version__, header, line, sorted(flags.items())))
+            with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+                if os.path.exists(path := json.loads(memo.read_text())[name]):
+                    return str(path)
+            if sys.platform == "linux":  # this thread's compilers yield to the step's
+                os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+            path = str(
                 original(
                     header,
-                    repr(line.get_command_line()),
+                    line,
                     aot_mode=True,
                     device_type="cpu",
                     use_mmap_weights=False,
@@ -219,6 +434,13 @@ def _headers_precompiled_beside() -> Iterator[None]:
                     **flags,
                 )
             )
+        found: dict[str, str] = {}
+        with contextlib.suppress(OSError, ValueError):
+            found = dict(json.loads(memo.read_text()))
+        with tempfile.NamedTemporaryFile("w", dir=folder(), delete=False) as f:
+            json.dump({**found, name: path}, f)  # another process's entry lost: found again
+        os.replace(f.name, memo)
+        return path
 
     pool = concurrent.futures.ThreadPoolExecutor(1)
     ready = {wrapper: pool.submit(prepare, wrapper, min_optimize=True)}
@@ -230,9 +452,12 @@ def _headers_precompiled_beside() -> Iterator[None]:
             return ready[header].result()
         return None
 
+    def now() -> dict[str, str]:  # the headers ready now (for a forked process)
+        return {h: path for h in ready if (path := precompiled(h)) is not None}
+
     try:
         with mock.patch.object(codecache, "_precompile_header", precompiled):
-            yield
+            yield now
     finally:
         pool.shutdown(wait=False, cancel_futures=True)
 

@@ -15,7 +15,6 @@ import pathlib
 import platform
 import re
 import sys
-import threading
 import types
 import warnings
 import weakref
@@ -195,7 +194,7 @@ def _fork(step: Step, state: TrainState, tasks: Tasks) -> dict[str, Any]:
             quiet = os.open(os.devnull, os.O_RDWR)
             for fd in (0, 1, 2):
                 os.dup2(quiet, fd)
-            _on_new_thread(lambda: step(state, tasks), threads)
+            _ahead.on_new_thread(lambda: step(state, tasks), threads)
             os.write(write, b"ok")
         except BaseException as e:  # reported to the parent, which warns
             os.write(write, f"{type(e).__name__}: {e}".encode()[:4096])
@@ -205,28 +204,6 @@ def _fork(step: Step, state: TrainState, tasks: Tasks) -> dict[str, Any]:
     os.close(write)
     os.set_blocking(read, False)  # polled: a read with nothing written returns at once
     return {"pid": pid, "pipe": read}
-
-
-def _on_new_thread(call: Callable[[], Any], threads: int) -> None:
-    """``call()`` on a thread started in this (forked) process, with ``threads`` threads for
-    torch's operations, as the caller had: GNU OpenMP keeps its worker threads with the thread
-    that started them, which a fork does not copy, so a compiled kernel run on the forking
-    thread waits for them forever once the caller has run a parallel operation; a new thread
-    starts workers of its own."""
-    raised: list[BaseException] = []
-
-    def target() -> None:
-        try:
-            torch.set_num_threads(threads)
-            call()
-        except BaseException as e:
-            raised.append(e)
-
-    thread = threading.Thread(target=target, name="metafunc-compile")
-    thread.start()
-    thread.join()
-    if raised:
-        raise raised[0]
 
 
 def _poll(process: dict[str, Any]) -> None:

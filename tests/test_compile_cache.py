@@ -437,8 +437,13 @@ def test_another_threads_build_neither_waits_for_the_wrapper_nor_releases_the_ke
         assert "w.wrapper.o" in ends  # the kernels' build still waited for the wrapper
 
 
-def test_headers_are_precompiled_in_a_thread_that_yields_and_taken_only_when_ready(monkeypatch):
+def test_headers_are_precompiled_in_a_thread_that_yields_and_taken_only_when_ready(
+    monkeypatch, tmp_path
+):
     from torch._inductor import codecache
+
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))  # no header found before
+    (tmp_path / "metafunc").mkdir()
 
     wrapper = codecache._get_cpp_wrapper_header("cpu", aot_mode=True)
     kernels = codecache._get_cpp_prefix_header("cpu")
@@ -467,6 +472,91 @@ def test_headers_are_precompiled_in_a_thread_that_yields_and_taken_only_when_rea
     if sys.platform == "linux":
         assert {nice for _, nice in seen.values()} == {19}
     assert os.getpriority(os.PRIO_PROCESS, 0) == 0  # the caller's own priority is untouched
+
+
+def _ready(headers, count):
+    deadline = time.monotonic() + 60
+    while len(headers()) < count:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    return headers()
+
+
+def test_a_header_file_found_before_is_taken_at_once_while_it_is_there(monkeypatch, tmp_path):
+    """Inductor names a precompiled header's file by the preprocessed header (a second of the
+    compiler each process); the file a process found is remembered for the next, so a forked
+    compile that starts before the thread is done has it too."""
+    from torch._inductor import codecache
+
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))
+    (tmp_path / "metafunc").mkdir()
+    made = []
+
+    def precompile(header, line, **flags):
+        made.append(header)
+        (tmp_path / f"{len(made)}.gch").write_bytes(b"")
+        return str(tmp_path / f"{len(made)}.gch")
+
+    monkeypatch.setattr(codecache, "_precompile_header", precompile)
+    with _ahead._headers_precompiled_beside() as headers:
+        first = _ready(headers, 2)
+    assert len(made) == 2
+    with _ahead._headers_precompiled_beside() as headers:
+        assert _ready(headers, 2) == first
+    assert len(made) == 2  # found, not made again
+    os.remove(first[made[0]])  # gone: made again
+    with _ahead._headers_precompiled_beside() as headers:
+        again = _ready(headers, 2)
+    assert made[2:] == made[:1] and again[made[0]] != first[made[0]]
+
+
+@pytest.mark.compile
+def test_a_large_graph_is_compiled_in_two_parts_at_once_with_the_whole_graphs_numbers(
+    monkeypatch,
+):
+    learner, params = _maml(lr=0.1, steps=2)
+    opt = mf.optim.adam(1e-2)
+    state, tasks = mf.init_state(learner, opt, params), sine_tasks(n=2)
+    whole = mf.make_step(learner, opt)(state, tasks)
+    monkeypatch.setattr(_ahead, "_CUT_AT", 1)  # every graph is large
+    monkeypatch.setattr(_compile, "_own_source", lambda: "cut")  # another key
+    forked, fork = [], os.fork
+    monkeypatch.setattr(os, "fork", lambda: forked.append(1) or fork())
+    saved = set((_ahead.folder()).glob("*.1.so"))
+    cut = mf.make_step(learner, opt)(state, tasks)
+    (second,) = set(_ahead.folder().glob("*.1.so")) - saved
+    assert forked == [1] or len(os.sched_getaffinity(0)) < 2  # one core: one after the other
+    _same(cut, whole)
+    assert _ahead.load(second.name.removesuffix(".1.so")).wiring is not None
+    # a new process's step (none in this process's memory) loads both parts
+    monkeypatch.setattr(_compile, "_COMPILED", type(_compile._COMPILED)())
+    loaded = _ahead.COUNTS["loaded"]
+    _same(mf.make_step(learner, opt)(state, tasks), whole)
+    assert _ahead.COUNTS["loaded"] == loaded + 1
+    # the second part damaged (a new file: this process has the old one loaded): refused
+    data = bytearray(second.read_bytes())
+    data[len(data) // 2] ^= 0x10
+    second.with_suffix(".new").write_bytes(bytes(data))
+    os.replace(second.with_suffix(".new"), second)
+    assert _ahead.load(second.name.removesuffix(".1.so")) is None
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two CPUs to compile at once")
+def test_the_second_parts_failure_is_raised_and_the_first_parts_kills_the_second():
+    ran = []
+
+    def fails():
+        raise ValueError("no such operation")
+
+    with pytest.raises(RuntimeError, match=r"second part .*\(ValueError: no such operation\)"):
+        _ahead._at_once([lambda: ran.append(1), fails], dict)
+    assert ran == [1]  # the first part ran here
+    with pytest.raises(RuntimeError, match=r"its process ended with code 3"):
+        _ahead._at_once([lambda: None, lambda: os._exit(3)], dict)
+    begun = time.monotonic()
+    with pytest.raises(KeyError):  # raised at once: the second's process killed, not awaited
+        _ahead._at_once([lambda: {}["x"], lambda: time.sleep(600)], dict)
+    assert time.monotonic() - begun < 120
 
 
 def test_strides_by_terms_are_torchs_own_strides_for_the_conv_steps_indices():
