@@ -175,10 +175,12 @@ def build(
         tempfile.TemporaryDirectory(dir=folder(), prefix=f"{key}.") as work,
         _headers_precompiled_beside() as headers,
     ):
+        from torch._inductor.decomposition import select_decomp_table
+
+        # decomposed as Inductor would (see _traced_once), with metafunc's own forms
+        table = {**select_decomp_table(), **_DECOMPOSED}
         with torch.no_grad():
-            graph = make_fx(flat, _DECOMPOSED, tracing_mode="fake", _allow_non_fake_inputs=True)(
-                *inputs
-            )
+            graph = make_fx(flat, table, tracing_mode="fake", _allow_non_fake_inputs=True)(*inputs)
         used = _lift(graph, held)
         parts, wiring = _cut(graph)
         example = [*inputs, *[held[i] for i in used]]
@@ -302,10 +304,60 @@ def _aot(
         _wrapper_beside_kernels(),
         _strides_by_terms(),
         _joins_where_they_can_match(),
+        _traced_once(graph),
     ):
         # torch 2.13 pickles its own tree specs with a deprecated check (FutureWarning)
         warnings.simplefilter("ignore", FutureWarning)
         torch._inductor.aot_compile(graph, tuple(example), options={**settings, **options})
+
+
+@contextlib.contextmanager
+def _traced_once(graph: torch.fx.GraphModule) -> Iterator[None]:
+    """AOTInductor traces the graph it is given again (AOTAutograd's export: a pass that
+    collects what the outputs alias and one that functionalizes the graph and decomposes it
+    with Inductor's table; 1.5-2 s of the sine step's first call). ``graph`` is traced from a
+    pure function with that table already, so where none of its operations mutates, the export
+    is ``graph`` as it is, with a signature of inputs and outputs only (no parameters,
+    buffers or mutations). torch 2.13's ``aot_export_module``, replaced while it compiles."""
+    from torch._functorch._aot_autograd.schemas import (
+        GraphInputName,
+        GraphOutputName,
+        GraphSignature,
+    )
+    from torch._inductor import compile_fx
+
+    if any(
+        isinstance(node.target, torch._ops.OpOverload) and node.target._schema.is_mutable
+        for node in graph.graph.nodes
+    ):
+        yield  # functionalized by AOTAutograd
+        return
+
+    def export(module: torch.fx.GraphModule, *args: Any, **kwargs: Any) -> Any:
+        inputs = [GraphInputName(n.name) for n in module.graph.find_nodes(op="placeholder")]
+        (results,) = module.graph.output_node().args
+        assert isinstance(results, tuple | list)
+        outputs = [GraphOutputName(n.name) for n in results if isinstance(n, torch.fx.Node)]
+        signature = GraphSignature(
+            parameters=[],
+            buffers=[],
+            user_inputs=inputs,
+            user_outputs=outputs,
+            inputs_to_parameters={},
+            inputs_to_buffers={},
+            buffers_to_mutate={},
+            parameters_to_mutate={},
+            user_inputs_to_mutate={},
+            in_spec=None,  # type: ignore[arg-type]
+            out_spec=None,  # type: ignore[arg-type]
+            backward_signature=None,
+            input_tokens=[],
+            output_tokens=[],
+        )
+        return module, signature
+
+    with mock.patch.object(compile_fx, "aot_export_module", export):
+        yield
 
 
 def _at_once(jobs: Sequence[Callable[[], None]], headers: Callable[[], dict[str, str]]) -> None:
