@@ -20,6 +20,7 @@ import contextlib
 import functools
 import getpass
 import hashlib
+import importlib
 import json
 import operator
 import os
@@ -175,9 +176,12 @@ def build(
         tempfile.TemporaryDirectory(dir=folder(), prefix=f"{key}.") as work,
         _headers_precompiled_beside() as headers,
     ):
+        # decomposed as Inductor would (see _traced_once), with metafunc's own forms; Inductor's
+        # table is complete once its lowerings are imported (they take out the operations they
+        # compile themselves, such as convolutions)
+        importlib.import_module("torch._inductor.compile_fx")
         from torch._inductor.decomposition import select_decomp_table
 
-        # decomposed as Inductor would (see _traced_once), with metafunc's own forms
         table = {**select_decomp_table(), **_DECOMPOSED}
         with torch.no_grad():
             graph = make_fx(flat, table, tracing_mode="fake", _allow_non_fake_inputs=True)(*inputs)
