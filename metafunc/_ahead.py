@@ -150,11 +150,13 @@ def build(
     held: list[torch.Tensor],
     args: tuple[Any, ...],
     options: dict[str, Any],
+    whole: bool = False,
 ) -> Compiled:
     """``fn(*args)`` traced, compiled, saved under ``key`` and loaded. Tensors met in ``held``
     (by identity) become inputs of the graph; other tensors the code reads are constants of
     it, fixed by the key (metafunc's own, and those of the user's code the fingerprint met).
-    A large graph is compiled in two parts at once (:func:`_cut`, :func:`_at_once`)."""
+    A large graph is compiled in two parts at once (:func:`_cut`, :func:`_at_once`), unless
+    ``whole``."""
     from torch.fx.experimental.proxy_tensor import make_fx
 
     leaves, spec = _tree.flatten(args)
@@ -186,7 +188,7 @@ def build(
         with torch.no_grad():
             graph = make_fx(flat, table, tracing_mode="fake", _allow_non_fake_inputs=True)(*inputs)
         used = _lift(graph, held)
-        parts, wiring = _cut(graph)
+        parts, wiring = ([graph], None) if whole else _cut(graph)
         example = [*inputs, *[held[i] for i in used]]
         jobs = [
             functools.partial(_aot, part, _examples(part, example, i, wiring), work, i, options)
@@ -272,7 +274,13 @@ def _cut(
 
     (results,) = next(n for n in cut.graph.nodes if n.op == "output").args
     wiring = [[source(a) for a in call.args] for call in calls], [source(a) for a in results]
-    return [getattr(cut, str(call.target)) for call in calls], wiring
+    parts = [getattr(cut, str(call.target)) for call in calls]
+    for part in parts:  # each returns a tuple, as AOTInductor wants: one of one output too
+        output = part.graph.output_node()
+        if isinstance(output.args[0], torch.fx.Node):
+            output.args = ((output.args[0],),)
+            part.recompile()
+    return parts, wiring
 
 
 def _examples(
@@ -299,7 +307,14 @@ def _aot(
     i: int,
     options: dict[str, Any],
 ) -> None:
-    """AOTInductor's compile of ``graph`` into ``work/<i>/step.so``."""
+    """AOTInductor's compile of ``graph`` into ``work/<i>/step.so``. A later part is traced
+    again from its inputs, contiguous as the runner passes them: its graph holds the strides
+    they had in the whole graph's trace (a transposed view, say), which Inductor trusts."""
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    if i > 0:
+        with torch.no_grad():
+            graph = make_fx(graph, tracing_mode="fake", _allow_non_fake_inputs=True)(*example)
     os.makedirs(os.path.join(work, str(i)), exist_ok=True)
     settings = {"aot_inductor.output_path": os.path.join(work, str(i), "step.so"), **_SETTINGS}
     with (

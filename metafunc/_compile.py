@@ -332,13 +332,14 @@ def function(
         if compiled is None:
             return False, None
         seen[signature] = function = _bound(compiled, held)
-        loaded = origin == "loaded" and check is not None
-        with torch.no_grad(), _rng_kept(loaded) as replay:
+        # a loaded step may be another's (files copied); one compiled in parts is checked too
+        cut = origin == "compiled" and getattr(compiled, "wiring", None) is not None
+        checked = (origin == "loaded" or cut) and check is not None
+        with torch.no_grad(), _rng_kept(checked) as replay:
             out = function(args, leaves)
-            if loaded and check and not _agrees(check(out), check(replay(lambda: fn(*args)))):
-                # another step's files saved under this key: never trusted
-                warnings.warn(_mismatch(where), RuntimeWarning, stacklevel=4)
-                if (again := build()) is not None:
+            if checked and check and not _agrees(check(out), check(replay(lambda: fn(*args)))):
+                warnings.warn(_mismatch(where, cut), RuntimeWarning, stacklevel=4)
+                if (again := build(whole=cut)) is not None:
                     seen[signature] = function = _bound(again, held)
                     out = replay(lambda: function(args, leaves))
         return True, out
@@ -366,10 +367,17 @@ def _ahead_function(full: str, build: Callable[[], Any]) -> tuple[Any, str]:
 
 
 def _ahead_build(
-    full: str, fn: Any, held: list[torch.Tensor], args: tuple[Any, ...], options: Any, random: bool
+    full: str,
+    fn: Any,
+    held: list[torch.Tensor],
+    args: tuple[Any, ...],
+    options: Any,
+    random: bool,
+    whole: bool = False,
 ) -> Any:
-    """``fn(*args)`` compiled ahead of time and saved as ``full``; ``None`` (with a warning in
-    the log, once a process) where torch cannot trace or compile it that way."""
+    """``fn(*args)`` compiled ahead of time (``whole``: in one part, however large) and saved
+    as ``full``; ``None`` (with a warning in the log, once a process) where torch cannot trace
+    or compile it that way."""
     if full in _NOT_AHEAD:
         return None
     settings = {k: v for k, v in (options or {}).items() if k != "guard_filter_fn"}
@@ -377,7 +385,7 @@ def _ahead_build(
         settings.setdefault("fallback_random", True)
     try:
         with torch.random.fork_rng(devices=[]):  # the trace draws nothing from the run's stream
-            compiled = _ahead.build(full, fn, held, args, settings)
+            compiled = _ahead.build(full, fn, held, args, settings, whole=whole)
     except Exception as e:  # torch.compile's route raises the user's errors as eager does
         logger.warning("could not compile the step ahead of time (%s); using torch.compile", e)
         _NOT_AHEAD.add(full)
@@ -558,7 +566,12 @@ def _past_installed_names(scope: dict[str, Any]) -> None:
 _INSTALLED = re.compile(r"^__\w+?_(\d+)$")
 
 
-def _mismatch(where: str) -> str:
+def _mismatch(where: str, cut: bool = False) -> str:
+    if cut:
+        return (
+            f"{where}: the {where} compiled in two parts gave other numbers than the eager "
+            f"{where} on its first call; it was compiled again in one part"
+        )
     return (
         f"{where}: the compiled {where} loaded from the compile cache gave other numbers "
         f"than the eager {where} on its first call, so it was not this {where}'s (a cache file "

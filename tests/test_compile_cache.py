@@ -541,6 +541,40 @@ def test_a_large_graph_is_compiled_in_two_parts_at_once_with_the_whole_graphs_nu
     assert _ahead.load(second.name.removesuffix(".1.so")) is None
 
 
+@pytest.mark.compile
+def test_a_step_compiled_in_parts_that_disagrees_with_eager_is_compiled_whole(monkeypatch):
+    learner, params = _maml(lr=0.2, steps=2)
+    opt = mf.optim.sgd(0.1)
+    state, tasks = mf.init_state(learner, opt, params), sine_tasks(n=2)
+    monkeypatch.setattr(_ahead, "_CUT_AT", 1)
+    monkeypatch.setattr(_compile, "_own_source", lambda: "wrong parts")  # a key of its own
+    parts = _ahead.Compiled._parts  # the parts' outputs made wrong: half again
+    monkeypatch.setattr(
+        _ahead.Compiled, "_parts", lambda self, inputs: [t * 1.5 for t in parts(self, inputs)]
+    )
+    with pytest.warns(RuntimeWarning, match="compiled in two parts gave other numbers"):
+        out = mf.make_step(learner, opt)(state, tasks)
+    _same(out, mf.make_step(learner, opt, compile=False)(state, tasks))
+
+
+def test_a_part_compiles_for_the_strides_its_inputs_arrive_with(monkeypatch, tmp_path):
+    """The second part's inputs arrive contiguous; one that was a transposed view when the
+    whole graph was traced (``cos`` of a transpose keeps its strides) is compiled as the
+    contiguous tensor it arrives as (a part's graph keeps the strides of the trace: Inductor,
+    trusting them, read the transposed elements)."""
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(_ahead, "_CUT_AT", 1)
+
+    def fn(x, w):  # cut after the cosine: half the cost is behind it
+        return ((x.sin().t().cos()) * w).sum(dim=1)
+
+    x = torch.linspace(-1, 1, 12, dtype=torch.float64).reshape(4, 3)
+    w = torch.linspace(0, 1, 12, dtype=torch.float64).reshape(3, 4)
+    compiled = _ahead.build("transposed", fn, [], (x, w), {})
+    assert compiled.wiring is not None
+    torch.testing.assert_close(compiled([], [x, w]), fn(x, w), rtol=1e-12, atol=1e-14)
+
+
 @pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two CPUs to compile at once")
 def test_the_second_parts_failure_is_raised_and_the_first_parts_kills_the_second():
     ran = []
