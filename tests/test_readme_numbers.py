@@ -303,7 +303,7 @@ def test_the_start_up_tables_are_benchmarks_results_startup_cpu():
             assert run["warm"]["loaded_graphs"] > 0 and run["warm"]["traced_graphs"] == 0, name
             assert run["cold"]["traced_graphs"] > 0 and run["new"]["traced_graphs"] > 0, name
     # the same day's run of the commit before this start-up work, for the comparison
-    before = results("benchmarks/results/startup-cpu-f6d8e54.json")["runs"]
+    before = results("benchmarks/results/startup-cpu-c5a1533.json")["runs"]
     now = r["runs"]
     quoted(
         f"took {before['sine S=5']['cold']['first_call_s']:.1f} s at S=5 and "
