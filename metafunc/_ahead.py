@@ -381,11 +381,13 @@ def _traced_once(graph: torch.fx.GraphModule) -> Iterator[None]:
 
 def _at_once(jobs: Sequence[Callable[[], None]], headers: Callable[[], dict[str, str]]) -> None:
     """``jobs`` (one or two), the second in a forked process while the first runs here: two
-    cores for the two parts of a large graph (Linux, where this process may use two CPUs;
-    elsewhere one after the other). The forked process reports through a pipe, in one write
+    cores for the two parts of a large graph (Linux, where this process may use two CPUs and
+    has not started CUDA; otherwise one after the other). The forked process reports through a pipe, in one write
     (what it raised, or nothing); its output goes nowhere (this process writes the same), and
     it uses the precompiled headers ready when it began (``headers()``) and no others."""
-    if len(jobs) == 1 or sys.platform != "linux" or len(os.sched_getaffinity(0)) < 2:
+    alone = sys.platform != "linux" or len(os.sched_getaffinity(0)) < 2
+    # a forked process cannot use CUDA where this one started it (Inductor may ask it)
+    if len(jobs) == 1 or alone or torch.cuda.is_initialized():  # type: ignore[no-untyped-call]
         for job in jobs:
             job()
         return

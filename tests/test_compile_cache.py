@@ -576,7 +576,7 @@ def test_a_part_compiles_for_the_strides_its_inputs_arrive_with(monkeypatch, tmp
 
 
 @pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two CPUs to compile at once")
-def test_the_second_parts_failure_is_raised_and_the_first_parts_kills_the_second():
+def test_the_second_parts_failure_is_raised_and_the_first_parts_kills_the_second(monkeypatch):
     ran = []
 
     def fails():
@@ -587,6 +587,11 @@ def test_the_second_parts_failure_is_raised_and_the_first_parts_kills_the_second
     assert ran == [1]  # the first part ran here
     with pytest.raises(RuntimeError, match=r"its process ended with code 3"):
         _ahead._at_once([lambda: None, lambda: os._exit(3)], dict)
+    # where this process has started CUDA, which a forked one could not use: here, in order
+    with monkeypatch.context() as patched:
+        patched.setattr(torch.cuda, "is_initialized", lambda: True)
+        _ahead._at_once([lambda: ran.append(2), lambda: ran.append(3)], dict)
+    assert ran == [1, 2, 3]
     begun = time.monotonic()
     with pytest.raises(KeyError):  # raised at once: the second's process killed, not awaited
         _ahead._at_once([lambda: {}["x"], lambda: time.sleep(600)], dict)
