@@ -178,9 +178,8 @@ def build(
         tempfile.TemporaryDirectory(dir=folder(), prefix=f"{key}.") as work,
         _headers_precompiled_beside() as headers,
     ):
-        # decomposed as Inductor would (see _traced_once), with metafunc's own forms; Inductor's
-        # table is complete once its lowerings are imported (they take out the operations they
-        # compile themselves, such as convolutions)
+        # decomposed as Inductor would (see _traced_once), with metafunc's own forms; some of
+        # Inductor's decompositions read torch._inductor.lowering, there once it is imported
         importlib.import_module("torch._inductor.compile_fx")
         from torch._inductor.decomposition import select_decomp_table
 

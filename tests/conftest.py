@@ -16,6 +16,12 @@ import torch
 from torch import nn
 
 import metafunc as mf
+from metafunc import _ahead
+
+# xdist's two workers already use both cores: a large step's second part would compile in a
+# third process, two C++ compiles more for nothing. The cut is tested on its own
+# (tests/test_compile_cache.py), with the limit lowered.
+_ahead._CUT_AT = 10**9
 
 
 def pytest_unconfigure(config):
