@@ -67,10 +67,10 @@ def compiled(
     the key names the saved step, so another configuration's is never loaded, and a damaged
     file is compiled afresh. Deleting the folder is always safe. On the CPU (no CUDA-graph
     ``mode``) the step is compiled ahead of time (``metafunc._ahead``): traced to one graph,
-    compiled by AOTInductor into one shared object in the folder's ``metafunc/``, and run from
-    C++, so a new process loads it without importing torch's compiler; a step that cannot be
-    traced that way, and every other case, is compiled by ``torch.compile`` and saved with
-    torch's own caches.
+    compiled by AOTInductor into a shared object (two for a large graph, compiled at once) in
+    the folder's ``metafunc/``, and run from C++, so a new process loads it without importing
+    torch's compiler; a step that cannot be traced that way, and every other case, is compiled
+    by ``torch.compile`` and saved with torch's own caches.
 
     It runs under ``torch.no_grad`` (``grad`` inside it still differentiates). With a
     CUDA-graph ``mode`` (``"reduce-overhead"``, ``"max-autotune"``) each call marks the start
