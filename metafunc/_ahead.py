@@ -381,9 +381,8 @@ def _traced_once(graph: torch.fx.GraphModule) -> Iterator[None]:
 def _at_once(jobs: Sequence[Callable[[], None]], headers: Callable[[], dict[str, str]]) -> None:
     """``jobs`` (one or two), the second in a forked process while the first runs here: two
     cores for the two parts of a large graph (Linux, where this process may use two CPUs and
-    has not started CUDA; otherwise one after the other). The forked process reports through a pipe, in one write
-    (what it raised, or nothing); its output goes nowhere (this process writes the same), and
-    it uses the precompiled headers ready when it began (``headers()``) and no others."""
+    has not started CUDA; otherwise one after the other). The forked process (:func:`forked`)
+    uses the precompiled headers ready when it began (``headers()``) and no others."""
     alone = sys.platform != "linux" or len(os.sched_getaffinity(0)) < 2
     # a forked process cannot use CUDA where this one started it (Inductor may ask it)
     if len(jobs) == 1 or alone or torch.cuda.is_initialized():  # type: ignore[no-untyped-call]
@@ -392,29 +391,14 @@ def _at_once(jobs: Sequence[Callable[[], None]], headers: Callable[[], dict[str,
         return
     first, second = jobs
     ready = headers()
-    threads = torch.get_num_threads()
-    read, write = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the child: the second part, and never back into the caller's code
-        code = 0
-        try:
-            os.close(read)
-            quiet = os.open(os.devnull, os.O_RDWR)
-            for fd in (0, 1, 2):
-                os.dup2(quiet, fd)
-            from torch._inductor import codecache
 
-            # the parent's thread that prepares headers is not in this process
-            mock.patch.object(
-                codecache, "_precompile_header", lambda h, *_, **__: ready.get(h)
-            ).start()
-            on_new_thread(second, threads)
-        except BaseException as e:
-            os.write(write, f"{type(e).__name__}: {e}".encode()[:4096])
-            code = 1
-        finally:
-            os._exit(code)
-    os.close(write)
+    def second_here() -> None:  # the parent's thread that prepares headers is not here
+        from torch._inductor import codecache
+
+        mock.patch.object(codecache, "_precompile_header", lambda h, *_, **__: ready.get(h)).start()
+        second()
+
+    pid, read = forked(second_here)
     try:
         first()
     except BaseException:
@@ -427,6 +411,32 @@ def _at_once(jobs: Sequence[Callable[[], None]], headers: Callable[[], dict[str,
     if code != 0:
         why = report or f"its process ended with code {code}"
         raise RuntimeError(f"the second part of the step's graph did not compile ({why})")
+
+
+def forked(call: Callable[[], Any]) -> tuple[int, int]:
+    """A child process that runs ``call()`` (on a new thread: :func:`on_new_thread`) and never
+    returns into the caller's code; ``(pid, pipe)``, the pipe's read end, on which the child
+    reports in one write: ``ok``, or what it raised. Nothing of the caller's output: a pipe
+    the child writes to closes when the caller ends, and the child may outlive it."""
+    threads = torch.get_num_threads()
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        code = 0
+        try:
+            os.close(read)
+            quiet = os.open(os.devnull, os.O_RDWR)
+            for fd in (0, 1, 2):
+                os.dup2(quiet, fd)
+            on_new_thread(call, threads)
+            os.write(write, b"ok")
+        except BaseException as e:  # reported to the parent
+            os.write(write, f"{type(e).__name__}: {e}".encode()[:4096])
+            code = 1
+        finally:
+            os._exit(code)
+    os.close(write)
+    return pid, read
 
 
 def on_new_thread(call: Callable[[], Any], threads: int) -> None:

@@ -171,7 +171,7 @@ def _reap() -> None:
 
 def _fork(step: Step, state: TrainState, tasks: Tasks) -> dict[str, Any]:
     """A child process that calls ``step`` once (compiling and saving it) and reports through
-    a pipe, in one write: ``ok``, or what it raised."""
+    a pipe, in one write: ``ok``, or what it raised (:func:`metafunc._ahead.forked`)."""
     if not hasattr(os, "fork"):
         raise ValueError(
             'step: compile="background" forks a process to compile in, which this platform '
@@ -182,26 +182,8 @@ def _fork(step: Step, state: TrainState, tasks: Tasks) -> dict[str, Any]:
             'step: compile="background" forks a process to compile in, and CUDA has started in '
             "this one, which a forked process cannot use; use compile=True"
         )
-    threads = torch.get_num_threads()
-    read, write = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the child: compile, save, report; never back into the caller's code
-        code = 0
-        try:
-            os.close(read)
-            # nothing of the caller's output: a pipe it writes to closes when it ends, and
-            # the compile may outlive it (it still fills the cache)
-            quiet = os.open(os.devnull, os.O_RDWR)
-            for fd in (0, 1, 2):
-                os.dup2(quiet, fd)
-            _ahead.on_new_thread(lambda: step(state, tasks), threads)
-            os.write(write, b"ok")
-        except BaseException as e:  # reported to the parent, which warns
-            os.write(write, f"{type(e).__name__}: {e}".encode()[:4096])
-            code = 1
-        finally:
-            os._exit(code)
-    os.close(write)
+    # compiles and saves the step; its output goes nowhere (the compile may outlive the caller)
+    pid, read = _ahead.forked(lambda: step(state, tasks))
     os.set_blocking(read, False)  # polled: a read with nothing written returns at once
     return {"pid": pid, "pipe": read}
 
