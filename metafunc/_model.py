@@ -27,7 +27,7 @@ class Pure:
         self._constants = constants  # buffers and frozen parameters
         self._pristine = _tree.copy(constants)
         self._buffers = {name for name, _ in module.named_buffers()}
-        # the names params must have; with exactly these, torch's strict check is skipped
+        # the names params must have; with exactly these, a call takes the fast path
         self._learned = {name for name, _ in module.named_parameters()} - set(constants)
         self._shapes = {name: tuple(p.shape) for name, p in module.named_parameters()}
         self._batchnorms = [
@@ -50,6 +50,7 @@ class Pure:
         self._tracking_instancenorms = [n for n, m in instancenorms if m.track_running_stats]
         # wrong second-order gradients under vmap (torch 2.13), as torch's BatchNorm
         self._affine_instancenorms = [n for n, m in instancenorms if m.affine]
+        self._slots = _slots(module, self._learned | set(constants))
 
     def __call__(self, params: Params, *args: Any, **kwargs: Any) -> Any:
         self._refuse()
@@ -60,9 +61,15 @@ class Pure:
         if torch.compiler.is_compiling():
             return functional_call(self._module, (params, constants), args, kwargs, strict=True)
         versions = {name: b._version for name, b in constants.items()}
-        strict = not (isinstance(params, dict) and params.keys() == self._learned)
+        exact = isinstance(params, dict) and params.keys() == self._learned
         try:
-            out = functional_call(self._module, (params, constants), args, kwargs, strict=strict)
+            if exact and self._slots is not None:
+                out = _call_with(self._module, self._slots, (params, constants), args, kwargs)
+            else:
+                strict = not exact  # with exactly the module's names torch's check is skipped
+                out = functional_call(
+                    self._module, (params, constants), args, kwargs, strict=strict
+                )
         except RuntimeError as e:
             self._check_shapes(params, e)
             # Under grad or vmap, torch refuses most writes into a buffer with its own message,
@@ -383,6 +390,53 @@ _STATS_WRITERS: dict[Any, int | str] = {
     torch.batch_norm: 5,  # (input, weight, bias, running_mean, running_var, training, ...)
     torch.instance_norm: 5,
 }
+
+
+# where each named tensor of a module lives: its owner's ``_parameters`` or ``_buffers``
+# dict and its key there, every alias of a tied tensor included
+Slots = dict[str, list[tuple[dict[str, Any], str]]]
+
+
+def _slots(module: nn.Module, given: set[str]) -> Slots | None:
+    """For each name in ``given``, the places ``functional_call`` (``tie_weights=True``)
+    would put its value: the tensor's own and those of the names tied to it; ``None`` where
+    the fast path of :func:`_call_with` does not apply (a scripted or data-parallel module,
+    two given names for one tied tensor, a name that is not the module's)."""
+    if isinstance(module, (torch.jit.ScriptModule, nn.DataParallel)):
+        return None
+    places: dict[str, tuple[dict[str, Any], str]] = {}
+    aliases: dict[int, list[str]] = {}
+    for kind, named in (
+        ("_parameters", module.named_parameters(remove_duplicate=False)),
+        ("_buffers", module.named_buffers(remove_duplicate=False)),
+    ):
+        for name, tensor in named:
+            owner, _, key = name.rpartition(".")
+            places[name] = (getattr(module.get_submodule(owner), kind), key)
+            aliases.setdefault(id(tensor), []).append(name)
+    tied = {name: names for names in aliases.values() for name in names}
+    if not given <= places.keys() or any(len(given & set(tied[n])) > 1 for n in given):
+        return None
+    return {name: [places[alias] for alias in tied[name]] for name in given}
+
+
+def _call_with(
+    module: nn.Module, slots: Slots, dicts: tuple[Params, ...], args: Any, kwargs: Any
+) -> Any:
+    """``functional_call(module, dicts, args, kwargs)`` for exactly the names of ``slots``,
+    with the places found once: the same tensors in the same places, put back after, without
+    the per-call walk over the module (about 20 µs of a 40-by-40 MLP's 35 µs call)."""
+    held: list[tuple[dict[str, Any], str, Any]] = []
+    try:
+        for values in dicts:
+            for name, value in values.items():
+                for place, key in slots[name]:
+                    held.append((place, key, place[key]))
+                    place[key] = value
+        return module(*args, **kwargs)
+    finally:
+        for place, key, old in reversed(held):
+            place[key] = old
 
 
 def _written_statistics(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[Any]:

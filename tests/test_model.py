@@ -577,3 +577,66 @@ def test_eval_mode_keeps_the_frozen_parameters_and_buffers():
     torch.testing.assert_close(batched[:, 0], module(x), rtol=0, atol=1e-15)
     with pytest.raises(ValueError, match=REFUSED):
         vmap(fn, in_dims=(None, 0))(params, x[:, None])
+
+
+class _Tied(nn.Module):
+    """An encoder and a decoder sharing one weight, a buffer added to the output and a frozen
+    scale, with a keyword argument: every kind of named tensor ``functional_call`` places."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.encode = nn.Linear(3, 3, bias=False)
+        self.decode = nn.Linear(3, 3, bias=False)
+        self.decode.weight = self.encode.weight  # tied: one parameter, two names
+        self.register_buffer("shift", torch.arange(3.0))
+        self.scale = nn.Parameter(torch.tensor(2.0), requires_grad=False)
+
+    def forward(self, x: torch.Tensor, *, twice: bool = False) -> torch.Tensor:
+        y = self.decode(torch.tanh(self.encode(x))) * self.scale + self.shift
+        return 2 * y if twice else y
+
+
+def test_fn_places_tied_weights_buffers_and_frozen_parameters_as_functional_call_does():
+    """``fn`` finds where each tensor goes once and puts it there on every call (no walk over
+    the module): the same result and gradients as ``functional_call``, whose tied weights take
+    the one value given."""
+    module = _Tied()
+    fn, params = mf.pure(module)
+    assert sorted(params) == ["encode.weight"]  # the tied alias and the frozen scale are not
+    new = {"encode.weight": inputs(3, 3).float()}
+    constants = {"shift": module.shift, "scale": module.scale}
+    x = inputs(4, 3, seed=2).float()
+    want = functional_call(module, (new, constants), (x,), {"twice": True})
+    assert torch.equal(fn(new, x, twice=True), want)
+    g = grad(lambda p: fn(p, x).square().sum())(new)
+    g_want = grad(lambda p: functional_call(module, (p, constants), (x,)).square().sum())(new)
+    assert torch.equal(g["encode.weight"], g_want["encode.weight"])
+    # and the private module holds its own tensors again after each call
+    inner = fn._module
+    assert inner.decode.weight is inner.encode.weight
+    assert isinstance(inner.encode.weight, nn.Parameter)
+
+
+def test_fn_puts_the_modules_tensors_back_when_the_forward_raises_or_rebinds_a_buffer():
+    class Fails(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lin = nn.Linear(2, 2)
+            self.register_buffer("count", torch.zeros(()))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            self.count = self.count + 1  # rebinds the buffer: not a write into it
+            if x.shape[0] == 0:
+                raise ValueError("no examples")
+            return self.lin(x)
+
+    fn, params = mf.pure(Fails())
+    inner = fn._module
+    before = {n: t for n, t in [*inner.named_parameters(), *inner.named_buffers()]}
+    with pytest.raises(ValueError, match="no examples"):
+        fn(params, torch.zeros(0, 2))
+    fn(params, torch.zeros(1, 2))
+    after = {n: t for n, t in [*inner.named_parameters(), *inner.named_buffers()]}
+    assert after.keys() == before.keys() and all(after[n] is before[n] for n in before)
+    assert float(inner.count) == 0  # each call starts from the buffer as it was
