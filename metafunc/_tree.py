@@ -253,6 +253,12 @@ def split(
     both directions go through ``torch.utils._pytree``, which Dynamo traces in one consistent
     order (its stand-ins for optree visit dicts in insertion order in ``tree_map`` but in sorted
     order in ``tree_leaves``)."""
+    if type(tree) is dict and all(isinstance(v, torch.Tensor) for v in tree.values()):
+        # a flat dict of tensors (mf.pure's parameters): the same order, without a walk in Python
+        keys = list(tree)
+        if pick is None:
+            return list(tree.values()), lambda new: dict(zip(keys, new, strict=True))
+        return _split(list(tree.values()), [pick(str(k)) for k in keys], keys)
     if pick is None:
         values, spec = torch_pytree.tree_flatten(tree)
         return values, lambda new: torch_pytree.tree_unflatten(new, spec)
@@ -271,13 +277,17 @@ def split_leaves(
 
 
 def _split(
-    values: list[Any], flags: list[bool], spec: torch_pytree.TreeSpec
+    values: list[Any], flags: list[bool], spec: torch_pytree.TreeSpec | list[Any]
 ) -> tuple[list[Any], Callable[[list[Any]], PyTree]]:
+    """``split``'s result for a tree flattened to ``values`` (``spec``, or the keys of a flat
+    dict), keeping those whose flag is set."""
+
     def merge(new: list[Any]) -> PyTree:
         it = iter(new)
-        return torch_pytree.tree_unflatten(
-            [next(it) if f else v for v, f in zip(values, flags, strict=True)], spec
-        )
+        merged = [next(it) if f else v for v, f in zip(values, flags, strict=True)]
+        if isinstance(spec, list):
+            return dict(zip(spec, merged, strict=True))
+        return torch_pytree.tree_unflatten(merged, spec)
 
     return [v for v, f in zip(values, flags, strict=True) if f], merge
 

@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+from torch.utils import _pytree as torch_pytree
 
 import metafunc as mf
 from metafunc import _tree
@@ -274,3 +275,25 @@ def test_dict_key_order_does_not_matter():
     # Leaves are paired by key, whatever order each dict was built in.
     assert_tree_equal(_tree.map(torch.sub, ba, ab), {"a": t(0.0), "b": t(0.0)})
     assert_tree_equal(_tree.axpy(ba, ab, ab), {"a": t(6.0), "b": t(2.0)})
+
+
+@pytest.mark.parametrize(
+    "given",
+    [
+        {"b": torch.zeros(1), "a": torch.ones(2), "c.w": torch.full((3,), 2.0)},
+        {"b": torch.zeros(1), "a": {"x": torch.ones(2)}, "c.w": torch.full((3,), 2.0)},
+    ],
+    ids=["flat dict", "nested"],
+)
+def test_split_keeps_the_trees_own_order_and_merge_puts_back_only_the_picked(given):
+    """A flat dict (mf.pure's parameters) takes a path of its own; both give the leaves in
+    insertion order, as torch.utils._pytree does (not optree's sorted order)."""
+    everything, merge = _tree.split(given, None)
+    assert [t.shape for t in everything] == [t.shape for t in torch_pytree.tree_leaves(given)]
+    again = merge([t + 1 for t in everything])
+    assert type(again) is dict and list(again) == list(given)
+    picked, merge = _tree.split(given, lambda name: name != "b")
+    assert [t.shape for t in picked] == [t.shape for t in torch_pytree.tree_leaves(given)[1:]]
+    merged = merge([t * 0 - 1 for t in picked])
+    assert merged["b"] is given["b"] and list(merged) == list(given)
+    assert all(bool((t == -1).all()) for t in torch_pytree.tree_leaves(merged)[1:])
