@@ -417,7 +417,8 @@ def _slots(module: nn.Module, given: set[str]) -> Slots | None:
     tied = {name: names for names in aliases.values() for name in names}
     if not given <= places.keys() or any(len(given & set(tied[n])) > 1 for n in given):
         return None
-    return {name: [places[alias] for alias in tied[name]] for name in given}
+    # in the module's order, not the set's: the step's fingerprint visits this dict
+    return {name: [places[alias] for alias in tied[name]] for name in places if name in given}
 
 
 def _call_with(

@@ -173,6 +173,31 @@ def test_the_fingerprint_is_the_same_for_an_equal_configuration_whatever_its_rat
     assert len(set(differ.values()) | {a}) == len(differ) + 1, differ
 
 
+def test_the_fingerprint_of_a_pure_model_is_the_same_in_every_process():
+    """Nothing in the key may follow Python's per-process string hashing (a set's order): a
+    process that found the step in the cache would compile it again (it did once, for the
+    places ``mf.pure`` keeps of a model's tensors)."""
+    script = (
+        "import metafunc as mf, torch\n"
+        "from metafunc import _fingerprint\n"
+        "torch.manual_seed(0)\n"
+        "fn, params = mf.pure(mf.models.mlp([1, 8, 8, 1]))\n"
+        "learner = mf.maml(mf.supervised(fn, mf.losses.mse), inner_steps=2)\n"
+        "print(_fingerprint.fingerprint(learner, mf.optim.adam(1e-3)))\n"
+    )
+    keys = {
+        subprocess.run(
+            [sys.executable, "-c", script],
+            env={**os.environ, "PYTHONHASHSEED": seed},
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        for seed in ("1", "2", "3")
+    }
+    assert len(keys) == 1 and None not in keys, keys
+
+
 def test_the_fingerprint_sees_a_module_put_in_eval_mode_and_a_rebound_global():
     global ACT
     net = nn.Sequential(nn.Linear(1, 4), _Doubles(), nn.Linear(4, 1)).double()
