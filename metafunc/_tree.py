@@ -18,6 +18,7 @@ from typing import Any, cast
 import optree
 import torch
 import torch.utils._pytree as torch_pytree
+from torch.fx.experimental.proxy_tensor import get_proxy_mode
 
 PyTree = Any
 
@@ -401,12 +402,27 @@ def global_norm(tree: PyTree, *, foreach: bool = False) -> torch.Tensor:
     reduction over the leaves instead of one per leaf (fewer operations; not under ``vmap``,
     which has no rule for it)."""
     leaves = optree.tree_leaves(tree)
-    if foreach and _foreach_ready(leaves):
+    if foreach and foreach_ready(leaves):
         return cast(
             torch.Tensor, torch.linalg.vector_norm(torch.stack(torch._foreach_norm(leaves)))
         )
     squares = [torch.sum(t * t) for t in leaves]
     return torch.sqrt(functools.reduce(torch.add, squares))
+
+
+def norm_and_finite_leaves(tree: PyTree) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(global_norm(tree), finite_leaves(tree))`` with ``foreach`` reductions. Eagerly on the
+    CPU (:func:`readable`) one reduction serves both: a leaf whose 2-norm is finite has only
+    finite elements, and only when a norm is not (a non-finite element, or an overflow of
+    finite ones) are the leaves' largest magnitudes computed to tell which."""
+    leaves = optree.tree_leaves(tree)
+    if not (foreach_ready(leaves) and readable(leaves[0])):
+        return global_norm(leaves, foreach=True), finite_leaves(leaves, foreach=True)
+    norms = torch.stack(torch._foreach_norm(leaves))
+    ok = norms.isfinite()
+    if not bool(ok.all()):
+        ok = finite_leaves(leaves, foreach=True)
+    return torch.linalg.vector_norm(norms), ok
 
 
 def all_finite(tree: PyTree, *, foreach: bool = False) -> torch.Tensor:
@@ -423,17 +439,35 @@ def finite_leaves(tree: PyTree, *, foreach: bool = False) -> torch.Tensor:
     ``foreach`` as in :func:`global_norm` (each leaf's largest magnitude, which is finite
     exactly when every element is: it cannot overflow)."""
     leaves = optree.tree_leaves(tree)
-    if foreach and _foreach_ready(leaves):
+    if foreach and foreach_ready(leaves):
         return torch.stack(torch._foreach_norm(leaves, ord=math.inf)).isfinite()
     return torch.stack([torch.isfinite(t).all() for t in leaves])
 
 
-def _foreach_ready(leaves: list[torch.Tensor]) -> bool:
-    """A ``foreach`` norm works on these: floating-point, not empty, on one device, and not
-    while compiling (Inductor fuses the per-leaf reductions, and its C++ wrapper runs
-    ``_foreach_norm`` through a slow fallback)."""
+def eager() -> bool:
+    """Operations run one by one on real tensors: not compiled by Dynamo, not traced by
+    ``make_fx`` (the step compiled ahead of time), not inside a ``torch.func`` transform."""
     return (
         not torch.compiler.is_compiling()
+        and get_proxy_mode() is None
+        and torch._C._functorch.peek_interpreter_stack() is None
+    )
+
+
+def readable(t: torch.Tensor) -> bool:
+    """Reading ``t``'s value in Python costs no wait and fixes nothing in a traced graph: a
+    tensor on the CPU, run :func:`eager`."""
+    return t.device.type == "cpu" and eager()
+
+
+def foreach_ready(leaves: list[torch.Tensor]) -> bool:
+    """torch's kernels for a list of tensors (``foreach``, fused) work on these: floating-point,
+    not empty, on one device, not inside a ``torch.func`` transform (``vmap`` has no rule for
+    them) and not while compiling (Inductor fuses the per-leaf operations itself, and its C++
+    wrapper runs ``_foreach_norm`` through a slow fallback)."""
+    return (
+        not torch.compiler.is_compiling()
+        and torch._C._functorch.peek_interpreter_stack() is None
         and bool(leaves)
         and all(
             t.is_floating_point() and t.numel() > 0 and t.device == leaves[0].device for t in leaves

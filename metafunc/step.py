@@ -172,13 +172,14 @@ def pure_step(
     learner = learner._replace(context=Context(state.step, state.model_state))
     grads, losses = learner.rule(learner, state.meta, tasks)
     # over all leaves at once (foreach): the step is outside every vmap
-    leaf_ok = _tree.finite_leaves(grads, foreach=True)
-    grad_norm = _tree.global_norm(grads, foreach=True)
+    grad_norm, leaf_ok = _tree.norm_and_finite_leaves(grads)
     # The gradient of a loss that is not finite is no gradient, even where it came out
     # finite (L1's at a NaN target is): make it NaN (times 1, or NaN), so a guard refuses it.
+    # Eagerly on the CPU, where reading a tensor costs no wait, a finite loss skips the product.
     loss_ok = torch.isfinite(losses.loss)
-    keep = torch.where(loss_ok, 1.0, torch.nan)
-    grads = _tree.unflatten(grads, list(torch._foreach_mul(_tree.leaves(grads), keep)))
+    if not (_tree.readable(loss_ok) and bool(loss_ok)):
+        keep = torch.where(loss_ok, 1.0, torch.nan)
+        grads = _tree.unflatten(grads, list(torch._foreach_mul(_tree.leaves(grads), keep)))
     updates, opt_state = optimizer.update(grads, state.opt_state, state.meta)
     meta = apply_updates(state.meta, updates)
     finite, skipped = _nonfinite.verdict(leaf_ok, loss_ok, meta, opt_state)

@@ -297,3 +297,50 @@ def test_split_keeps_the_trees_own_order_and_merge_puts_back_only_the_picked(giv
     merged = merge([t * 0 - 1 for t in picked])
     assert merged["b"] is given["b"] and list(merged) == list(given)
     assert all(bool((t == -1).all()) for t in torch_pytree.tree_leaves(merged)[1:])
+
+
+def test_readable_only_for_a_cpu_tensor_run_op_by_op():
+    """A step reads a tensor's value only where that costs no wait and fixes nothing in a
+    graph: eagerly on the CPU, not while make_fx traces the step ahead of time, not inside a
+    torch.func transform, not under Dynamo."""
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    seen = []
+
+    def probe(x):
+        seen.append(_tree.readable(x))
+        return x + 1
+
+    x = torch.zeros(3)
+    probe(x)
+    make_fx(probe)(x)
+    make_fx(probe, tracing_mode="fake")(x)
+    torch.func.vmap(probe)(x)
+    torch.func.grad(lambda x: probe(x).sum())(x)
+    torch.compile(probe, backend="eager", fullgraph=True)(x)
+    assert seen == [True, False, False, False, False, False]
+
+
+def test_norm_and_finite_leaves_is_the_global_norm_and_the_exact_finiteness_of_each_leaf():
+    """One reduction gives both when every leaf's 2-norm is finite; a leaf whose 2-norm
+    overflows though its elements are finite is still finite, and a NaN marks its leaf only."""
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    g = torch.Generator().manual_seed(0)
+    grads = {"a": torch.randn(3, 2, generator=g), "b": torch.randn(4, generator=g)}
+    norm, ok = _tree.norm_and_finite_leaves(grads)
+    assert torch.equal(norm, _tree.global_norm(grads, foreach=True))
+    assert ok.tolist() == [True, True]
+    big = {"a": torch.full((3,), 1e30), "b": torch.tensor([1.0, float("nan")])}
+    norm, ok = _tree.norm_and_finite_leaves(big)
+    assert ok.tolist() == [True, False] and torch.isnan(norm)
+    huge = {"a": torch.full((3,), 1e30), "b": torch.ones(2)}
+    norm, ok = _tree.norm_and_finite_leaves(huge)
+    assert ok.tolist() == [True, True] and torch.isinf(norm)
+    # traced (the step compiled ahead of time), without reading a value: the same numbers
+    both = lambda a, b: _tree.norm_and_finite_leaves({"a": a, "b": b})  # noqa: E731
+    for tree in (grads, big, huge):
+        want = _tree.norm_and_finite_leaves(tree)
+        got = make_fx(both, tracing_mode="fake")(tree["a"], tree["b"])(tree["a"], tree["b"])
+        assert got[1].tolist() == want[1].tolist()
+        torch.testing.assert_close(got[0], want[0], equal_nan=True)
