@@ -291,6 +291,7 @@ def test_the_workload_rows_are_data():
 
 STUDIES = [
     "step_variants",
+    "eager",
     "memory",
     "nonfinite_guard",
     "distributed",
@@ -466,3 +467,28 @@ def test_the_jax_step_compiles_once(tmp_path):
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stderr.count("Compiling jit(jstep)") == 1, done.stderr[-3000:]
+
+
+def test_the_eager_studys_hand_written_extras_report_what_make_step_does():
+    """``benchmarks.studies.eager`` times the hand-written step with the work metafunc's eager
+    step reports: that work gives metafunc's numbers (the first step from the same weights)."""
+    import torch
+
+    import metafunc as mf
+    from benchmarks import data
+    from benchmarks.studies import eager
+    from benchmarks.workloads import OUTER_LR, WORKLOADS
+
+    w = WORKLOADS["sine-1step"]
+    net, tasks = data.make_net(w), data.make_batch(w)
+    report = eager.by_hand(w, net, tasks, checks=True)()
+    fn, params = mf.pure(net)
+    learner = mf.maml(mf.supervised(fn, mf.losses.mse), inner_lr=w.inner_lr, inner_steps=1)
+    opt = mf.optim.adam(OUTER_LR)
+    _, metrics = mf.make_step(learner, opt, compile=False)(
+        mf.init_state(learner, opt, params), tasks
+    )
+    for name in ("loss", "loss_before", "grad_norm"):
+        torch.testing.assert_close(report[name], getattr(metrics, name), rtol=1e-5, atol=0)
+    assert report["finite_leaves"].tolist() == metrics.finite_leaves.tolist()
+    assert bool(report["finite"]) and bool(metrics.finite)

@@ -2,6 +2,7 @@
 ``python -m benchmarks.studies.<name> [--help]``.
 
 - ``step_variants``: the compiled step built several ways, timed side by side in one process;
+- ``eager``: the eager step beside torch.func by hand, with and without the work it reports;
 - ``memory``: memory and time of long inner loops, iMAML and chunked meta-batches;
 - ``nonfinite_guard``: what the non-finite guard costs per compiled step;
 - ``distributed``: data-parallel throughput against the number of processes (torchrun);
