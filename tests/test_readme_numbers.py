@@ -504,3 +504,25 @@ def test_the_background_few_shot_table_is_benchmarks_results_background_fewshot_
     assert runs["background"]["time_to_n_s"]["300"] < min(
         runs["eager"]["time_to_n_s"]["300"], runs["compiled"]["time_to_n_s"]["300"]
     )
+
+
+def test_the_eager_breakdown_is_benchmarks_results_eager_cpu():
+    """``OMP_NUM_THREADS=1 python -m benchmarks.studies.eager --out
+    benchmarks/results/eager-cpu.json``: the eager step beside the hand-written one and the
+    hand-written one doing the same work, interleaved in one process."""
+    r = results("benchmarks/results/eager-cpu.json")["workloads"]
+    names = ("sine-1step", "sine-5step", "sine-5step-fo")
+    rows = [r[n] for n in names]
+    me, hand = "metafunc eager", "torch.func by hand"
+    same = "by hand + loss before + checks"
+    text = " ".join(README[README.index("## Benchmarks") :].split())
+    phrase = (
+        "metafunc's eager step takes "
+        + ", ".join(f"{x[me]['wall_ms'] / x[hand]['wall_ms']:.2f}×" for x in rows)
+        + " the hand-written one's time and "
+        + ", ".join(f"{x[me]['wall_ms'] / x[same]['wall_ms']:.2f}×" for x in rows)
+        + " that of the hand-written one that does the same work ("
+        + ", ".join(ms(x[same]["wall_ms"]) for x in rows)
+        + " ms)"
+    )
+    assert phrase in text, phrase
