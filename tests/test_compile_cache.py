@@ -888,6 +888,46 @@ def test_every_few_shot_learner_has_a_fingerprint_so_its_step_is_saved(algo):
     assert _fingerprint.fingerprint(learner, mf.optim.adam(1e-3)) is not None
 
 
+CONV_SCRIPT = """
+import json, sys
+import torch
+import metafunc as mf
+from metafunc import _ahead, _compile
+g = torch.Generator().manual_seed(0)
+net = mf.models.conv_net(3, channels=2, blocks=1, image_size=4, generator=g).double()
+fn, params = mf.pure(net)
+learner = mf.maml(mf.supervised(fn, mf.losses.cross_entropy), inner_lr=0.4, inner_steps=1)
+opt = mf.optim.adam(1e-3)
+data = mf.tasks.synthetic_glyphs(g, classes=6, examples=4, image_size=4)
+tasks = mf.tasks.fewshot(g, data, tasks=2, ways=3, shots=1, queries=2, dtype=torch.float64)
+state = mf.init_state(learner, opt, params)
+new, _ = mf.make_step(learner, opt)(state, tasks)
+want, _ = mf.make_step(learner, opt, compile=False)(state, tasks)
+dynamo = sys.modules.get("torch._dynamo.utils")
+print(json.dumps({
+    "ahead": _ahead.COUNTS["compiled"],
+    "refused": len(_compile._NOT_AHEAD),
+    "dynamo": dynamo.counters["stats"]["unique_graphs"] if dynamo else 0,
+    "close": all(torch.allclose(a, b, rtol=1e-9, atol=1e-11)
+                 for a, b in zip(mf._tree.leaves(new), mf._tree.leaves(want))),
+}))
+"""
+
+
+@pytest.mark.compile
+def test_a_conv_step_compiles_ahead_of_time_in_a_fresh_process(tmp_path):
+    """A conv step's decompositions read Inductor's lowerings, which a fresh process has not
+    imported: once, the step fell back to torch.compile with only a line in the log. In a new
+    process it must be compiled ahead of time, by make_fx and AOTInductor, with no Dynamo."""
+    env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(tmp_path), "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(
+        [sys.executable, "-c", CONV_SCRIPT], env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    got = json.loads(done.stdout.strip().splitlines()[-1])
+    assert got == {"ahead": 1, "refused": 0, "dynamo": 0, "close": True}, got
+
+
 # ---------------------------------------------------------------- compiled in the background
 
 
