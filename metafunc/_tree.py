@@ -461,10 +461,10 @@ def readable(t: torch.Tensor) -> bool:
 
 
 def foreach_ready(leaves: list[torch.Tensor]) -> bool:
-    """torch's kernels for a list of tensors (``foreach``, fused) work on these: floating-point,
-    not empty, on one device, not inside a ``torch.func`` transform (``vmap`` has no rule for
-    them) and not while compiling (Inductor fuses the per-leaf operations itself, and its C++
-    wrapper runs ``_foreach_norm`` through a slow fallback)."""
+    """torch's ``foreach`` kernels (one call for a list of tensors) work on these:
+    floating-point, not empty, on one device, not inside a ``torch.func`` transform (``vmap``
+    has no rule for them) and not while compiling (Inductor fuses the per-leaf operations
+    itself, and its C++ wrapper runs ``_foreach_norm`` through a slow fallback)."""
     return (
         not torch.compiler.is_compiling()
         and torch._C._functorch.peek_interpreter_stack() is None
