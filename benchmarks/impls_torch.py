@@ -13,7 +13,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.func import functional_call
+from torch.func import functional_call, grad
 
 import metafunc as mf
 
@@ -107,6 +107,31 @@ def metafunc_step(
     return Impl(step, lambda: _numpy(held[0].opt_state.mu), _cuda_peak(device))
 
 
+def adapted_by_hand(
+    w: Workload, net: nn.Module, crit: Callable[..., torch.Tensor], p: dict, support: Any
+) -> dict:
+    """One task's inner loop written by hand with ``torch.func``: ``w.inner_steps`` SGD steps
+    on the support loss, differentiable (first order: the inner gradients detached)."""
+    for _ in range(w.inner_steps):
+        g = grad(lambda p: crit(functional_call(net, p, (support[0],)), support[1]))(p)
+        if w.first_order:
+            g = {k: v.detach() for k, v in g.items()}
+        p = {k: p[k] - w.inner_lr * g[k] for k in p}
+    return p
+
+
+def adam_by_hand(
+    p: dict, m: dict, v: dict, t: torch.Tensor, g: dict, b2: float = 0.999, eps: float = 1e-8
+) -> tuple[dict, dict, dict, torch.Tensor]:
+    """One Adam update written by hand on dicts (``torch.optim.Adam``'s arithmetic, the
+    benchmark's outer rate): the new parameters, moments and count."""
+    t = t + 1
+    m = {k: B1 * m[k] + (1 - B1) * g[k] for k in g}
+    v = {k: b2 * v[k] + (1 - b2) * g[k] ** 2 for k in g}
+    p = {k: p[k] - OUTER_LR * (m[k] / (1 - B1**t)) / ((v[k] / (1 - b2**t)).sqrt() + eps) for k in g}
+    return p, m, v, t
+
+
 def torch_func_compiled(
     w: Workload,
     net: nn.Module,
@@ -120,32 +145,21 @@ def torch_func_compiled(
     ``grad`` of ``grad``, Adam on dicts, the whole step under ``torch.compile(fullgraph=True)``
     (``compile=False``: the same function run eagerly). What metafunc's abstractions, checks and
     guards cost is the gap to the matching metafunc row."""
-    from torch.func import grad, vmap
+    from torch.func import vmap
 
     params = {k: v.detach() for k, v in net.named_parameters()}
     crit = _criterion(w)
 
     def task_loss(p, support, query):
-        for _ in range(w.inner_steps):
-            g = grad(lambda p: crit(functional_call(net, p, (support[0],)), support[1]))(p)
-            if w.first_order:
-                g = {k: v.detach() for k, v in g.items()}
-            p = {k: p[k] - w.inner_lr * g[k] for k in p}
-        return crit(functional_call(net, p, (query[0],)), query[1])
+        return crit(
+            functional_call(net, adapted_by_hand(w, net, crit, p, support), (query[0],)), query[1]
+        )
 
     def meta_loss(p, support, query):
         return vmap(task_loss, in_dims=(None, 0, 0))(p, support, query).mean()
 
-    def adam(p, m, v, t, support, query, b2=0.999, eps=1e-8):
-        g = grad(meta_loss)(p, support, query)
-        t = t + 1
-        m = {k: B1 * m[k] + (1 - B1) * g[k] for k in g}
-        v = {k: b2 * v[k] + (1 - b2) * g[k] ** 2 for k in g}
-        p = {
-            k: p[k] - OUTER_LR * (m[k] / (1 - B1**t)) / ((v[k] / (1 - b2**t)).sqrt() + eps)
-            for k in g
-        }
-        return p, m, v, t
+    def adam(p, m, v, t, support, query):
+        return adam_by_hand(p, m, v, t, grad(meta_loss)(p, support, query))
 
     compiled = (
         torch.compile(adam, fullgraph=True, dynamic=False, backend=backend or "inductor")

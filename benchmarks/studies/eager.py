@@ -29,7 +29,7 @@ from torch.func import functional_call, grad, vmap
 
 from .. import impls_torch
 from ..data import make_batch, make_net
-from ..workloads import B1, OUTER_LR, WORKLOADS, Workload
+from ..workloads import WORKLOADS, Workload
 from . import write
 
 WORKLOAD_NAMES = ["sine-1step", "sine-5step", "sine-5step-fo"]
@@ -46,18 +46,14 @@ def by_hand(w: Workload, net: torch.nn.Module, tasks: Any, *, checks: bool) -> C
     def task_loss(p, support, query):
         with torch.no_grad():
             before = crit(functional_call(net, p, (query[0],)), query[1])
-        for _ in range(w.inner_steps):
-            g = grad(lambda p: crit(functional_call(net, p, (support[0],)), support[1]))(p)
-            if w.first_order:
-                g = {k: v.detach() for k, v in g.items()}
-            p = {k: p[k] - w.inner_lr * g[k] for k in p}
-        return crit(functional_call(net, p, (query[0],)), query[1]), before
+        adapted = impls_torch.adapted_by_hand(w, net, crit, p, support)
+        return crit(functional_call(net, adapted, (query[0],)), query[1]), before
 
     def meta_loss(p, support, query):
         after, before = vmap(task_loss, in_dims=(None, 0, 0))(p, support, query)
         return after.mean(), (after.mean(), before.mean())
 
-    def step(p, m, v, t, support, query, b2=0.999, eps=1e-8):
+    def step(p, m, v, t, support, query):
         g, (loss, before) = grad(meta_loss, has_aux=True)(p, support, query)
         report: dict[str, torch.Tensor] = {"loss": loss, "loss_before": before}
         if checks:
@@ -66,13 +62,7 @@ def by_hand(w: Workload, net: torch.nn.Module, tasks: Any, *, checks: bool) -> C
             report["finite_leaves"] = torch.stack([torch.isfinite(x).all() for x in leaves])
             keep = torch.where(torch.isfinite(loss), 1.0, torch.nan)
             g = {k: x * keep for k, x in g.items()}
-        t = t + 1
-        m = {k: B1 * m[k] + (1 - B1) * g[k] for k in g}
-        v = {k: b2 * v[k] + (1 - b2) * g[k] ** 2 for k in g}
-        p = {
-            k: p[k] - OUTER_LR * (m[k] / (1 - B1**t)) / ((v[k] / (1 - b2**t)).sqrt() + eps)
-            for k in g
-        }
+        p, m, v, t = impls_torch.adam_by_hand(p, m, v, t, g)
         if checks:
             state = [*p.values(), *m.values(), *v.values()]
             state_ok = torch.stack([torch.isfinite(x).all() for x in state]).all()
