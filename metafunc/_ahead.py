@@ -67,6 +67,12 @@ def folder() -> pathlib.Path:
     return pathlib.Path(root) / "metafunc"
 
 
+# where a step cut in parts gets its values (see _cut): for each part, its inputs' sources,
+# and the step's outputs' sources; a source is (-1, i), the step's input i, or (p, k), output k
+# of part p
+Wiring = tuple[list[list[tuple[int, int]]], list[tuple[int, int]]]
+
+
 class Compiled:
     """A step compiled ahead of time: ``self(held, leaves)`` runs it on the tensors among
     ``leaves`` (its arguments flattened; made contiguous, as they were traced) and the tensors
@@ -76,9 +82,7 @@ class Compiled:
 
     def __init__(self, runners: list[Any], manifest: dict[str, Any]) -> None:
         self.runners = runners
-        self.wiring: tuple[list[list[tuple[int, int]]], list[tuple[int, int]]] | None = manifest[
-            "wiring"
-        ]
+        self.wiring: Wiring | None = manifest["wiring"]
         self.spec = manifest["spec"]
         self.constants: dict[int, Any] = manifest["constants"]
         self.held: list[int] = manifest["held"]
@@ -234,9 +238,7 @@ _CUT_AT = 5000
 
 def _cut(
     graph: torch.fx.GraphModule,
-) -> tuple[
-    list[torch.fx.GraphModule], tuple[list[list[tuple[int, int]]], list[tuple[int, int]]] | None
-]:
+) -> tuple[list[torch.fx.GraphModule], Wiring | None]:
     """``graph`` whole where its operations cost less than ``_CUT_AT`` to compile (and ``None``);
     otherwise cut in two where half that cost is behind (an operation's cost taken as one more
     than its output's number of dimensions, a view's as none), with the wiring: for each part,
@@ -286,7 +288,7 @@ def _examples(
     part: torch.fx.GraphModule,
     example: list[torch.Tensor],
     i: int,
-    wiring: tuple[list[list[tuple[int, int]]], list[tuple[int, int]]] | None,
+    wiring: Wiring | None,
 ) -> list[torch.Tensor]:
     """Inputs to compile part ``i`` with: the step's own, and zeros shaped as another part's
     outputs will be (made contiguous, as the runner passes them)."""
