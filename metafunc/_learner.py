@@ -8,7 +8,7 @@ from collections.abc import Callable
 from typing import Any, NamedTuple, TypeVar, cast
 
 import torch
-from torch.func import grad, vmap
+from torch.func import vmap
 
 from . import _checks, _nonfinite, _tree
 from ._state import Stateful, combine
@@ -131,7 +131,7 @@ def exact(learner: Learner, meta: Any, tasks: Tasks) -> tuple[Any, Losses]:
         # grad's aux holds tensors only: no None for a model without state
         return mean, (mean, before.mean(), *(combine(learner.context.state, s) for s in state))
 
-    grads, losses = grad(objective, has_aux=True)(meta)
+    grads, losses = _tree.grad_and_aux(objective, meta)
     return grads, Losses(*losses)
 
 

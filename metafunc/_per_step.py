@@ -184,7 +184,7 @@ def multi_step_rule(weights: Schedule) -> Callable[..., Any]:
             new = (combine(start, state),) if stateful else ()
             return total, (losses[:, -1].mean(), before.mean(), *new)
 
-        grads, aux = grad(objective, has_aux=True)(meta)
+        grads, aux = _tree.grad_and_aux(objective, meta)
         return grads, Losses(*aux)
 
     return rule

@@ -110,8 +110,9 @@ def test_imaml_memory_does_not_grow_with_the_inner_steps():
 
     maml = peak(mf.maml, 16) - peak(mf.maml, 2)
     imaml = peak(mf.imaml, 16) - peak(mf.imaml, 2)
-    # measured: MAML grows by 2.6 MB; iMAML peaks at the same 193600 bytes at 2, 16 and 64 steps
-    assert maml > 1_000_000
+    # measured: MAML grows by 0.77 MB (2.6 MB when its outer gradient was torch.func.grad's);
+    # iMAML peaks at the same 193600 bytes at 2, 16 and 64 steps
+    assert maml > 500_000
     assert imaml < maml / 100
 
 

@@ -96,9 +96,10 @@ def test_remat_memory_does_not_grow_with_the_inner_steps():
 
     plain = peak(16, False) - peak(2, False)
     remat = peak(16, True) - peak(2, True)
-    # measured: plain grows by 2.6 MB (every step's activations), remat by 21952 bytes: the
-    # parameters carried between steps, 14 steps x 4 tasks x 49 float64
-    assert plain > 1_000_000
+    # measured: plain grows by 0.77 MB (every step's activations; 2.6 MB when the outer
+    # gradient was torch.func.grad's), remat by 21952 bytes: the parameters carried between
+    # steps, 14 steps x 4 tasks x 49 float64
+    assert plain > 500_000
     assert remat < plain / 20
 
 

@@ -344,3 +344,107 @@ def test_norm_and_finite_leaves_is_the_global_norm_and_the_exact_finiteness_of_e
         got = make_fx(both, tracing_mode="fake")(tree["a"], tree["b"])(tree["a"], tree["b"])
         assert got[1].tolist() == want[1].tolist()
         torch.testing.assert_close(got[0], want[0], equal_nan=True)
+
+
+# --- grad_and_aux -----------------------------------------------------------------------------
+
+
+def _outer_grad_cases():
+    from support import dropout_net, sine_tasks, tanh_net
+    from torch import nn
+
+    def supervised(net):
+        fn, params = mf.pure(net)
+        return mf.supervised(fn, mf.losses.mse), params
+
+    loss, params = supervised(tanh_net())
+    g = torch.Generator().manual_seed(0)
+    loss32, params32 = supervised(tanh_net().float())
+    tasks32 = mf.tasks.sinusoid(g, tasks=3, shots=4, queries=5, dtype=torch.float32)
+    torch.manual_seed(0)  # test-only: fixes nn.Linear's default initialisation
+    bn = nn.Sequential(nn.Linear(1, 4), nn.BatchNorm1d(4), nn.Tanh(), nn.Linear(4, 1)).double()
+    fn, bn_params, bn_state = mf.stateful(bn)
+    drop, drop_params = supervised(dropout_net())
+    tasks = sine_tasks(n=4)
+    return {
+        "maml S=2": (mf.maml(loss, inner_lr=0.1, inner_steps=2), params, None, tasks),
+        "maml float32": (mf.maml(loss32, inner_lr=0.1), params32, None, tasks32),
+        "fomaml": (mf.fomaml(loss, inner_lr=0.1, inner_steps=2), params, None, tasks),
+        "meta-sgd": (mf.meta_sgd(loss, inner_lr=0.1), params, None, tasks),
+        "anil": (mf.anil(loss, head="2", inner_lr=0.1), params, None, tasks),
+        "chunked": (mf.chunked(mf.maml(loss, inner_lr=0.1), 2), params, None, tasks),
+        "mamlpp batchnorm": (
+            mf.mamlpp(mf.supervised(fn, mf.losses.mse), inner_lr=0.1, inner_steps=2, per_step="1"),
+            bn_params,
+            bn_state,
+            tasks,
+        ),
+        "dropout": (mf.stochastic(mf.maml(drop, inner_lr=0.1)), drop_params, None, tasks),
+    }
+
+
+@pytest.mark.parametrize("name", list(_outer_grad_cases()))
+def test_the_eager_step_by_autograd_is_the_torch_func_grad_step_to_the_bit(name, monkeypatch):
+    """Eagerly the meta-gradient is taken by torch's autograd, not torch.func.grad (whose
+    wrappers cost a fifth of the eager step): the same operations, so the same bits, for every
+    rule that differentiates through adaptation, with model state and with random draws."""
+    learner, params, model_state, tasks = _outer_grad_cases()[name]
+    opt = mf.optim.adam(0.01)
+
+    def two_steps():
+        state = mf.init_state(learner, opt, params, seed=0, model_state=model_state)
+        step = mf.make_step(learner, opt, compile=False)
+        for _ in range(2):
+            state, metrics = step(state, tasks)
+        return state, metrics
+
+    got = two_steps()
+    with monkeypatch.context() as m:
+        m.setattr(_tree, "eager", lambda: False)  # every outer gradient by torch.func.grad
+        want = two_steps()
+    assert _tree.structure(got) == _tree.structure(want)
+    for x, y in zip(_tree.leaves(got), _tree.leaves(want), strict=True):
+        assert torch.equal(x, y)
+
+
+def test_grad_and_aux_uses_autograd_only_outside_every_transform_trace_and_compile():
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    outside = []
+
+    def f(tree):
+        outside.append(torch._C._functorch.peek_interpreter_stack() is None)
+        return (tree["w"] ** 3).sum(), tree["w"] * 2
+
+    def g(w):
+        return _tree.grad_and_aux(f, {"w": w})[0]["w"]
+
+    w = t(1.0, -2.0)
+    assert torch.equal(g(w), 3 * w**2)
+    with torch.no_grad():  # as make_step calls it
+        assert torch.equal(g(w), 3 * w**2)
+    assert torch.equal(torch.func.vmap(g)(w[:, None]), 3 * w[:, None] ** 2)
+    make_fx(g)(w)
+    torch.compile(g, backend="eager", fullgraph=True)(w)
+    assert outside == [True, True, False, False, False]
+
+
+def test_grad_and_aux_returns_zeros_for_unused_leaves_and_detached_aux():
+    w, u = t(1.0, -2.0), t(5.0)
+    grads, aux = _tree.grad_and_aux(
+        lambda p: ((p["w"] ** 2).sum(), (p["w"], p["u"])), {"w": w, "u": u}
+    )
+    assert torch.equal(grads["w"], 2 * w) and torch.equal(grads["u"], torch.zeros_like(u))
+    assert not any(a.requires_grad for a in aux) and torch.equal(aux[0], w)
+    grads, _ = _tree.grad_and_aux(lambda p: (p["w"].detach().sum(), ()), {"w": w})
+    assert torch.equal(grads["w"], torch.zeros_like(w))
+
+
+def test_grad_and_aux_of_leaves_that_require_grad_stays_differentiable():
+    """A meta-gradient of meta-parameters computed from something else is itself
+    differentiable (torch.func.grad, not a detached autograd pass): d/ds sum 3 (s w)^2."""
+    s = torch.tensor(2.0, dtype=F64, requires_grad=True)
+    w = t(1.0, -2.0)
+    grads, _ = _tree.grad_and_aux(lambda p: ((p["w"] ** 3).sum(), ()), {"w": s * w})
+    (ds,) = torch.autograd.grad(grads["w"].sum(), s)
+    torch.testing.assert_close(ds, (6 * s * w**2).sum().detach(), rtol=0, atol=0)
