@@ -526,3 +526,29 @@ def test_the_eager_breakdown_is_benchmarks_results_eager_cpu():
         + " ms)"
     )
     assert phrase in text, phrase
+
+
+def test_the_eager_ablation_table_is_benchmarks_results_eager_ablation_cpu():
+    """benchmarks/README.md's table of each eager-step change alone on 8daf2ae (metafunc eager
+    over torch.func by hand) is ``eager-ablation-cpu.json``, its last row ``eager-cpu.json``."""
+    text = (ROOT / "benchmarks" / "README.md").read_text()
+    variants = results("benchmarks/results/eager-ablation-cpu.json")["variants"]
+    rows = {
+        "none": "base",
+        "`mf.losses.mse` as `(d * d).mean()`": "mse",
+        "`mf.pure`'s function places the tensors it found once": "pure",
+        "`split` of a flat dict without torch's pytree walk": "split",
+        "eagerly on the CPU: no NaN product for a finite loss, one norm reduction": "readable",
+        "eagerly, the outer gradient by torch's autograd, not `torch.func.grad`": "autograd",
+    }
+    runs = {label: variants[key]["workloads"] for label, key in rows.items()}
+    runs["all (`results/eager-cpu.json`)"] = results("benchmarks/results/eager-cpu.json")[
+        "workloads"
+    ]
+    for label, w in runs.items():
+        ratios = [
+            w[n]["metafunc eager"]["wall_ms"] / w[n]["torch.func by hand"]["wall_ms"]
+            for n in ("sine-1step", "sine-5step")
+        ]
+        line = f"| {label} | " + " | ".join(f"{x:.2f}×" for x in ratios) + " |"
+        assert line in text, line
