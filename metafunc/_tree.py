@@ -466,17 +466,17 @@ def grad_and_aux(
     (tested), without the transform's wrapper on each operation of ``f`` (the eager sine step
     at S=1 took a fifth less time). Under a transform, a trace or a compile, or where a leaf's own
     graph would carry the gradient on, it is ``torch.func.grad``."""
-    flat = optree.tree_leaves(tree)
+    flat, spec = flatten(tree)
     if not eager() or torch.is_inference_mode_enabled() or any(t.requires_grad for t in flat):
         return cast(tuple[PyTree, Any], grad(f, has_aux=True)(tree))
     inputs = [t.detach().requires_grad_() for t in flat]
     with torch.enable_grad():
-        value, aux = f(unflatten(tree, inputs))
+        value, aux = f(optree.tree_unflatten(spec, inputs))
     if value.requires_grad:
         grads = list(torch.autograd.grad(value, inputs, materialize_grads=True))
     else:  # f does not depend on the leaves
         grads = [torch.zeros_like(t) for t in flat]
-    return unflatten(tree, grads), optree.tree_map(torch.Tensor.detach, aux)
+    return optree.tree_unflatten(spec, grads), detach(aux)
 
 
 def readable(t: torch.Tensor) -> bool:
