@@ -20,6 +20,14 @@ def tanh_net(width: int = 5, seed: int = 0) -> nn.Module:
     return nn.Sequential(nn.Linear(1, width), nn.Tanh(), nn.Linear(width, 1)).double()
 
 
+def bn_net(seed: int = 0, **bn) -> nn.Module:
+    """``tanh_net``'s shape with a BatchNorm layer (``bn``: its settings), for model state."""
+    torch.manual_seed(seed)  # test-only: fixes nn.Linear's default initialisation
+    return nn.Sequential(
+        nn.Linear(1, 4), nn.BatchNorm1d(4, **bn), nn.Tanh(), nn.Linear(4, 1)
+    ).double()
+
+
 class TanhFeatures(nn.Module):
     """A smooth model that returns its output and its hidden activations (for DAML)."""
 

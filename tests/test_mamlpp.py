@@ -6,8 +6,7 @@ import copy
 import numpy as np
 import pytest
 import torch
-from support import F64, assert_trees_close, sine_tasks, tanh_net
-from torch import nn
+from support import F64, assert_trees_close, bn_net, sine_tasks, tanh_net
 from torch.func import functional_call
 
 import metafunc as mf
@@ -76,11 +75,6 @@ def reference(net, meta, state, tasks, *, weights, per_step=(), first_order=Fals
     for (kind, name), g in zip(live, grads, strict=True):
         out[kind][name] = torch.zeros_like(live[kind, name]) if g is None else g
     return {k: v for k, v in out.items() if v}, states
-
-
-def bn_net():
-    torch.manual_seed(0)  # test-only: fixes nn.Linear's default initialisation
-    return nn.Sequential(nn.Linear(1, 4), nn.BatchNorm1d(4), nn.Tanh(), nn.Linear(4, 1)).double()
 
 
 @pytest.mark.parametrize("first_order", [False, True])

@@ -5,7 +5,7 @@ import copy
 
 import pytest
 import torch
-from support import F64, assert_trees_close, sine_tasks
+from support import F64, assert_trees_close, bn_net, sine_tasks
 from torch import nn
 from torch.func import functional_call
 
@@ -13,13 +13,6 @@ import metafunc as mf
 from metafunc import _learner
 
 LR, STEPS = 0.1, 2
-
-
-def bn_net(seed=0, **bn):
-    torch.manual_seed(seed)  # test-only: fixes nn.Linear's default initialisation
-    return nn.Sequential(
-        nn.Linear(1, 4), nn.BatchNorm1d(4, **bn), nn.Tanh(), nn.Linear(4, 1)
-    ).double()
 
 
 def stateful_maml(net, steps=STEPS):

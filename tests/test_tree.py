@@ -350,8 +350,7 @@ def test_norm_and_finite_leaves_is_the_global_norm_and_the_exact_finiteness_of_e
 
 
 def _outer_grad_cases():
-    from support import dropout_net, sine_tasks, tanh_net
-    from torch import nn
+    from support import bn_net, dropout_net, sine_tasks, tanh_net
 
     def supervised(net):
         fn, params = mf.pure(net)
@@ -361,9 +360,7 @@ def _outer_grad_cases():
     g = torch.Generator().manual_seed(0)
     loss32, params32 = supervised(tanh_net().float())
     tasks32 = mf.tasks.sinusoid(g, tasks=3, shots=4, queries=5, dtype=torch.float32)
-    torch.manual_seed(0)  # test-only: fixes nn.Linear's default initialisation
-    bn = nn.Sequential(nn.Linear(1, 4), nn.BatchNorm1d(4), nn.Tanh(), nn.Linear(4, 1)).double()
-    fn, bn_params, bn_state = mf.stateful(bn)
+    fn, bn_params, bn_state = mf.stateful(bn_net())
     drop, drop_params = supervised(dropout_net())
     tasks = sine_tasks(n=4)
     return {
